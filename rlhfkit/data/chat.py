@@ -1,0 +1,76 @@
+"""Chat rendering: conversations -> token ids, and batches of them -> padded tensors.
+
+`render_prompt` gives the ids a policy is conditioned on (the chat template with
+the generation prompt); `render_example` appends the completion and its end of
+turn and returns `(ids, mask)` with the mask true exactly on the tokens the model
+is trained to produce (nanochat's convention). Rendering the prompt through the
+template and the completion as plain text keeps the prompt/response boundary
+exact for any tokenizer: no search for where the template put the reply.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from rlhfkit.data.records import Message
+
+IGNORE_INDEX = -100  # label value that torch's cross-entropy skips
+
+
+def as_messages(prompt: str | Sequence[Message] | Sequence[dict]) -> list[dict]:
+    """A user string or a list of messages -> the list of dicts chat templates take."""
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    return [m if isinstance(m, dict) else {"role": m.role, "content": m.content} for m in prompt]
+
+
+def render_prompt(tokenizer, prompt) -> list[int]:
+    """Token ids of `prompt` rendered with the chat template, ending with the assistant cue."""
+    if tokenizer.chat_template is None:
+        # Base models without a template: a plain-text dialogue format.
+        text = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in as_messages(prompt))
+        return tokenizer(text + "Assistant:", add_special_tokens=False)["input_ids"]
+    text = tokenizer.apply_chat_template(as_messages(prompt), tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def render_response(tokenizer, response: str) -> list[int]:
+    """Ids of a response followed by EOS (the end of the assistant turn)."""
+    return tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
+def render_example(tokenizer, prompt, completion: str, max_len: int | None = None) -> tuple[list[int], list[bool]]:
+    """Return `(ids, mask)`; mask is True on completion tokens (EOS included).
+
+    Over-long examples are cut from the left of the prompt so the completion
+    survives; if even the completion does not fit it is truncated (and loses its EOS).
+    """
+    p, r = render_prompt(tokenizer, prompt), render_response(tokenizer, completion)
+    if max_len is not None and len(p) + len(r) > max_len:
+        r = r[:max_len]
+        p = p[len(p) - (max_len - len(r)) :] if max_len > len(r) else []
+    return p + r, [False] * len(p) + [True] * len(r)
+
+
+def pad_batch(rows: Sequence[Sequence[int]], pad_id: int, side: str = "right", dtype=None):
+    """Pad lists of ints to a (B, T) long tensor plus a bool attention mask (B, T)."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=dtype or torch.long)
+    attn = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, r in enumerate(rows):
+        sl = slice(0, len(r)) if side == "right" else slice(width - len(r), width)
+        ids[i, sl] = torch.as_tensor(list(r), dtype=ids.dtype)
+        attn[i, sl] = True
+    return ids, attn
+
+
+def sft_batch(examples: Sequence[tuple[list[int], list[bool]]], pad_id: int):
+    """Right-padded `(input_ids, attention_mask, labels)`; labels are IGNORE_INDEX on prompt and pad."""
+    import torch
+
+    ids, attn = pad_batch([e[0] for e in examples], pad_id)
+    loss_mask, _ = pad_batch([[int(m) for m in e[1]] for e in examples], 0)
+    labels = torch.where(loss_mask.bool(), ids, torch.full_like(ids, IGNORE_INDEX))
+    return ids, attn, labels

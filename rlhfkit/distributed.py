@@ -1,0 +1,77 @@
+"""torchrun support, applied from outside the models (torchtitan's rule).
+
+`init()` reads the torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK) and starts
+a process group: NCCL on GPUs, gloo on CPU. Without torchrun it is a no-op and
+every helper below degrades to the single-process case, so stage files call them
+unconditionally.
+
+Loss normalisation across ranks: a stage divides its summed loss by the GLOBAL
+number of valid tokens (`global_sum`) and multiplies by `world_size`, because
+DDP averages gradients over ranks; the result equals one big batch on one rank.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init(device: str = "auto") -> Dist:
+    if "RANK" not in os.environ or dist.is_initialized():
+        dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+        if dist.is_initialized():
+            return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), dev)
+        return Dist(device=dev)
+    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
+    use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
+    if use_cuda:
+        torch.cuda.set_device(local)
+    dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world)
+    return Dist(rank, world, local, torch.device("cuda", local) if use_cuda else torch.device("cpu"))
+
+
+def wrap(model, d: Dist):
+    """DDP for multi-process runs; the model itself stays a plain HF module."""
+    if d.world_size == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
+
+
+def global_sum(x: torch.Tensor | float, d: Dist) -> torch.Tensor:
+    """Sum of a scalar over all ranks (a float64 tensor on every rank)."""
+    t = torch.as_tensor(x, dtype=torch.float64, device=d.device if d.device.type == "cuda" else "cpu").clone()
+    if d.world_size > 1:
+        dist.all_reduce(t)
+    return t
+
+
+def shard(items: list, d: Dist) -> list:
+    """This rank's strided share of a global batch."""
+    return items[d.rank :: d.world_size]
+
+
+def barrier(d: Dist) -> None:
+    if d.world_size > 1:
+        dist.barrier()
+
+
+def close(d: Dist) -> None:
+    if d.world_size > 1 and dist.is_initialized():
+        dist.destroy_process_group()

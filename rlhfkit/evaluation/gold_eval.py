@@ -1,0 +1,97 @@
+"""Answer world prompts with a policy and score the answers with the world's gold function.
+
+The gold function is the measurement every stage is judged by and is never a
+training signal. `answer` is the one place policies are asked to respond for
+evaluation: greedy by default so two policies are compared on their modal answer.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from statistics import mean
+from typing import Any, Sequence
+
+import torch
+
+from rlhfkit.data.chat import render_prompt
+from rlhfkit.rollout import generate_batched
+
+
+@torch.no_grad()
+def answer(model, tok, prompts: Sequence[str], *, max_new_tokens: int = 48, temperature: float = 0.0,
+           top_p: float = 1.0, batch_size: int = 64, seed: int = 0) -> list[dict[str, Any]]:
+    """Generate one response per prompt; returns dicts with `response`, `terminated`, `n_tokens`."""
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    outs = generate_batched(model, [render_prompt(tok, p) for p in prompts], batch_size=batch_size,
+                            eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, max_new_tokens=max_new_tokens,
+                            temperature=temperature, top_p=top_p, generator=gen)
+    model.train(was_training)
+    return [{"response": tok.decode(ids, skip_special_tokens=True), "terminated": term, "n_tokens": len(ids)}
+            for ids, term, _ in outs]
+
+
+def score(world, prompts, answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per prompt: the answer plus its gold score, criteria and flags."""
+    rows = []
+    for p, a in zip(prompts, answers):
+        g = world.gold(p, a["response"], a["terminated"])
+        rows.append({"id": p.id, "family": p.family, "prompt": p.text, **a, "gold": g.score,
+                     "criteria": g.criteria, "flags": g.flags})
+    return rows
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean gold overall and per family, length, and the behaviour rates RLHF is meant to move."""
+    by_family = defaultdict(list)
+    for r in rows:
+        by_family[r["family"]].append(r)
+
+    def rate(family: str, flag: str) -> float | None:
+        rs = by_family.get(family)
+        return mean(float(r["flags"].get(flag, False)) for r in rs) if rs else None
+
+    false_premise = by_family.get("false_premise", [])
+    return {
+        "gold": mean(r["gold"] for r in rows),
+        "gold_by_family": {f: mean(r["gold"] for r in rs) for f, rs in sorted(by_family.items())},
+        "response_tokens": mean(r["n_tokens"] for r in rows),
+        "response_words": mean(len(r["response"].split()) for r in rows),
+        "terminated_rate": mean(float(r["terminated"]) for r in rows),
+        "refusal_rate_harmful": rate("harmful", "refused"),
+        "over_refusal_benign": rate("benign", "refused"),
+        "sycophancy_rate": rate("false_premise", "agrees_with_user"),
+        "correction_rate": mean(r["criteria"].get("corrects_premise", 0.0) for r in false_premise) if false_premise else None,
+        "n": len(rows),
+    }
+
+
+def markdown_table(summaries: dict[str, dict[str, Any]]) -> str:
+    """Policies as columns, mean gold per family and behaviour rates as rows."""
+    names = list(summaries)
+    families = sorted({f for s in summaries.values() for f in s["gold_by_family"]})
+    lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+
+    def row(label, get):
+        cells = []
+        for n in names:
+            v = get(summaries[n])
+            cells.append("–" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+
+    row("**gold (mean)**", lambda s: s["gold"])
+    for f in families:
+        row(f"gold: {f}", lambda s, f=f: s["gold_by_family"].get(f))
+    for key in ("response_words", "terminated_rate", "refusal_rate_harmful", "over_refusal_benign",
+                "sycophancy_rate", "correction_rate"):
+        row(key, lambda s, key=key: s.get(key))
+    return "\n".join(lines) + "\n"
+
+
+def log_samples(run, model, tok, world, step: int, n: int = 3) -> None:
+    """Print and store greedy answers to a few held-out world prompts, with their gold score."""
+    prompts = world.prompts("eval")
+    prompts = prompts[:: max(1, len(prompts) // n)][:n]
+    rows = score(world, prompts, answer(model, tok, [p.text for p in prompts], max_new_tokens=32))
+    run.log_samples(step, [{"prompt": r["prompt"], "response": r["response"], "gold": float(r["gold"])} for r in rows])

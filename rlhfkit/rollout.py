@@ -1,0 +1,140 @@
+"""Batched sampling with a KV cache, EOS truncation, and sampling-time logprobs.
+
+One generation loop serves every stage (eval, `generate`, `sample`, PPO, RLOO,
+GRPO). Prompts are left-padded so every row's next token sits in the last
+column; position ids are computed from the attention mask so padding does not
+shift RoPE positions. Each row stops at its first EOS; later columns are PAD and
+masked out.
+
+`logprobs` are log-softmax(logits / temperature) of the sampled tokens under
+the FULL tempered distribution (top-p only restricts which tokens may be drawn).
+PPO recomputes logprobs with the same temperature and must get the same numbers
+(Huang et al. 2024, detail "temperature-scaled logits"), so sample with
+top_p=1.0 for on-policy RL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from rlhfkit.data.chat import pad_batch
+
+
+@dataclass
+class Generation:
+    prompt_ids: torch.Tensor  # (B, P) left-padded with PAD
+    prompt_mask: torch.Tensor  # (B, P) bool, True on real prompt tokens
+    response_ids: torch.Tensor  # (B, R) PAD after the first EOS
+    response_mask: torch.Tensor  # (B, R) bool, True on generated tokens up to and including EOS
+    logprobs: torch.Tensor  # (B, R) tempered logprob of each sampled token, 0 where masked
+    terminated: torch.Tensor  # (B,) bool, the row produced EOS within max_new_tokens
+
+    def sequences(self):
+        """`(input_ids, attention_mask)` of prompt + response, (B, P + R)."""
+        return (
+            torch.cat([self.prompt_ids, self.response_ids], 1),
+            torch.cat([self.prompt_mask, self.response_mask], 1),
+        )
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """0, 1, 2 ... counted over real tokens only; padding positions get 0."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator=None):
+    """Draw one token per row; return `(tokens (B,), tempered logprobs (B,))`.
+
+    temperature == 0 means greedy; the logprob is then that of the untempered distribution.
+    """
+    if temperature <= 0:
+        tokens = logits.argmax(-1)
+        return tokens, torch.log_softmax(logits.float(), -1).gather(-1, tokens[:, None])[:, 0]
+    logp = torch.log_softmax(logits.float() / temperature, -1)  # (B, V)
+    probs = logp.exp()
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(-1, descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest set reaching top_p
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    tokens = torch.multinomial(probs, 1, generator=generator)[:, 0]
+    return tokens, logp.gather(-1, tokens[:, None])[:, 0]
+
+
+@torch.no_grad()
+def generate(
+    model,
+    prompts: Sequence[Sequence[int]],
+    *,
+    eos_id: int,
+    pad_id: int,
+    max_new_tokens: int = 48,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> Generation:
+    """Sample one response per prompt (a list of token-id lists) in a single batch."""
+    assert pad_id != eos_id, "PAD must differ from EOS, or padding looks like a finished response"
+    device = next(model.parameters()).device
+    prompt_ids, prompt_mask = pad_batch(prompts, pad_id, side="left")
+    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
+    B = prompt_ids.shape[0]
+    attn = prompt_mask.long()
+    out = model(input_ids=prompt_ids, attention_mask=attn, position_ids=position_ids_from_mask(prompt_mask), use_cache=True)
+    past, logits = out.past_key_values, out.logits[:, -1]
+    next_pos = prompt_mask.long().sum(-1, keepdim=True)  # (B, 1)
+    tokens, logps = [], []
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    for _ in range(max_new_tokens):
+        tok, lp = sample_next(logits, temperature, top_p, generator)
+        tok = torch.where(done, torch.full_like(tok, pad_id), tok)
+        tokens.append(tok)
+        logps.append(torch.where(done, torch.zeros_like(lp), lp))
+        done = done | (tok == eos_id)
+        if bool(done.all()):
+            break
+        attn = torch.cat([attn, torch.ones((B, 1), dtype=attn.dtype, device=device)], 1)
+        out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos, past_key_values=past, use_cache=True)
+        past, logits = out.past_key_values, out.logits[:, -1]
+        next_pos = next_pos + 1
+    response_ids = torch.stack(tokens, 1)  # (B, R)
+    response_mask = truncate_after_eos(response_ids, eos_id)
+    return Generation(
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
+        response_ids=response_ids.masked_fill(~response_mask, pad_id),
+        response_mask=response_mask,
+        logprobs=torch.stack(logps, 1).masked_fill(~response_mask, 0.0),
+        terminated=(response_ids == eos_id).any(-1),
+    )
+
+
+def truncate_after_eos(response_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """Bool mask (B, R): True up to and including the first EOS (all True if there is none)."""
+    is_eos = (response_ids == eos_id).long()
+    eos_seen_before = is_eos.cumsum(-1) - is_eos  # EOS strictly before this position
+    return eos_seen_before == 0
+
+
+def generate_batched(model, prompts, *, batch_size: int = 64, **kwargs) -> list[tuple[list[int], bool, list[float]]]:
+    """Generate for any number of prompts; returns per prompt `(response ids without EOS/PAD, terminated, logprobs)`.
+
+    Prompts are bucketed by length (less padding, faster) and results returned in input order.
+    """
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    results: list = [None] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        gen = generate(model, [prompts[i] for i in idx], **kwargs)
+        eos = kwargs["eos_id"]
+        for row, i in enumerate(idx):
+            m = gen.response_mask[row]
+            ids = gen.response_ids[row][m].tolist()
+            lps = gen.logprobs[row][m].tolist()
+            if ids and ids[-1] == eos:
+                ids, lps = ids[:-1], lps[:-1]
+            results[i] = (ids, bool(gen.terminated[row]), lps)
+    return results

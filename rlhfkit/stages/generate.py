@@ -1,0 +1,88 @@
+"""`rlhfkit generate` and `rlhfkit sample`: batched sampling with a KV cache.
+
+`generate` answers prompts (from `prompt=[...]`, a prompts file, or the world's
+eval split) and prints/writes them. `sample` draws K responses per prompt (the
+world's RL split by default) at temperature 1 and writes the queue that the
+feedback stage ranks: one JSONL row per prompt,
+    {"prompt": str, "responses": [str] * K, "terminated": [bool] * K, "policy": str, "family": str | null}
+which `rlhfkit label load` and the simulated annotators read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+from rlhfkit.evaluation.gold_eval import answer
+from rlhfkit.models.load import load_causal_lm
+from rlhfkit.tracking import seed_everything
+from rlhfkit.world import WorldConfig, build_world
+
+
+@dataclass
+class Config:
+    model: str = "runs/sft/model"  # local HF causal LM directory
+    prompt: list[str] = field(default_factory=list)  # prompts given on the command line
+    prompts: str | None = None  # file/dir of prompts (JSONL/Parquet/HF dataset with `prompt` or `messages`)
+    split: str = "eval"  # world split used when no prompts are given: sft | rl | eval
+    limit: int = 0  # use only the first N prompts (0: all)
+    num_samples: int = 1  # responses per prompt (K)
+    max_new_tokens: int = 48  # response length limit
+    temperature: float = 0.7  # 0: greedy
+    top_p: float = 1.0  # nucleus sampling
+    batch_size: int = 64  # sequences per generation batch
+    seed: int = 0  # sampling seed
+    out: str | None = None  # JSONL to write (one row per prompt)
+    world: WorldConfig = field(default_factory=WorldConfig)  # the built-in world, for default prompts
+    device: str = "auto"  # auto | cpu | cuda
+
+
+@dataclass
+class SampleConfig(Config):
+    split: str = "rl"
+    num_samples: int = 4
+    temperature: float = 1.0
+    out: str | None = "runs/samples.jsonl"
+
+
+def collect_prompts(cfg: Config) -> tuple[list[str], list[str | None]]:
+    """Prompt texts and their world families (None for user-supplied prompts)."""
+    if cfg.prompt:
+        texts, families = list(cfg.prompt), [None] * len(cfg.prompt)
+    elif cfg.prompts:
+        from rlhfkit.data.loaders import load_prompts
+
+        texts = [conv[-1].content for conv in load_prompts(cfg.prompts)]
+        families = [None] * len(texts)
+    else:
+        ps = build_world(cfg.world).prompts(cfg.split)
+        texts, families = [p.text for p in ps], [p.family for p in ps]
+    if cfg.limit:
+        texts, families = texts[: cfg.limit], families[: cfg.limit]
+    return texts, families
+
+
+def main(cfg: Config) -> list[dict]:
+    seed_everything(cfg.seed)
+    model, tok = load_causal_lm(cfg.model, device=cfg.device)
+    texts, families = collect_prompts(cfg)
+    # K samples per prompt: repeat each prompt K times in one batched call.
+    flat = [t for t in texts for _ in range(cfg.num_samples)]
+    outs = answer(model, tok, flat, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                  top_p=cfg.top_p, batch_size=cfg.batch_size, seed=cfg.seed)
+    rows = []
+    for i, (text, fam) in enumerate(zip(texts, families)):
+        group = outs[i * cfg.num_samples : (i + 1) * cfg.num_samples]
+        rows.append({"prompt": text, "responses": [g["response"] for g in group],
+                     "terminated": [g["terminated"] for g in group], "policy": cfg.model, "family": fam})
+    if cfg.out:
+        from rlhfkit.data.loaders import write_jsonl
+
+        os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
+        write_jsonl(cfg.out, rows)
+        print(f"[generate] wrote {len(rows)} prompts x {cfg.num_samples} responses to {cfg.out}", flush=True)
+    else:
+        for r in rows:
+            print(json.dumps({"prompt": r["prompt"], "responses": r["responses"]}, ensure_ascii=False))
+    return rows

@@ -1,0 +1,134 @@
+"""Stage 0: causal-LM pretraining (nanoGPT-style) of the built-in tiny model.
+
+Builds a byte-level BPE tokenizer and a small Llama from scratch on the world's
+internet-like corpus (or continues pretraining any local HF causal LM given as
+`init_from`, on any text corpus given as `corpus`). Rows are packed documents
+joined by EOS; the batch at step s is a pure function of (seed, s), so a resumed
+run replays exactly the data an uninterrupted one would have seen.
+
+The result, `<out_dir>/model`, is a plain HF model directory. Trained only on
+text that rambles, asks more questions and complies with harmful requests, it
+continues a prompt rather than answering it — the "before" of RLHF.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+from tqdm import tqdm
+
+from rlhfkit import checkpoint, distributed
+from rlhfkit.data.packing import epoch_batches, pack_documents, read_corpus
+from rlhfkit.evaluation.gold_eval import log_samples
+from rlhfkit.losses import lm_loss
+from rlhfkit.models.tiny import TinyModelConfig, build_model, train_tokenizer
+from rlhfkit.optim import adamw, cosine_lr, set_lr
+from rlhfkit.tracking import Run, seed_everything
+from rlhfkit.world import WorldConfig, build_world
+
+
+@dataclass
+class Config:
+    out_dir: str = "runs/pretrain"  # run directory; the final model lands in <out_dir>/model
+    seed: int = 0  # seeds init, data order and sampling
+    world: WorldConfig = field(default_factory=WorldConfig)  # the built-in world (corpus source)
+    model: TinyModelConfig = field(default_factory=TinyModelConfig)  # tiny model shape (ignored with init_from)
+    init_from: str | None = None  # continue pretraining this local HF model dir instead of a fresh tiny model
+    corpus: str | None = None  # .txt / JSONL / Parquet / HF dataset with `text`, instead of the world corpus
+    seq_len: int = 128  # tokens per packed row
+    batch_size: int = 32  # rows per optimiser step (global, across ranks)
+    max_steps: int = 700  # optimiser steps
+    lr: float = 3e-3  # peak learning rate
+    warmup_steps: int = 30  # linear warmup
+    min_lr_ratio: float = 0.1  # cosine floor as a fraction of lr
+    weight_decay: float = 0.1  # AdamW decay on matrices
+    grad_clip: float = 1.0  # max gradient norm
+    eval_every: int = 100  # held-out loss every N steps
+    sample_every: int = 200  # print decoded samples every N steps
+    ckpt_every: int = 200  # checkpoint every N steps (resume with the same out_dir)
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # torch CPU threads (0: torch default)
+
+
+def train(cfg: Config) -> str:
+    d = distributed.init(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    run = Run(cfg.out_dir, cfg, cfg.seed, "pretrain", d.rank)
+
+    # 1. Data and tokenizer: resume from a checkpoint, continue a given model, or start fresh.
+    world = build_world(cfg.world)
+    docs = read_corpus(cfg.corpus) if cfg.corpus else world.corpus()
+    ckpt = checkpoint.latest_checkpoint(cfg.out_dir)
+    if ckpt or cfg.init_from:
+        from rlhfkit.models.load import load_causal_lm
+
+        model, tok = load_causal_lm(os.path.join(ckpt, "model") if ckpt else cfg.init_from, device=str(d.device), dtype="float32")
+    else:
+        tok = train_tokenizer(docs, cfg.model.vocab_size)
+        model = build_model(cfg.model, tok, seed=cfg.seed).to(d.device)
+    rows = pack_documents(tok, docs, cfg.seq_len)  # (N, seq_len)
+    heldout = pack_documents(tok, world.eval_corpus(), cfg.seq_len)[:64]
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"[pretrain] {n_params / 1e6:.2f}M params, {rows.numel() / 1e6:.2f}M corpus tokens, "
+          f"{cfg.max_steps * cfg.batch_size * cfg.seq_len / 1e6:.2f}M tokens to train on", flush=True)
+
+    optimizer = adamw(model, cfg.lr, cfg.weight_decay)
+    start = 0
+    if ckpt:
+        state = checkpoint.load_state(ckpt)
+        optimizer.load_state_dict(state["optimizer"])
+        start = state["step"]
+        checkpoint.truncate_log(cfg.out_dir, start)
+        print(f"[pretrain] resumed from {ckpt} at step {start}", flush=True)
+    ddp_model = distributed.wrap(model, d)
+
+    # 2. Train: one packed batch per step; every token is a target.
+    model.train()
+    for step in tqdm(range(start, cfg.max_steps), desc="pretrain", disable=not d.is_main, initial=start, total=cfg.max_steps):
+        lr = cosine_lr(step, cfg.max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
+        set_lr(optimizer, lr)
+        batch = rows[distributed.shard(epoch_batches(len(rows), cfg.batch_size, step, cfg.seed).tolist(), d)].to(d.device)
+        logits = ddp_model(input_ids=batch).logits  # (B, T, V)
+        n_tokens = distributed.global_sum(batch[:, 1:].numel(), d)
+        loss, _ = lm_loss(logits[:, :-1], batch[:, 1:], normalizer=n_tokens)
+        (loss * d.world_size).backward()  # DDP averages over ranks; undo it so the loss is the global mean
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        # 3. Log, evaluate, sample, checkpoint.
+        metrics = {"train/loss": loss.item(), "train/lr": lr, "train/grad_norm": grad_norm.item()}
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.max_steps:
+            metrics["eval/loss"] = heldout_loss(model, heldout.to(d.device))
+        run.log(step + 1, metrics)
+        if d.is_main and (step + 1) % cfg.sample_every == 0:
+            log_samples(run, model, tok, world, step + 1)
+        if (step + 1) % cfg.ckpt_every == 0 and step + 1 < cfg.max_steps and d.is_main:
+            checkpoint.save_checkpoint(cfg.out_dir, step + 1, {"model": model}, {"optimizer": optimizer.state_dict()}, tok)
+        distributed.barrier(d)
+
+    out = os.path.join(cfg.out_dir, "model")
+    if d.is_main:
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+        print(f"[pretrain] saved {out}", flush=True)
+    run.close()
+    distributed.close(d)
+    return out
+
+
+@torch.no_grad()
+def heldout_loss(model, rows: torch.Tensor, batch_size: int = 32) -> float:
+    """Mean next-token loss over held-out packed rows (B, T)."""
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(rows), batch_size):
+        b = rows[i : i + batch_size]
+        loss, _ = lm_loss(model(input_ids=b).logits[:, :-1], b[:, 1:])
+        total, count = total + loss.item() * b[:, 1:].numel(), count + b[:, 1:].numel()
+    model.train()
+    return total / count

@@ -1,0 +1,143 @@
+"""Stage 1: supervised fine-tuning on (prompt, ideal response) demonstrations.
+
+Standard SFT (InstructGPT stage 1): next-token cross-entropy on the response
+tokens only — prompt and padding are labelled -100 — with the chat template
+rendering the prompt. Batches are right-padded per batch (padding-aware, no
+cross-example attention). The loss is divided by the global number of response
+tokens in the step, so any micro-batch or rank split equals one big batch.
+
+Data: the world's demonstrations by default, or any JSONL / Parquet / HF dataset
+directory with `prompt`+`completion` or `messages` (see rlhfkit.data.loaders).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field
+
+import torch
+from tqdm import tqdm
+
+from rlhfkit import checkpoint, distributed
+from rlhfkit.data.chat import IGNORE_INDEX, render_example, sft_batch
+from rlhfkit.data.packing import epoch_batches
+from rlhfkit.data.records import Example, Message
+from rlhfkit.evaluation.gold_eval import log_samples
+from rlhfkit.losses import lm_loss
+from rlhfkit.models.load import load_causal_lm
+from rlhfkit.optim import adamw, cosine_lr, set_lr
+from rlhfkit.tracking import Run, seed_everything
+from rlhfkit.world import WorldConfig, build_world
+
+
+@dataclass
+class Config:
+    out_dir: str = "runs/sft"  # run directory; the final model lands in <out_dir>/model
+    seed: int = 0  # seeds data order and the held-out split
+    model: str = "runs/pretrain/model"  # local HF causal LM directory to fine-tune
+    data: str | None = None  # demonstrations file/dir; None: the built-in world's
+    world: WorldConfig = field(default_factory=WorldConfig)  # used for default data and samples
+    max_len: int = 256  # longest rendered example (prompt is cut from the left)
+    batch_size: int = 32  # examples per optimiser step (global)
+    epochs: float = 3.0  # passes over the training demonstrations
+    lr: float = 1e-3  # peak learning rate
+    warmup_steps: int = 20  # linear warmup
+    min_lr_ratio: float = 0.1  # cosine floor
+    weight_decay: float = 0.0  # AdamW decay on matrices
+    grad_clip: float = 1.0  # max gradient norm
+    heldout_fraction: float = 0.05  # demonstrations kept out for the held-out loss
+    eval_every: int = 50  # held-out loss every N steps
+    sample_every: int = 100  # print decoded samples every N steps
+    ckpt_every: int = 200  # checkpoint every N steps
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # torch CPU threads (0: torch default)
+
+
+def load_examples(cfg: Config, world) -> list[Example]:
+    if cfg.data:
+        from rlhfkit.data.loaders import load_sft
+
+        return load_sft(cfg.data)
+    return [Example((Message("user", p.text),), r, {"family": p.family}) for p, r in world.sft_demos()]
+
+
+def train(cfg: Config) -> str:
+    d = distributed.init(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    run = Run(cfg.out_dir, cfg, cfg.seed, "sft", d.rank)
+    world = build_world(cfg.world)
+
+    # 1. Model and data: render every demonstration once to (ids, mask).
+    ckpt = checkpoint.latest_checkpoint(cfg.out_dir)
+    model, tok = load_causal_lm(os.path.join(ckpt, "model") if ckpt else cfg.model, device=str(d.device))
+    examples = load_examples(cfg, world)
+    random.Random(cfg.seed).shuffle(examples)
+    n_held = max(1, int(len(examples) * cfg.heldout_fraction))
+    rendered = [render_example(tok, e.prompt, e.completion, cfg.max_len) for e in examples]
+    heldout, train_rows = rendered[:n_held], rendered[n_held:]
+    max_steps = max(1, int(cfg.epochs * len(train_rows) / cfg.batch_size))
+    print(f"[sft] {len(train_rows)} demonstrations ({n_held} held out), {max_steps} steps of {cfg.batch_size}", flush=True)
+
+    optimizer = adamw(model, cfg.lr, cfg.weight_decay)
+    start = 0
+    if ckpt:
+        state = checkpoint.load_state(ckpt)
+        optimizer.load_state_dict(state["optimizer"])
+        start = state["step"]
+        checkpoint.truncate_log(cfg.out_dir, start)
+        print(f"[sft] resumed from {ckpt} at step {start}", flush=True)
+    ddp_model = distributed.wrap(model, d)
+
+    # 2. Train on response tokens only.
+    model.train()
+    first_loss = heldout_loss(model, heldout, tok.pad_token_id, d.device)
+    run.log(start, {"eval/loss": first_loss})
+    for step in tqdm(range(start, max_steps), desc="sft", disable=not d.is_main, initial=start, total=max_steps):
+        lr = cosine_lr(step, max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
+        set_lr(optimizer, lr)
+        idx = distributed.shard(epoch_batches(len(train_rows), cfg.batch_size, step, cfg.seed).tolist(), d)
+        ids, attn, labels = (t.to(d.device) for t in sft_batch([train_rows[i] for i in idx], tok.pad_token_id))
+        n_tokens = distributed.global_sum((labels[:, 1:] != IGNORE_INDEX).sum(), d)
+        logits = ddp_model(input_ids=ids, attention_mask=attn).logits  # (B, T, V)
+        loss, _ = lm_loss(logits[:, :-1], labels[:, 1:], normalizer=n_tokens)
+        (loss * d.world_size).backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        # 3. Log, evaluate, sample, checkpoint.
+        metrics = {"train/loss": loss.item() * d.world_size, "train/lr": lr, "train/grad_norm": grad_norm.item()}
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == max_steps:
+            metrics["eval/loss"] = heldout_loss(model, heldout, tok.pad_token_id, d.device)
+        run.log(step + 1, metrics)
+        if d.is_main and (step + 1) % cfg.sample_every == 0:
+            log_samples(run, model, tok, world, step + 1)
+        if (step + 1) % cfg.ckpt_every == 0 and step + 1 < max_steps and d.is_main:
+            checkpoint.save_checkpoint(cfg.out_dir, step + 1, {"model": model}, {"optimizer": optimizer.state_dict()}, tok)
+        distributed.barrier(d)
+
+    out = os.path.join(cfg.out_dir, "model")
+    if d.is_main:
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+        print(f"[sft] held-out loss {first_loss:.3f} -> {metrics.get('eval/loss', float('nan')):.3f}; saved {out}", flush=True)
+    run.close()
+    distributed.close(d)
+    return out
+
+
+@torch.no_grad()
+def heldout_loss(model, rows, pad_id: int, device, batch_size: int = 64) -> float:
+    """Mean response-token loss over held-out rendered examples."""
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(rows), batch_size):
+        ids, attn, labels = (t.to(device) for t in sft_batch(rows[i : i + batch_size], pad_id))
+        n = (labels[:, 1:] != IGNORE_INDEX).sum().item()
+        loss, _ = lm_loss(model(input_ids=ids, attention_mask=attn).logits[:, :-1], labels[:, 1:])
+        total, count = total + loss.item() * n, count + n
+    model.train()
+    return total / max(count, 1)

@@ -1,0 +1,125 @@
+"""The run directory every stage writes, and its metrics log.
+
+    <out_dir>/
+      config.yaml      resolved config (load it back with --config to rerun)
+      run.json         seed, git SHA, command line, library versions, start time
+      metrics.jsonl    one JSON object per logged step: {"step": n, "time": s, <name>: value, ...}
+      tb/              TensorBoard events with the same names
+      samples.jsonl    decoded samples logged during training
+      checkpoints/     see rlhfkit.checkpoint
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from typing import Any
+
+
+def git_sha() -> str:
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Run:
+    """Opens (or reopens, when resuming) a run directory and logs metrics to JSONL + TensorBoard."""
+
+    def __init__(self, out_dir: str, cfg: Any, seed: int, stage: str, rank: int = 0):
+        from rlhfkit.config import dump_yaml
+
+        self.dir, self.rank, self.t0 = out_dir, rank, time.time()
+        self._tb = None
+        if rank != 0:
+            return
+        os.makedirs(out_dir, exist_ok=True)
+        dump_yaml(cfg, os.path.join(out_dir, "config.yaml"))
+        import torch
+        import transformers
+
+        meta = {
+            "stage": stage,
+            "seed": seed,
+            "git_sha": git_sha(),
+            "argv": sys.argv,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        with open(os.path.join(out_dir, "run.json"), "w") as f:
+            json.dump(meta, f, indent=2)
+        print(f"[{stage}] run dir {out_dir}  seed={seed}  git={meta['git_sha'][:12]}", flush=True)
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        if self.rank != 0:
+            return
+        row = {"step": step, "time": round(time.time() - self.t0, 3)}
+        row.update({k: _scalar(v) for k, v in metrics.items()})
+        with open(os.path.join(self.dir, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps(row) + "\n")
+        tb = self.tensorboard()
+        if tb is not None:
+            for k, v in row.items():
+                if k not in ("step", "time") and isinstance(v, (int, float)):
+                    tb.add_scalar(k, v, step)
+
+    def log_samples(self, step: int, samples: list[dict[str, Any]], show: int = 2) -> None:
+        """Append decoded samples to samples.jsonl and print the first few."""
+        if self.rank != 0:
+            return
+        with open(os.path.join(self.dir, "samples.jsonl"), "a") as f:
+            for s in samples:
+                f.write(json.dumps({"step": step, **s}) + "\n")
+        for s in samples[:show]:
+            extra = "  ".join(f"{k}={v:.3f}" for k, v in s.items() if isinstance(v, float))
+            print(f"  step {step} | {s.get('prompt', '')!r} -> {s.get('response', '')!r}  {extra}", flush=True)
+
+    def tensorboard(self):
+        if self._tb is None and os.environ.get("RLHFKIT_NO_TENSORBOARD") != "1":
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(os.path.join(self.dir, "tb"))
+            except ImportError:  # tensorboard is a declared dependency, but don't die for a log
+                self._tb = False
+        return self._tb or None
+
+    def close(self) -> None:
+        if self._tb:
+            self._tb.close()
+
+
+def _scalar(v: Any) -> Any:
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float):
+        return round(v, 6)
+    return v
+
+
+def read_metrics(out_dir: str) -> list[dict[str, Any]]:
+    path = os.path.join(out_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,32 @@
+"""Shared fixtures: a tokenizer and a very small Llama built from scratch (no downloads)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("RLHFKIT_NO_TENSORBOARD", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+TEXTS = [
+    "The capital of Zorvia is Quenport. The flag of Zorvia is green.",
+    "What is 7 + 5? 7 + 5 = 12. What is 9 - 4? 9 - 4 = 5.",
+    "Reverse this list: cat, dog, sun. sun, dog, cat.",
+    "I can't help with that. I can explain how to spot phishing emails instead.",
+] * 20
+
+
+@pytest.fixture(scope="session")
+def tiny_tok():
+    from rlhfkit.models.tiny import train_tokenizer
+
+    return train_tokenizer(TEXTS, vocab_size=300)
+
+
+@pytest.fixture()
+def tiny_model(tiny_tok):
+    from rlhfkit.models.tiny import TinyModelConfig, build_model
+
+    return build_model(TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64), tiny_tok, seed=0)

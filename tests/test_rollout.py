@@ -1,0 +1,80 @@
+"""Generation: EOS truncation, padding invariance, and sampling-time logprobs."""
+
+from __future__ import annotations
+
+import torch
+
+from rlhfkit.data.chat import render_prompt
+from rlhfkit.ops import logprobs_from_logits
+from rlhfkit.rollout import generate, position_ids_from_mask, truncate_after_eos
+
+
+def test_truncate_after_eos():
+    eos = 1
+    ids = torch.tensor([[5, 6, 1, 7, 1], [5, 5, 5, 5, 5], [1, 4, 4, 4, 4]])
+    mask = truncate_after_eos(ids, eos)
+    assert mask.tolist() == [
+        [True, True, True, False, False],
+        [True, True, True, True, True],
+        [True, False, False, False, False],
+    ]
+
+
+def test_greedy_is_invariant_to_left_padding(tiny_model, tiny_tok):
+    short = render_prompt(tiny_tok, "What is 7 + 5?")
+    long = render_prompt(tiny_tok, "Reverse this list: cat, dog, sun, cat, dog.")
+    kw = dict(eos_id=tiny_tok.eos_token_id, pad_id=tiny_tok.pad_token_id, max_new_tokens=12, temperature=0.0)
+    alone = generate(tiny_model.eval(), [short], **kw)
+    batched = generate(tiny_model, [long, short], **kw)
+    n = int(alone.response_mask[0].sum())
+    assert batched.response_ids[1, :n].tolist() == alone.response_ids[0, :n].tolist()
+    assert torch.allclose(batched.logprobs[1, :n], alone.logprobs[0, :n], atol=1e-4)
+
+
+def test_sampling_logprobs_match_recomputed_tempered_logprobs(tiny_model, tiny_tok):
+    torch.manual_seed(0)
+    prompts = [render_prompt(tiny_tok, t) for t in ("What is 7 + 5?", "Reverse this list: cat, dog.", "Hi")]
+    temperature = 0.7
+    g = torch.Generator().manual_seed(1)
+    gen = generate(tiny_model.eval(), prompts, eos_id=tiny_tok.eos_token_id, pad_id=tiny_tok.pad_token_id,
+                   max_new_tokens=10, temperature=temperature, generator=g)
+    ids, attn = gen.sequences()
+    with torch.no_grad():
+        logits = tiny_model(input_ids=ids, attention_mask=attn.long(), position_ids=position_ids_from_mask(attn)).logits
+    P = gen.prompt_ids.shape[1]
+    # logits at position t predict token t + 1: the response tokens are predicted by columns P-1 .. end-1.
+    recomputed = logprobs_from_logits(logits[:, P - 1 : -1], gen.response_ids, temperature=temperature)
+    m = gen.response_mask
+    assert m.any()
+    assert torch.allclose(recomputed[m], gen.logprobs[m], atol=1e-4)
+    # A wrong temperature gives different numbers: the check above can fail.
+    wrong = logprobs_from_logits(logits[:, P - 1 : -1], gen.response_ids, temperature=1.0)
+    assert not torch.allclose(wrong[m], gen.logprobs[m], atol=1e-3)
+
+
+class BoostEOS(torch.nn.Module):
+    """Wraps a model and makes EOS overwhelmingly likely for chosen rows, after `after` generated tokens."""
+
+    def __init__(self, model, eos_id, rows, after):
+        super().__init__()
+        self.model, self.eos_id, self.rows, self.after, self.calls = model, eos_id, rows, after, 0
+
+    def forward(self, **kw):
+        out = self.model(**kw)
+        if self.calls >= self.after:
+            out.logits[self.rows, -1, self.eos_id] += 1e4
+        self.calls += 1
+        return out
+
+
+def test_pad_after_eos_and_terminated_flag(tiny_model, tiny_tok):
+    eos, pad = tiny_tok.eos_token_id, tiny_tok.pad_token_id
+    prompts = [render_prompt(tiny_tok, "Hi"), render_prompt(tiny_tok, "What is 7 + 5?")]
+    model = BoostEOS(tiny_model.eval(), eos, rows=[0], after=2)  # row 0 ends with its 3rd token
+    gen = generate(model, prompts, eos_id=eos, pad_id=pad, max_new_tokens=6, temperature=1.0,
+                   generator=torch.Generator().manual_seed(0))
+    assert gen.terminated.tolist() == [True, bool((gen.response_ids[1] == eos).any())]
+    assert gen.response_mask[0].tolist()[:4] == [True, True, True, False]
+    assert gen.response_ids[0, 2].item() == eos
+    assert (gen.response_ids[0, 3:] == pad).all()
+    assert (gen.logprobs[0, 3:] == 0).all()
