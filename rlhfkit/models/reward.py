@@ -1,0 +1,90 @@
+"""Scalar-head models: the reward model and the value model.
+
+Both are Hugging Face `AutoModelForSequenceClassification` models with one
+label (a transformer backbone plus a linear `score` head), so a trained reward
+model is an ordinary HF directory that TRL, OpenRLHF or `transformers` load.
+We run the backbone and the head ourselves (`token_scores`) instead of calling
+the model's forward, for two reasons: the same weights then give a value for
+every token (the PPO critic, initialised from the reward model), and "the last
+real token" is read from the attention mask, which is right under both left
+and right padding (the HF forward infers it from pad ids).
+
+Normalisation (Ziegler et al. 2019; Stiennon et al. 2020): after training, the
+RM is shifted so its mean score over SFT samples is 0. The offset (and the std
+of the scores) are stored in `config.json` as `rlhfkit_score_offset` /
+`rlhfkit_score_std` and applied by `sequence_scores`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+
+def scalar_model_from_lm(path: str, device="cpu", dtype=torch.float32, seed: int = 0):
+    """A fresh 1-output sequence-classification model whose backbone comes from the causal LM at `path`."""
+    from transformers import AutoModelForSequenceClassification
+
+    from rlhfkit.models.load import disable_dropout, load_tokenizer
+
+    tok = load_tokenizer(path)
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype, local_files_only=os.path.isdir(path))
+    if len(tok) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tok))
+    head = score_head(model)
+    # lm-human-preferences init: std 1/sqrt(d+1) keeps initial scores O(1).
+    torch.nn.init.normal_(head.weight, std=1 / math.sqrt(model.config.hidden_size + 1))
+    if getattr(head, "bias", None) is not None:
+        torch.nn.init.zeros_(head.bias)
+    model.config.pad_token_id = tok.pad_token_id
+    model.config.rlhfkit_score_offset, model.config.rlhfkit_score_std = 0.0, 1.0
+    disable_dropout(model)
+    return model.to(device), tok
+
+
+def load_scalar_model(path: str, device="cpu", dtype=torch.float32):
+    """Load a trained reward (or value) model directory: `(model, tokenizer)`."""
+    from transformers import AutoModelForSequenceClassification
+
+    from rlhfkit.models.load import disable_dropout, load_tokenizer
+
+    tok = load_tokenizer(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype, local_files_only=os.path.isdir(path))
+    model.config.pad_token_id = tok.pad_token_id
+    disable_dropout(model)
+    return model.to(device), tok
+
+
+def score_head(model) -> torch.nn.Module:
+    for name in ("score", "classifier", "v_head"):
+        if hasattr(model, name):
+            return getattr(model, name)
+    raise ValueError(f"{type(model).__name__}: no scalar head found (expected .score or .classifier)")
+
+
+def token_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The head applied at every position: (B, T) float."""
+    from rlhfkit.rollout import position_ids_from_mask
+
+    backbone = getattr(model, model.base_model_prefix)
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask.long(),
+                      position_ids=position_ids_from_mask(attention_mask)).last_hidden_state  # (B, T, H)
+    return score_head(model)(hidden).squeeze(-1).float()  # (B, T)
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last True in each row of a (B, T) mask (left or right padding)."""
+    T = attention_mask.shape[1]
+    return T - 1 - attention_mask.long().flip(-1).argmax(-1)
+
+
+def sequence_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, normalized: bool = True) -> torch.Tensor:
+    """Reward at the last real token: (B,). Normalised by the stored offset unless `normalized=False`."""
+    scores = token_scores(model, input_ids, attention_mask)
+    out = scores.gather(1, last_token_index(attention_mask)[:, None])[:, 0]
+    if normalized:
+        out = out - getattr(model.config, "rlhfkit_score_offset", 0.0)
+    return out
