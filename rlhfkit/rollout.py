@@ -138,3 +138,83 @@ def generate_batched(model, prompts, *, batch_size: int = 64, **kwargs) -> list[
                 ids, lps = ids[:-1], lps[:-1]
             results[i] = (ids, bool(gen.terminated[row]), lps)
     return results
+
+
+def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
+                      temperature: float = 1.0, with_entropy: bool = False):
+    """Tempered logprobs (B, R) of the response part of `input_ids` (B, P + R), and optionally entropy (B, R).
+
+    Column P - 1 + t of the logits predicts response token t. Dividing by the
+    sampling temperature makes these equal the sampling-time logprobs.
+    """
+    from rlhfkit.ops import entropy_from_logits, logprobs_from_logits
+
+    logits = model(input_ids=input_ids, attention_mask=attention_mask.long(),
+                   position_ids=position_ids_from_mask(attention_mask)).logits[:, prompt_len - 1 : -1]  # (B, R, V)
+    logprobs = logprobs_from_logits(logits, input_ids[:, prompt_len:], temperature)
+    return logprobs, (entropy_from_logits(logits, temperature) if with_entropy else None)
+
+
+@dataclass
+class Experience:
+    """One batch of on-policy rollouts with everything the RL losses need (no grad)."""
+
+    prompts: list[str]
+    responses: list[str]  # decoded, without EOS/PAD
+    input_ids: torch.Tensor  # (B, P + R) prompt (left-padded) + response (PAD after EOS)
+    attention_mask: torch.Tensor  # (B, P + R) bool
+    prompt_len: int  # P
+    mask: torch.Tensor  # (B, R) bool, True on response tokens (EOS included)
+    terminated: torch.Tensor  # (B,) bool
+    scores: torch.Tensor  # (B,) reward (RM or callable), missing-EOS penalty applied
+    logprobs: torch.Tensor  # (B, R) policy at rollout time, recomputed by a training-mode forward
+    ref_logprobs: torch.Tensor  # (B, R) frozen reference
+
+
+@torch.no_grad()
+def collect_experience(policy, ref, tok, prompts: Sequence[str], reward_fn, *, max_new_tokens: int,
+                       temperature: float, missing_eos_penalty: float | None = None,
+                       forward_batch_size: int = 64) -> Experience:
+    """Generate, decode, score, and compute policy/reference logprobs for `prompts`.
+
+    `reward_fn(prompts, responses, terminated) -> (B,) tensor` is a reward model or
+    any Python callable. A response that hit the length limit without EOS gets
+    `missing_eos_penalty` added to its score (Huang et al. 2024: without it the
+    policy learns to ramble past the limit).
+    """
+    from rlhfkit.data.chat import render_prompt
+
+    policy.eval()
+    gen = generate(policy, [render_prompt(tok, p) for p in prompts], eos_id=tok.eos_token_id,
+                   pad_id=tok.pad_token_id, max_new_tokens=max_new_tokens, temperature=temperature)
+    input_ids, attn = gen.sequences()
+    P = gen.prompt_ids.shape[1]
+    texts = [tok.decode(r[m & (r != tok.eos_token_id)].tolist(), skip_special_tokens=True)
+             for r, m in zip(gen.response_ids, gen.response_mask)]
+    scores = reward_fn(list(prompts), texts, gen.terminated.tolist()).float().to(input_ids.device)
+    if missing_eos_penalty is not None:
+        scores = scores + missing_eos_penalty * (~gen.terminated).float()
+
+    def logprobs_of(model):
+        out = [response_logprobs(model, input_ids[i : i + forward_batch_size], attn[i : i + forward_batch_size], P, temperature)[0]
+               for i in range(0, len(prompts), forward_batch_size)]
+        return torch.cat(out).masked_fill(~gen.response_mask, 0.0)
+
+    return Experience(list(prompts), texts, input_ids, attn, P, gen.response_mask, gen.terminated, scores,
+                      logprobs_of(policy), logprobs_of(ref))
+
+
+def sequence_logprobs(model, rows: Sequence[tuple[list[int], list[bool]]], pad_id: int) -> torch.Tensor:
+    """Summed logprob of the masked (response) tokens of each rendered example: (N,).
+
+    `rows` are `(ids, mask)` from `rlhfkit.data.chat.render_example`, right-padded here.
+    """
+    from rlhfkit.ops import logprobs_from_logits, masked_sum
+
+    ids, attn = pad_batch([r[0] for r in rows], pad_id, side="right")
+    loss_mask, _ = pad_batch([[int(m) for m in r[1]] for r in rows], 0, side="right")
+    device = next(model.parameters()).device
+    ids, attn, loss_mask = ids.to(device), attn.to(device), loss_mask.to(device).bool()
+    logits = model(input_ids=ids, attention_mask=attn.long()).logits[:, :-1]  # (N, T-1, V)
+    logprobs = logprobs_from_logits(logits, ids[:, 1:])  # (N, T-1)
+    return masked_sum(logprobs, loss_mask[:, 1:], dim=1)

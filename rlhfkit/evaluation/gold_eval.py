@@ -95,3 +95,18 @@ def log_samples(run, model, tok, world, step: int, n: int = 3) -> None:
     prompts = prompts[:: max(1, len(prompts) // n)][:n]
     rows = score(world, prompts, answer(model, tok, [p.text for p in prompts], max_new_tokens=32))
     run.log_samples(step, [{"prompt": r["prompt"], "response": r["response"], "gold": float(r["gold"])} for r in rows])
+
+
+@torch.no_grad()
+def training_eval(policy, tok, world, reward_fn=None) -> dict[str, float]:
+    """Periodic eval inside RL/DPO training: greedy answers to held-out prompts,
+    mean gold (true quality) and, given a reward model, mean RM score (the proxy).
+    Logged side by side they show over-optimisation as it happens."""
+    prompts = world.prompts("eval")
+    answers = answer(policy, tok, [p.text for p in prompts])
+    s = summarize(score(world, prompts, answers))
+    out = {"eval/gold": s["gold"], "eval/response_words": s["response_words"],
+           "eval/refusal_rate_harmful": s["refusal_rate_harmful"] or 0.0, "eval/sycophancy_rate": s["sycophancy_rate"] or 0.0}
+    if reward_fn is not None:
+        out["eval/rm_score"] = reward_fn([p.text for p in prompts], [a["response"] for a in answers]).mean().item()
+    return out

@@ -88,3 +88,26 @@ def sequence_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     if normalized:
         out = out - getattr(model.config, "rlhfkit_score_offset", 0.0)
     return out
+
+
+def reward_fn_from_model(model, tok, batch_size: int = 64, normalized: bool = True):
+    """Wrap a reward model as `fn(prompts, responses, terminated=None) -> (B,) scores`.
+
+    Texts are re-rendered with the reward model's own tokenizer and chat template,
+    so the policy and the reward model need not share a vocabulary.
+    """
+    from rlhfkit.data.chat import pad_batch, render_example
+
+    device = next(model.parameters()).device
+
+    @torch.no_grad()
+    def fn(prompts, responses, terminated=None) -> torch.Tensor:
+        model.eval()
+        rows = [render_example(tok, p, r)[0] for p, r in zip(prompts, responses)]
+        out = []
+        for i in range(0, len(rows), batch_size):
+            ids, attn = pad_batch(rows[i : i + batch_size], tok.pad_token_id, side="right")
+            out.append(sequence_scores(model, ids.to(device), attn.to(device), normalized))
+        return torch.cat(out) if out else torch.zeros(0)
+
+    return fn

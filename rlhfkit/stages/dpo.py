@@ -1,0 +1,155 @@
+"""Direct Preference Optimization: preferences -> policy, no reward model, no sampling.
+
+DPO (Rafailov et al. 2023): loss = -log sigmoid(beta * [(log pi(c) - log ref(c)) - (log pi(r) - log ref(r))]),
+with IPO (Azar et al. 2023) and conservative DPO (label smoothing, Mitchell 2023)
+selectable by `loss_type` / `label_smoothing` (a dict lookup in rlhfkit.losses).
+Sequence logprobs are summed over response tokens. The reference model is the
+initial policy; its logprobs are computed once before training and cached in
+`<out_dir>/ref_logprobs.pt`, so the reference need not stay in memory.
+Trains on the same preference pairs (store export / JSONL) as the reward model.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field
+
+import torch
+from tqdm import tqdm
+
+from rlhfkit import checkpoint
+from rlhfkit.data.chat import render_example
+from rlhfkit.data.packing import epoch_batches
+from rlhfkit.evaluation.gold_eval import training_eval
+from rlhfkit.losses import PREFERENCE_LOSSES
+from rlhfkit.models.load import load_causal_lm
+from rlhfkit.optim import adamw, cosine_lr, set_lr
+from rlhfkit.rollout import sequence_logprobs
+from rlhfkit.tracking import Run, seed_everything
+from rlhfkit.world import WorldConfig, build_world
+
+
+@dataclass
+class Config:
+    out_dir: str = "runs/dpo"  # run directory; final policy in <out_dir>/model
+    seed: int = 0  # seeds split and batch order
+    policy: str = "runs/sft/model"  # initial policy and reference
+    data: str = "runs/feedback/pairs.jsonl"  # preference pairs file/dir
+    loss_type: str = "sigmoid"  # sigmoid (DPO) | ipo
+    beta: float = 0.1  # strength of the implicit KL regularisation
+    label_smoothing: float = 0.0  # conservative DPO: assumed label-noise rate (sigmoid only)
+    epochs: float = 2.0  # passes over the training pairs
+    batch_size: int = 32  # pairs per optimiser step
+    micro_batch_size: int = 32  # pairs per forward/backward
+    lr: float = 1e-4  # peak learning rate
+    warmup_steps: int = 10  # linear warmup
+    min_lr_ratio: float = 0.1  # cosine floor
+    grad_clip: float = 1.0  # max gradient norm
+    max_len: int = 256  # longest rendered prompt + response
+    heldout_fraction: float = 0.05  # pairs kept out for implicit-reward accuracy
+    eval_every: int = 50  # held-out metrics (and gold, if the world prompts apply) every N steps
+    gold_eval: bool = True  # evaluate gold on the world's held-out prompts during training
+    ckpt_every: int = 100  # checkpoint every N steps
+    world: WorldConfig = field(default_factory=WorldConfig)  # for gold evaluation
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # torch CPU threads (0: torch default)
+
+    def resolve(self) -> None:
+        from rlhfkit.config import ConfigError
+
+        if self.loss_type not in PREFERENCE_LOSSES:
+            raise ConfigError(f"'loss_type': expected one of {sorted(PREFERENCE_LOSSES)}, got {self.loss_type!r}")
+        if self.batch_size % self.micro_batch_size:
+            raise ConfigError(f"'batch_size' ({self.batch_size}) must be a multiple of 'micro_batch_size' ({self.micro_batch_size})")
+
+
+@torch.no_grad()
+def reference_logprobs(ref, rows, pad_id: int, batch_size: int = 64) -> torch.Tensor:
+    """Summed reference logprobs of every rendered example: (N,) on CPU."""
+    ref.eval()
+    return torch.cat([sequence_logprobs(ref, rows[i : i + batch_size], pad_id).cpu() for i in range(0, len(rows), batch_size)])
+
+
+def train(cfg: Config) -> str:
+    from rlhfkit.data.loaders import load_preferences
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    run = Run(cfg.out_dir, cfg, cfg.seed, "dpo")
+    loss_fn = PREFERENCE_LOSSES[cfg.loss_type]
+
+    # 1. Data: render (prompt, chosen) and (prompt, rejected) once.
+    pairs = load_preferences(cfg.data)
+    random.Random(cfg.seed).shuffle(pairs)
+    n_held = max(1, int(len(pairs) * cfg.heldout_fraction))
+    ckpt = checkpoint.latest_checkpoint(cfg.out_dir)
+    policy, tok = load_causal_lm(os.path.join(ckpt, "policy") if ckpt else cfg.policy, device=cfg.device)
+    device = next(policy.parameters()).device
+    chosen = [render_example(tok, p.prompt, p.chosen, cfg.max_len) for p in pairs]
+    rejected = [render_example(tok, p.prompt, p.rejected, cfg.max_len) for p in pairs]
+
+    # 2. Reference logprobs, computed once and cached; the reference model is then freed.
+    cache = os.path.join(cfg.out_dir, "ref_logprobs.pt")
+    if os.path.exists(cache):
+        ref_c, ref_r = torch.load(cache)
+    else:
+        ref, _ = load_causal_lm(cfg.policy, device=cfg.device)
+        ref_c, ref_r = reference_logprobs(ref, chosen, tok.pad_token_id), reference_logprobs(ref, rejected, tok.pad_token_id)
+        torch.save((ref_c, ref_r), cache)
+        del ref
+    held, train_idx = list(range(n_held)), list(range(n_held, len(pairs)))
+    max_steps = max(1, int(cfg.epochs * len(train_idx) / cfg.batch_size))
+    print(f"[dpo] {len(train_idx)} pairs (+{n_held} held out), {max_steps} steps, loss {cfg.loss_type}, beta {cfg.beta}", flush=True)
+
+    optimizer = adamw(policy, cfg.lr, 0.0)
+    start = 0
+    if ckpt:
+        state = checkpoint.load_state(ckpt)
+        optimizer.load_state_dict(state["optimizer"])
+        start = state["step"]
+        checkpoint.truncate_log(cfg.out_dir, start)
+    world = build_world(cfg.world) if cfg.gold_eval else None
+
+    def batch_loss(idx: list[int]):
+        logp_c = sequence_logprobs(policy, [chosen[i] for i in idx], tok.pad_token_id)
+        logp_r = sequence_logprobs(policy, [rejected[i] for i in idx], tok.pad_token_id)
+        return loss_fn(logp_c, logp_r, ref_c[idx].to(device), ref_r[idx].to(device), cfg.beta, cfg.label_smoothing)
+
+    # 3. Train: mean loss over the pairs of a step, accumulated over micro-batches.
+    policy.train()
+    for step in tqdm(range(start, max_steps), desc="dpo", initial=start, total=max_steps):
+        lr = cosine_lr(step, max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
+        set_lr(optimizer, lr)
+        idx = [train_idx[i] for i in epoch_batches(len(train_idx), cfg.batch_size, step, cfg.seed)]
+        stats: dict[str, float] = {}
+        for k in range(0, len(idx), cfg.micro_batch_size):
+            micro = idx[k : k + cfg.micro_batch_size]
+            loss, m = batch_loss(micro)
+            (loss * len(micro) / len(idx)).backward()
+            for name, v in m.items():
+                stats[name] = stats.get(name, 0.0) + v.item() * len(micro) / len(idx)
+        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        metrics = {**stats, "train/lr": lr, "train/grad_norm": grad_norm.item()}
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == max_steps:
+            with torch.no_grad():
+                policy.eval()
+                _, held_stats = batch_loss(held)
+                policy.train()
+            metrics.update({f"eval/{k.split('/', 1)[1]}": v.item() for k, v in held_stats.items()})
+            if world is not None:
+                metrics.update(training_eval(policy, tok, world))
+        run.log(step + 1, metrics)
+        if (step + 1) % cfg.ckpt_every == 0 and step + 1 < max_steps:
+            checkpoint.save_checkpoint(cfg.out_dir, step + 1, {"policy": policy}, {"optimizer": optimizer.state_dict()}, tok)
+
+    out = os.path.join(cfg.out_dir, "model")
+    policy.save_pretrained(out)
+    tok.save_pretrained(out)
+    print(f"[dpo] held-out implicit-reward accuracy {metrics.get('eval/rewards/accuracy', float('nan')):.3f}; saved {out}", flush=True)
+    run.close()
+    return out

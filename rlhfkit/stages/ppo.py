@@ -1,0 +1,229 @@
+"""Stage 3: PPO against a frozen reward model with a per-token KL penalty to the frozen SFT model.
+
+The RLHF PPO of Ziegler et al. (2019) and InstructGPT (Ouyang et al. 2022), with
+the implementation details that Huang et al. (2024, "The N+ implementation
+details of RLHF with PPO") found to matter, each a default and configurable:
+- four models: policy and reference (both from SFT), frozen reward model, and a
+  critic initialised from the reward model; dropout off everywhere;
+- rollouts sampled at temperature T and logprobs recomputed with logits / T;
+  responses truncated after the first EOS; a penalty for responses without EOS;
+- reward = RM score at the last response token - beta * KL per token (k1 by
+  default), beta fixed or adapted towards a target KL (Ziegler et al.);
+- GAE with masked advantage whitening; clipped surrogate and clipped value loss;
+  several epochs over shuffled minibatches; token-level losses divided by the
+  global count of response tokens so gradient accumulation equals a big batch;
+- optional PPO-ptx: the pretraining LM loss mixed in (InstructGPT).
+Departures: the critic is a separate network (no shared trunk), and the reward
+is not whitened by default (the RM is already normalised to mean 0 on SFT samples).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+from tqdm import tqdm
+
+from rlhfkit import checkpoint
+from rlhfkit.data.packing import epoch_batches, pack_documents
+from rlhfkit.evaluation.gold_eval import training_eval
+from rlhfkit.losses import explained_variance, lm_loss, ppo_policy_loss, ppo_value_loss
+from rlhfkit.models.load import load_causal_lm
+from rlhfkit.models.reward import load_scalar_model, reward_fn_from_model, token_scores
+from rlhfkit.ops import masked_mean, masked_sum, masked_whiten
+from rlhfkit.optim import adamw, set_lr
+from rlhfkit.rl import AdaptiveKLController, FixedKLController, KL_ESTIMATORS, gae, kl_penalized_rewards
+from rlhfkit.rollout import collect_experience, response_logprobs
+from rlhfkit.tracking import Run, seed_everything
+from rlhfkit.world import WorldConfig, build_world
+
+
+@dataclass
+class Config:
+    out_dir: str = "runs/ppo"  # run directory; final policy in <out_dir>/model
+    seed: int = 0  # seeds sampling and minibatch order
+    policy: str = "runs/sft/model"  # initial policy, also the frozen reference
+    reward_model: str = "runs/rm/model"  # frozen reward model
+    value_model: str | None = None  # critic init (None: the reward model)
+    prompts: str | None = None  # prompt file/dir; None: the world's RL split
+    world: WorldConfig = field(default_factory=WorldConfig)  # default prompts and gold evaluation
+    total_steps: int = 120  # PPO iterations (one rollout batch each)
+    rollout_batch_size: int = 64  # prompts sampled per iteration
+    minibatch_size: int = 16  # sequences per optimiser step
+    micro_batch_size: int = 16  # sequences per forward/backward (grad accumulation = minibatch / micro)
+    ppo_epochs: int = 4  # passes over each rollout batch
+    max_new_tokens: int = 40  # response length limit
+    temperature: float = 1.0  # sampling temperature (logprobs recomputed with the same T)
+    missing_eos_penalty: float | None = -1.0  # added to the score of a response without EOS (None: off)
+    kl_coef: float = 0.05  # beta, the KL penalty coefficient (initial value if adaptive)
+    kl_estimator: str = "k1"  # per-token KL in the reward: k1 | k2 | k3
+    adaptive_kl: bool = False  # adapt beta towards kl_target (Ziegler et al. 2019)
+    kl_target: float = 1.0  # target KL per sequence (nats) for the adaptive controller
+    kl_horizon: int = 2000  # controller horizon, in sequences
+    score_clip: float | None = None  # clip RM scores to +-this (None: off)
+    whiten_scores: bool = False  # whiten scores per rollout batch
+    gamma: float = 1.0  # discount
+    lam: float = 0.95  # GAE lambda
+    clip_range: float = 0.2  # policy ratio clip
+    clip_range_value: float = 0.2  # value clip around the rollout-time values
+    vf_coef: float = 0.1  # value loss weight
+    whiten_advantages: bool = True  # masked whitening of advantages per rollout batch
+    lr: float = 3e-5  # Adam learning rate (constant after warmup)
+    warmup_steps: int = 5  # iterations of linear warmup
+    grad_clip: float = 1.0  # max gradient norm
+    ptx_coef: float = 0.0  # PPO-ptx: weight of the pretraining LM loss (0: off)
+    ptx_batch_size: int = 8  # pretraining rows per minibatch when ptx_coef > 0
+    eval_every: int = 20  # gold eval on held-out prompts every N iterations (0: off)
+    sample_every: int = 20  # print decoded samples every N iterations
+    ckpt_every: int = 20  # checkpoint every N iterations
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # torch CPU threads (0: torch default)
+
+    def resolve(self) -> None:
+        from rlhfkit.config import ConfigError
+
+        if self.rollout_batch_size % self.minibatch_size or self.minibatch_size % self.micro_batch_size:
+            raise ConfigError(f"batch sizes must nest: rollout_batch_size ({self.rollout_batch_size}) % minibatch_size "
+                              f"({self.minibatch_size}) and minibatch_size % micro_batch_size ({self.micro_batch_size}) must be 0")
+        if self.kl_estimator not in KL_ESTIMATORS:
+            raise ConfigError(f"'kl_estimator': expected one of {sorted(KL_ESTIMATORS)}, got {self.kl_estimator!r}")
+
+
+def batch_plan(cfg: Config) -> str:
+    """The whole batch vocabulary, derived once."""
+    n_mb = cfg.rollout_batch_size // cfg.minibatch_size
+    accum = cfg.minibatch_size // cfg.micro_batch_size
+    return (f"rollout {cfg.rollout_batch_size} seqs -> {cfg.ppo_epochs} epochs x {n_mb} minibatches of {cfg.minibatch_size} "
+            f"(= {accum} micro-batches of {cfg.micro_batch_size}) = {cfg.ppo_epochs * n_mb} optimiser steps per iteration")
+
+
+def load_prompts(cfg: Config, world) -> list[str]:
+    if cfg.prompts:
+        from rlhfkit.data.loaders import load_prompts as load
+
+        return [conv[-1].content for conv in load(cfg.prompts)]
+    return [p.text for p in world.prompts("rl")]
+
+
+def train(cfg: Config) -> str:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    run = Run(cfg.out_dir, cfg, cfg.seed, "ppo")
+    world = build_world(cfg.world)
+    prompts = load_prompts(cfg, world)
+    print(f"[ppo] {len(prompts)} prompts; {batch_plan(cfg)}", flush=True)
+
+    # Models: policy + frozen reference (SFT), frozen reward model, critic (from the RM).
+    ckpt = checkpoint.latest_checkpoint(cfg.out_dir)
+    policy, tok = load_causal_lm(os.path.join(ckpt, "policy") if ckpt else cfg.policy, device=cfg.device)
+    device = next(policy.parameters()).device
+    ref, _ = load_causal_lm(cfg.policy, device=cfg.device)
+    rm, rm_tok = load_scalar_model(cfg.reward_model, device=device)
+    critic, _ = load_scalar_model(os.path.join(ckpt, "critic") if ckpt else (cfg.value_model or cfg.reward_model), device=device)
+    for frozen in (ref, rm):
+        frozen.requires_grad_(False).eval()
+    reward_fn = reward_fn_from_model(rm, rm_tok)
+    params = list(policy.parameters()) + list(critic.parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, eps=1e-5, weight_decay=0.0)
+    kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl else FixedKLController(cfg.kl_coef)
+    ptx_rows = pack_documents(tok, world.corpus()[:2000], 128) if cfg.ptx_coef > 0 else None
+    start = 0
+    if ckpt:
+        state = checkpoint.load_state(ckpt)
+        optimizer.load_state_dict(state["optimizer"])
+        kl_ctl.load_state_dict(state["kl_ctl"])
+        start = state["step"]
+        checkpoint.truncate_log(cfg.out_dir, start)
+        print(f"[ppo] resumed from {ckpt} at iteration {start}", flush=True)
+
+    for step in tqdm(range(start, cfg.total_steps), desc="ppo", initial=start, total=cfg.total_steps):
+        set_lr(optimizer, cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps)))
+        batch_prompts = [prompts[i] for i in epoch_batches(len(prompts), cfg.rollout_batch_size, step, cfg.seed)]
+
+        # 1. Generate responses and 2. score them; 3. logprobs of policy and reference (no grad).
+        exp = collect_experience(policy, ref, tok, batch_prompts, reward_fn, max_new_tokens=cfg.max_new_tokens,
+                                 temperature=cfg.temperature, missing_eos_penalty=cfg.missing_eos_penalty)
+        mask = exp.mask  # (B, R)
+        scores = exp.scores
+        if cfg.score_clip is not None:
+            scores = scores.clamp(-cfg.score_clip, cfg.score_clip)
+        if cfg.whiten_scores:
+            scores = (scores - scores.mean()) / (scores.std() + 1e-8)
+
+        # 4. Values of the critic at rollout time, and KL-penalised per-token rewards.
+        with torch.no_grad():
+            critic.eval()
+            values = token_scores(critic, exp.input_ids, exp.attention_mask)[:, exp.prompt_len - 1 : -1]  # (B, R)
+            values = values.masked_fill(~mask, 0.0)
+            rewards, kl = kl_penalized_rewards(scores, exp.logprobs, exp.ref_logprobs, mask, kl_ctl.value, cfg.kl_estimator)
+
+            # 5. Advantages (GAE) and returns; advantages whitened over response tokens.
+            advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
+            if cfg.whiten_advantages:
+                advantages = masked_whiten(advantages, mask)
+
+        # 6. PPO epochs over shuffled minibatches, with gradient accumulation over micro-batches.
+        policy.train(), critic.train()
+        stats: dict[str, list[float]] = {}
+        for _ in range(cfg.ppo_epochs):
+            order = torch.randperm(len(batch_prompts))
+            for mb in order.split(cfg.minibatch_size):
+                normalizer = mask[mb].sum()  # global count of response tokens in this optimiser step
+                for micro in mb.split(cfg.micro_batch_size):
+                    ids, attn, P = exp.input_ids[micro], exp.attention_mask[micro], exp.prompt_len
+                    new_logprobs, entropy = response_logprobs(policy, ids, attn, P, cfg.temperature, with_entropy=True)
+                    new_values = token_scores(critic, ids, attn)[:, P - 1 : -1]
+                    pg_loss, pg_stats = ppo_policy_loss(new_logprobs, exp.logprobs[micro], advantages[micro],
+                                                        mask[micro], cfg.clip_range, normalizer)
+                    vf_loss, vf_stats = ppo_value_loss(new_values, values[micro], returns[micro], mask[micro],
+                                                       cfg.clip_range_value, normalizer)
+                    loss = pg_loss + cfg.vf_coef * vf_loss
+                    if ptx_rows is not None:
+                        loss = loss + cfg.ptx_coef * ptx_loss(policy, ptx_rows, cfg.ptx_batch_size) * len(micro) / len(mb)
+                    loss.backward()
+                    for k, v in {**pg_stats, **vf_stats, "objective/entropy_token": masked_mean(entropy.detach(), mask[micro])}.items():
+                        stats.setdefault(k, []).append(float(v))
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+
+        # 7. Log the RLHF dashboard; adapt beta; evaluate, sample, checkpoint.
+        seq_kl = masked_sum(kl, mask, dim=1)  # (B,) KL of each sequence to the reference
+        metrics = {k: sum(v) / len(v) for k, v in stats.items()}
+        metrics.update({
+            "objective/scores": exp.scores.mean().item(),
+            "objective/kl": seq_kl.mean().item(),
+            "objective/non_score_reward": (-kl_ctl.value * seq_kl).mean().item(),
+            "objective/rlhf_reward": (exp.scores - kl_ctl.value * seq_kl).mean().item(),
+            "objective/kl_coef": kl_ctl.value,
+            "ppo/val/explained_variance": explained_variance(values, returns, mask).item(),
+            "ppo/returns/mean": masked_mean(returns, mask).item(),
+            "rollout/response_length": mask.sum(1).float().mean().item(),
+            "rollout/eos_rate": exp.terminated.float().mean().item(),
+            "objective/entropy": metrics.pop("objective/entropy_token") * mask.sum(1).float().mean().item(),
+        })
+        kl_ctl.update(seq_kl.mean().item(), len(batch_prompts))
+        if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.total_steps):
+            metrics.update(training_eval(policy, tok, world, reward_fn))
+        run.log(step + 1, metrics)
+        if (step + 1) % cfg.sample_every == 0:
+            run.log_samples(step + 1, [{"prompt": p, "response": r, "score": float(s), "kl": float(k)}
+                                       for p, r, s, k in zip(exp.prompts[:4], exp.responses[:4], exp.scores[:4], seq_kl[:4])])
+        if (step + 1) % cfg.ckpt_every == 0 and step + 1 < cfg.total_steps:
+            checkpoint.save_checkpoint(cfg.out_dir, step + 1, {"policy": policy, "critic": critic},
+                                       {"optimizer": optimizer.state_dict(), "kl_ctl": kl_ctl.state_dict()}, tok)
+
+    out = os.path.join(cfg.out_dir, "model")
+    policy.save_pretrained(out)
+    tok.save_pretrained(out)
+    print(f"[ppo] saved {out}", flush=True)
+    run.close()
+    return out
+
+
+def ptx_loss(policy, rows: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Pretraining LM loss on a random packed batch (PPO-ptx)."""
+    b = rows[torch.randint(len(rows), (batch_size,))].to(next(policy.parameters()).device)
+    return lm_loss(policy(input_ids=b).logits[:, :-1], b[:, 1:])[0]

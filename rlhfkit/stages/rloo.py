@@ -1,0 +1,176 @@
+"""Critic-free online RL: RLOO (this file's defaults) and GRPO (stages/grpo.py).
+
+Both sample k responses per prompt and replace PPO's learned critic with a
+baseline computed from the other samples of the same prompt:
+- RLOO (Ahmadian et al. 2024, "Back to Basics"): A_i = R_i - mean_{j != i} R_j,
+  with the KL penalty inside the sequence reward R = score - beta * KL(seq);
+- GRPO (Shao et al. 2024, DeepSeekMath): A_i = (s_i - mean s) / std s over the
+  group (0 for a group with no variance), KL to the reference as a k3 loss term.
+The advantage estimator is a dict lookup; the loss is `policy_gradient_loss`
+(clipped surrogate, token sum / global token count). Rewards come from the
+reward model or from any Python callable `fn(prompts, responses, terminated)`,
+e.g. `reward=world` (the world's verifiable gold) or `reward=my.module:fn`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+
+import torch
+from tqdm import tqdm
+
+from rlhfkit import checkpoint
+from rlhfkit.data.packing import epoch_batches
+from rlhfkit.evaluation.gold_eval import training_eval
+from rlhfkit.losses import policy_gradient_loss
+from rlhfkit.models.load import load_causal_lm
+from rlhfkit.ops import masked_sum
+from rlhfkit.optim import set_lr
+from rlhfkit.rl import grpo_advantages, kl_k1, rloo_advantages
+from rlhfkit.rollout import collect_experience, response_logprobs
+from rlhfkit.tracking import Run, seed_everything
+from rlhfkit.world import WorldConfig, build_world
+
+ADVANTAGES = {"rloo": rloo_advantages, "grpo": grpo_advantages}
+
+
+@dataclass
+class Config:
+    out_dir: str = "runs/rloo"  # run directory; final policy in <out_dir>/model
+    seed: int = 0  # seeds sampling and minibatch order
+    estimator: str = "rloo"  # advantage baseline: rloo | grpo
+    policy: str = "runs/sft/model"  # initial policy, also the frozen reference
+    reward: str = "rm"  # rm | world (gold as a verifiable reward) | package.module:function
+    reward_model: str = "runs/rm/model"  # used when reward=rm
+    prompts: str | None = None  # prompt file/dir; None: the world's RL split
+    world: WorldConfig = field(default_factory=WorldConfig)  # default prompts and gold evaluation
+    total_steps: int = 100  # iterations (one rollout batch each)
+    prompts_per_step: int = 16  # prompts per iteration
+    k: int = 4  # samples per prompt
+    minibatch_size: int = 32  # sequences per optimiser step
+    micro_batch_size: int = 32  # sequences per forward/backward
+    ppo_epochs: int = 2  # passes over each rollout batch (1 = pure on-policy REINFORCE)
+    max_new_tokens: int = 40  # response length limit
+    temperature: float = 1.0  # sampling temperature
+    missing_eos_penalty: float | None = -1.0  # added to the score of a response without EOS
+    kl_coef: float = 0.05  # beta
+    kl_in_reward: bool = True  # True: R = score - beta*KL(seq) (RLOO); False: k3 KL loss term (GRPO)
+    clip_range: float = 0.2  # ratio clip
+    lr: float = 3e-5  # Adam learning rate (constant after warmup)
+    warmup_steps: int = 5  # iterations of linear warmup
+    grad_clip: float = 1.0  # max gradient norm
+    eval_every: int = 20  # gold eval every N iterations (0: off)
+    sample_every: int = 20  # print samples every N iterations
+    ckpt_every: int = 20  # checkpoint every N iterations
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # torch CPU threads (0: torch default)
+
+    def resolve(self) -> None:
+        from rlhfkit.config import ConfigError
+
+        if self.estimator not in ADVANTAGES:
+            raise ConfigError(f"'estimator': expected one of {sorted(ADVANTAGES)}, got {self.estimator!r}")
+        n = self.prompts_per_step * self.k
+        if n % self.minibatch_size or self.minibatch_size % self.micro_batch_size:
+            raise ConfigError(f"batch sizes must nest: prompts_per_step*k ({n}) % minibatch_size ({self.minibatch_size}) "
+                              f"and minibatch_size % micro_batch_size ({self.micro_batch_size}) must be 0")
+
+
+def make_reward_fn(cfg: Config, world, device):
+    """`fn(prompts, responses, terminated) -> (B,) tensor` from the config's `reward`."""
+    if cfg.reward == "rm":
+        from rlhfkit.models.reward import load_scalar_model, reward_fn_from_model
+
+        rm, rm_tok = load_scalar_model(cfg.reward_model, device=device)
+        rm.requires_grad_(False)
+        return reward_fn_from_model(rm, rm_tok)
+    if cfg.reward == "world":
+        return lambda ps, rs, term=None: torch.tensor(
+            [world.gold(p, r, t).score for p, r, t in zip(ps, rs, term or [True] * len(ps))])
+    module, _, name = cfg.reward.partition(":")
+    fn = getattr(importlib.import_module(module), name)
+    return lambda ps, rs, term=None: torch.as_tensor(fn(ps, rs, term), dtype=torch.float32)
+
+
+def train(cfg: Config) -> str:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    run = Run(cfg.out_dir, cfg, cfg.seed, cfg.estimator)
+    world = build_world(cfg.world)
+    from rlhfkit.stages.ppo import load_prompts
+
+    prompts = load_prompts(cfg, world)
+    ckpt = checkpoint.latest_checkpoint(cfg.out_dir)
+    policy, tok = load_causal_lm(os.path.join(ckpt, "policy") if ckpt else cfg.policy, device=cfg.device)
+    device = next(policy.parameters()).device
+    ref, _ = load_causal_lm(cfg.policy, device=cfg.device)
+    ref.requires_grad_(False).eval()
+    reward_fn = make_reward_fn(cfg, world, device)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, eps=1e-5, weight_decay=0.0)
+    start = 0
+    if ckpt:
+        state = checkpoint.load_state(ckpt)
+        optimizer.load_state_dict(state["optimizer"])
+        start = state["step"]
+        checkpoint.truncate_log(cfg.out_dir, start)
+    print(f"[{cfg.estimator}] {len(prompts)} prompts; {cfg.prompts_per_step} prompts x k={cfg.k} per iteration, "
+          f"{cfg.ppo_epochs} epochs of minibatch {cfg.minibatch_size}", flush=True)
+
+    for step in tqdm(range(start, cfg.total_steps), desc=cfg.estimator, initial=start, total=cfg.total_steps):
+        set_lr(optimizer, cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps)))
+        batch = [prompts[i] for i in epoch_batches(len(prompts), cfg.prompts_per_step, step, cfg.seed)]
+
+        # 1. Generate k responses per prompt (contiguous), score them, logprobs of policy and reference.
+        exp = collect_experience(policy, ref, tok, [p for p in batch for _ in range(cfg.k)], reward_fn,
+                                 max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                 missing_eos_penalty=cfg.missing_eos_penalty)
+        mask = exp.mask
+        seq_kl = masked_sum(kl_k1(exp.logprobs, exp.ref_logprobs), mask, dim=1)  # (B,)
+
+        # 2. Sequence advantages from the group baseline.
+        rewards = exp.scores - cfg.kl_coef * seq_kl if cfg.kl_in_reward else exp.scores
+        advantages = ADVANTAGES[cfg.estimator](rewards, cfg.k)  # (B,)
+
+        # 3. Clipped policy-gradient epochs over minibatches (KL as a loss term unless in the reward).
+        policy.train()
+        stats: dict[str, list[float]] = {}
+        for _ in range(cfg.ppo_epochs):
+            for mb in torch.randperm(len(exp.prompts)).split(cfg.minibatch_size):
+                normalizer = mask[mb].sum()
+                for micro in mb.split(cfg.micro_batch_size):
+                    logprobs, _ = response_logprobs(policy, exp.input_ids[micro], exp.attention_mask[micro], exp.prompt_len, cfg.temperature)
+                    loss, m = policy_gradient_loss(logprobs, exp.logprobs[micro], advantages[micro], mask[micro], cfg.clip_range,
+                                                   normalizer, kl_coef=0.0 if cfg.kl_in_reward else cfg.kl_coef,
+                                                   ref_logprobs=exp.ref_logprobs[micro])
+                    loss.backward()
+                    for name, v in m.items():
+                        stats.setdefault(name, []).append(float(v))
+                torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+
+        # 4. Log, evaluate, checkpoint.
+        metrics = {k: sum(v) / len(v) for k, v in stats.items()}
+        metrics.update({"objective/scores": exp.scores.mean().item(), "objective/kl": seq_kl.mean().item(),
+                        "objective/rlhf_reward": (exp.scores - cfg.kl_coef * seq_kl).mean().item(),
+                        "rollout/response_length": mask.sum(1).float().mean().item(),
+                        "rollout/eos_rate": exp.terminated.float().mean().item(),
+                        "rollout/zero_advantage_frac": (advantages == 0).float().mean().item()})
+        if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.total_steps):
+            metrics.update(training_eval(policy, tok, world, reward_fn if cfg.reward == "rm" else None))
+        run.log(step + 1, metrics)
+        if (step + 1) % cfg.sample_every == 0:
+            run.log_samples(step + 1, [{"prompt": p, "response": r, "score": float(s)}
+                                       for p, r, s in zip(exp.prompts[:: cfg.k][:3], exp.responses[:: cfg.k][:3], exp.scores[:: cfg.k][:3])])
+        if (step + 1) % cfg.ckpt_every == 0 and step + 1 < cfg.total_steps:
+            checkpoint.save_checkpoint(cfg.out_dir, step + 1, {"policy": policy}, {"optimizer": optimizer.state_dict()}, tok)
+
+    out = os.path.join(cfg.out_dir, "model")
+    policy.save_pretrained(out)
+    tok.save_pretrained(out)
+    print(f"[{cfg.estimator}] saved {out}", flush=True)
+    run.close()
+    return out
