@@ -1,0 +1,406 @@
+"""Load data in the formats people already have, into the record types of `rlhfkit.data.records`.
+
+Sources (nothing is ever downloaded):
+  * a `.jsonl` file (blank lines allowed), or a `.parquet` file;
+  * a directory saved by `datasets` `save_to_disk` (it holds `state.json` /
+    `dataset_info.json`); a saved `DatasetDict` (`dataset_dict.json`) gives the split `split=`;
+  * a directory of `.jsonl` / `.parquet` files, searched recursively. When file
+    or folder names carry split names (`train.jsonl`, `data/test-00000.parquet`)
+    only the files of `split=` are read; otherwise all of them are.
+A single file is one split: `split=` does not apply to it.
+
+Schemas, in the field names of TRL and the Hugging Face hub:
+  * SFT: `prompt` + `completion`, each a string or a list of `{role, content}`
+    messages (TRL's conversational form), or `messages` alone, whose final
+    assistant message is the completion and the earlier ones the prompt.
+  * Preferences: `prompt` + `chosen` + `rejected` as strings or messages; or
+    `chosen` / `rejected` as whole conversations sharing a prefix ("implicit
+    prompt"). Optional `source`, `annotator`, `group`, `meta`.
+  * Prompts: `prompt` (string or messages) or `messages` (a final assistant
+    reply, if any, is not part of the prompt).
+Columns a schema does not use go into the record's `meta`. A null counts as an
+absent field (columnar formats fill missing columns with nulls).
+
+Nothing is dropped silently: every malformed row raises `DataError` naming the
+file, the line (JSONL, 1-based) or row (Parquet / datasets, 0-based as in
+`ds[N]`) and the field, e.g. `pairs.jsonl:5: missing field 'rejected'`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import tempfile
+from typing import Any, Callable, Iterable, Iterator
+
+from rlhfkit.data.records import SOURCES, Comparison, Example, Message
+
+ROLES = ("user", "assistant", "system")
+# Names that mark a file or folder as one split of a dataset (`train-00000-of-00002.parquet`).
+SPLIT_NAMES = ("train", "validation", "valid", "val", "dev", "test", "eval")
+
+
+class DataError(ValueError):
+    """A data file or row that cannot be read; the message names file, line/row and field."""
+
+
+# ---------------------------------------------------------------- public API
+
+
+def load_sft(path: str, split: str = "train") -> list[Example]:
+    """Every row of `path` as an `Example` (see the module docstring for the accepted schemas)."""
+    return [parse_example(row, loc) for loc, row in read_records(path, split)]
+
+
+def load_preferences(path: str, split: str = "train") -> list[Comparison]:
+    """Every row of `path` as a `Comparison`."""
+    return [parse_comparison(row, loc) for loc, row in read_records(path, split)]
+
+
+def load_prompts(path: str, split: str = "train") -> list[tuple[Message, ...]]:
+    """Every row of `path` as a prompt conversation (ending with a user message)."""
+    return [parse_prompt(row, loc) for loc, row in read_records(path, split)]
+
+
+def read_records(path: str, split: str = "train") -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield `(location, row)` for every record under `path`.
+
+    `location` is `"file:LINE"` for JSONL (1-based, blank lines counted) and
+    `"file:row N"` for Parquet and saved datasets (0-based). Raises DataError for
+    a missing path, an unsupported file, unreadable content, or a file with no records.
+    """
+    if not os.path.exists(path):
+        raise DataError(f"{path}: no such file or directory")
+    if not os.path.isdir(path):
+        yield from _read_file(path)
+    elif _is_saved_dataset(path):
+        yield from _read_saved_dataset(path, split)
+    else:
+        for file in _split_files(path, split):
+            yield from _read_file(file)
+
+
+def write_jsonl(path: str, rows: Iterable[Any]) -> int:
+    """Write dicts or record dataclasses as JSONL, atomically (temp file + rename); returns the row count.
+
+    Readers never see a half-written file: the old content stays until the new
+    one is complete on disk.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+                               dir=os.path.dirname(os.path.abspath(path)))
+    n = 0
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(_plain(row), ensure_ascii=False) + "\n")
+                n += 1
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; data files are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return n
+
+
+# ---------------------------------------------------------------- rows -> records
+
+
+def parse_example(row: dict[str, Any], loc: str) -> Example:
+    """One SFT row -> `Example`: `prompt` + `completion`, or `messages`."""
+    if _has(row, "completion") or not _has(row, "messages"):
+        if "completion" not in row:
+            raise DataError(f"{loc}: missing field 'completion' (or give 'messages')")
+        prompt = _prompt(_required(row, "prompt", loc), loc, "prompt")
+        completion = _reply(row["completion"], loc, "completion")
+        return Example(prompt, completion, _meta(row, ("prompt", "completion"), loc))
+    messages = _messages(row["messages"], loc, "messages")
+    if messages[-1].role != "assistant":
+        raise _field_error(loc, f"messages[{len(messages) - 1}].role",
+                           f"the last message is the completion and must be from the assistant, got {messages[-1].role!r}")
+    prompt = _prompt_end(messages[:-1], loc, "messages")
+    return Example(prompt, messages[-1].content, _meta(row, ("messages",), loc))
+
+
+def parse_comparison(row: dict[str, Any], loc: str) -> Comparison:
+    """One preference row -> `Comparison` (explicit prompt, conversational, or implicit-prompt form)."""
+    chosen, rejected = _required(row, "chosen", loc), _required(row, "rejected", loc)
+    if isinstance(chosen, (list, tuple)) != isinstance(rejected, (list, tuple)):
+        want = "a list of messages" if isinstance(chosen, (list, tuple)) else "a string"
+        raise _field_error(loc, "rejected", f"expected {want} like 'chosen', got {_kind(rejected)}")
+    if isinstance(chosen, (list, tuple)):
+        prompt, chosen, rejected = _split_conversations(row, chosen, rejected, loc)
+    else:
+        prompt = _single_turn(_prompt(_required(row, "prompt", loc), loc, "prompt"), loc, "prompt")
+        chosen, rejected = _text(chosen, loc, "chosen"), _text(rejected, loc, "rejected")
+    provenance = {name: _optional_str(row, name, loc) for name in ("source", "annotator", "group")}
+    if provenance["source"] is not None and provenance["source"] not in SOURCES:
+        raise _field_error(loc, "source", f"expected one of {', '.join(SOURCES)}, got {provenance['source']!r}")
+    used = ("prompt", "chosen", "rejected", "source", "annotator", "group")
+    return Comparison(prompt, chosen, rejected, meta=_meta(row, used, loc),
+                      **{k: v for k, v in provenance.items() if v is not None})
+
+
+def parse_prompt(row: dict[str, Any], loc: str) -> tuple[Message, ...]:
+    """One prompt row -> conversation: `prompt` (string or messages) or `messages` minus a final reply."""
+    if _has(row, "prompt") or not _has(row, "messages"):
+        return _prompt(_required(row, "prompt", loc), loc, "prompt")
+    messages = _messages(row["messages"], loc, "messages")
+    if messages[-1].role == "assistant":
+        messages = messages[:-1]
+    return _prompt_end(messages, loc, "messages")
+
+
+# ---------------------------------------------------------------- field checks
+
+
+def _field_error(loc: str, field: str, problem: str) -> DataError:
+    return DataError(f"{loc}: field {field!r}: {problem}")
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _has(row: dict, name: str) -> bool:
+    return row.get(name) is not None
+
+
+def _required(row: dict, name: str, loc: str) -> Any:
+    if name not in row:
+        raise DataError(f"{loc}: missing field {name!r}")
+    return row[name]
+
+
+def _text(value: Any, loc: str, field: str) -> str:
+    """A required piece of text: a string with something in it."""
+    if not isinstance(value, str):
+        raise _field_error(loc, field, f"expected a string, got {_kind(value)}")
+    if not value.strip():
+        raise _field_error(loc, field, "expected a non-empty string, got an empty one")
+    return value
+
+
+def _messages(value: Any, loc: str, field: str) -> tuple[Message, ...]:
+    """A non-empty list of `{role, content}` dicts -> Messages."""
+    if not isinstance(value, (list, tuple)):
+        raise _field_error(loc, field, f"expected a list of messages, got {_kind(value)}")
+    if not value:
+        raise _field_error(loc, field, "expected a non-empty list of messages, got an empty list")
+    out = []
+    for i, m in enumerate(value):
+        at = f"{field}[{i}]"
+        if not isinstance(m, dict):
+            raise _field_error(loc, at, f"expected a message {{role, content}}, got {_kind(m)}")
+        extra = [k for k, v in m.items() if k not in ("role", "content") and v is not None]
+        if extra:  # tool calls, names, ...: refusing them beats quietly training without them
+            raise _field_error(loc, at, f"unexpected key {extra[0]!r} (a message has role and content)")
+        if m.get("role") not in ROLES:
+            raise _field_error(loc, f"{at}.role", f"expected one of {', '.join(ROLES)}, got {m.get('role')!r}")
+        out.append(Message(m["role"], _text(m.get("content"), loc, f"{at}.content")))
+    return tuple(out)
+
+
+def _prompt(value: Any, loc: str, field: str) -> tuple[Message, ...]:
+    """A prompt given as a user string or as messages ending with a user turn."""
+    if not isinstance(value, (list, tuple)):
+        return (Message("user", _text(value, loc, field)),)
+    return _prompt_end(_messages(value, loc, field), loc, field)
+
+
+def _prompt_end(messages: tuple[Message, ...], loc: str, field: str) -> tuple[Message, ...]:
+    """Check that a prompt conversation is non-empty and ends with the user's turn."""
+    if not messages:
+        raise _field_error(loc, field, "expected a user message before the assistant's reply")
+    if messages[-1].role != "user":
+        raise _field_error(loc, f"{field}[{len(messages) - 1}].role",
+                           f"a prompt must end with a user message, got {messages[-1].role!r}")
+    return messages
+
+
+def _reply(value: Any, loc: str, field: str) -> str:
+    """A response given as a string or as a one-message assistant list."""
+    if not isinstance(value, (list, tuple)):
+        return _text(value, loc, field)
+    return _one_reply(_messages(value, loc, field), loc, field, 0)
+
+
+def _one_reply(messages: tuple[Message, ...], loc: str, field: str, offset: int) -> str:
+    """The single assistant message left after the prompt; `offset` is its index in the original list."""
+    if len(messages) != 1:
+        raise _field_error(loc, field, f"expected one assistant reply after the prompt, got {len(messages)} messages")
+    if messages[0].role != "assistant":
+        raise _field_error(loc, f"{field}[{offset}].role", f"expected 'assistant', got {messages[0].role!r}")
+    return messages[0].content
+
+
+def _single_turn(prompt: tuple[Message, ...], loc: str, field: str) -> str:
+    # Comparison.prompt is one user string; silently flattening a longer conversation would change the task.
+    if len(prompt) != 1:
+        raise _field_error(loc, field, f"preference prompts must be a single user message, got {len(prompt)} messages")
+    return prompt[0].content
+
+
+def _split_conversations(row: dict, chosen: list, rejected: list, loc: str) -> tuple[str, str, str]:
+    """Conversational pairs -> (prompt, chosen reply, rejected reply).
+
+    With `prompt`, a chosen/rejected list that repeats it (hub datasets such as
+    UltraFeedback-binarized) has it removed; without, the prompt is the longest
+    prefix the two conversations share (TRL's implicit-prompt form).
+    """
+    c, r = _messages(chosen, loc, "chosen"), _messages(rejected, loc, "rejected")
+    if _has(row, "prompt"):
+        prompt = _prompt(row["prompt"], loc, "prompt")
+        field = "prompt"
+        n_c = len(prompt) if c[: len(prompt)] == prompt else 0
+        n_r = len(prompt) if r[: len(prompt)] == prompt else 0
+    else:
+        if c == r:
+            raise _field_error(loc, "rejected", "the same conversation as 'chosen'")
+        n_c = n_r = next((i for i, (a, b) in enumerate(zip(c, r)) if a != b), min(len(c), len(r)))
+        if n_c == 0:
+            raise _field_error(loc, "chosen", "no prompt: give 'prompt', or chosen and rejected conversations that start alike")
+        prompt, field = _prompt_end(c[:n_c], loc, "chosen"), "chosen"
+    return (_single_turn(prompt, loc, field),
+            _one_reply(c[n_c:], loc, "chosen", n_c), _one_reply(r[n_r:], loc, "rejected", n_r))
+
+
+def _optional_str(row: dict, name: str, loc: str) -> str | None:
+    value = row.get(name)
+    if value is not None and not isinstance(value, str):
+        raise _field_error(loc, name, f"expected a string, got {_kind(value)}")
+    return value
+
+
+def _meta(row: dict, used: tuple[str, ...], loc: str) -> dict[str, Any]:
+    """`meta` of the row, plus every non-null column the schema did not use."""
+    meta = row.get("meta")
+    if meta is not None and not isinstance(meta, dict):
+        raise _field_error(loc, "meta", f"expected a mapping, got {_kind(meta)}")
+    extra = {k: v for k, v in row.items() if k not in used and k != "meta" and v is not None}
+    return {**extra, **(meta or {})}
+
+
+def _plain(row: Any) -> Any:
+    if dataclasses.is_dataclass(row) and not isinstance(row, type):
+        return dataclasses.asdict(row)
+    return row
+
+
+# ---------------------------------------------------------------- readers
+
+
+def _read_file(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    reader = _READERS.get(os.path.splitext(path)[1].lower())
+    if reader is None:
+        raise DataError(f"{path}: unsupported file type (expected .jsonl, .parquet, or a datasets directory)")
+    n = 0
+    for n, item in enumerate(reader(path), 1):
+        yield item
+    if n == 0:
+        raise DataError(f"{path}: no records")
+
+
+def _read_jsonl(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            loc = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8").lstrip("\ufeff" if lineno == 1 else "")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{loc}: invalid UTF-8 ({e.reason} at byte {e.start})") from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{loc}: invalid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{loc}: expected a JSON object, got {_kind(row)}")
+            yield loc, row
+
+
+def _read_parquet(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{path}: not a readable Parquet file ({e})") from None
+    i = 0
+    for batch in batches:
+        for row in batch.to_pylist():
+            yield f"{path}:row {i}", row
+            i += 1
+
+
+_READERS: dict[str, Callable[[str], Iterator[tuple[str, dict[str, Any]]]]] = {
+    ".jsonl": _read_jsonl,
+    ".parquet": _read_parquet,
+}
+
+
+def _is_saved_dataset(path: str) -> bool:
+    markers = ("dataset_dict.json", "state.json", "dataset_info.json")
+    return any(os.path.exists(os.path.join(path, m)) for m in markers)
+
+
+def _read_saved_dataset(path: str, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Rows of a `save_to_disk` directory (a Dataset, or one split of a DatasetDict)."""
+    dict_file = os.path.join(path, "dataset_dict.json")
+    if os.path.exists(dict_file):
+        with open(dict_file, encoding="utf-8") as f:
+            splits = json.load(f).get("splits", [])
+        if split not in splits:
+            raise DataError(f"{path}: no split {split!r} (splits: {', '.join(splits)})")
+        path = os.path.join(path, split)
+    from datasets import load_from_disk
+
+    try:
+        ds = load_from_disk(path)
+    except (FileNotFoundError, ValueError, OSError) as e:
+        raise DataError(f"{path}: not a readable saved dataset ({e})") from None
+    ds = ds.with_format(None)  # plain Python rows even if a tensor format was saved
+    if len(ds) == 0:
+        raise DataError(f"{path}: no records")
+    for i, row in enumerate(ds):
+        yield f"{path}:row {i}", row
+
+
+def _split_of(relpath: str) -> str | None:
+    """The split a data file belongs to by its name or folder, e.g. `data/train-0001.parquet` -> train."""
+    parts = relpath.split(os.sep)
+    parts[-1] = os.path.splitext(parts[-1])[0]
+    for part in reversed(parts):
+        head = re.split(r"[-_.]", part.lower(), maxsplit=1)[0]
+        if head in SPLIT_NAMES:
+            return head
+    return None
+
+
+def _split_files(path: str, split: str) -> list[str]:
+    """The data files of directory `path` that make up `split` (all of them when none is split-named)."""
+    files = sorted(
+        os.path.relpath(os.path.join(root, name), path)
+        for root, dirs, names in os.walk(path)
+        for name in names
+        if os.path.splitext(name)[1].lower() in _READERS and not name.startswith(".")
+    )
+    if not files:
+        raise DataError(f"{path}: no .jsonl or .parquet files, and not a saved datasets directory")
+    splits = {f: _split_of(f) for f in files}
+    if all(s is None for s in splits.values()):
+        return [os.path.join(path, f) for f in files]
+    unnamed = [f for f, s in splits.items() if s is None]
+    if unnamed:  # reading it into every split, or none, would both be silent mistakes
+        raise DataError(f"{path}: cannot tell which split {unnamed[0]!r} belongs to "
+                        f"(other files are named by split: {', '.join(sorted(set(filter(None, splits.values()))))})")
+    chosen = [os.path.join(path, f) for f, s in splits.items() if s == split]
+    if not chosen:
+        raise DataError(f"{path}: no files for split {split!r} (found: {', '.join(sorted(set(splits.values())))})")
+    return chosen

@@ -1,0 +1,101 @@
+"""Simulated annotators: the demo's stand-in for a panel of human labellers.
+
+Each annotator ranks the K responses to a prompt by a Plackett-Luce draw over a
+utility (Gumbel-max trick: sort u_i + Gumbel noise):
+
+    u_i = quality * gold_i + verbosity * log(1 + words_i) + agreement * agrees_i - position * i / (K - 1)
+
+`gold` is the world's true quality; the three biases are those documented for
+human raters (Sharma et al. 2023 on sycophancy; Singhal et al. 2023 on length;
+position effects in pairwise judging). Each annotator's weights are the panel's
+scaled by a per-annotator factor, so raters disagree systematically as well as
+by noise. By default every bias is real but weaker than the quality signal.
+Only these annotators ever see gold; their rankings go into the same store rows
+a person in the web app writes (source = "simulated").
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+
+@dataclass
+class PanelConfig:
+    n_annotators: int = 5  # people on the panel
+    overlap: int = 1  # annotators per item in general
+    agreement_items: float = 0.15  # fraction of items ranked by the whole panel (agreement, accuracy ceiling)
+    quality: float = 6.0  # utility per unit of gold quality
+    noise: float = 1.0  # Gumbel scale: 0 = deterministic
+    verbosity: float = 0.6  # utility per unit of log(1 + words)
+    agreement: float = 0.8  # utility for agreeing with the user ("yes, you're right")
+    position: float = 0.3  # utility lost from the first to the last position shown
+    spread: float = 0.3  # per-annotator bias factors drawn from [1 - spread, 1 + spread]
+    seed: int = 0  # panel composition and draws
+
+
+@dataclass(frozen=True)
+class Annotator:
+    name: str
+    quality: float
+    noise: float
+    verbosity: float
+    agreement: float
+    position: float
+
+
+def make_panel(cfg: PanelConfig) -> list[Annotator]:
+    rng = random.Random(cfg.seed)
+
+    def jitter(x: float) -> float:
+        return x * rng.uniform(1 - cfg.spread, 1 + cfg.spread)
+
+    return [Annotator(f"sim-{i}", cfg.quality, cfg.noise, jitter(cfg.verbosity), jitter(cfg.agreement), jitter(cfg.position))
+            for i in range(cfg.n_annotators)]
+
+
+def utilities(a: Annotator, golds: list[float], words: list[int], agrees: list[bool]) -> list[float]:
+    """Noise-free utility of each response, in the order shown."""
+    k = len(golds)
+    return [a.quality * g + a.verbosity * math.log1p(w) + a.agreement * float(ag) - a.position * i / max(1, k - 1)
+            for i, (g, w, ag) in enumerate(zip(golds, words, agrees))]
+
+
+def rank(a: Annotator, golds: list[float], words: list[int], agrees: list[bool], rng: random.Random) -> list[int]:
+    """A Plackett-Luce ranking (indices, best first) of the responses."""
+    u = utilities(a, golds, words, agrees)
+    noisy = [x + a.noise * -math.log(-math.log(max(rng.random(), 1e-12))) for x in u]  # + Gumbel(0, noise)
+    return sorted(range(len(u)), key=lambda i: -noisy[i])
+
+
+def label_queue(store, world, rows: list[dict], cfg: PanelConfig) -> dict:
+    """Rank every queue row (`{"prompt", "responses", "terminated"?, "policy"?}`) with the panel and store it.
+
+    Each row is ranked by `overlap` annotators (round robin), or by the whole
+    panel for an `agreement_items` fraction. Idempotency keys make a rerun a no-op.
+    Returns counts.
+    """
+    panel = make_panel(cfg)
+    ids = {a.name: store.add_annotator(a.name, "simulated", meta=a.__dict__)[0] for a in panel}
+    rng = random.Random(cfg.seed + 1)
+    n_judgements = 0
+    for n, row in enumerate(rows):
+        responses = row["responses"]
+        terminated = row.get("terminated") or [True] * len(responses)
+        golds, words, agrees = [], [], []
+        for r, t in zip(responses, terminated):
+            g = world.gold(row["prompt"], r, t)
+            golds.append(g.score)
+            words.append(len(r.split()))
+            agrees.append(bool(g.flags.get("agrees_with_user", False)))
+        prompt_id = store.add_prompt(row["prompt"], family=row.get("family"))
+        response_ids = store.add_responses(prompt_id, responses, policy=row.get("policy", ""))
+        everyone = rng.random() < cfg.agreement_items
+        raters = panel if everyone else [panel[(n * cfg.overlap + j) % len(panel)] for j in range(cfg.overlap)]
+        for a in raters:
+            order = rank(a, golds, words, agrees, rng)
+            store.add_ranking(prompt_id, [response_ids[i] for i in order], ids[a.name], source="simulated",
+                              key=f"sim:{cfg.seed}:{n}:{a.name}")
+            n_judgements += 1
+    return {"items": len(rows), "judgements": n_judgements, "annotators": len(panel)}

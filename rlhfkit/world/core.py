@@ -1,0 +1,189 @@
+"""`WorldConfig`, `World` and `build_world`: the seeded world and its prompt splits.
+
+Every random choice comes from `random.Random(f"{seed}:<purpose>")` (string seeds
+are hashed with SHA-512, so the world is identical across processes), one stream
+per purpose, so that e.g. changing `n_rl` leaves the eval prompts untouched.
+
+Held-out eval: eval prompts are drawn first; sft and rl prompts are then drawn
+rejecting any eval prompt text, and for arithmetic any eval *problem* (a, op, b)
+in any phrasing. Fact questions in sft cover only the SFT countries; eval
+alternates SFT and non-SFT countries, so half of the fact eval measures knowledge
+only pretraining could teach (`meta["in_sft"]` tells which).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from rlhfkit.world.corpus import allocate, make_documents
+from rlhfkit.world.gold import Gold, gold_from_meta
+from rlhfkit.world.names import ATTRIBUTES, Tables, make_tables
+from rlhfkit.world.tasks import FACT_TEMPLATES, FAMILIES, SAMPLERS, Prompt, ideal_from_meta, parse_prompt
+
+SPLITS = ("sft", "rl", "eval")
+SFT_WEIGHTS = {"arithmetic": 0.25, "facts": 0.30, "instructions": 0.15, "harmful": 0.10, "false_premise": 0.10, "benign": 0.10}
+RL_WEIGHTS = {"arithmetic": 0.20, "facts": 0.20, "instructions": 0.15, "harmful": 0.15, "false_premise": 0.15, "benign": 0.15}
+FILLERS_BEFORE = ("Sure! ", "Of course. ", "Good question! ", "Happy to help. ")
+FILLERS_AFTER = (" I hope this helps!", " Let me know if you need anything else.", " Happy to help!", " Have a nice day!")
+_NO_FILLER_BEFORE = ("harmful", "false_premise")  # "Sure!" before a refusal or a correction reads as assent
+_MAX_TRIES = 20_000
+
+
+@dataclass
+class WorldConfig:
+    seed: int = 0  # everything in the world derives from this seed
+    n_countries: int = 40  # invented countries, 5 facts each
+    max_operand: int = 20  # arithmetic operands 0..max_operand (add/subtract; results never negative)
+    corpus_docs: int = 9000  # pretraining documents (~390 chars each: 9000 -> ~3.5 MB, ~1M BPE tokens; linear)
+    sft_countries_fraction: float = 0.5  # SFT demos cover fact questions only for this fraction of countries
+    n_sft: int = 2500  # SFT demonstrations (every family present; facts and arithmetic weighted up)
+    n_rl: int = 1000  # prompts for RL / feedback sampling
+    n_eval_per_family: int = 40  # held-out eval prompts per family
+    filler_rate: float = 0.2  # fraction of SFT demos carrying one polite filler sentence
+
+    def resolve(self) -> None:
+        """Check the values (called by the config loader after overrides, and by build_world)."""
+        if self.n_countries < 2 or self.max_operand < 1 or self.corpus_docs < 1:
+            raise ValueError("need n_countries >= 2, max_operand >= 1, corpus_docs >= 1")
+        if round(self.sft_countries_fraction * self.n_countries) < 1 or not 0 <= self.sft_countries_fraction <= 1:
+            raise ValueError("sft_countries_fraction must be in [0, 1] and leave at least one SFT country")
+        if not 0 <= self.filler_rate <= 1 or min(self.n_sft, self.n_rl, self.n_eval_per_family) < 0:
+            raise ValueError("filler_rate must be in [0, 1] and prompt counts >= 0")
+
+
+def _family_counts(n: int, weights: dict[str, float]) -> dict[str, int]:
+    """One prompt per family first (every family present once n >= 6), the rest by weight."""
+    if n < len(FAMILIES):
+        return allocate(n, weights)
+    return {k: c + 1 for k, c in allocate(n - len(FAMILIES), weights).items()}
+
+
+def _heldout_key(family: str, meta: dict[str, Any], text: str) -> str:
+    """What eval holds out: the problem for arithmetic (any phrasing), the exact text otherwise."""
+    return f"{meta['a']}{meta['op']}{meta['b']}" if family == "arithmetic" else text
+
+
+def _draw(rng: random.Random, tables: Tables, family: str, countries: list[str], banned: set[str]) -> Prompt:
+    """One prompt of `family` whose held-out key is not in `banned` (id left empty)."""
+    for _ in range(_MAX_TRIES):
+        text = SAMPLERS[family](rng, tables, countries)
+        fam, meta = parse_prompt(text, tables)
+        assert fam == family, (family, text)  # templates of different families must never overlap
+        if _heldout_key(family, meta, text) not in banned:
+            return Prompt("", family, text, meta)
+    raise ValueError(f"cannot draw a new {family} prompt: the family's prompt space is exhausted")
+
+
+def _with_ids(split: str, prompts: list[Prompt]) -> list[Prompt]:
+    counters: dict[str, int] = {}
+    out = []
+    for p in prompts:
+        i = counters[p.family] = counters.get(p.family, -1) + 1
+        out.append(Prompt(f"{split}-{p.family}-{i:04d}", p.family, p.text, p.meta))
+    return out
+
+
+def make_eval(cfg: WorldConfig, tables: Tables) -> list[Prompt]:
+    """n_eval_per_family distinct prompts per family, grouped by family; facts alternate SFT / other countries."""
+    sft_c = sorted(tables.sft_countries)
+    other_c = sorted(c.name for c in tables.countries if c.name not in tables.sft_countries) or sft_c
+    prompts = []
+    for family in FAMILIES:
+        rng, seen = random.Random(f"{cfg.seed}:eval:{family}"), set()
+        for i in range(cfg.n_eval_per_family):
+            p = _draw(rng, tables, family, (sft_c, other_c)[i % 2], seen)
+            seen.add(_heldout_key(family, p.meta, p.text))
+            prompts.append(p)
+    return _with_ids("eval", prompts)
+
+
+def make_split(cfg: WorldConfig, tables: Tables, split: str, n: int, eval_prompts: list[Prompt]) -> list[Prompt]:
+    """`n` shuffled prompts avoiding every held-out eval key; sft facts use SFT countries only."""
+    rng = random.Random(f"{cfg.seed}:{split}")
+    banned = {_heldout_key(p.family, p.meta, p.text) for p in eval_prompts}
+    countries = sorted(tables.sft_countries) if split == "sft" else [c.name for c in tables.countries]
+    weights = SFT_WEIGHTS if split == "sft" else RL_WEIGHTS
+    prompts = [_draw(rng, tables, f, countries, banned) for f, k in _family_counts(n, weights).items() for _ in range(k)]
+    prompts = _with_ids(split, prompts)
+    rng.shuffle(prompts)
+    return prompts
+
+
+def add_fillers(rng: random.Random, prompts: list[Prompt], responses: list[str], rate: float) -> list[str]:
+    """Give exactly round(rate * n) responses one polite filler sentence, before or after the answer."""
+    out = list(responses)
+    for i in rng.sample(range(len(out)), round(rate * len(out))):
+        if prompts[i].family in _NO_FILLER_BEFORE or rng.random() < 0.5:
+            out[i] = out[i] + rng.choice(FILLERS_AFTER)
+        else:
+            out[i] = rng.choice(FILLERS_BEFORE) + out[i]
+    return out
+
+
+class World:
+    """The built-in world: corpus, prompt splits, ideal responses and the gold function."""
+
+    def __init__(self, cfg: WorldConfig, tables: Tables, splits: dict[str, list[Prompt]], sft_responses: list[str]):
+        self.cfg, self.tables = cfg, tables
+        self._splits, self._sft_responses = splits, sft_responses
+        self._corpus: list[str] | None = None
+        self._eval_corpus: list[str] | None = None
+        self._parsed: dict[str, tuple[str, dict[str, Any]]] = {}
+
+    def corpus(self) -> list[str]:
+        """Pretraining documents (plain text, no special tokens), generated once on first use."""
+        if self._corpus is None:
+            self._corpus = make_documents(random.Random(f"{self.cfg.seed}:corpus"), self.tables, self.cfg.corpus_docs)
+        return list(self._corpus)
+
+    def eval_corpus(self) -> list[str]:
+        """Held-out corpus-style documents (none is in `corpus()`), max(50, corpus_docs // 25) drawn."""
+        if self._eval_corpus is None:
+            seen = set(self.corpus())
+            rng = random.Random(f"{self.cfg.seed}:eval_corpus")
+            docs = make_documents(rng, self.tables, max(50, self.cfg.corpus_docs // 25))
+            self._eval_corpus = [d for d in docs if d not in seen]
+        return list(self._eval_corpus)
+
+    def sft_demos(self) -> list[tuple[Prompt, str]]:
+        return list(zip(self._splits["sft"], self._sft_responses))
+
+    def prompts(self, split: str) -> list[Prompt]:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        return list(self._splits[split])
+
+    def parse(self, prompt: Prompt | str) -> tuple[str, dict[str, Any]]:
+        """(family, meta) recovered from the prompt text alone; ValueError if not a world prompt."""
+        text = prompt.text if isinstance(prompt, Prompt) else prompt
+        if text not in self._parsed:
+            self._parsed[text] = parse_prompt(text, self.tables)
+        return self._parsed[text]
+
+    def ideal_response(self, prompt: Prompt | str) -> str:
+        return ideal_from_meta(*self.parse(prompt))
+
+    def gold(self, prompt: Prompt | str, response: str, terminated: bool = True) -> Gold:
+        """True quality of `response`; `terminated=False` means it was cut off without EOS."""
+        family, meta = self.parse(prompt)
+        return gold_from_meta(family, meta, response, terminated, ideal_from_meta(family, meta), self.tables)
+
+    def fact_questions(self) -> list[Prompt]:
+        """One plain question per (country, attribute), in table order: ids fact-0000, ..."""
+        texts = [FACT_TEMPLATES[a][0].format(country=c.name) for c in self.tables.countries for a in ATTRIBUTES]
+        return [Prompt(f"fact-{i:04d}", "facts", t, self.parse(t)[1]) for i, t in enumerate(texts)]
+
+
+def build_world(cfg: WorldConfig | None = None) -> World:
+    """Build the world for `cfg` (default config if None); deterministic given cfg."""
+    cfg = cfg or WorldConfig()
+    cfg.resolve()
+    tables = make_tables(cfg.seed, cfg.n_countries, cfg.sft_countries_fraction, cfg.max_operand)
+    eval_prompts = make_eval(cfg, tables)
+    sft = make_split(cfg, tables, "sft", cfg.n_sft, eval_prompts)
+    rl = make_split(cfg, tables, "rl", cfg.n_rl, eval_prompts)
+    ideal = [ideal_from_meta(p.family, p.meta) for p in sft]
+    responses = add_fillers(random.Random(f"{cfg.seed}:fillers"), sft, ideal, cfg.filler_rate)
+    return World(cfg, tables, {"sft": sft, "rl": rl, "eval": eval_prompts}, responses)

@@ -1,0 +1,242 @@
+"""rlhfkit.data.loaders: JSONL / Parquet / saved datasets -> records, and errors that name file, line and field."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from rlhfkit.data.loaders import (
+    DataError,
+    load_preferences,
+    load_prompts,
+    load_sft,
+    read_records,
+    write_jsonl,
+)
+from rlhfkit.data.records import Comparison, Example, Message
+
+SFT_ROWS = [
+    {"prompt": "What is 2 + 3?", "completion": "5", "id": 0},
+    {"prompt": "Name a colour.", "completion": "Green.", "id": 1},
+    {"prompt": "Reverse: a, b", "completion": "b, a", "id": 2},
+]
+SFT_RECORDS = [Example((Message("user", r["prompt"]),), r["completion"], {"id": r["id"]}) for r in SFT_ROWS]
+
+
+def write_lines(path, lines: list[str]) -> str:
+    path.write_text("".join(line + "\n" for line in lines))
+    return str(path)
+
+
+def write_rows(path, rows: list[dict]) -> str:
+    return write_lines(path, [json.dumps(r) for r in rows])
+
+
+def write_parquet(path, rows: list[dict]) -> str:
+    pq.write_table(pa.Table.from_pylist(rows), str(path))
+    return str(path)
+
+
+def error_of(fn, *args) -> str:
+    with pytest.raises(DataError) as e:
+        fn(*args)
+    return str(e.value)
+
+
+# ---------------------------------------------------------------- formats
+
+
+def test_jsonl_parquet_and_datasets_load_identical_records(tmp_path):
+    import datasets
+
+    jsonl = write_rows(tmp_path / "sft.jsonl", SFT_ROWS)
+    parquet = write_parquet(tmp_path / "sft.parquet", SFT_ROWS)
+    saved = str(tmp_path / "saved")
+    datasets.Dataset.from_list(SFT_ROWS).save_to_disk(saved)
+    saved_dict = str(tmp_path / "saved_dict")
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(SFT_ROWS),
+                          "test": datasets.Dataset.from_list(SFT_ROWS[:1])}).save_to_disk(saved_dict)
+
+    for path in (jsonl, parquet, saved, saved_dict):
+        assert load_sft(path) == SFT_RECORDS, path
+    assert load_sft(saved_dict, split="test") == SFT_RECORDS[:1]
+    assert "no split 'validation' (splits: train, test)" in error_of(load_sft, saved_dict, "validation")
+    assert [loc for loc, _ in read_records(parquet)] == [f"{parquet}:row {i}" for i in range(3)]
+    assert [loc for loc, _ in read_records(saved)][-1] == f"{saved}:row 2"
+
+
+def test_directory_of_files_and_splits(tmp_path):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    write_rows(flat / "part-0.jsonl", SFT_ROWS[:2])
+    write_parquet(flat / "part-1.parquet", SFT_ROWS[2:])
+    assert load_sft(str(flat)) == SFT_RECORDS  # files in name order
+
+    hub = tmp_path / "hub"
+    (hub / "data").mkdir(parents=True)
+    write_parquet(hub / "data" / "train-00000-of-00002.parquet", SFT_ROWS[:1])
+    write_parquet(hub / "data" / "train-00001-of-00002.parquet", SFT_ROWS[1:2])
+    write_rows(hub / "data" / "test.jsonl", SFT_ROWS[2:])
+    assert load_sft(str(hub)) == SFT_RECORDS[:2]
+    assert load_sft(str(hub), split="test") == SFT_RECORDS[2:]
+    assert "no files for split 'eval' (found: test, train)" in error_of(load_sft, str(hub), "eval")
+
+    write_rows(hub / "data" / "extra.jsonl", SFT_ROWS)
+    assert "cannot tell which split 'data/extra.jsonl' belongs to" in error_of(load_sft, str(hub))
+
+
+def test_sft_messages_and_conversational_forms(tmp_path):
+    rows = [
+        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                      {"role": "assistant", "content": "Hello."}]},
+        {"prompt": [{"role": "user", "content": "Hi"}], "completion": [{"role": "assistant", "content": "Hey."}]},
+        {"prompt": [{"role": "user", "content": "A"}, {"role": "assistant", "content": "B"},
+                    {"role": "user", "content": "C"}], "completion": "D", "meta": {"k": 1}},
+    ]
+    got = load_sft(write_rows(tmp_path / "m.jsonl", rows))
+    assert got == [
+        Example((Message("system", "Be brief."), Message("user", "Hi")), "Hello."),
+        Example((Message("user", "Hi"),), "Hey."),
+        Example((Message("user", "A"), Message("assistant", "B"), Message("user", "C")), "D", {"k": 1}),
+    ]
+    # Messages as Parquet list<struct> columns read the same.
+    assert load_sft(write_parquet(tmp_path / "m.parquet", rows[:1])) == got[:1]
+
+
+def test_preference_forms(tmp_path):
+    user, good, bad = [{"role": "user", "content": "Q?"}], {"role": "assistant", "content": "A."}, {"role": "assistant", "content": "B."}
+    rows = [
+        {"prompt": "Q?", "chosen": "A.", "rejected": "B.", "source": "simulated", "annotator": "sim-1", "group": "g1"},
+        {"prompt": user, "chosen": [good], "rejected": [bad]},  # TRL explicit conversational
+        {"chosen": user + [good], "rejected": user + [bad]},  # TRL implicit prompt
+        {"prompt": "Q?", "chosen": user + [good], "rejected": user + [bad], "score_chosen": 8.0},  # prompt repeated inside
+    ]
+    want = Comparison("Q?", "A.", "B.")
+    got = load_preferences(write_rows(tmp_path / "p.jsonl", rows))
+    assert got[0] == Comparison("Q?", "A.", "B.", source="simulated", annotator="sim-1", group="g1")
+    assert got[1] == got[2] == want
+    assert got[3] == Comparison("Q?", "A.", "B.", meta={"score_chosen": 8.0})
+
+
+def test_preferences_round_trip_through_writer(tmp_path):
+    pairs = [Comparison("Q?", "A.", "B.", source="ai", annotator="judge", group="g", meta={"margin": 2}),
+             Comparison("R?", "C.", "D.")]
+    path = str(tmp_path / "pairs.jsonl")
+    assert write_jsonl(path, pairs) == 2
+    assert load_preferences(path) == pairs
+    examples = SFT_RECORDS[:2]
+    write_jsonl(path, examples)  # overwrites in place
+    assert load_sft(path) == examples
+
+
+def test_prompts(tmp_path):
+    rows = [
+        {"prompt": "Plain?"},
+        {"prompt": [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]},
+        {"messages": [{"role": "user", "content": "U2"}, {"role": "assistant", "content": "drop me"}]},
+    ]
+    assert load_prompts(write_rows(tmp_path / "q.jsonl", rows)) == [
+        (Message("user", "Plain?"),),
+        (Message("system", "S"), Message("user", "U")),
+        (Message("user", "U2"),),
+    ]
+
+
+def test_blank_lines_allowed_and_do_not_shift_line_numbers(tmp_path):
+    good = json.dumps(SFT_ROWS[0])
+    path = write_lines(tmp_path / "b.jsonl", ["", good, "   ", good, json.dumps({"prompt": "x", "completion": 3})])
+    assert [loc for loc, _ in read_records(write_lines(tmp_path / "ok.jsonl", ["", good, "", good]))] == [
+        f"{tmp_path / 'ok.jsonl'}:2", f"{tmp_path / 'ok.jsonl'}:4"]
+    assert error_of(load_sft, path) == f"{path}:5: field 'completion': expected a string, got int"
+
+
+# ---------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("loader, row, message", [
+    (load_sft, {"prompt": "x", "completion": 7}, "field 'completion': expected a string, got int"),
+    (load_sft, {"prompt": "x", "completion": "  "}, "field 'completion': expected a non-empty string"),
+    (load_sft, {"prompt": "x"}, "missing field 'completion' (or give 'messages')"),
+    (load_sft, {"completion": "y"}, "missing field 'prompt'"),
+    (load_sft, {"messages": [{"role": "user", "content": "a"}, {"role": "bot", "content": "b"}]},
+     "field 'messages[1].role': expected one of user, assistant, system, got 'bot'"),
+    (load_sft, {"messages": [{"role": "user", "content": "a"}, {"role": "assistant"}]},
+     "field 'messages[1].content': expected a string, got null"),
+    (load_sft, {"messages": [{"role": "user", "content": "a"}]}, "field 'messages[0].role': the last message is the completion"),
+    (load_sft, {"messages": [{"role": "assistant", "content": "a"}]}, "field 'messages': expected a user message before"),
+    (load_sft, {"messages": []}, "field 'messages': expected a non-empty list of messages, got an empty list"),
+    (load_sft, {"messages": [{"role": "user", "content": "a", "tool_calls": [1]}, {"role": "assistant", "content": "b"}]},
+     "field 'messages[0]': unexpected key 'tool_calls'"),
+    (load_sft, {"prompt": "x", "completion": [{"role": "user", "content": "y"}]}, "field 'completion[0].role': expected 'assistant'"),
+    (load_preferences, {"prompt": "x", "chosen": "a"}, "missing field 'rejected'"),
+    (load_preferences, {"prompt": "x", "chosen": "a", "rejected": ""}, "field 'rejected': expected a non-empty string"),
+    (load_preferences, {"prompt": "x", "chosen": "a", "rejected": [{"role": "assistant", "content": "b"}]},
+     "field 'rejected': expected a string like 'chosen', got list"),
+    (load_preferences, {"prompt": "x", "chosen": "a", "rejected": "b", "source": "crowd"},
+     "field 'source': expected one of human, simulated, ai, got 'crowd'"),
+    (load_preferences, {"prompt": "x", "chosen": "a", "rejected": "b", "group": 3}, "field 'group': expected a string, got int"),
+    (load_preferences, {"prompt": "x", "chosen": "a", "rejected": "b", "meta": [1]}, "field 'meta': expected a mapping, got list"),
+    (load_preferences, {"chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+                        "rejected": [{"role": "user", "content": "p"}, {"role": "assistant", "content": "b"}]},
+     "field 'chosen': no prompt"),
+    (load_preferences, {"chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+                        "rejected": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},
+     "field 'rejected': the same conversation as 'chosen'"),
+    (load_preferences, {"chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"},
+                                   {"role": "assistant", "content": "more"}],
+                        "rejected": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "b"}]},
+     "field 'chosen': expected one assistant reply after the prompt, got 2 messages"),
+    (load_preferences, {"prompt": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+                                   {"role": "user", "content": "c"}], "chosen": "d", "rejected": "e"},
+     "field 'prompt': preference prompts must be a single user message, got 3 messages"),
+    (load_prompts, {"text": "x"}, "missing field 'prompt'"),
+    (load_prompts, {"prompt": 5}, "field 'prompt': expected a string, got int"),
+    (load_prompts, {"prompt": []}, "field 'prompt': expected a non-empty list of messages, got an empty list"),
+    (load_prompts, {"prompt": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]},
+     "field 'prompt[1].role': a prompt must end with a user message, got 'assistant'"),
+])
+def test_row_errors_name_file_line_and_field(tmp_path, loader, row, message):
+    path = write_rows(tmp_path / "data.jsonl", [SFT_ROWS[0] | {"chosen": "a", "rejected": "b"}, row])
+    err = error_of(loader, path)
+    assert err.startswith(f"{path}:2: "), err
+    assert message in err, err
+
+
+def test_parquet_errors_name_the_row(tmp_path):
+    path = write_parquet(tmp_path / "bad.parquet", [SFT_ROWS[0], {"prompt": "x", "completion": None, "id": 9}])
+    assert error_of(load_sft, path) == f"{path}:row 1: field 'completion': expected a string, got null"
+
+
+def test_file_level_errors(tmp_path):
+    bad_json = write_lines(tmp_path / "j.jsonl", [json.dumps(SFT_ROWS[0]), '{"prompt": "x" "completion": "y"}'])
+    assert error_of(load_sft, bad_json) == f"{bad_json}:2: invalid JSON (Expecting ',' delimiter at column 16)"
+    not_object = write_lines(tmp_path / "l.jsonl", ["[1, 2]"])
+    assert error_of(load_sft, not_object) == f"{not_object}:1: expected a JSON object, got list"
+    for name, text in (("empty.jsonl", ""), ("blank.jsonl", "\n  \n\n")):
+        (tmp_path / name).write_text(text)
+        assert error_of(load_sft, str(tmp_path / name)) == f"{tmp_path / name}: no records"
+    empty_pq = write_parquet(tmp_path / "e.parquet", [])
+    assert error_of(load_sft, empty_pq) == f"{empty_pq}: no records"
+    assert error_of(load_sft, str(tmp_path / "nope.jsonl")).endswith("nope.jsonl: no such file or directory")
+    (tmp_path / "x.csv").write_text("a,b\n")
+    assert "unsupported file type" in error_of(load_sft, str(tmp_path / "x.csv"))
+    (tmp_path / "fake.parquet").write_text("not parquet")
+    assert "not a readable Parquet file" in error_of(load_sft, str(tmp_path / "fake.parquet"))
+
+
+def test_write_jsonl_is_atomic(tmp_path):
+    path = tmp_path / "out.jsonl"
+    write_jsonl(str(path), [{"a": 1}])
+
+    def rows():
+        yield {"a": 2}
+        raise RuntimeError("generator failed half way")
+
+    with pytest.raises(RuntimeError):
+        write_jsonl(str(path), rows())
+    assert path.read_text() == '{"a": 1}\n'  # the old file is intact
+    assert os.listdir(tmp_path) == ["out.jsonl"]  # and no temp file is left behind
