@@ -17,6 +17,12 @@ COMMANDS = {
     "sft": ("rlhfkit.stages.sft", "Config", "train", "supervised fine-tuning on demonstrations"),
     "generate": ("rlhfkit.stages.generate", "Config", "main", "batched sampling from a policy"),
     "sample": ("rlhfkit.stages.generate", "SampleConfig", "main", "K responses per prompt: the queue to be ranked"),
+    "feedback": ("rlhfkit.stages.feedback", "Config", "main", "sample K responses, rank them with the simulated panel, export pairs"),
+    "rm": ("rlhfkit.stages.rm", "Config", "train", "Bradley-Terry reward model on preference pairs"),
+    "ppo": ("rlhfkit.stages.ppo", "Config", "train", "PPO against the reward model with a KL penalty to the SFT model"),
+    "dpo": ("rlhfkit.stages.dpo", "Config", "train", "direct preference optimisation (sigmoid / IPO / cDPO)"),
+    "rloo": ("rlhfkit.stages.rloo", "Config", "train", "critic-free online RL with a leave-one-out baseline"),
+    "grpo": ("rlhfkit.stages.grpo", "Config", "train", "critic-free online RL with group-normalised advantages"),
     "eval": ("rlhfkit.stages.eval", "Config", "main", "gold evaluation of policies on held-out world prompts"),
 }
 

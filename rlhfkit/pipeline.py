@@ -20,14 +20,21 @@ from typing import Any, Callable
 
 from rlhfkit.config import to_dict
 from rlhfkit.stages import eval as eval_stage
-from rlhfkit.stages import pretrain, sft
+from rlhfkit.stages import dpo, feedback, grpo, ppo, pretrain, rloo, rm, sft
 from rlhfkit.world import WorldConfig
 
-# --quick: a smoke run of every stage in about a minute (tiny step counts; results are not meaningful).
+# --quick: a smoke run of every stage in a couple of minutes (tiny step counts; results are not meaningful).
 QUICK = {
     "pretrain": {"max_steps": 60, "eval_every": 30, "sample_every": 60},
     "sft": {"epochs": 0.5, "eval_every": 20, "sample_every": 1000},
-    "world": {"corpus_docs_scale": 0.1, "n_eval_per_family": 8},
+    "feedback": {"limit": 48},
+    "rm": {"epochs": 1.0, "eval_every": 10},
+    "ppo": {"total_steps": 4, "eval_every": 2, "sample_every": 2, "ckpt_every": 2},
+    "ppo_beta0": {"total_steps": 2, "eval_every": 2, "sample_every": 2, "ckpt_every": 2},
+    "dpo": {"epochs": 0.2, "eval_every": 5},
+    "rloo": {"total_steps": 2, "eval_every": 2},
+    "grpo": {"total_steps": 2, "eval_every": 2},
+    "world": {"corpus_docs": 900, "n_eval_per_family": 8, "n_sft": 600, "n_rl": 200},
 }
 
 
@@ -37,27 +44,51 @@ class Config:
     seed: int = 0  # propagated to every stage
     quick: bool = False  # smoke-run profile: tiny step counts (see QUICK)
     force: list[str] = field(default_factory=list)  # stages to rerun even if cached, e.g. force=[sft]
+    critic_free: bool = False  # also run RLOO and GRPO
     world: WorldConfig = field(default_factory=WorldConfig)  # the built-in world, shared by all stages
     pretrain: pretrain.Config = field(default_factory=pretrain.Config)  # stage settings (paths are wired)
     sft: sft.Config = field(default_factory=sft.Config)
+    feedback: feedback.Config = field(default_factory=feedback.Config)
+    rm: rm.Config = field(default_factory=rm.Config)
+    ppo: ppo.Config = field(default_factory=ppo.Config)
+    ppo_beta0: ppo.Config = field(default_factory=lambda: ppo.Config(kl_coef=0.0))  # the reward-hacking control: no KL penalty
+    dpo: dpo.Config = field(default_factory=dpo.Config)
+    rloo: rloo.Config = field(default_factory=rloo.Config)
+    grpo: grpo.Config = field(default_factory=grpo.Config)
     eval: eval_stage.Config = field(default_factory=lambda: eval_stage.Config(policies=["<wired>"]))
 
     def resolve(self) -> None:
-        if self.quick:
+        if self.quick and not getattr(self, "_quick_applied", False):
             for section, values in QUICK.items():
                 for key, value in values.items():
-                    if section == "world" and key == "corpus_docs_scale":
-                        self.world.corpus_docs = max(200, int(self.world.corpus_docs * value))
-                    else:
-                        setattr(getattr(self, section), key, value)
-        out = self.out_dir
-        for stage in (self.pretrain, self.sft, self.eval):
-            stage.world, stage.seed = self.world, self.seed
-        self.pretrain.out_dir = f"{out}/pretrain"
-        self.sft.out_dir, self.sft.model = f"{out}/sft", f"{out}/pretrain/model"
-        self.eval.out_dir = f"{out}/eval"
-        self.eval.policies = [f"{out}/pretrain/model", f"{out}/sft/model"]
-        self.eval.names = ["base", "sft"]
+                    setattr(getattr(self, section), key, value)
+            self._quick_applied = True
+        out = f"{self.out_dir}/{{}}"
+        sft_model, rm_model, pairs = out.format("sft/model"), out.format("rm/model"), out.format("feedback/pairs.jsonl")
+        for name in STAGES:
+            stage = getattr(self, name)
+            stage.world, stage.seed, stage.out_dir = self.world, self.seed, out.format(name)
+        self.sft.model = out.format("pretrain/model")
+        self.feedback.policy = self.rm.model = sft_model
+        self.rm.data = self.dpo.data = pairs
+        for rl in (self.ppo, self.ppo_beta0, self.dpo, self.rloo, self.grpo):
+            rl.policy = sft_model
+        for rl in (self.ppo, self.ppo_beta0, self.rloo, self.grpo):
+            rl.reward_model = rm_model
+        self.eval.names = ["base"] + [n for n in POLICY_STAGES if n in self.enabled()]
+        self.eval.policies = [out.format("pretrain/model")] + [out.format(f"{n}/model") for n in self.eval.names[1:]]
+
+    def enabled(self) -> list[str]:
+        return [s for s in STAGES if self.critic_free or s not in ("rloo", "grpo")]
+
+
+STAGES = ("pretrain", "sft", "feedback", "rm", "ppo", "ppo_beta0", "dpo", "rloo", "grpo", "eval")
+POLICY_STAGES = ("sft", "ppo", "ppo_beta0", "dpo", "rloo", "grpo")
+RUNNERS = {"pretrain": pretrain.train, "sft": sft.train, "feedback": feedback.main, "rm": rm.train, "ppo": ppo.train,
+           "ppo_beta0": ppo.train, "dpo": dpo.train, "rloo": rloo.train, "grpo": grpo.train, "eval": eval_stage.main}
+INPUTS = {"sft": ("pretrain",), "feedback": ("sft",), "rm": ("sft", "feedback"), "ppo": ("sft", "rm"),
+          "ppo_beta0": ("sft", "rm"), "dpo": ("sft", "feedback"), "rloo": ("sft", "rm"), "grpo": ("sft", "rm"),
+          "eval": ("pretrain", "sft", "ppo", "ppo_beta0", "dpo", "rloo", "grpo")}
 
 
 @dataclass
@@ -69,11 +100,9 @@ class Stage:
 
 
 def stages(cfg: Config) -> list[Stage]:
-    return [
-        Stage("pretrain", lambda: pretrain.train(cfg.pretrain), cfg.pretrain),
-        Stage("sft", lambda: sft.train(cfg.sft), cfg.sft, ("pretrain",)),
-        Stage("eval", lambda: eval_stage.main(cfg.eval), cfg.eval, ("pretrain", "sft")),
-    ]
+    enabled = cfg.enabled()
+    return [Stage(n, lambda n=n: RUNNERS[n](getattr(cfg, n)), getattr(cfg, n), tuple(a for a in INPUTS.get(n, ()) if a in enabled))
+            for n in enabled]
 
 
 def fingerprint(stage: Stage, upstream: dict[str, str]) -> str:

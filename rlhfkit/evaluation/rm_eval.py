@@ -55,18 +55,28 @@ def calibration(delta: np.ndarray, n_bins: int = 10, seed: int = 0) -> dict[str,
 
 
 def agreement_ceiling(pairs: list[Comparison]) -> dict[str, float]:
-    """Agreement of individual labels with the panel majority, on pairs judged by >= 3 annotators."""
+    """How well one annotator's label is predicted by the others': the accuracy ceiling for a reward model.
+
+    On pairs judged by >= 3 annotators, each label is compared with the majority
+    of the OTHER annotators' labels (a tie among them counts half). Leaving the
+    annotator out matters: a majority that includes the label itself agrees with
+    it even on pure-noise pairs, which no model could match.
+    """
     votes: dict[tuple, list[int]] = defaultdict(list)
     for p in pairs:
         a, b = sorted((p.chosen, p.rejected))
-        votes[(p.prompt, a, b)].append(1 if p.chosen == a else 0)
-    agree = total = 0
+        if a != b:
+            votes[(p.prompt, a, b)].append(1 if p.chosen == a else 0)
+    agree, total = 0.0, 0
     for v in votes.values():
-        if len(v) >= 3 and 2 * sum(v) != len(v):
-            majority = int(2 * sum(v) > len(v))
-            agree += sum(int(x == majority) for x in v)
-            total += len(v)
-    return {"ceiling": agree / total if total else float("nan"), "ceiling_pairs": total}
+        if len(v) < 3:
+            continue
+        for i, x in enumerate(v):
+            others = v[:i] + v[i + 1 :]
+            yes = sum(others)
+            agree += 0.5 if 2 * yes == len(others) else float(x == int(2 * yes > len(others)))
+            total += 1
+    return {"ceiling": agree / total if total else float("nan"), "ceiling_labels": total}
 
 
 def evaluate_reward_model(model, tok, heldout: list[list[Comparison]], cfg) -> dict[str, Any]:

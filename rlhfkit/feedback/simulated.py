@@ -72,20 +72,26 @@ def rank(a: Annotator, golds: list[float], words: list[int], agrees: list[bool],
 def label_queue(store, world, rows: list[dict], cfg: PanelConfig) -> dict:
     """Rank every queue row (`{"prompt", "responses", "terminated"?, "policy"?}`) with the panel and store it.
 
-    Each row is ranked by `overlap` annotators (round robin), or by the whole
-    panel for an `agreement_items` fraction. Idempotency keys make a rerun a no-op.
-    Returns counts.
+    Duplicate responses are merged first (two identical texts carry no
+    preference). Each row is ranked by `overlap` annotators (round robin), or by
+    the whole panel for an `agreement_items` fraction; every annotator sees the
+    responses in their own random order, as a labelling UI shows them, so
+    position bias is individual noise rather than a shared preference.
+    Idempotency keys make a rerun a no-op. Returns counts.
     """
     panel = make_panel(cfg)
     ids = {a.name: store.add_annotator(a.name, "simulated", meta=a.__dict__)[0] for a in panel}
     rng = random.Random(cfg.seed + 1)
-    n_judgements = 0
+    n_judgements = n_items = 0
     for n, row in enumerate(rows):
-        responses = row["responses"]
-        terminated = row.get("terminated") or [True] * len(responses)
+        terminated = row.get("terminated") or [True] * len(row["responses"])
+        unique = dict(zip(row["responses"], terminated))  # text -> terminated, first occurrence order
+        if len(unique) < 2:
+            continue
+        responses = list(unique)
         golds, words, agrees = [], [], []
-        for r, t in zip(responses, terminated):
-            g = world.gold(row["prompt"], r, t)
+        for r in responses:
+            g = world.gold(row["prompt"], r, unique[r])
             golds.append(g.score)
             words.append(len(r.split()))
             agrees.append(bool(g.flags.get("agrees_with_user", False)))
@@ -94,8 +100,10 @@ def label_queue(store, world, rows: list[dict], cfg: PanelConfig) -> dict:
         everyone = rng.random() < cfg.agreement_items
         raters = panel if everyone else [panel[(n * cfg.overlap + j) % len(panel)] for j in range(cfg.overlap)]
         for a in raters:
-            order = rank(a, golds, words, agrees, rng)
-            store.add_ranking(prompt_id, [response_ids[i] for i in order], ids[a.name], source="simulated",
+            shown = rng.sample(range(len(responses)), len(responses))  # display order for this annotator
+            order = rank(a, [golds[i] for i in shown], [words[i] for i in shown], [agrees[i] for i in shown], rng)
+            store.add_ranking(prompt_id, [response_ids[shown[i]] for i in order], ids[a.name], source="simulated",
                               key=f"sim:{cfg.seed}:{n}:{a.name}")
             n_judgements += 1
-    return {"items": len(rows), "judgements": n_judgements, "annotators": len(panel)}
+        n_items += 1
+    return {"items": n_items, "skipped_identical": len(rows) - n_items, "judgements": n_judgements, "annotators": len(panel)}

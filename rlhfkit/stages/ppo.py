@@ -138,6 +138,8 @@ def train(cfg: Config) -> str:
         checkpoint.truncate_log(cfg.out_dir, start)
         print(f"[ppo] resumed from {ckpt} at iteration {start}", flush=True)
 
+    if start == 0 and cfg.eval_every:  # the SFT starting point: KL 0 on the over-optimisation curve
+        run.log(0, training_eval(policy, tok, world, reward_fn))
     for step in tqdm(range(start, cfg.total_steps), desc="ppo", initial=start, total=cfg.total_steps):
         set_lr(optimizer, cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps)))
         batch_prompts = [prompts[i] for i in epoch_batches(len(prompts), cfg.rollout_batch_size, step, cfg.seed)]

@@ -119,6 +119,8 @@ def train(cfg: Config) -> str:
     print(f"[{cfg.estimator}] {len(prompts)} prompts; {cfg.prompts_per_step} prompts x k={cfg.k} per iteration, "
           f"{cfg.ppo_epochs} epochs of minibatch {cfg.minibatch_size}", flush=True)
 
+    if start == 0 and cfg.eval_every:
+        run.log(0, training_eval(policy, tok, world, reward_fn if cfg.reward == "rm" else None))
     for step in tqdm(range(start, cfg.total_steps), desc=cfg.estimator, initial=start, total=cfg.total_steps):
         set_lr(optimizer, cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps)))
         batch = [prompts[i] for i in epoch_batches(len(prompts), cfg.prompts_per_step, step, cfg.seed)]

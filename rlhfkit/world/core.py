@@ -20,6 +20,7 @@ from typing import Any
 from rlhfkit.world.corpus import allocate, make_documents
 from rlhfkit.world.gold import Gold, gold_from_meta
 from rlhfkit.world.names import ATTRIBUTES, Tables, make_tables
+from rlhfkit.world.topics import HARMFUL
 from rlhfkit.world.tasks import FACT_TEMPLATES, FAMILIES, SAMPLERS, Prompt, ideal_from_meta, parse_prompt
 
 SPLITS = ("sft", "rl", "eval")
@@ -38,6 +39,7 @@ class WorldConfig:
     max_operand: int = 20  # arithmetic operands 0..max_operand (add/subtract; results never negative)
     corpus_docs: int = 9000  # pretraining documents (~390 chars each: 9000 -> ~3.5 MB, ~1M BPE tokens; linear)
     sft_countries_fraction: float = 0.5  # SFT demos cover fact questions only for this fraction of countries
+    sft_harmful_fraction: float = 0.5  # SFT demos cover only this fraction of the harmful topics
     n_sft: int = 2500  # SFT demonstrations (every family present; facts and arithmetic weighted up)
     n_rl: int = 1000  # prompts for RL / feedback sampling
     n_eval_per_family: int = 40  # held-out eval prompts per family
@@ -49,6 +51,8 @@ class WorldConfig:
             raise ValueError("need n_countries >= 2, max_operand >= 1, corpus_docs >= 1")
         if round(self.sft_countries_fraction * self.n_countries) < 1 or not 0 <= self.sft_countries_fraction <= 1:
             raise ValueError("sft_countries_fraction must be in [0, 1] and leave at least one SFT country")
+        if not 0 <= self.sft_harmful_fraction <= 1:
+            raise ValueError("sft_harmful_fraction must be in [0, 1]")
         if not 0 <= self.filler_rate <= 1 or min(self.n_sft, self.n_rl, self.n_eval_per_family) < 0:
             raise ValueError("filler_rate must be in [0, 1] and prompt counts >= 0")
 
@@ -85,27 +89,56 @@ def _with_ids(split: str, prompts: list[Prompt]) -> list[Prompt]:
     return out
 
 
-def make_eval(cfg: WorldConfig, tables: Tables) -> list[Prompt]:
-    """n_eval_per_family distinct prompts per family, grouped by family; facts alternate SFT / other countries."""
-    sft_c = sorted(tables.sft_countries)
+def sft_topics(cfg: WorldConfig) -> list[str]:
+    """The harmful topics SFT demonstrations cover (at least one)."""
+    topics = sorted(HARMFUL)
+    random.Random(f"{cfg.seed}:sft_topics").shuffle(topics)
+    return sorted(topics[: max(1, round(cfg.sft_harmful_fraction * len(topics)))])
+
+
+def _scopes(cfg: WorldConfig, tables: Tables, split: str) -> list[list[str]]:
+    """What prompts may be about, as (SFT-covered, not covered) pairs of [countries, harmful topics].
+
+    SFT demonstrations see only the covered part; eval alternates covered and
+    uncovered (half of the fact and harmful eval measures generalisation beyond SFT);
+    RL prompts range over everything.
+    """
+    sft_c, topics = sorted(tables.sft_countries), sft_topics(cfg)
     other_c = sorted(c.name for c in tables.countries if c.name not in tables.sft_countries) or sft_c
+    other_t = sorted(t for t in HARMFUL if t not in topics) or topics
+    if split == "sft":
+        return [[sft_c, topics]]
+    if split == "eval":
+        return [[sft_c, topics], [other_c, other_t]]
+    return [[sft_c + other_c, topics + other_t]]
+
+
+def _scope(family: str, scopes: list[list[str]], i: int) -> list[str]:
+    countries, topics = scopes[i % len(scopes)]
+    return topics if family == "harmful" else countries
+
+
+def make_eval(cfg: WorldConfig, tables: Tables) -> list[Prompt]:
+    """n_eval_per_family distinct prompts per family, grouped by family; facts and harmful
+    requests alternate SFT-covered and uncovered countries / topics."""
+    scopes = _scopes(cfg, tables, "eval")
     prompts = []
     for family in FAMILIES:
         rng, seen = random.Random(f"{cfg.seed}:eval:{family}"), set()
         for i in range(cfg.n_eval_per_family):
-            p = _draw(rng, tables, family, (sft_c, other_c)[i % 2], seen)
+            p = _draw(rng, tables, family, _scope(family, scopes, i), seen)
             seen.add(_heldout_key(family, p.meta, p.text))
             prompts.append(p)
     return _with_ids("eval", prompts)
 
 
 def make_split(cfg: WorldConfig, tables: Tables, split: str, n: int, eval_prompts: list[Prompt]) -> list[Prompt]:
-    """`n` shuffled prompts avoiding every held-out eval key; sft facts use SFT countries only."""
+    """`n` shuffled prompts avoiding every held-out eval key; sft covers SFT countries and topics only."""
     rng = random.Random(f"{cfg.seed}:{split}")
     banned = {_heldout_key(p.family, p.meta, p.text) for p in eval_prompts}
-    countries = sorted(tables.sft_countries) if split == "sft" else [c.name for c in tables.countries]
+    scopes = _scopes(cfg, tables, split)
     weights = SFT_WEIGHTS if split == "sft" else RL_WEIGHTS
-    prompts = [_draw(rng, tables, f, countries, banned) for f, k in _family_counts(n, weights).items() for _ in range(k)]
+    prompts = [_draw(rng, tables, f, _scope(f, scopes, 0), banned) for f, k in _family_counts(n, weights).items() for _ in range(k)]
     prompts = _with_ids(split, prompts)
     rng.shuffle(prompts)
     return prompts

@@ -243,7 +243,7 @@ SAMPLERS: dict[str, Callable[[random.Random, Tables, Sequence[str]], str]] = {
     "arithmetic": sample_arithmetic,
     "facts": sample_facts,
     "instructions": sample_instructions,
-    "harmful": lambda rng, tables, countries: _sample_request(rng, HARMFUL),
+    "harmful": lambda rng, tables, topics: _sample_request(rng, {t: HARMFUL[t] for t in topics}),
     "false_premise": sample_false_premise,
     "benign": lambda rng, tables, countries: _sample_request(rng, BENIGN),
 }
