@@ -111,3 +111,26 @@ def reward_fn_from_model(model, tok, batch_size: int = 64, normalized: bool = Tr
         return torch.cat(out) if out else torch.zeros(0)
 
     return fn
+
+
+def make_reward_fn(spec: str, reward_model: str, world, device):
+    """`fn(prompts, responses, terminated) -> (B,) tensor` from a config's `reward` field.
+
+    "rm": the reward model at `reward_model`; "world": the built-in world's gold
+    score (a verifiable reward, for RLOO/GRPO on checkable tasks);
+    "package.module:function": any Python callable with that signature.
+    """
+    import importlib
+
+    if spec == "rm":
+        rm, rm_tok = load_scalar_model(reward_model, device=device)
+        rm.requires_grad_(False)
+        return reward_fn_from_model(rm, rm_tok)
+    if spec == "world":
+        return lambda ps, rs, term=None: torch.tensor(
+            [world.gold(p, r, t).score for p, r, t in zip(ps, rs, term or [True] * len(ps))])
+    module, _, name = spec.partition(":")
+    if not name:
+        raise ValueError(f"reward {spec!r}: expected 'rm', 'world' or 'package.module:function'")
+    fn = getattr(importlib.import_module(module), name)
+    return lambda ps, rs, term=None: torch.as_tensor(fn(ps, rs, term), dtype=torch.float32)

@@ -30,7 +30,7 @@ from rlhfkit.data.packing import epoch_batches, pack_documents
 from rlhfkit.evaluation.gold_eval import training_eval
 from rlhfkit.losses import explained_variance, lm_loss, ppo_policy_loss, ppo_value_loss
 from rlhfkit.models.load import load_causal_lm
-from rlhfkit.models.reward import load_scalar_model, reward_fn_from_model, token_scores
+from rlhfkit.models.reward import load_scalar_model, make_reward_fn, scalar_model_from_lm, token_scores
 from rlhfkit.ops import masked_mean, masked_sum, masked_whiten
 from rlhfkit.optim import adamw, set_lr
 from rlhfkit.rl import AdaptiveKLController, FixedKLController, KL_ESTIMATORS, gae, kl_penalized_rewards
@@ -44,8 +44,9 @@ class Config:
     out_dir: str = "runs/ppo"  # run directory; final policy in <out_dir>/model
     seed: int = 0  # seeds sampling and minibatch order
     policy: str = "runs/sft/model"  # initial policy, also the frozen reference
-    reward_model: str = "runs/rm/model"  # frozen reward model
-    value_model: str | None = None  # critic init (None: the reward model)
+    reward: str = "rm"  # rm | world (gold as a verifiable reward) | package.module:function
+    reward_model: str = "runs/rm/model"  # frozen reward model (reward=rm)
+    value_model: str | None = None  # critic init (None: the reward model, or the policy when reward != rm)
     prompts: str | None = None  # prompt file/dir; None: the world's RL split
     world: WorldConfig = field(default_factory=WorldConfig)  # default prompts and gold evaluation
     total_steps: int = 120  # PPO iterations (one rollout batch each)
@@ -120,11 +121,12 @@ def train(cfg: Config) -> str:
     policy, tok = load_causal_lm(os.path.join(ckpt, "policy") if ckpt else cfg.policy, device=cfg.device)
     device = next(policy.parameters()).device
     ref, _ = load_causal_lm(cfg.policy, device=cfg.device)
-    rm, rm_tok = load_scalar_model(cfg.reward_model, device=device)
-    critic, _ = load_scalar_model(os.path.join(ckpt, "critic") if ckpt else (cfg.value_model or cfg.reward_model), device=device)
-    for frozen in (ref, rm):
-        frozen.requires_grad_(False).eval()
-    reward_fn = reward_fn_from_model(rm, rm_tok)
+    ref.requires_grad_(False).eval()
+    reward_fn = make_reward_fn(cfg.reward, cfg.reward_model, world, device)
+    if ckpt or cfg.value_model or cfg.reward == "rm":
+        critic, _ = load_scalar_model(os.path.join(ckpt, "critic") if ckpt else (cfg.value_model or cfg.reward_model), device=device)
+    else:  # no reward model to start the critic from: the policy's backbone with a fresh head
+        critic, _ = scalar_model_from_lm(cfg.policy, device=device, seed=cfg.seed)
     params = list(policy.parameters()) + list(critic.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, eps=1e-5, weight_decay=0.0)
     kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl else FixedKLController(cfg.kl_coef)
@@ -139,7 +141,7 @@ def train(cfg: Config) -> str:
         print(f"[ppo] resumed from {ckpt} at iteration {start}", flush=True)
 
     if start == 0 and cfg.eval_every:  # the SFT starting point: KL 0 on the over-optimisation curve
-        run.log(0, training_eval(policy, tok, world, reward_fn))
+        run.log(0, training_eval(policy, tok, world, reward_fn if cfg.reward == "rm" else None))
     for step in tqdm(range(start, cfg.total_steps), desc="ppo", initial=start, total=cfg.total_steps):
         set_lr(optimizer, cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps)))
         batch_prompts = [prompts[i] for i in epoch_batches(len(prompts), cfg.rollout_batch_size, step, cfg.seed)]
@@ -208,7 +210,7 @@ def train(cfg: Config) -> str:
         })
         kl_ctl.update(seq_kl.mean().item(), len(batch_prompts))
         if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.total_steps):
-            metrics.update(training_eval(policy, tok, world, reward_fn))
+            metrics.update(training_eval(policy, tok, world, reward_fn if cfg.reward == "rm" else None))
         run.log(step + 1, metrics)
         if (step + 1) % cfg.sample_every == 0:
             run.log_samples(step + 1, [{"prompt": p, "response": r, "score": float(s), "kl": float(k)}

@@ -88,6 +88,8 @@ def train(cfg: Config) -> str:
 
     # 2. Train: one packed batch per step; every token is a target.
     model.train()
+    if start == 0:
+        run.log(0, {"eval/loss": heldout_loss(model, heldout.to(d.device))})
     for step in tqdm(range(start, cfg.max_steps), desc="pretrain", disable=not d.is_main, initial=start, total=cfg.max_steps):
         lr = cosine_lr(step, cfg.max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
         set_lr(optimizer, lr)

@@ -14,7 +14,6 @@ e.g. `reward=world` (the world's verifiable gold) or `reward=my.module:fn`.
 
 from __future__ import annotations
 
-import importlib
 import os
 from dataclasses import dataclass, field
 
@@ -26,6 +25,7 @@ from rlhfkit.data.packing import epoch_batches
 from rlhfkit.evaluation.gold_eval import training_eval
 from rlhfkit.losses import policy_gradient_loss
 from rlhfkit.models.load import load_causal_lm
+from rlhfkit.models.reward import make_reward_fn
 from rlhfkit.ops import masked_sum
 from rlhfkit.optim import set_lr
 from rlhfkit.rl import grpo_advantages, kl_k1, rloo_advantages
@@ -78,22 +78,6 @@ class Config:
                               f"and minibatch_size % micro_batch_size ({self.micro_batch_size}) must be 0")
 
 
-def make_reward_fn(cfg: Config, world, device):
-    """`fn(prompts, responses, terminated) -> (B,) tensor` from the config's `reward`."""
-    if cfg.reward == "rm":
-        from rlhfkit.models.reward import load_scalar_model, reward_fn_from_model
-
-        rm, rm_tok = load_scalar_model(cfg.reward_model, device=device)
-        rm.requires_grad_(False)
-        return reward_fn_from_model(rm, rm_tok)
-    if cfg.reward == "world":
-        return lambda ps, rs, term=None: torch.tensor(
-            [world.gold(p, r, t).score for p, r, t in zip(ps, rs, term or [True] * len(ps))])
-    module, _, name = cfg.reward.partition(":")
-    fn = getattr(importlib.import_module(module), name)
-    return lambda ps, rs, term=None: torch.as_tensor(fn(ps, rs, term), dtype=torch.float32)
-
-
 def train(cfg: Config) -> str:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -108,7 +92,7 @@ def train(cfg: Config) -> str:
     device = next(policy.parameters()).device
     ref, _ = load_causal_lm(cfg.policy, device=cfg.device)
     ref.requires_grad_(False).eval()
-    reward_fn = make_reward_fn(cfg, world, device)
+    reward_fn = make_reward_fn(cfg.reward, cfg.reward_model, world, device)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, eps=1e-5, weight_decay=0.0)
     start = 0
     if ckpt:

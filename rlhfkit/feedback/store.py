@@ -1,0 +1,732 @@
+"""The feedback store: prompts, responses, a labelling queue and judgements in one SQL database.
+
+People in the web app, the simulated panel and an AI judge all write the same
+`judgements` rows (`source` = human | simulated | ai); `preference_pairs` turns
+them into the `Comparison` records the reward model and DPO read:
+
+    ranking [r1, r2, ..., rK] (best first)  ->  K(K-1)/2 pairs (ri, rj) for i < j
+    pairwise a | b                          ->  one pair
+    pairwise tie | both_bad                 ->  no pair (kept for agreement statistics)
+
+Any SQLAlchemy URL works; SQLite is the default. On SQLite every connection runs
+in WAL mode with a busy timeout, and every write is one `BEGIN IMMEDIATE`
+transaction: writers queue on the database lock instead of failing with
+"database is locked" when a read transaction tries to upgrade (WAL never lets a
+stale reader write). An idempotency key (UNIQUE) makes a re-submitted judgement
+a no-op that returns the first one, so a client may retry after a lost reply.
+
+Queue semantics: an item (a prompt and K response ids) should be judged by
+`overlap` different annotators. `next_item` leases an item for `lease_minutes`;
+a slot counts as taken while its lease is live or once judged, never goes twice
+to one annotator, and frees again when the lease expires or the annotator skips.
+A judgement that arrives after its lease expired is still kept (labels are
+never dropped), so an item can end up with one judgement more than its overlap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+from sqlalchemy import (JSON, Boolean, Column, Float, ForeignKey, Index, Integer, MetaData, String, Table, Text,
+                        UniqueConstraint, create_engine, delete, event, func, insert, or_, select, update)
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.pool import StaticPool
+
+from rlhfkit.data.loaders import DataError, parse_comparison, read_records, write_jsonl
+from rlhfkit.data.records import SOURCES, Comparison
+from rlhfkit.feedback.admin import agreement
+
+KINDS = ("human", "simulated", "ai")  # annotator kinds
+CHOICES = ("a", "b", "tie", "both_bad")  # pairwise verdicts
+MAX_NOTE = 2000  # characters kept of a free-text note
+
+
+class Conflict(ValueError):
+    """A write that contradicts what is stored (a second judgement of one item, a key reused by someone else)."""
+
+
+# ---------------------------------------------------------------- schema
+
+metadata = MetaData()
+
+prompts = Table(
+    "prompts", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("text", Text, nullable=False),
+    Column("text_sha", String(64), nullable=False, unique=True),  # unique by text; a hash indexes on any backend
+    Column("family", String(64)),
+    Column("meta", JSON, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+responses = Table(
+    "responses", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("prompt_id", Integer, ForeignKey("prompts.id"), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("text_sha", String(64), nullable=False),
+    Column("policy", String(512), nullable=False),
+    Column("meta", JSON, nullable=False),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("prompt_id", "text_sha", "policy"),
+)
+annotators = Table(
+    "annotators", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("kind", String(16), nullable=False),
+    Column("token_sha", String(64), unique=True),  # SHA-256 of a person's login token; the token is never stored
+    Column("meta", JSON, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+queue_items = Table(
+    "queue_items", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("prompt_id", Integer, ForeignKey("prompts.id"), nullable=False),
+    Column("response_ids", JSON, nullable=False),  # list[int], the order they were enqueued in
+    Column("key", String(64), nullable=False, unique=True),  # hash of (prompt, response set): enqueueing twice is a no-op
+    Column("overlap", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+assignments = Table(
+    "assignments", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("item_id", Integer, ForeignKey("queue_items.id"), nullable=False),
+    Column("annotator_id", Integer, ForeignKey("annotators.id"), nullable=False),
+    Column("status", String(8), nullable=False),  # leased | done | skipped
+    Column("leased_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    UniqueConstraint("item_id", "annotator_id"),  # an item never goes to one annotator twice
+    Index("ix_assignments_item_status", "item_id", "status"),
+)
+judgements = Table(
+    "judgements", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("item_id", Integer, ForeignKey("queue_items.id")),  # null for judgements written outside the queue
+    Column("prompt_id", Integer, ForeignKey("prompts.id"), nullable=False),
+    Column("annotator_id", Integer, ForeignKey("annotators.id"), nullable=False),
+    Column("source", String(16), nullable=False),  # human | simulated | ai
+    Column("kind", String(16), nullable=False),  # ranking | pairwise
+    Column("ranking", JSON),  # ranking: response ids, best first
+    Column("a_id", Integer, ForeignKey("responses.id")),  # pairwise: the two responses as shown ...
+    Column("b_id", Integer, ForeignKey("responses.id")),
+    Column("choice", String(16)),  # ... and the verdict a | b | tie | both_bad
+    Column("flag_harmful", Boolean, nullable=False),
+    Column("note", Text, nullable=False),
+    Column("key", String(128), unique=True),  # idempotency key
+    Column("group_key", String(256)),  # `group` of imported pairs; native judgements use their id
+    Column("meta", JSON, nullable=False),
+    Column("seconds", Float),  # from lease to judgement, when it came through the queue
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("item_id", "annotator_id"),  # one judgement per annotator and item (NULL items never clash)
+    Index("ix_judgements_annotator", "annotator_id", "id"),
+)
+settings = Table(
+    "settings", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+
+# ---------------------------------------------------------------- records returned
+
+
+@dataclass(frozen=True)
+class Response:
+    id: int
+    text: str
+    policy: str
+
+
+@dataclass(frozen=True)
+class Item:
+    """A queue item: a prompt and the K >= 2 responses to judge (enqueue order)."""
+
+    id: int
+    prompt_id: int
+    prompt: str
+    family: str | None
+    responses: tuple[Response, ...]
+    overlap: int
+
+
+@dataclass(frozen=True)
+class Annotator:
+    id: int
+    name: str
+    kind: str  # human | simulated | ai
+    token_sha: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- engine
+
+
+def db_url(db: str) -> str:
+    """An SQLAlchemy URL from a URL or a plain file path (-> SQLite)."""
+    return db if "://" in db else f"sqlite:///{os.path.abspath(db)}"
+
+
+def make_engine(url: str) -> Engine:
+    """An engine whose SQLite connections use WAL, a 30 s busy timeout and explicit BEGIN [IMMEDIATE]."""
+    url = db_url(url)
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True)
+    memory = url in ("sqlite://", "sqlite:///:memory:")
+    # One shared connection for an in-memory database (each connection would otherwise get its own, empty one).
+    engine = create_engine(url, poolclass=StaticPool if memory else None,
+                           connect_args={"check_same_thread": False, "timeout": 30})
+    event.listen(engine, "connect", _sqlite_connect)
+    event.listen(engine, "begin", _sqlite_begin)
+    return engine
+
+
+def _sqlite_connect(dbapi_conn, _record) -> None:
+    # The sqlite3 module's own implicit BEGIN is off: SQLAlchemy's "begin" event emits ours (the SQLAlchemy
+    # docs' recipe), so a write transaction can start with BEGIN IMMEDIATE.
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA busy_timeout = 30000")
+    cur.execute("PRAGMA journal_mode = WAL")
+    cur.execute("PRAGMA synchronous = FULL")  # an acknowledged label survives a power cut, not just a crash
+    cur.execute("PRAGMA foreign_keys = ON")
+    cur.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("immediate") else "BEGIN")
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# ---------------------------------------------------------------- pure helpers
+
+
+def ranking_pairs(ranking: list[int]) -> list[tuple[int, int]]:
+    """All (better, worse) pairs of a best-first ranking: K(K-1)/2 of them, in ranking order."""
+    return [(ranking[i], ranking[j]) for i in range(len(ranking)) for j in range(i + 1, len(ranking))]
+
+
+def judgement_pairs(row: Any) -> list[tuple[int, int]]:
+    """(better, worse) response ids of one judgement row; ties and both_bad give none."""
+    if row.kind == "ranking":
+        return ranking_pairs(row.ranking)
+    return {"a": [(row.a_id, row.b_id)], "b": [(row.b_id, row.a_id)]}.get(row.choice, [])
+
+
+def parse_queue_row(row: dict[str, Any], loc: str) -> tuple[str, list[tuple[str, str, dict]], str | None]:
+    """One queue row -> (prompt, [(response, policy, meta)], family).
+
+    Accepts `rlhfkit sample` rows `{"prompt", "responses": [...], "policy"?, "terminated"?: [...], "family"?}`
+    and single rows `{"prompt", "response", "policy"?}`. Raises DataError naming `loc` and the field.
+    """
+    def bad(name: str, problem: str) -> DataError:
+        return DataError(f"{loc}: field {name!r}: {problem}")
+
+    def text(value: Any, name: str) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise bad(name, f"expected a non-empty string, got {type(value).__name__ if value is not None else 'null'}")
+        return value
+
+    if "prompt" not in row:
+        raise DataError(f"{loc}: missing field 'prompt'")
+    prompt = text(row["prompt"], "prompt")
+    policy = row.get("policy") or ""
+    if not isinstance(policy, str):
+        raise bad("policy", f"expected a string, got {type(policy).__name__}")
+    family = row.get("family")
+    if family is not None and not isinstance(family, str):
+        raise bad("family", f"expected a string, got {type(family).__name__}")
+    if ("responses" in row) == ("response" in row):
+        raise DataError(f"{loc}: missing field 'responses'" if "response" not in row
+                        else f"{loc}: give either 'responses' or 'response', not both")
+    if "response" in row:
+        return prompt, [(text(row["response"], "response"), policy, {})], family
+    texts = row["responses"]
+    if not isinstance(texts, list):
+        raise bad("responses", f"expected a list of strings, got {type(texts).__name__}")
+    terminated = row.get("terminated")
+    if terminated is not None and (not isinstance(terminated, list) or len(terminated) != len(texts)):
+        raise bad("terminated", "expected a list as long as 'responses'")
+    out = [(text(t, f"responses[{i}]"), policy, {} if terminated is None else {"terminated": bool(terminated[i])})
+           for i, t in enumerate(texts)]
+    return prompt, out, family
+
+
+def group_queue(parsed: Iterable[tuple[str, list[tuple[str, str, dict]], str | None]]) -> list[dict]:
+    """Merge parsed rows by prompt (first-appearance order); identical response texts are kept once."""
+    groups: dict[str, dict] = {}
+    for prompt, resps, family in parsed:
+        g = groups.setdefault(prompt, {"prompt": prompt, "family": family, "responses": {}})
+        g["family"] = g["family"] or family
+        for text, policy, meta in resps:
+            g["responses"].setdefault(text, (policy, meta))  # two identical texts carry no preference
+    return list(groups.values())
+
+
+# ---------------------------------------------------------------- the store
+
+
+class FeedbackStore:
+    """Thin methods over the tables above; every write is one transaction.
+
+    `clock` (seconds, like time.time) is injectable so lease expiry can be tested without sleeping.
+    """
+
+    def __init__(self, url: str = "sqlite:///feedback.db", lease_minutes: float = 30.0,
+                 clock: Callable[[], float] = time.time):
+        self.engine = make_engine(url)
+        self.lease_seconds = lease_minutes * 60.0
+        self.clock = clock
+        with self._write() as c:  # serialised, so processes opening a new database together do not race
+            metadata.create_all(c)
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            conn.execution_options(immediate=True)
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    def _retrying(self, fn: Callable[[Connection], Any]) -> Any:
+        """Run `fn` in a write transaction, once more if a concurrent insert won a UNIQUE race.
+
+        On SQLite BEGIN IMMEDIATE already serialises writers; on server databases two get-or-creates can both
+        miss and both insert, and the loser's retry then finds the winner's row.
+        """
+        try:
+            with self._write() as c:
+                return fn(c)
+        except IntegrityError:
+            with self._write() as c:
+                return fn(c)
+
+    # -- prompts, responses, annotators
+
+    def add_prompt(self, text: str, family: str | None = None, meta: dict | None = None) -> int:
+        """The id of the prompt with this text, created if new."""
+        return self._retrying(lambda c: self._prompt_id(c, text, family, meta))
+
+    def _prompt_id(self, c: Connection, text: str, family: str | None = None, meta: dict | None = None) -> int:
+        sha = _sha(text)
+        pid = c.scalar(select(prompts.c.id).where(prompts.c.text_sha == sha))
+        if pid is None:
+            pid = c.execute(insert(prompts).values(text=text, text_sha=sha, family=family, meta=meta or {},
+                                                   created_at=self.clock())).inserted_primary_key[0]
+        return pid
+
+    def add_responses(self, prompt_id: int, texts: list[str], policy: str = "", meta: dict | list[dict] | None = None
+                      ) -> list[int]:
+        """Ids of these responses to `prompt_id` (get-or-create by prompt, text and policy), in input order.
+
+        `meta` is one dict for all responses or one per response.
+        """
+        metas = meta if isinstance(meta, list) else [meta or {}] * len(texts)
+        return self._retrying(lambda c: [self._response_id(c, prompt_id, t, policy, m) for t, m in zip(texts, metas)])
+
+    def _response_id(self, c: Connection, prompt_id: int, text: str, policy: str, meta: dict | None = None) -> int:
+        sha = _sha(text)
+        rid = c.scalar(select(responses.c.id).where(responses.c.prompt_id == prompt_id, responses.c.text_sha == sha,
+                                                    responses.c.policy == policy))
+        if rid is None:
+            if c.scalar(select(prompts.c.id).where(prompts.c.id == prompt_id)) is None:
+                raise LookupError(f"no prompt with id {prompt_id}")
+            rid = c.execute(insert(responses).values(prompt_id=prompt_id, text=text, text_sha=sha, policy=policy,
+                                                     meta=meta or {}, created_at=self.clock())).inserted_primary_key[0]
+        return rid
+
+    def add_annotator(self, name: str, kind: str = "human", meta: dict | None = None) -> tuple[int, str | None]:
+        """(id, login token) of annotator `name`, created if new.
+
+        Only people (kind "human") get a token; calling this again for an existing person issues a new token
+        and the old one stops working (a lost token is replaced this way). Other kinds get None.
+        """
+        if kind not in KINDS:
+            raise ValueError(f"annotator kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        if not isinstance(name, str) or not name.strip() or len(name) > 128:
+            raise ValueError("annotator name must be a non-empty string of at most 128 characters")
+        token = secrets.token_urlsafe(24) if kind == "human" else None
+        sha = _sha(token) if token else None
+
+        def write(c: Connection) -> int:
+            row = c.execute(select(annotators).where(annotators.c.name == name)).first()
+            if row is None:
+                return c.execute(insert(annotators).values(name=name, kind=kind, token_sha=sha, meta=meta or {},
+                                                           created_at=self.clock())).inserted_primary_key[0]
+            if row.kind != kind:
+                raise Conflict(f"annotator {name!r} exists with kind {row.kind!r}, not {kind!r}")
+            if sha:
+                c.execute(update(annotators).where(annotators.c.id == row.id).values(token_sha=sha))
+            return row.id
+
+        return self._retrying(write), token
+
+    def authenticate(self, token: str) -> Annotator | None:
+        """The person whose login token this is, or None."""
+        if not token:
+            return None
+        with self._read() as c:
+            row = c.execute(select(annotators).where(annotators.c.token_sha == _sha(token))).first()
+        return Annotator(row.id, row.name, row.kind, row.token_sha, row.meta) if row else None
+
+    def annotator(self, annotator_id: int) -> Annotator | None:
+        with self._read() as c:
+            row = c.execute(select(annotators).where(annotators.c.id == annotator_id)).first()
+        return Annotator(row.id, row.name, row.kind, row.token_sha, row.meta) if row else None
+
+    def secret(self, name: str) -> str:
+        """A random secret kept in the database (created on first use), e.g. the session-signing key."""
+        def write(c: Connection) -> str:
+            value = c.scalar(select(settings.c.value).where(settings.c.name == name))
+            if value is None:
+                value = secrets.token_hex(32)
+                c.execute(insert(settings).values(name=name, value=value))
+            return value
+
+        return self._retrying(write)
+
+    # -- the queue
+
+    def enqueue(self, prompt_id: int, response_ids: list[int], overlap: int = 1) -> int:
+        """Id of the queue item for these responses; enqueueing the same set again keeps one item, max overlap."""
+        if len(set(response_ids)) != len(response_ids) or len(response_ids) < 2:
+            raise ValueError("an item needs at least 2 distinct responses")
+        if overlap < 1:
+            raise ValueError(f"overlap must be >= 1, got {overlap}")
+
+        def write(c: Connection) -> int:
+            self._check_responses(c, prompt_id, response_ids)
+            return self._enqueue(c, prompt_id, response_ids, overlap)
+
+        return self._retrying(write)
+
+    def _enqueue(self, c: Connection, prompt_id: int, response_ids: list[int], overlap: int) -> int:
+        key = _sha(json.dumps([prompt_id, sorted(response_ids)]))
+        row = c.execute(select(queue_items.c.id, queue_items.c.overlap).where(queue_items.c.key == key)).first()
+        if row is None:
+            return c.execute(insert(queue_items).values(prompt_id=prompt_id, response_ids=list(response_ids), key=key,
+                                                        overlap=overlap, created_at=self.clock())).inserted_primary_key[0]
+        if overlap > row.overlap:
+            c.execute(update(queue_items).where(queue_items.c.id == row.id).values(overlap=overlap))
+        return row.id
+
+    def load_queue_jsonl(self, path: str, overlap: int = 1) -> dict[str, int]:
+        """Enqueue every prompt of a queue file (see `parse_queue_row`) with `overlap` annotators each.
+
+        Rows of one prompt are merged into one item; prompts with fewer than 2 distinct responses are skipped.
+        The whole file is validated before anything is written, and written in one transaction.
+        Returns counts: items, responses, skipped.
+        """
+        groups = group_queue(parse_queue_row(row, loc) for loc, row in read_records(path))
+        if overlap < 1:
+            raise ValueError(f"overlap must be >= 1, got {overlap}")
+
+        def write(c: Connection) -> dict[str, int]:
+            counts = {"items": 0, "responses": 0, "skipped": 0}
+            for g in groups:
+                if len(g["responses"]) < 2:
+                    counts["skipped"] += 1
+                    continue
+                pid = self._prompt_id(c, g["prompt"], g["family"])
+                rids = [self._response_id(c, pid, t, pol, m) for t, (pol, m) in g["responses"].items()]
+                self._enqueue(c, pid, rids, overlap)
+                counts["items"] += 1
+                counts["responses"] += len(rids)
+            return counts
+
+        return self._retrying(write)
+
+    def _taken(self, now: float):
+        """Per item: slots in use (judged, or leased and not yet expired)."""
+        live = or_(assignments.c.status == "done",
+                   (assignments.c.status == "leased") & (assignments.c.expires_at > now))
+        return (select(assignments.c.item_id, func.count().label("n")).where(live)
+                .group_by(assignments.c.item_id).subquery())
+
+    def _open_items(self, annotator_id: int, now: float):
+        """Items with a free slot that were never handed to this annotator."""
+        taken = self._taken(now)
+        seen = select(assignments.c.id).where(assignments.c.item_id == queue_items.c.id,
+                                              assignments.c.annotator_id == annotator_id).exists()
+        return (select(queue_items.c.id).outerjoin(taken, taken.c.item_id == queue_items.c.id)
+                .where(~seen, func.coalesce(taken.c.n, 0) < queue_items.c.overlap))
+
+    def next_item(self, annotator_id: int) -> Item | None:
+        """The item this annotator should judge now, leased to them, or None when nothing is left.
+
+        Their own live lease comes first (a page reload shows the same item, with the lease renewed);
+        otherwise the oldest open item. One BEGIN IMMEDIATE transaction on SQLite; on server databases
+        the chosen item's row is locked and its free slots counted again before the lease is written.
+        """
+        now = self.clock()
+        with self._write() as c:
+            own = c.execute(select(assignments.c.id, assignments.c.item_id).where(
+                assignments.c.annotator_id == annotator_id, assignments.c.status == "leased",
+                assignments.c.expires_at > now).order_by(assignments.c.id).limit(1)).first()
+            if own is not None:
+                c.execute(update(assignments).where(assignments.c.id == own.id)
+                          .values(expires_at=now + self.lease_seconds))
+                return self._item(c, own.item_id)
+            open_items = self._open_items(annotator_id, now)
+            for item_id in list(c.scalars(open_items.order_by(queue_items.c.id).limit(8))):
+                c.execute(select(queue_items.c.id).where(queue_items.c.id == item_id).with_for_update())
+                if c.scalar(open_items.where(queue_items.c.id == item_id)) is None:
+                    continue  # another annotator took the last slot meanwhile
+                c.execute(insert(assignments).values(item_id=item_id, annotator_id=annotator_id, status="leased",
+                                                     leased_at=now, expires_at=now + self.lease_seconds))
+                return self._item(c, item_id)
+        return None
+
+    def item(self, item_id: int) -> Item | None:
+        with self._read() as c:
+            return self._item(c, item_id)
+
+    def _item(self, c: Connection, item_id: int) -> Item | None:
+        row = c.execute(select(queue_items, prompts.c.text, prompts.c.family)
+                        .join(prompts, prompts.c.id == queue_items.c.prompt_id)
+                        .where(queue_items.c.id == item_id)).first()
+        if row is None:
+            return None
+        found = {r.id: Response(r.id, r.text, r.policy)
+                 for r in c.execute(select(responses).where(responses.c.id.in_(row.response_ids)))}
+        return Item(row.id, row.prompt_id, row.text, row.family, tuple(found[i] for i in row.response_ids),
+                    row.overlap)
+
+    def skip(self, annotator_id: int, item_id: int) -> bool:
+        """Give a leased item back without judging it (the slot frees for others); False if not leased to them."""
+        with self._write() as c:
+            n = c.execute(update(assignments).where(
+                assignments.c.item_id == item_id, assignments.c.annotator_id == annotator_id,
+                assignments.c.status == "leased").values(status="skipped")).rowcount
+        return n > 0
+
+    def assignment_status(self, annotator_id: int, item_id: int) -> str | None:
+        """leased | done | skipped, or None if the item was never handed to this annotator."""
+        with self._read() as c:
+            return c.scalar(select(assignments.c.status).where(assignments.c.item_id == item_id,
+                                                                 assignments.c.annotator_id == annotator_id))
+
+    def progress(self, annotator_id: int) -> dict[str, int]:
+        """done: items this annotator judged; total: done + leased to them now + still open to them."""
+        now = self.clock()
+        with self._read() as c:
+            done = c.scalar(select(func.count()).select_from(assignments).where(
+                assignments.c.annotator_id == annotator_id, assignments.c.status == "done"))
+            leased = c.scalar(select(func.count()).select_from(assignments).where(
+                assignments.c.annotator_id == annotator_id, assignments.c.status == "leased",
+                assignments.c.expires_at > now))
+            available = c.scalar(select(func.count()).select_from(self._open_items(annotator_id, now).subquery()))
+        return {"done": done, "total": done + leased + available}
+
+    # -- judgements
+
+    def add_ranking(self, prompt_id: int, ranking: list[int], annotator_id: int, source: str = "human",
+                    item_id: int | None = None, key: str | None = None, flag_harmful: bool = False, note: str = "",
+                    meta: dict | None = None) -> int:
+        """Store a best-first ranking of response ids; returns the judgement id.
+
+        With `key`, a second call with the same key writes nothing and returns the first judgement's id.
+        With `item_id`, the ranking must cover exactly the item's responses.
+        """
+        if not isinstance(ranking, list) or len(ranking) < 2 or len(set(ranking)) != len(ranking):
+            raise ValueError("a ranking needs at least 2 distinct response ids")
+        row = dict(kind="ranking", ranking=[int(r) for r in ranking])
+        return self._judge(prompt_id, row, list(ranking), annotator_id, source, item_id, key, flag_harmful, note, meta)
+
+    def add_pairwise(self, prompt_id: int, a_id: int, b_id: int, choice: str, annotator_id: int,
+                     source: str = "human", item_id: int | None = None, key: str | None = None,
+                     flag_harmful: bool = False, note: str = "", meta: dict | None = None) -> int:
+        """Store a verdict on responses shown as A and B: a | b | tie | both_bad; returns the judgement id."""
+        if choice not in CHOICES:
+            raise ValueError(f"choice must be one of {', '.join(CHOICES)}, got {choice!r}")
+        if a_id == b_id:
+            raise ValueError("a pairwise judgement needs two different responses")
+        row = dict(kind="pairwise", a_id=a_id, b_id=b_id, choice=choice)
+        return self._judge(prompt_id, row, [a_id, b_id], annotator_id, source, item_id, key, flag_harmful, note, meta)
+
+    def _judge(self, prompt_id: int, row: dict, response_ids: list[int], annotator_id: int, source: str,
+               item_id: int | None, key: str | None, flag_harmful: bool, note: str, meta: dict | None) -> int:
+        if source not in SOURCES:
+            raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
+        if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 128):
+            raise ValueError("an idempotency key is a string of 1 to 128 characters")
+        row.update(prompt_id=prompt_id, annotator_id=annotator_id, source=source, item_id=item_id, key=key,
+                   flag_harmful=bool(flag_harmful), note=(note or "")[:MAX_NOTE], meta=meta or {})
+        return self._retrying(lambda c: self._insert_judgement(c, row, response_ids))
+
+    def _insert_judgement(self, c: Connection, row: dict, response_ids: list[int]) -> int:
+        aid, item_id, now = row["annotator_id"], row["item_id"], self.clock()
+        if row["key"] is not None:
+            old = c.execute(select(judgements.c.id, judgements.c.annotator_id)
+                            .where(judgements.c.key == row["key"])).first()
+            if old is not None:
+                if old.annotator_id != aid:
+                    raise Conflict("this idempotency key belongs to another annotator's judgement")
+                return old.id
+        if c.scalar(select(annotators.c.id).where(annotators.c.id == aid)) is None:
+            raise LookupError(f"no annotator with id {aid}")
+        self._check_responses(c, row["prompt_id"], response_ids)
+        lease = None
+        if item_id is not None:
+            item = c.execute(select(queue_items).where(queue_items.c.id == item_id)).first()
+            if item is None:
+                raise LookupError(f"no queue item with id {item_id}")
+            if item.prompt_id != row["prompt_id"] or sorted(item.response_ids) != sorted(response_ids):
+                raise ValueError(f"the judgement must cover exactly the responses of item {item_id}")
+            if c.scalar(select(judgements.c.id).where(judgements.c.item_id == item_id,
+                                                      judgements.c.annotator_id == aid)) is not None:
+                raise Conflict(f"item {item_id} was already judged by this annotator")
+            lease = c.execute(select(assignments).where(assignments.c.item_id == item_id,
+                                                        assignments.c.annotator_id == aid)).first()
+            if lease is None:
+                c.execute(insert(assignments).values(item_id=item_id, annotator_id=aid, status="done",
+                                                     leased_at=now, expires_at=now))
+            else:
+                c.execute(update(assignments).where(assignments.c.id == lease.id).values(status="done"))
+        seconds = now - lease.leased_at if lease is not None else None
+        return c.execute(insert(judgements).values(**row, seconds=seconds, created_at=now)).inserted_primary_key[0]
+
+    def _check_responses(self, c: Connection, prompt_id: int, response_ids: list[int]) -> None:
+        found = set(c.scalars(select(responses.c.id).where(responses.c.id.in_(response_ids),
+                                                           responses.c.prompt_id == prompt_id)))
+        missing = [r for r in response_ids if r not in found]
+        if missing:
+            raise ValueError(f"response ids {missing} are not responses to prompt {prompt_id}")
+
+    def undo_last(self, annotator_id: int) -> int | None:
+        """Delete this annotator's latest judgement; its item goes back to them as a fresh lease.
+
+        Returns the deleted judgement's id, or None if they have none.
+        """
+        now = self.clock()
+        with self._write() as c:
+            last = c.execute(select(judgements.c.id, judgements.c.item_id)
+                             .where(judgements.c.annotator_id == annotator_id)
+                             .order_by(judgements.c.id.desc()).limit(1)).first()
+            if last is None:
+                return None
+            c.execute(delete(judgements).where(judgements.c.id == last.id))
+            if last.item_id is not None:
+                c.execute(update(assignments).where(assignments.c.item_id == last.item_id,
+                                                    assignments.c.annotator_id == annotator_id)
+                          .values(status="leased", leased_at=now, expires_at=now + self.lease_seconds))
+        return last.id
+
+    def judgement_count(self, source: str | None = None) -> int:
+        with self._read() as c:
+            q = select(func.count()).select_from(judgements)
+            return c.scalar(q if source is None else q.where(judgements.c.source == source))
+
+    def judgements(self, source: str | None = None) -> list[Any]:
+        """Every judgement row joined with its annotator's name, in id order."""
+        q = (select(judgements, annotators.c.name.label("annotator"))
+             .join(annotators, annotators.c.id == judgements.c.annotator_id).order_by(judgements.c.id))
+        with self._read() as c:
+            return list(c.execute(q if source is None else q.where(judgements.c.source == source)))
+
+    # -- export / import
+
+    def preference_pairs(self, source: str | None = None) -> list[Comparison]:
+        """Every judgement as (chosen, rejected) pairs; `group` = the judgement id (or an imported group)."""
+        rows = self.judgements(source)
+        with self._read() as c:
+            texts = {r.id: r for r in c.execute(select(responses.c.id, responses.c.text, responses.c.policy))}
+            prompt_rows = {r.id: r for r in c.execute(select(prompts.c.id, prompts.c.text, prompts.c.family))}
+        out = []
+        for j in rows:
+            p = prompt_rows[j.prompt_id]
+            for better, worse in judgement_pairs(j):
+                meta = {"family": p.family, "chosen_policy": texts[better].policy,
+                        "rejected_policy": texts[worse].policy, "judgement": j.id, "flag_harmful": j.flag_harmful}
+                if j.note:
+                    meta["note"] = j.note
+                out.append(Comparison(p.text, texts[better].text, texts[worse].text, source=j.source,
+                                      annotator=j.annotator, group=j.group_key or str(j.id),
+                                      meta={**meta, **j.meta}))
+        return out
+
+    def export_jsonl(self, path: str, source: str | None = None) -> int:
+        """Write `preference_pairs` as JSONL (prompt / chosen / rejected / source / annotator / group / meta)."""
+        return write_jsonl(path, (p.to_json() for p in self.preference_pairs(source)))
+
+    def import_jsonl(self, path: str, source: str | None = None) -> int:
+        """Read preference pairs (any format `rlhfkit.data.loaders` reads) into the store; returns pairs read.
+
+        Each pair becomes a pairwise judgement that keeps its `group` and `meta`, so export -> import -> export
+        gives the same records. `source` fills records that carry none; a record naming a different source is
+        an error. Everything is validated before one transaction writes it all; importing a file twice is a
+        no-op (each record's idempotency key is the hash of its content).
+        """
+        records = []
+        for loc, row in read_records(path):
+            comp = parse_comparison(row, loc)
+            if source is not None and row.get("source") not in (None, source):
+                raise DataError(f"{loc}: field 'source': expected {source!r}, got {row['source']!r}")
+            src = row.get("source") or source or "human"
+            records.append((loc, comp, src, "import:" + _sha(json.dumps(row, sort_keys=True, ensure_ascii=False))))
+
+        def write(c: Connection) -> int:
+            for loc, comp, src, key in records:
+                if c.scalar(select(judgements.c.id).where(judgements.c.key == key)) is not None:
+                    continue
+                pid = self._prompt_id(c, comp.prompt, comp.meta.get("family"))
+                chosen = self._response_id(c, pid, comp.chosen, str(comp.meta.get("chosen_policy") or ""))
+                rejected = self._response_id(c, pid, comp.rejected, str(comp.meta.get("rejected_policy") or ""))
+                if chosen == rejected:
+                    raise DataError(f"{loc}: field 'rejected': the same response as 'chosen'")
+                aid = self._annotator_id(c, comp.annotator, src)
+                c.execute(insert(judgements).values(
+                    prompt_id=pid, annotator_id=aid, source=src, kind="pairwise", a_id=chosen, b_id=rejected,
+                    choice="a", flag_harmful=bool(comp.meta.get("flag_harmful", False)), note="", key=key,
+                    group_key=comp.group or None, meta=comp.meta, created_at=self.clock()))
+            return len(records)
+
+        return self._retrying(write)
+
+    def _annotator_id(self, c: Connection, name: str, kind: str) -> int:
+        """Get-or-create an annotator without a login token (imported labels)."""
+        aid = c.scalar(select(annotators.c.id).where(annotators.c.name == name))
+        if aid is None:
+            aid = c.execute(insert(annotators).values(name=name, kind=kind, token_sha=None, meta={"imported": True},
+                                                      created_at=self.clock())).inserted_primary_key[0]
+        return aid
+
+    # -- statistics
+
+    def stats(self, source: str | None = None) -> dict[str, Any]:
+        """Counts per source and annotator (judgements, mean seconds per item) and inter-annotator agreement.
+
+        Agreement (see `rlhfkit.feedback.admin.agreement`) is computed over units judged by >= 2 annotators:
+        a unit is a prompt with the set of responses judged.
+        """
+        rows = self.judgements(source)
+        with self._read() as c:
+            kinds = dict(c.execute(select(annotators.c.name, annotators.c.kind)).all())
+        per: dict[str, dict[str, Any]] = {}
+        for j in rows:
+            a = per.setdefault(j.annotator, {"kind": kinds.get(j.annotator), "judgements": 0, "_secs": []})
+            a["judgements"] += 1
+            if j.seconds is not None:
+                a["_secs"].append(j.seconds)
+        for a in per.values():
+            secs = a.pop("_secs")
+            a["mean_seconds"] = sum(secs) / len(secs) if secs else None
+        by_source: dict[str, int] = {}
+        for j in rows:
+            by_source[j.source] = by_source.get(j.source, 0) + 1
+        return {"judgements": len(rows), "pairs": sum(len(judgement_pairs(j)) for j in rows),
+                "by_source": by_source, "annotators": per, "agreement": agreement(rows)}

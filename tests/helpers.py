@@ -1,0 +1,34 @@
+"""Small, fast stand-ins used by the stage tests: a tiny world, a tiny model, and rewards."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A world small enough to pretrain on in seconds; every family is still present.
+WORLD = ["--world.corpus_docs=300", "--world.n_sft=240", "--world.n_rl=48", "--world.n_eval_per_family=3"]
+MODEL = ["--model.hidden_size=48", "--model.num_layers=2", "--model.num_heads=2", "--model.intermediate_size=96",
+         "--model.vocab_size=400"]
+
+
+def rlhfkit(*args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the CLI exactly as a user would (`python -m rlhfkit ...`)."""
+    full_env = {**os.environ, "RLHFKIT_NO_TENSORBOARD": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "rlhfkit", *args], cwd=REPO, capture_output=True, text=True, env=full_env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"rlhfkit {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def metrics(run_dir: str) -> list[dict]:
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def short_reward(prompts, responses, terminated=None):
+    """Reward short answers: -(words), a signal any policy can climb in a few steps."""
+    return [-float(len(r.split())) for r in responses]

@@ -1,0 +1,173 @@
+"""Every training stage end to end through the CLI on a tiny model and world, asserting a real effect."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.helpers import MODEL, REPO, WORLD, metrics, rlhfkit
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory):
+    """Pretrain and SFT a tiny model once for the whole session."""
+    root = tmp_path_factory.mktemp("runs")
+    rlhfkit("pretrain", f"--out_dir={root}/pretrain", "--max_steps=60", "--batch_size=16", "--seq_len=64",
+            "--eval_every=20", "--sample_every=1000", "--lr=5e-3", *WORLD, *MODEL)
+    rlhfkit("sft", f"--out_dir={root}/sft", f"--model={root}/pretrain/model", "--epochs=5", "--batch_size=16",
+            "--eval_every=10", "--sample_every=1000", "--lr=3e-3", *WORLD)
+    return root
+
+
+def test_pretrain_lowers_heldout_loss(tiny_runs):
+    evals = [m["eval/loss"] for m in metrics(f"{tiny_runs}/pretrain") if "eval/loss" in m]
+    assert len(evals) >= 3 and evals[-1] < evals[0] - 1.0
+
+
+def test_sft_lowers_heldout_loss(tiny_runs):
+    evals = [m["eval/loss"] for m in metrics(f"{tiny_runs}/sft") if "eval/loss" in m]
+    assert evals[-1] < 0.7 * evals[0], evals
+    cfg = (tiny_runs / "sft" / "config.yaml").read_text()
+    assert "lr: 0.003" in cfg and (tiny_runs / "sft" / "run.json").exists()
+
+
+def verbose_pairs(path, world_args=WORLD, n=None):
+    """Preference pairs with a known answer: the ideal response beats the same response padded with filler."""
+    from rlhfkit.config import load_config
+    from rlhfkit.data.loaders import write_jsonl
+    from rlhfkit.stages.sft import Config
+    from rlhfkit.world import build_world
+
+    world = build_world(load_config(Config, overrides=world_args).world)
+    rows = []
+    for i, p in enumerate(world.prompts("rl")[:n]):
+        ideal = world.ideal_response(p)
+        rows.append({"prompt": p.text, "chosen": ideal, "rejected": ideal + " I hope this helps, and have a really wonderful day today!",
+                     "source": "simulated", "annotator": "a", "group": f"g{i}"})
+    write_jsonl(path, rows)
+    return rows
+
+
+def test_reward_model_learns_the_labelled_preference(tiny_runs):
+    verbose_pairs(f"{tiny_runs}/pairs.jsonl")
+    rlhfkit("rm", f"--out_dir={tiny_runs}/rm", f"--model={tiny_runs}/sft/model", f"--data={tiny_runs}/pairs.jsonl",
+            "--epochs=6", "--batch_groups=4", "--lr=3e-3", "--heldout_fraction=0.25", "--eval_every=10", "--evaluate=false")
+    evals = [m["eval/accuracy"] for m in metrics(f"{tiny_runs}/rm") if "eval/accuracy" in m]
+    assert evals[-1] >= 0.9, evals
+    saved = json.loads((tiny_runs / "rm" / "rm_metrics.json").read_text())
+    cfg = json.loads((tiny_runs / "rm" / "model" / "config.json").read_text())
+    assert cfg["rlhfkit_score_offset"] == pytest.approx(saved["score_offset"])
+
+
+def test_reward_is_read_at_the_last_real_token_under_left_and_right_padding(tiny_runs):
+    from rlhfkit.data.chat import pad_batch, render_example
+    from rlhfkit.models.reward import load_scalar_model, sequence_scores
+
+    model, tok = load_scalar_model(f"{tiny_runs}/rm/model")
+    rows = [render_example(tok, "What is 7 + 5?", "7 + 5 = 12.")[0], render_example(tok, "Hi", "Hello! How can I help you today?")[0]]
+    alone = torch.stack([sequence_scores(model, torch.tensor([r]), torch.ones(1, len(r), dtype=torch.bool))[0] for r in rows])
+    for side in ("left", "right"):
+        ids, attn = pad_batch(rows, tok.pad_token_id, side=side)
+        assert torch.allclose(sequence_scores(model, ids, attn), alone, atol=1e-4), side
+
+
+def test_dpo_prefers_the_chosen_responses(tiny_runs):
+    rlhfkit("dpo", f"--out_dir={tiny_runs}/dpo", f"--policy={tiny_runs}/sft/model", f"--data={tiny_runs}/pairs.jsonl",
+            "--epochs=4", "--batch_size=8", "--micro_batch_size=4", "--lr=1e-3", "--heldout_fraction=0.25",
+            "--eval_every=5", "--gold_eval=false", *WORLD)
+    rows = [m for m in metrics(f"{tiny_runs}/dpo") if "eval/rewards/accuracy" in m]
+    assert rows[-1]["eval/rewards/accuracy"] >= 0.9
+    assert rows[-1]["eval/rewards/margin"] > rows[0]["eval/rewards/margin"]
+    assert os.path.exists(f"{tiny_runs}/dpo/ref_logprobs.pt")
+
+
+def test_dpo_cached_reference_logprobs_equal_live_ones(tiny_runs):
+    from rlhfkit.data.chat import render_example
+    from rlhfkit.data.loaders import load_preferences
+    from rlhfkit.models.load import load_causal_lm
+    from rlhfkit.rollout import sequence_logprobs
+
+    ref_c, ref_r = torch.load(f"{tiny_runs}/dpo/ref_logprobs.pt")
+    pairs = load_preferences(f"{tiny_runs}/pairs.jsonl")
+    import random
+
+    random.Random(0).shuffle(pairs)  # the stage's shuffle (seed 0)
+    ref, tok = load_causal_lm(f"{tiny_runs}/sft/model", device="cpu")
+    with torch.no_grad():
+        live = sequence_logprobs(ref, [render_example(tok, p.prompt, p.chosen, 256) for p in pairs[:6]], tok.pad_token_id)
+    assert torch.allclose(live, ref_c[:6], atol=1e-4)
+
+
+def ppo_args(root, name, *extra):
+    return ("ppo", f"--out_dir={root}/{name}", f"--policy={root}/sft/model", "--reward=tests.helpers:short_reward",
+            "--rollout_batch_size=8", "--minibatch_size=8", "--micro_batch_size=8", "--ppo_epochs=2",
+            "--max_new_tokens=16", "--eval_every=0", "--sample_every=1000", "--lr=1e-3", "--kl_coef=0.01",
+            "--missing_eos_penalty=-5", *WORLD, *extra)
+
+
+def test_ppo_raises_the_reward(tiny_runs):
+    rlhfkit(*ppo_args(tiny_runs, "ppo", "--total_steps=12", "--ckpt_every=100"))
+    rows = metrics(f"{tiny_runs}/ppo")
+    first = sum(r["objective/scores"] for r in rows[:3]) / 3
+    last = sum(r["objective/scores"] for r in rows[-3:]) / 3
+    assert last > first + 1.0, (first, last)
+    for key in ("objective/kl", "objective/entropy", "ppo/policy/clipfrac", "ppo/policy/approxkl",
+                "ppo/val/explained_variance", "ppo/val/clipfrac", "rollout/eos_rate", "objective/non_score_reward"):
+        assert key in rows[-1]
+
+
+def test_ppo_killed_and_resumed_matches_an_uninterrupted_run(tiny_runs):
+    steps = ("--total_steps=6", "--ckpt_every=2")
+    rlhfkit(*ppo_args(tiny_runs, "ppo_full", *steps))
+    # Same run, killed with SIGKILL as soon as its first checkpoint lands, then resumed.
+    env = {**os.environ, "RLHFKIT_NO_TENSORBOARD": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "rlhfkit", *ppo_args(tiny_runs, "ppo_killed", *steps)], cwd=REPO,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = tiny_runs / "ppo_killed" / "checkpoints" / "latest"
+    deadline = time.time() + 300
+    while not latest.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tiny_runs / "ppo_killed" / "model").exists(), "the run finished before it could be killed"
+    resumed = rlhfkit(*ppo_args(tiny_runs, "ppo_killed", *steps))
+    assert "resumed from" in resumed.stdout
+    full, killed = metrics(f"{tiny_runs}/ppo_full"), metrics(f"{tiny_runs}/ppo_killed")
+    assert [r["step"] for r in killed] == [r["step"] for r in full]
+    for a, b in zip(full, killed):
+        for k in a:
+            if k != "time":
+                assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-5), (a["step"], k)
+
+
+def test_ppo_gradient_accumulation_matches_one_big_batch(tiny_runs):
+    common = ("--total_steps=1", "--ppo_epochs=1", "--ckpt_every=100")
+    rlhfkit(*ppo_args(tiny_runs, "ppo_accum1", *common), "--micro_batch_size=1")
+    rlhfkit(*ppo_args(tiny_runs, "ppo_accum8", *common), "--micro_batch_size=8")
+    from transformers import AutoModelForCausalLM
+
+    a = AutoModelForCausalLM.from_pretrained(f"{tiny_runs}/ppo_accum1/model").state_dict()
+    b = AutoModelForCausalLM.from_pretrained(f"{tiny_runs}/ppo_accum8/model").state_dict()
+    start = AutoModelForCausalLM.from_pretrained(f"{tiny_runs}/sft/model").state_dict()
+    moved = max((a[k] - start[k]).abs().max().item() for k in a)
+    assert moved > 1e-4  # the update did something
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
+
+
+@pytest.mark.parametrize("algo", ["rloo", "grpo"])
+def test_critic_free_methods_raise_the_reward(tiny_runs, algo):
+    rlhfkit(algo, f"--out_dir={tiny_runs}/{algo}", f"--policy={tiny_runs}/sft/model", "--reward=tests.helpers:short_reward",
+            "--total_steps=10", "--prompts_per_step=4", "--k=4", "--minibatch_size=16", "--micro_batch_size=8",
+            "--max_new_tokens=16", "--eval_every=0", "--sample_every=1000", "--lr=1e-3", "--missing_eos_penalty=-5", *WORLD)
+    rows = metrics(f"{tiny_runs}/{algo}")
+    first = sum(r["objective/scores"] for r in rows[:3]) / 3
+    last = sum(r["objective/scores"] for r in rows[-3:]) / 3
+    assert last > first + 1.0, (first, last)
