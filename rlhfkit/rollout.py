@@ -174,7 +174,7 @@ class Experience:
 @torch.no_grad()
 def collect_experience(policy, ref, tok, prompts: Sequence[str], reward_fn, *, max_new_tokens: int,
                        temperature: float, missing_eos_penalty: float | None = None,
-                       forward_batch_size: int = 64) -> Experience:
+                       forward_batch_size: int = 64, stopwatch=None) -> Experience:
     """Generate, decode, score, and compute policy/reference logprobs for `prompts`.
 
     `reward_fn(prompts, responses, terminated) -> (B,) tensor` is a reward model or
@@ -182,16 +182,21 @@ def collect_experience(policy, ref, tok, prompts: Sequence[str], reward_fn, *, m
     `missing_eos_penalty` added to its score (Huang et al. 2024: without it the
     policy learns to ramble past the limit).
     """
+    import contextlib
+
     from rlhfkit.data.chat import render_prompt
 
+    timed = stopwatch or (lambda name: contextlib.nullcontext())
     policy.eval()
-    gen = generate(policy, [render_prompt(tok, p) for p in prompts], eos_id=tok.eos_token_id,
-                   pad_id=tok.pad_token_id, max_new_tokens=max_new_tokens, temperature=temperature)
+    with timed("generate"):
+        gen = generate(policy, [render_prompt(tok, p) for p in prompts], eos_id=tok.eos_token_id,
+                       pad_id=tok.pad_token_id, max_new_tokens=max_new_tokens, temperature=temperature)
     input_ids, attn = gen.sequences()
     P = gen.prompt_ids.shape[1]
     texts = [tok.decode(r[m & (r != tok.eos_token_id)].tolist(), skip_special_tokens=True)
              for r, m in zip(gen.response_ids, gen.response_mask)]
-    scores = reward_fn(list(prompts), texts, gen.terminated.tolist()).float().to(input_ids.device)
+    with timed("score"):
+        scores = reward_fn(list(prompts), texts, gen.terminated.tolist()).float().to(input_ids.device)
     if missing_eos_penalty is not None:
         scores = scores + missing_eos_penalty * (~gen.terminated).float()
 
@@ -200,8 +205,12 @@ def collect_experience(policy, ref, tok, prompts: Sequence[str], reward_fn, *, m
                for i in range(0, len(prompts), forward_batch_size)]
         return torch.cat(out).masked_fill(~gen.response_mask, 0.0)
 
+    with timed("policy_logprobs"):
+        logprobs = logprobs_of(policy)
+    with timed("reference"):
+        ref_logprobs = logprobs_of(ref)
     return Experience(list(prompts), texts, input_ids, attn, P, gen.response_mask, gen.terminated, scores,
-                      logprobs_of(policy), logprobs_of(ref))
+                      logprobs, ref_logprobs)
 
 
 def sequence_logprobs(model, rows: Sequence[tuple[list[int], list[bool]]], pad_id: int) -> torch.Tensor:

@@ -91,7 +91,7 @@ queue_items = Table(
     Column("id", Integer, primary_key=True),
     Column("prompt_id", Integer, ForeignKey("prompts.id"), nullable=False),
     Column("response_ids", JSON, nullable=False),  # list[int], the order they were enqueued in
-    Column("key", String(64), nullable=False, unique=True),  # hash of (prompt, response set): enqueueing twice is a no-op
+    Column("key", String(64), nullable=False, unique=True),  # hash of (prompt, response set): enqueue is idempotent
     Column("overlap", Integer, nullable=False),
     Column("created_at", Float, nullable=False),
 )
@@ -418,8 +418,9 @@ class FeedbackStore:
         key = _sha(json.dumps([prompt_id, sorted(response_ids)]))
         row = c.execute(select(queue_items.c.id, queue_items.c.overlap).where(queue_items.c.key == key)).first()
         if row is None:
-            return c.execute(insert(queue_items).values(prompt_id=prompt_id, response_ids=list(response_ids), key=key,
-                                                        overlap=overlap, created_at=self.clock())).inserted_primary_key[0]
+            values = dict(prompt_id=prompt_id, response_ids=list(response_ids), key=key, overlap=overlap,
+                          created_at=self.clock())
+            return c.execute(insert(queue_items).values(**values)).inserted_primary_key[0]
         if overlap > row.overlap:
             c.execute(update(queue_items).where(queue_items.c.id == row.id).values(overlap=overlap))
         return row.id

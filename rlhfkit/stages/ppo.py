@@ -35,7 +35,7 @@ from rlhfkit.ops import masked_mean, masked_sum, masked_whiten
 from rlhfkit.optim import adamw, set_lr
 from rlhfkit.rl import AdaptiveKLController, FixedKLController, KL_ESTIMATORS, gae, kl_penalized_rewards
 from rlhfkit.rollout import collect_experience, response_logprobs
-from rlhfkit.tracking import Run, seed_everything
+from rlhfkit.tracking import Run, Stopwatch, seed_everything
 from rlhfkit.world import WorldConfig, build_world
 
 
@@ -140,6 +140,7 @@ def train(cfg: Config) -> str:
         checkpoint.truncate_log(cfg.out_dir, start)
         print(f"[ppo] resumed from {ckpt} at iteration {start}", flush=True)
 
+    sw = Stopwatch()
     if start == 0 and cfg.eval_every:  # the SFT starting point: KL 0 on the over-optimisation curve
         run.log(0, training_eval(policy, tok, world, reward_fn if cfg.reward == "rm" else None))
     for step in tqdm(range(start, cfg.total_steps), desc="ppo", initial=start, total=cfg.total_steps):
@@ -148,7 +149,7 @@ def train(cfg: Config) -> str:
 
         # 1. Generate responses and 2. score them; 3. logprobs of policy and reference (no grad).
         exp = collect_experience(policy, ref, tok, batch_prompts, reward_fn, max_new_tokens=cfg.max_new_tokens,
-                                 temperature=cfg.temperature, missing_eos_penalty=cfg.missing_eos_penalty)
+                                 temperature=cfg.temperature, missing_eos_penalty=cfg.missing_eos_penalty, stopwatch=sw)
         mask = exp.mask  # (B, R)
         scores = exp.scores
         if cfg.score_clip is not None:
@@ -157,7 +158,7 @@ def train(cfg: Config) -> str:
             scores = (scores - scores.mean()) / (scores.std() + 1e-8)
 
         # 4. Values of the critic at rollout time, and KL-penalised per-token rewards.
-        with torch.no_grad():
+        with torch.no_grad(), sw("value"):
             critic.eval()
             values = token_scores(critic, exp.input_ids, exp.attention_mask)[:, exp.prompt_len - 1 : -1]  # (B, R)
             values = values.masked_fill(~mask, 0.0)
@@ -169,33 +170,13 @@ def train(cfg: Config) -> str:
                 advantages = masked_whiten(advantages, mask)
 
         # 6. PPO epochs over shuffled minibatches, with gradient accumulation over micro-batches.
-        policy.train(), critic.train()
-        stats: dict[str, list[float]] = {}
-        for _ in range(cfg.ppo_epochs):
-            order = torch.randperm(len(batch_prompts))
-            for mb in order.split(cfg.minibatch_size):
-                normalizer = mask[mb].sum()  # global count of response tokens in this optimiser step
-                for micro in mb.split(cfg.micro_batch_size):
-                    ids, attn, P = exp.input_ids[micro], exp.attention_mask[micro], exp.prompt_len
-                    new_logprobs, entropy = response_logprobs(policy, ids, attn, P, cfg.temperature, with_entropy=True)
-                    new_values = token_scores(critic, ids, attn)[:, P - 1 : -1]
-                    pg_loss, pg_stats = ppo_policy_loss(new_logprobs, exp.logprobs[micro], advantages[micro],
-                                                        mask[micro], cfg.clip_range, normalizer)
-                    vf_loss, vf_stats = ppo_value_loss(new_values, values[micro], returns[micro], mask[micro],
-                                                       cfg.clip_range_value, normalizer)
-                    loss = pg_loss + cfg.vf_coef * vf_loss
-                    if ptx_rows is not None:
-                        loss = loss + cfg.ptx_coef * ptx_loss(policy, ptx_rows, cfg.ptx_batch_size) * len(micro) / len(mb)
-                    loss.backward()
-                    for k, v in {**pg_stats, **vf_stats, "objective/entropy_token": masked_mean(entropy.detach(), mask[micro])}.items():
-                        stats.setdefault(k, []).append(float(v))
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+        with sw("train"):
+            stats = ppo_epochs(cfg, policy, critic, optimizer, exp, values, advantages, returns, ptx_rows)
 
         # 7. Log the RLHF dashboard; adapt beta; evaluate, sample, checkpoint.
         seq_kl = masked_sum(kl, mask, dim=1)  # (B,) KL of each sequence to the reference
         metrics = {k: sum(v) / len(v) for k, v in stats.items()}
+        metrics.update(sw.pop())
         metrics.update({
             "objective/scores": exp.scores.mean().item(),
             "objective/kl": seq_kl.mean().item(),
@@ -225,6 +206,40 @@ def train(cfg: Config) -> str:
     print(f"[ppo] saved {out}", flush=True)
     run.close()
     return out
+
+
+def ppo_epochs(cfg: Config, policy, critic, optimizer, exp, values, advantages, returns, ptx_rows) -> dict[str, list[float]]:
+    """Step 6: `ppo_epochs` passes of clipped policy + value updates over one rollout batch.
+
+    Each optimiser step covers a minibatch; its micro-batches accumulate gradients,
+    with token losses divided by the minibatch's total response tokens, so the
+    micro-batch size never changes the update.
+    """
+    policy.train(), critic.train()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    mask, P, stats = exp.mask, exp.prompt_len, {}
+    for _ in range(cfg.ppo_epochs):
+        for mb in torch.randperm(len(exp.prompts)).split(cfg.minibatch_size):
+            normalizer = mask[mb].sum()  # response tokens in this optimiser step
+            for micro in mb.split(cfg.micro_batch_size):
+                ids, attn = exp.input_ids[micro], exp.attention_mask[micro]
+                new_logprobs, entropy = response_logprobs(policy, ids, attn, P, cfg.temperature, with_entropy=True)
+                new_values = token_scores(critic, ids, attn)[:, P - 1 : -1]  # (b, R)
+                pg_loss, pg_stats = ppo_policy_loss(new_logprobs, exp.logprobs[micro], advantages[micro], mask[micro],
+                                                    cfg.clip_range, normalizer)
+                vf_loss, vf_stats = ppo_value_loss(new_values, values[micro], returns[micro], mask[micro],
+                                                   cfg.clip_range_value, normalizer)
+                loss = pg_loss + cfg.vf_coef * vf_loss
+                if ptx_rows is not None:  # PPO-ptx (InstructGPT): keep the pretraining distribution
+                    loss = loss + cfg.ptx_coef * ptx_loss(policy, ptx_rows, cfg.ptx_batch_size) * len(micro) / len(mb)
+                loss.backward()
+                pg_stats["objective/entropy_token"] = masked_mean(entropy.detach(), mask[micro])
+                for k, v in {**pg_stats, **vf_stats}.items():
+                    stats.setdefault(k, []).append(float(v))
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    return stats
 
 
 def ptx_loss(policy, rows: torch.Tensor, batch_size: int) -> torch.Tensor:

@@ -1,0 +1,59 @@
+"""`rlhfkit label <action>`: the human-feedback web app and its admin commands.
+
+    rlhfkit label serve --db sqlite:///labels.db [--host 127.0.0.1] [--port 8000] [--admin-token T]
+    rlhfkit label add-annotator NAME --db URL          prints the annotator's secret login token
+    rlhfkit label load QUEUE.jsonl --db URL [--overlap 2]   the output of `rlhfkit sample`
+    rlhfkit label export OUT.jsonl --db URL [--source human]   preference pairs for `rm` / `dpo`
+    rlhfkit label stats --db URL                        throughput and inter-annotator agreement
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rlhfkit label", description="labelling web app and its admin commands")
+    sub = p.add_subparsers(dest="action", required=True)
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        a = sub.add_parser(name, help=help_text)
+        a.add_argument("--db", default="sqlite:///feedback.db", help="SQLAlchemy URL of the feedback store")
+        return a
+
+    s = add("serve", "run the labelling web app")
+    s.add_argument("--host", default="127.0.0.1", help="bind address (loopback unless told otherwise)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--admin-token", default=None, help="admin token (default: $RLHFKIT_ADMIN_TOKEN or a printed random one)")
+    add("add-annotator", "create an annotator and print their login token").add_argument("name")
+    ld = add("load", "enqueue prompts with responses (JSONL from `rlhfkit sample`)")
+    ld.add_argument("path")
+    ld.add_argument("--overlap", type=int, default=1, help="annotators per item (>= 2 measures agreement)")
+    ex = add("export", "write preference pairs as JSONL")
+    ex.add_argument("out")
+    ex.add_argument("--source", default=None, choices=["human", "simulated", "ai"])
+    add("stats", "per-annotator throughput and inter-annotator agreement")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    from rlhfkit.feedback import admin
+
+    args = parser().parse_args(argv)
+    if args.action == "serve":
+        admin.serve(args.db, args.host, args.port, args.admin_token)
+    elif args.action == "add-annotator":
+        print(admin.add_annotator(args.db, args.name))
+    elif args.action == "load":
+        print(json.dumps(admin.load(args.db, args.path, args.overlap)))
+    elif args.action == "export":
+        print(f"wrote {admin.export(args.db, args.out, args.source)} pairs to {args.out}")
+    elif args.action == "stats":
+        print(json.dumps(admin.stats(args.db), indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
