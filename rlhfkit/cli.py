@@ -31,6 +31,7 @@ def usage() -> str:
     width = max(map(len, COMMANDS))
     lines = ["usage: rlhfkit <command> [--config FILE.yaml] [--key=value ...]", "", "commands:"]
     lines += [f"  {name:<{width}}  {spec[3]}" for name, spec in COMMANDS.items()]
+    lines += [f"  {'label':<{width}}  the labelling web app and its admin commands (rlhfkit label --help)"]
     lines += ["", "`rlhfkit <command> --help` lists a command's config fields."]
     return "\n".join(lines)
 
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "label":
         from rlhfkit.feedback.cli import main as label_main
 
-        return label_main(rest)
+        return run_reporting_errors(command, lambda: label_main(rest))
     if command not in COMMANDS:
         print(f"rlhfkit: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         return 2
@@ -84,8 +85,19 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"rlhfkit {command}: config error: {e}", file=sys.stderr)
         return 2
-    getattr(module, fn_name)(cfg)
-    return 0
+    return run_reporting_errors(command, lambda: getattr(module, fn_name)(cfg) and 0)
+
+
+def run_reporting_errors(command: str, fn) -> int:
+    """Bad input (malformed data, a missing file, an invalid config) is a message, not a traceback."""
+    from rlhfkit.config import ConfigError
+    from rlhfkit.data.loaders import DataError
+
+    try:
+        return fn() or 0
+    except (DataError, ConfigError, FileNotFoundError) as e:
+        print(f"rlhfkit {command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -87,8 +87,9 @@ def test_label_in_a_real_browser(chromium, server, tmp_path):
     srv, token = server
     context = chromium.new_context(base_url=srv.url)
     page = context.new_page()
-    page_errors: list[str] = []
+    page_errors: list[str] = []  # script exceptions, CSP violations, failed loads
     page.on("pageerror", lambda e: page_errors.append(str(e)))
+    page.on("console", lambda m: m.type == "error" and page_errors.append(m.text))
     expected: list[tuple[str, str, str]] = []  # (prompt, chosen, rejected) in judgement order
 
     # log in

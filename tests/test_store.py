@@ -182,10 +182,11 @@ def test_load_queue_jsonl(store, tmp_path):
         {"prompt": "P2", "response": "x", "policy": "sft"},
         {"prompt": "P3", "responses": ["same", "same"], "policy": "sft"},  # nothing to compare: skipped
         {"prompt": "P2", "response": "y", "policy": "ppo"},
+        {"prompt": "P4", "responses": ["", "EOS first is still a response"]},
     ]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    assert store.load_queue_jsonl(str(path), overlap=2) == {"items": 2, "responses": 5, "skipped": 1}
-    assert store.load_queue_jsonl(str(path), overlap=2)["items"] == 2  # a reload keeps one item per prompt
+    assert store.load_queue_jsonl(str(path), overlap=2) == {"items": 3, "responses": 7, "skipped": 1}
+    assert store.load_queue_jsonl(str(path), overlap=2)["items"] == 3  # a reload keeps one item per prompt
     aid, _ = store.add_annotator("ann", "human")
     first, second = store.next_item(aid), None
     store.skip(aid, first.id)
@@ -193,7 +194,7 @@ def test_load_queue_jsonl(store, tmp_path):
     assert (first.prompt, [r.text for r in first.responses], first.overlap) == ("P1", ["a", "b", "c"], 2)
     assert first.family == "math"
     assert (second.prompt, [(r.text, r.policy) for r in second.responses]) == ("P2", [("x", "sft"), ("y", "ppo")])
-    assert store.next_item(aid) == second and store.progress(aid)["total"] == 1
+    assert store.next_item(aid) == second and store.progress(aid) == {"done": 0, "total": 2}  # P2 leased, P4 open
 
 
 @pytest.mark.parametrize("bad_row, where", [
@@ -202,6 +203,7 @@ def test_load_queue_jsonl(store, tmp_path):
     ('{"prompt": "P", "responses": "a b"}', "field 'responses'"),
     ('{"prompt": "P", "responses": ["a", 3]}', "field 'responses[1]'"),
     ('{"prompt": "P"}', "missing field 'responses'"),
+    ('{"prompt": " ", "responses": ["a", "b"]}', "field 'prompt': expected a non-empty string"),
 ])
 def test_load_queue_malformed_names_file_line_field_and_writes_nothing(store, tmp_path, bad_row, where):
     path = tmp_path / "queue.jsonl"

@@ -136,7 +136,7 @@ def parse_comparison(row: dict[str, Any], loc: str) -> Comparison:
         prompt, chosen, rejected = _split_conversations(row, chosen, rejected, loc)
     else:
         prompt = _single_turn(_prompt(_required(row, "prompt", loc), loc, "prompt"), loc, "prompt")
-        chosen, rejected = _text(chosen, loc, "chosen"), _text(rejected, loc, "rejected")
+        chosen, rejected = _text(chosen, loc, "chosen", True), _text(rejected, loc, "rejected", True)
     provenance = {name: _optional_str(row, name, loc) for name in ("source", "annotator", "group")}
     if provenance["source"] is not None and provenance["source"] not in SOURCES:
         raise _field_error(loc, "source", f"expected one of {', '.join(SOURCES)}, got {provenance['source']!r}")
@@ -176,11 +176,12 @@ def _required(row: dict, name: str, loc: str) -> Any:
     return row[name]
 
 
-def _text(value: Any, loc: str, field: str) -> str:
-    """A required piece of text: a string with something in it."""
+def _text(value: Any, loc: str, field: str, allow_empty: bool = False) -> str:
+    """A required piece of text: a string with something in it (or possibly empty: a
+    model's empty answer is a real, usually bad, response that preferences may rank)."""
     if not isinstance(value, str):
         raise _field_error(loc, field, f"expected a string, got {_kind(value)}")
-    if not value.strip():
+    if not allow_empty and not value.strip():
         raise _field_error(loc, field, "expected a non-empty string, got an empty one")
     return value
 

@@ -232,14 +232,16 @@ def parse_queue_row(row: dict[str, Any], loc: str) -> tuple[str, list[tuple[str,
     def bad(name: str, problem: str) -> DataError:
         return DataError(f"{loc}: field {name!r}: {problem}")
 
-    def text(value: Any, name: str) -> str:
-        if not isinstance(value, str) or not value.strip():
-            raise bad(name, f"expected a non-empty string, got {type(value).__name__ if value is not None else 'null'}")
+    def text(value: Any, name: str, empty_ok: bool = True) -> str:
+        # A sampled response may be empty (EOS first): still a response to judge. A prompt may not.
+        if not isinstance(value, str) or not (empty_ok or value.strip()):
+            kind = "null" if value is None else "an empty string" if value == "" else type(value).__name__
+            raise bad(name, f"expected a {'' if empty_ok else 'non-empty '}string, got {kind}")
         return value
 
     if "prompt" not in row:
         raise DataError(f"{loc}: missing field 'prompt'")
-    prompt = text(row["prompt"], "prompt")
+    prompt = text(row["prompt"], "prompt", empty_ok=False)
     policy = row.get("policy") or ""
     if not isinstance(policy, str):
         raise bad("policy", f"expected a string, got {type(policy).__name__}")
@@ -678,7 +680,8 @@ class FeedbackStore:
             if source is not None and row.get("source") not in (None, source):
                 raise DataError(f"{loc}: field 'source': expected {source!r}, got {row['source']!r}")
             src = row.get("source") or source or "human"
-            records.append((loc, comp, src, "import:" + _sha(json.dumps(row, sort_keys=True, ensure_ascii=False))))
+            key = "import:" + _sha(json.dumps(row, sort_keys=True, ensure_ascii=False, default=str))
+            records.append((loc, comp, src, key))
 
         def write(c: Connection) -> int:
             for loc, comp, src, key in records:

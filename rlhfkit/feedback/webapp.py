@@ -233,7 +233,8 @@ def create_app(db_url: str, admin_token: str, lease_minutes: float = 30.0) -> Fa
 
     def check_csrf(request: Request, session: dict[str, Any] | None, data: dict[str, Any]) -> None:
         sent = request.headers.get("x-csrf-token") or data.get("csrf")
-        if not session or not isinstance(sent, str) or not hmac.compare_digest(sent, session.get("csrf", "")):
+        want = str((session or {}).get("csrf", "")).encode()
+        if not session or not isinstance(sent, str) or not hmac.compare_digest(sent.encode(), want):
             raise HTTPException(403, "missing or invalid CSRF token: reload the page and try again")
 
     def admin(request: Request) -> None:

@@ -71,9 +71,9 @@ def train(cfg: Config) -> str:
     world = build_world(cfg.world)
 
     # 1. Model and data: render every demonstration once to (ids, mask).
+    examples = load_examples(cfg, world)  # validate the data before loading any model
     ckpt = checkpoint.latest_checkpoint(cfg.out_dir)
     model, tok = load_causal_lm(os.path.join(ckpt, "model") if ckpt else cfg.model, device=str(d.device))
-    examples = load_examples(cfg, world)
     random.Random(cfg.seed).shuffle(examples)
     n_held = max(1, int(len(examples) * cfg.heldout_fraction))
     rendered = [render_example(tok, e.prompt, e.completion, cfg.max_len) for e in examples]
