@@ -12,7 +12,7 @@ import sys
 
 # command -> (module, config class, entry function, one-line help)
 COMMANDS = {
-    "pipeline": ("rlhfkit.pipeline", "Config", "main", "the whole demo: pretrain -> SFT -> ... -> eval, with stage caching"),
+    "pipeline": ("rlhfkit.pipeline", "Config", "main", "the whole demo: pretrain -> SFT -> feedback -> RM -> PPO/DPO -> eval -> report, cached"),
     "pretrain": ("rlhfkit.stages.pretrain", "Config", "train", "causal-LM pretraining of the tiny model on the world corpus"),
     "sft": ("rlhfkit.stages.sft", "Config", "train", "supervised fine-tuning on demonstrations"),
     "generate": ("rlhfkit.stages.generate", "Config", "main", "batched sampling from a policy"),
@@ -24,6 +24,7 @@ COMMANDS = {
     "rloo": ("rlhfkit.stages.rloo", "Config", "train", "critic-free online RL with a leave-one-out baseline"),
     "grpo": ("rlhfkit.stages.grpo", "Config", "train", "critic-free online RL with group-normalised advantages"),
     "eval": ("rlhfkit.stages.eval", "Config", "main", "gold evaluation of policies on held-out world prompts"),
+    "report": ("rlhfkit.stages.report", "Config", "main", "HTML + Markdown report (with plots) of a pipeline run"),
 }
 
 

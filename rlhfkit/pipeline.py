@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from rlhfkit.config import to_dict
 from rlhfkit.stages import eval as eval_stage
-from rlhfkit.stages import dpo, feedback, grpo, ppo, pretrain, rloo, rm, sft
+from rlhfkit.stages import dpo, feedback, grpo, ppo, pretrain, report, rloo, rm, sft
 from rlhfkit.world import WorldConfig
 
 # --quick: a smoke run of every stage in a couple of minutes (tiny step counts; results are not meaningful).
@@ -56,6 +56,7 @@ class Config:
     rloo: rloo.Config = field(default_factory=rloo.Config)
     grpo: grpo.Config = field(default_factory=grpo.Config)
     eval: eval_stage.Config = field(default_factory=lambda: eval_stage.Config(policies=["<wired>"]))
+    report: report.Config = field(default_factory=report.Config)  # HTML + Markdown report of the whole run
 
     def resolve(self) -> None:
         if self.quick and not getattr(self, "_quick_applied", False):
@@ -65,7 +66,7 @@ class Config:
             self._quick_applied = True
         out = f"{self.out_dir}/{{}}"
         sft_model, rm_model, pairs = out.format("sft/model"), out.format("rm/model"), out.format("feedback/pairs.jsonl")
-        for name in STAGES:
+        for name in STAGES[:-1]:  # every stage but the report, which only reads files
             stage = getattr(self, name)
             stage.world, stage.seed, stage.out_dir = self.world, self.seed, out.format(name)
         self.sft.model = out.format("pretrain/model")
@@ -73,8 +74,9 @@ class Config:
         self.rm.data = self.dpo.data = pairs
         for rl in (self.ppo, self.ppo_beta0, self.dpo, self.rloo, self.grpo):
             rl.policy = sft_model
-        for rl in (self.ppo, self.ppo_beta0, self.rloo, self.grpo):
+        for rl in (self.ppo, self.ppo_beta0, self.rloo, self.grpo, self.eval):
             rl.reward_model = rm_model
+        self.report.out_dir, self.report.run_dir = out.format("report"), self.out_dir
         self.eval.names = ["base"] + [n for n in POLICY_STAGES if n in self.enabled()]
         self.eval.policies = [out.format("pretrain/model")] + [out.format(f"{n}/model") for n in self.eval.names[1:]]
 
@@ -82,13 +84,13 @@ class Config:
         return [s for s in STAGES if self.critic_free or s not in ("rloo", "grpo")]
 
 
-STAGES = ("pretrain", "sft", "feedback", "rm", "ppo", "ppo_beta0", "dpo", "rloo", "grpo", "eval")
+STAGES = ("pretrain", "sft", "feedback", "rm", "ppo", "ppo_beta0", "dpo", "rloo", "grpo", "eval", "report")
 POLICY_STAGES = ("sft", "ppo", "ppo_beta0", "dpo", "rloo", "grpo")
 RUNNERS = {"pretrain": pretrain.train, "sft": sft.train, "feedback": feedback.main, "rm": rm.train, "ppo": ppo.train,
-           "ppo_beta0": ppo.train, "dpo": dpo.train, "rloo": rloo.train, "grpo": grpo.train, "eval": eval_stage.main}
+           "ppo_beta0": ppo.train, "dpo": dpo.train, "rloo": rloo.train, "grpo": grpo.train, "eval": eval_stage.main, "report": report.main}
 INPUTS = {"sft": ("pretrain",), "feedback": ("sft",), "rm": ("sft", "feedback"), "ppo": ("sft", "rm"),
           "ppo_beta0": ("sft", "rm"), "dpo": ("sft", "feedback"), "rloo": ("sft", "rm"), "grpo": ("sft", "rm"),
-          "eval": ("pretrain", "sft", "ppo", "ppo_beta0", "dpo", "rloo", "grpo")}
+          "eval": ("pretrain", "sft", "rm", "ppo", "ppo_beta0", "dpo", "rloo", "grpo"), "report": STAGES[:-1]}
 
 
 @dataclass

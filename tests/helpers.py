@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -15,13 +16,25 @@ MODEL = ["--model.hidden_size=48", "--model.num_layers=2", "--model.num_heads=2"
          "--model.vocab_size=400"]
 
 
-def rlhfkit(*args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run the CLI exactly as a user would (`python -m rlhfkit ...`)."""
+def rlhfkit(*args: str, check: bool = True, env: dict | None = None,
+            launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """Run the CLI exactly as a user would (`python [launcher...] -m rlhfkit ...`).
+
+    `launcher` goes between the interpreter and `-m rlhfkit`, e.g. `("-m", "torch.distributed.run", ...)`.
+    """
     full_env = {**os.environ, "RLHFKIT_NO_TENSORBOARD": "1", "OMP_NUM_THREADS": "1", **(env or {})}
-    proc = subprocess.run([sys.executable, "-m", "rlhfkit", *args], cwd=REPO, capture_output=True, text=True, env=full_env)
+    proc = subprocess.run([sys.executable, *launcher, "-m", "rlhfkit", *args], cwd=REPO, capture_output=True, text=True,
+                          env=full_env)
     if check and proc.returncode != 0:
         raise AssertionError(f"rlhfkit {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def metrics(run_dir: str) -> list[dict]:

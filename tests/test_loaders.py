@@ -173,7 +173,7 @@ def test_blank_lines_allowed_and_do_not_shift_line_numbers(tmp_path):
      "field 'messages[0]': unexpected key 'tool_calls'"),
     (load_sft, {"prompt": "x", "completion": [{"role": "user", "content": "y"}]}, "field 'completion[0].role': expected 'assistant'"),
     (load_preferences, {"prompt": "x", "chosen": "a"}, "missing field 'rejected'"),
-    (load_preferences, {"prompt": "x", "chosen": "a", "rejected": ""}, "field 'rejected': expected a non-empty string"),
+    (load_preferences, {"prompt": "", "chosen": "a", "rejected": "b"}, "field 'prompt': expected a non-empty string"),
     (load_preferences, {"prompt": "x", "chosen": "a", "rejected": [{"role": "assistant", "content": "b"}]},
      "field 'rejected': expected a string like 'chosen', got list"),
     (load_preferences, {"prompt": "x", "chosen": "a", "rejected": "b", "source": "crowd"},

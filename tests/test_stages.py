@@ -12,18 +12,7 @@ import time
 import pytest
 import torch
 
-from tests.helpers import MODEL, REPO, WORLD, metrics, rlhfkit
-
-
-@pytest.fixture(scope="session")
-def tiny_runs(tmp_path_factory):
-    """Pretrain and SFT a tiny model once for the whole session."""
-    root = tmp_path_factory.mktemp("runs")
-    rlhfkit("pretrain", f"--out_dir={root}/pretrain", "--max_steps=60", "--batch_size=16", "--seq_len=64",
-            "--eval_every=20", "--sample_every=1000", "--lr=5e-3", *WORLD, *MODEL)
-    rlhfkit("sft", f"--out_dir={root}/sft", f"--model={root}/pretrain/model", "--epochs=5", "--batch_size=16",
-            "--eval_every=10", "--sample_every=1000", "--lr=3e-3", *WORLD)
-    return root
+from tests.helpers import REPO, WORLD, metrics, rlhfkit
 
 
 def test_pretrain_lowers_heldout_loss(tiny_runs):

@@ -16,6 +16,8 @@ a person in the web app writes (source = "simulated").
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import random
 from dataclasses import dataclass
@@ -73,17 +75,18 @@ def label_queue(store, world, rows: list[dict], cfg: PanelConfig) -> dict:
     """Rank every queue row (`{"prompt", "responses", "terminated"?, "policy"?}`) with the panel and store it.
 
     Duplicate responses are merged first (two identical texts carry no
-    preference). Each row is ranked by `overlap` annotators (round robin), or by
+    preference). Each row is ranked by `overlap` consecutive panel members (starting where
+    the item's content hash points), or by
     the whole panel for an `agreement_items` fraction; every annotator sees the
     responses in their own random order, as a labelling UI shows them, so
     position bias is individual noise rather than a shared preference.
-    Idempotency keys make a rerun a no-op. Returns counts.
+    Idempotency keys (seed, item content, annotator) make a rerun a no-op,
+    even if the queue was reordered or extended. Returns counts.
     """
     panel = make_panel(cfg)
     ids = {a.name: store.add_annotator(a.name, "simulated", meta=a.__dict__)[0] for a in panel}
-    rng = random.Random(cfg.seed + 1)
     n_judgements = n_items = 0
-    for n, row in enumerate(rows):
+    for row in rows:
         terminated = row.get("terminated") or [True] * len(row["responses"])
         unique = dict(zip(row["responses"], terminated))  # text -> terminated, first occurrence order
         if len(unique) < 2:
@@ -97,13 +100,16 @@ def label_queue(store, world, rows: list[dict], cfg: PanelConfig) -> dict:
             agrees.append(bool(g.flags.get("agrees_with_user", False)))
         prompt_id = store.add_prompt(row["prompt"], family=row.get("family"))
         response_ids = store.add_responses(prompt_id, responses, policy=row.get("policy", ""))
+        item = hashlib.sha256(json.dumps([row["prompt"], sorted(responses)]).encode()).hexdigest()[:32]
+        rng = random.Random(f"{cfg.seed}:{item}")  # the item's content, not its place in the queue, decides its labels
         everyone = rng.random() < cfg.agreement_items
-        raters = panel if everyone else [panel[(n * cfg.overlap + j) % len(panel)] for j in range(cfg.overlap)]
+        first = int(item, 16) % len(panel)
+        raters = panel if everyone else [panel[(first + j) % len(panel)] for j in range(cfg.overlap)]
         for a in raters:
             shown = rng.sample(range(len(responses)), len(responses))  # display order for this annotator
             order = rank(a, [golds[i] for i in shown], [words[i] for i in shown], [agrees[i] for i in shown], rng)
             store.add_ranking(prompt_id, [response_ids[shown[i]] for i in order], ids[a.name], source="simulated",
-                              key=f"sim:{cfg.seed}:{n}:{a.name}")
+                              key=f"sim:{cfg.seed}:{item}:{a.name}")
             n_judgements += 1
         n_items += 1
     return {"items": n_items, "skipped_identical": len(rows) - n_items, "judgements": n_judgements, "annotators": len(panel)}

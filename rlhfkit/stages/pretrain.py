@@ -103,7 +103,7 @@ def train(cfg: Config) -> str:
         optimizer.zero_grad(set_to_none=True)
 
         # 3. Log, evaluate, sample, checkpoint.
-        metrics = {"train/loss": loss.item(), "train/lr": lr, "train/grad_norm": grad_norm.item()}
+        metrics = {"train/loss": distributed.global_sum(loss.detach(), d).item(), "train/lr": lr, "train/grad_norm": grad_norm.item()}
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.max_steps:
             metrics["eval/loss"] = heldout_loss(model, heldout.to(d.device))
         run.log(step + 1, metrics)

@@ -1,0 +1,93 @@
+"""Data parallelism is invisible: `torchrun` with 2 ranks (gloo on CPU) trains the same model as 1 process.
+
+Each stage shards every global batch by rank, divides its summed loss by the
+global token count and multiplies by world_size to undo DDP's gradient average
+(rlhfkit.distributed), so with the same global batch size the two runs must
+take the same optimiser steps: same gradient norms at every step, same held-out
+losses, same final weights. Only rank 0 writes the run directory.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.helpers import MODEL, WORLD, free_port, metrics, rlhfkit
+
+STAGES = ("pretrain", "sft")
+# Short runs with no warmup, so the weights move by far more than the tolerance of the comparison.
+ARGS = {
+    "pretrain": ("--max_steps=4", "--batch_size=8", "--seq_len=64", "--lr=5e-3", *MODEL),
+    "sft": ("--epochs=0.5", "--batch_size=16", "--lr=3e-3"),  # 7 steps of 16 of the 228 demonstrations
+}
+COMMON = ("--warmup_steps=0", "--eval_every=2", "--sample_every=1000", *WORLD)
+SAME_EVERY_STEP = ("train/loss", "train/grad_norm", "train/lr", "eval/loss")  # metrics both runs must log alike
+
+
+def torchrun(nproc: int) -> tuple[str, ...]:
+    """`python -m torch.distributed.run ...` on one machine, on a free port."""
+    return ("-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Each stage once with 1 process and once with 2 ranks; SFT starts from the 1-process pretrained model.
+
+    Returns (root, {"<stage>/<ranks>": stdout}); run directories are `<root>/<stage>/<ranks>`.
+    """
+    root = tmp_path_factory.mktemp("dist")
+    out = {}
+    for stage in STAGES:
+        init = (f"--model={root}/pretrain/1/model",) if stage == "sft" else ()
+        for ranks, launcher in ((1, ()), (2, torchrun(2))):
+            name = f"{stage}/{ranks}"
+            proc = rlhfkit(stage, f"--out_dir={root}/{name}", *init, *ARGS[stage], *COMMON, launcher=launcher)
+            out[name] = proc.stdout
+    return root, out
+
+
+def state_dict(path: str) -> dict[str, torch.Tensor]:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path).state_dict()
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_two_ranks_take_the_same_steps_as_one_process(runs, stage):
+    root, _ = runs
+    one, two = metrics(f"{root}/{stage}/1"), metrics(f"{root}/{stage}/2")
+    assert [r["step"] for r in two] == [r["step"] for r in one] and len(one) >= 5
+    for a, b in zip(one, two):
+        for key in SAME_EVERY_STEP:
+            assert (key in a) == (key in b), (a["step"], key)
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (a["step"], key)
+    evals = [r["eval/loss"] for r in one if "eval/loss" in r]
+    assert evals[-1] < evals[0] - 0.1  # the steps really trained the model
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_two_ranks_end_with_the_same_weights(runs, stage):
+    root, _ = runs
+    one, two = state_dict(f"{root}/{stage}/1/model"), state_dict(f"{root}/{stage}/2/model")
+    assert one.keys() == two.keys()
+    start = state_dict(f"{root}/pretrain/1/model") if stage == "sft" else None
+    for k in one:
+        assert torch.allclose(one[k], two[k], atol=1e-4), (k, (one[k] - two[k]).abs().max().item())
+    if start is not None:  # the SFT steps moved the weights far more than the tolerance
+        assert max((one[k] - start[k]).abs().max().item() for k in one) > 5e-3
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_only_rank_zero_writes_the_run_directory(runs, stage):
+    root, stdout = runs
+    one, two = root / stage / "1", root / stage / "2"
+    assert sorted(p.relative_to(two) for p in two.rglob("*")) == sorted(p.relative_to(one) for p in one.rglob("*"))
+    # A second writer would append its own rows to metrics.jsonl and announce the run directory again.
+    steps = [r["step"] for r in metrics(str(two))]
+    assert len(steps) == len(set(steps))
+    assert stdout[f"{stage}/2"].count(f"[{stage}] run dir") == 1
+    assert stdout[f"{stage}/2"].count(f"saved {two}/model") == 1
+    # ... while both ranks did run: each prints its own data summary.
+    summary = "demonstrations" if stage == "sft" else "corpus tokens"
+    assert stdout[f"{stage}/2"].count(summary) == 2
