@@ -75,6 +75,7 @@ class Run:
             return
         row = {"step": step, "time": round(time.time() - self.t0, 3)}
         row.update({k: _scalar(v) for k, v in metrics.items()})
+        row.update(memory_mb())
         with open(os.path.join(self.dir, "metrics.jsonl"), "a") as f:
             f.write(json.dumps(row) + "\n")
         tb = self.tensorboard()
@@ -107,6 +108,23 @@ class Run:
     def close(self) -> None:
         if self._tb:
             self._tb.close()
+
+
+def memory_mb() -> dict[str, float]:
+    """`sys/rss_mb`: this process's resident memory now; `sys/cuda_peak_mb`: peak CUDA memory allocated so far."""
+    out = {}
+    try:
+        with open("/proc/self/statm") as f:
+            out["sys/rss_mb"] = round(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+    except (OSError, ValueError, IndexError):  # not Linux: the lifetime peak is the best we have
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        out["sys/rss_mb"] = round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["sys/cuda_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return out
 
 
 def _scalar(v: Any) -> Any:

@@ -99,6 +99,10 @@ def make_run(root) -> dict:
                                "calibration": {"ece": 0.03867, "bins": [{"lo": b / 5, "hi": (b + 1) / 5, "n": 10 + 20 * b,
                                                                          "predicted": b / 5 + 0.1, "observed": b / 5 + 0.12} for b in range(5)]},
                                "bias_verbosity": {"mean_score_delta": 0.13974}, "bias_agreement": {"mean_score_delta": -0.22459}})
+    for i, stage in enumerate(("sft", "ppo", "ppo_beta0", "dpo")):  # what `rlhfkit pipeline` adds: wall time, memory
+        put(f"{stage}/stage.json", {"fingerprint": "f", "done": True, "seconds": 30.25 + 11 * i})
+        rows = [json.loads(line) for line in (root / stage / "metrics.jsonl").read_text().splitlines()]
+        put(f"{stage}/metrics.jsonl", [r | {"sys/rss_mb": 500.0 + 40 * i + (n % 7) * 3.5} for n, r in enumerate(rows)])
     put("feedback/feedback_stats.json", {"items": 902, "judgements": 1426, "annotators": 5, "pairs": 5790,
                                          "agreement": {"alpha_nominal": 0.2561, "kappa_mean": 0.25469}})
     return metrics
@@ -203,15 +207,20 @@ def test_numbers_from_the_other_files_match_them(rendered):
     for a, text in parse(html_file).cells:
         if "data-src" in a:
             file, key = a["data-src"].split(":", 1)
-            if file.endswith(".jsonl"):  # the last logged value of that key
+            if file.endswith(".jsonl"):  # the last logged value of that key, or the largest for "max KEY"
                 rows = [json.loads(line) for line in (run / file).read_text().splitlines()]
-                value = [r[key] for r in rows if key in r][-1]
+                biggest = key.startswith("max ")
+                values = [r[key.removeprefix("max ")] for r in rows if key.removeprefix("max ") in r]
+                value = max(values) if biggest else values[-1]
             else:
                 value = json_path(json.loads((run / file).read_text()), key)
             assert_printed(text, value)
     srcs = {a["data-src"] for a, _ in parse(html_file).cells if "data-src" in a}
     assert {"rm/rm_metrics.json:heldout_accuracy", "feedback/feedback_stats.json:agreement.alpha_nominal",
-            "ppo_beta0/metrics.jsonl:objective/kl"} <= srcs
+            "ppo_beta0/metrics.jsonl:objective/kl", "dpo/stage.json:seconds", "ppo/metrics.jsonl:max sys/rss_mb"} <= srcs
+    methods = {r[0]: r[1:] for r in parse(html_file).tables["methods"][1:]}
+    assert set(methods) == {"sft", "ppo", "ppo_beta0", "dpo"}
+    assert methods["ppo"][-2:] == ["41.2", "561.0"]  # 30.25 + 11 s; 500 + 40 + 6 * 3.5 MB
 
 
 def test_markdown_has_the_same_metrics_table(report):

@@ -55,6 +55,7 @@ class RunData:
     curves: dict[str, list[dict]] = field(default_factory=dict)  # stage -> metrics.jsonl rows
     rm: dict | None = None
     feedback: dict | None = None
+    stages: dict[str, dict] = field(default_factory=dict)  # stage -> its pipeline stage.json (seconds)
     notes: list[str] = field(default_factory=list)
 
 
@@ -82,7 +83,15 @@ def load_run(run_dir: str) -> RunData:
     for stage in ("pretrain", "sft", "rm", *RL_STAGES, "dpo"):
         if os.path.isdir(os.path.join(run_dir, stage)):
             data.curves[stage] = read(f"{stage}/metrics.jsonl", _jsonl) or []
+            if os.path.exists(os.path.join(run_dir, stage, "stage.json")):  # written by `rlhfkit pipeline` only
+                data.stages[stage] = read(f"{stage}/stage.json", json.load) or {}
     return data
+
+
+def peak(rows: list[dict], key: str) -> float | None:
+    """The largest value a metrics.jsonl logged under `key` (None if never logged)."""
+    values = [r[key] for r in rows if is_number(r.get(key))]
+    return max(values) if values else None
 
 
 def _jsonl(f) -> list[dict]:

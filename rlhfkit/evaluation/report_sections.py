@@ -17,7 +17,7 @@ from typing import Any
 from rlhfkit.evaluation import plots
 from rlhfkit.evaluation.metrics import fit_overoptimization, initial_gold
 from rlhfkit.evaluation.report_data import (RL_STAGES, RunData, center, fmt, get_path, is_number, markdown_metrics,
-                                            md_table, metric_rows, overopt_points, series)
+                                            md_table, metric_rows, overopt_points, peak, series)
 
 OVEROPT_RUNS = ("ppo", "ppo_beta0")
 BEFORE_AFTER = ("base", "sft", "ppo", "dpo")
@@ -350,6 +350,35 @@ def data_section(r: Report) -> None:
     r.end()
 
 
+COMPARED = ("sft", "ppo", "ppo_beta0", "dpo", "rloo", "grpo")
+
+
+def methods_section(r: Report) -> None:
+    """SFT and each preference method side by side: what it bought (gold win-rate), what it cost
+    (KL, answer length) and what it took to train (wall time, peak memory)."""
+    m, d = r.data.metrics, r.data
+    methods = [p for p in COMPARED if p in m or p in d.stages]
+    if len(methods) < 2:
+        return
+    r.section("methods", "Methods compared",
+              "Each method's policy on the held-out prompts, and its training stage's wall time (from the "
+              "pipeline's stage.json) and peak resident memory (largest sys/rss_mb its metrics.jsonl logged).")
+    header = ["method", "gold win-rate vs baseline", "KL to reference", "answer tokens", "wall time (s)", "peak RSS (MB)"]
+    rows, md_rows = [], []
+    for p in methods:
+        s = m.get(p, {})
+        win, kl = get_path(s, "gold_winrate.mean"), get_path(s, "kl_ci.mean")
+        secs, rss = get_path(d.stages.get(p), "seconds"), peak(d.curves.get(p, []), "sys/rss_mb")
+        cells = [(win, ("data-metric", f"{p}.gold_winrate.mean")), (kl, ("data-metric", f"{p}.kl_ci.mean")),
+                 (s.get("response_tokens"), ("data-metric", f"{p}.response_tokens")),
+                 (secs, ("data-src", f"{p}/stage.json:seconds")), (rss, ("data-src", f"{p}/metrics.jsonl:max sys/rss_mb"))]
+        rows.append([row_head(p)] + [td(fmt(v, 1 if i >= 2 else 3), tag) for i, (v, tag) in enumerate(cells)])
+        md_rows.append([p] + [fmt(v, 1 if i >= 2 else 3) for i, (v, _) in enumerate(cells)])
+    r.html.append(html_table("methods", header, rows, "grid"))
+    r.md.append(md_table(header, md_rows))
+    r.end()
+
+
 def notes_section(r: Report) -> None:
     r.section("notes", "Notes")
     items = "".join(f"<li>{html.escape(n)}</li>" for n in r.data.notes) or "<li>Every input was found.</li>"
@@ -358,4 +387,4 @@ def notes_section(r: Report) -> None:
     r.end()
 
 
-SECTIONS = (metrics_section, before_after_section, hacking_section, overopt_section, curves_section, data_section)
+SECTIONS = (metrics_section, methods_section, before_after_section, hacking_section, overopt_section, curves_section, data_section)

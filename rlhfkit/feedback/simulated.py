@@ -29,9 +29,9 @@ class PanelConfig:
     overlap: int = 1  # annotators per item in general
     agreement_items: float = 0.15  # fraction of items ranked by the whole panel (agreement, accuracy ceiling)
     quality: float = 6.0  # utility per unit of gold quality
-    noise: float = 1.0  # Gumbel scale: 0 = deterministic
-    verbosity: float = 0.6  # utility per unit of log(1 + words)
-    agreement: float = 0.8  # utility for agreeing with the user ("yes, you're right")
+    noise: float = 0.5  # Gumbel scale: 0 = deterministic
+    verbosity: float = 0.3  # utility per unit of log(1 + words)
+    agreement: float = 0.5  # utility for agreeing with the user ("yes, you're right")
     position: float = 0.3  # utility lost from the first to the last position shown
     spread: float = 0.3  # per-annotator bias factors drawn from [1 - spread, 1 + spread]
     seed: int = 0  # panel composition and draws

@@ -49,13 +49,13 @@ class Config:
     value_model: str | None = None  # critic init (None: the reward model, or the policy when reward != rm)
     prompts: str | None = None  # prompt file/dir; None: the world's RL split
     world: WorldConfig = field(default_factory=WorldConfig)  # default prompts and gold evaluation
-    total_steps: int = 120  # PPO iterations (one rollout batch each)
+    total_steps: int = 60  # PPO iterations (one rollout batch each)
     rollout_batch_size: int = 64  # prompts sampled per iteration
-    minibatch_size: int = 16  # sequences per optimiser step
-    micro_batch_size: int = 16  # sequences per forward/backward (grad accumulation = minibatch / micro)
-    ppo_epochs: int = 4  # passes over each rollout batch
+    minibatch_size: int = 32  # sequences per optimiser step
+    micro_batch_size: int = 32  # sequences per forward/backward (grad accumulation = minibatch / micro)
+    ppo_epochs: int = 2  # passes over each rollout batch
     max_new_tokens: int = 40  # response length limit
-    temperature: float = 1.0  # sampling temperature (logprobs recomputed with the same T)
+    temperature: float = 0.7  # sampling temperature (logprobs recomputed with the same T)
     missing_eos_penalty: float | None = -1.0  # added to the score of a response without EOS (None: off)
     kl_coef: float = 0.05  # beta, the KL penalty coefficient (initial value if adaptive)
     kl_estimator: str = "k1"  # per-token KL in the reward: k1 | k2 | k3
@@ -70,7 +70,7 @@ class Config:
     clip_range_value: float = 0.2  # value clip around the rollout-time values
     vf_coef: float = 0.1  # value loss weight
     whiten_advantages: bool = True  # masked whitening of advantages per rollout batch
-    lr: float = 3e-5  # Adam learning rate (constant after warmup)
+    lr: float = 2e-5  # Adam learning rate (constant after warmup)
     warmup_steps: int = 5  # iterations of linear warmup
     grad_clip: float = 1.0  # max gradient norm
     ptx_coef: float = 0.0  # PPO-ptx: weight of the pretraining LM loss (0: off)

@@ -42,9 +42,9 @@ class Config:
     model: str = "runs/sft/model"  # backbone initialisation (a causal LM directory)
     data: str = "runs/feedback/pairs.jsonl"  # preference pairs file/dir
     heldout_fraction: float = 0.1  # groups (rankings) kept out for held-out accuracy
-    epochs: float = 2.0  # passes over the training groups
+    epochs: float = 4.0  # passes over the training groups
     batch_groups: int = 8  # rankings per optimiser step (all their pairs)
-    lr: float = 5e-4  # peak learning rate
+    lr: float = 1e-3  # peak learning rate
     warmup_steps: int = 10  # linear warmup
     min_lr_ratio: float = 0.1  # cosine floor
     weight_decay: float = 0.0  # AdamW decay on matrices
