@@ -44,3 +44,22 @@ def test_missing_pad_token_gets_a_distinct_one(tiny_model, tiny_tok, tmp_path):
     model, tok = load_causal_lm(str(tmp_path), device="cpu")
     assert tok.pad_token_id is not None and tok.pad_token_id != tok.eos_token_id
     assert model.get_input_embeddings().weight.shape[0] >= len(tok)
+
+
+def test_value_head_on_the_policy_shares_the_backbone(tiny_model, tiny_tok):
+    """The memory-saving critic adds hidden_size weights, no second network, and its gradient reaches
+    the shared backbone."""
+    from rlhfkit.models.reward import ValueHeadOnPolicy, token_scores
+
+    critic = ValueHeadOnPolicy(tiny_model, seed=0)
+    own = {id(p) for p in tiny_model.parameters()}
+    extra = [p for p in critic.parameters() if id(p) not in own]
+    assert sum(p.numel() for p in extra) == tiny_model.config.hidden_size
+    ids = torch.tensor([[tiny_tok.pad_token_id, 5, 6, 7], [4, 5, 6, 7]])
+    attn = ids != tiny_tok.pad_token_id
+    values = token_scores(critic, ids, attn)
+    assert values.shape == (2, 4)
+    hidden = tiny_model.model(input_ids=ids, attention_mask=attn.long()).last_hidden_state
+    assert torch.allclose(values[1], critic.score(hidden[1]).squeeze(-1), atol=1e-5)
+    values[:, -1].sum().backward()
+    assert tiny_model.get_input_embeddings().weight.grad.abs().sum() > 0

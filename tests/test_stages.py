@@ -101,9 +101,11 @@ def ppo_args(root, name, *extra):
             "--missing_eos_penalty=-5", *WORLD, *extra)
 
 
-def test_ppo_raises_the_reward(tiny_runs):
-    rlhfkit(*ppo_args(tiny_runs, "ppo", "--total_steps=12", "--ckpt_every=100"))
-    rows = metrics(f"{tiny_runs}/ppo")
+@pytest.mark.parametrize("value_head", ["separate", "policy"])
+def test_ppo_raises_the_reward(tiny_runs, value_head):
+    """Both critics: a separate network from the RM init, or a head sharing the policy's backbone."""
+    rlhfkit(*ppo_args(tiny_runs, f"ppo_{value_head}", "--total_steps=12", "--ckpt_every=100", f"--value_head={value_head}"))
+    rows = metrics(f"{tiny_runs}/ppo_{value_head}")
     first = sum(r["objective/scores"] for r in rows[:3]) / 3
     last = sum(r["objective/scores"] for r in rows[-3:]) / 3
     assert last > first + 1.0, (first, last)
@@ -112,23 +114,25 @@ def test_ppo_raises_the_reward(tiny_runs):
         assert key in rows[-1]
 
 
-def test_ppo_killed_and_resumed_matches_an_uninterrupted_run(tiny_runs):
-    steps = ("--total_steps=6", "--ckpt_every=2")
-    rlhfkit(*ppo_args(tiny_runs, "ppo_full", *steps))
+@pytest.mark.parametrize("value_head", ["separate", "policy"])
+def test_ppo_killed_and_resumed_matches_an_uninterrupted_run(tiny_runs, value_head):
+    steps = ("--total_steps=6", "--ckpt_every=2", f"--value_head={value_head}")
+    full_dir, killed_dir = f"ppo_full_{value_head}", f"ppo_killed_{value_head}"
+    rlhfkit(*ppo_args(tiny_runs, full_dir, *steps))
     # Same run, killed with SIGKILL as soon as its first checkpoint lands, then resumed.
     env = {**os.environ, "RLHFKIT_NO_TENSORBOARD": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "rlhfkit", *ppo_args(tiny_runs, "ppo_killed", *steps)], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "rlhfkit", *ppo_args(tiny_runs, killed_dir, *steps)], cwd=REPO,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    latest = tiny_runs / "ppo_killed" / "checkpoints" / "latest"
+    latest = tiny_runs / killed_dir / "checkpoints" / "latest"
     deadline = time.time() + 300
     while not latest.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (tiny_runs / "ppo_killed" / "model").exists(), "the run finished before it could be killed"
-    resumed = rlhfkit(*ppo_args(tiny_runs, "ppo_killed", *steps))
+    assert not (tiny_runs / killed_dir / "model").exists(), "the run finished before it could be killed"
+    resumed = rlhfkit(*ppo_args(tiny_runs, killed_dir, *steps))
     assert "resumed from" in resumed.stdout
-    full, killed = metrics(f"{tiny_runs}/ppo_full"), metrics(f"{tiny_runs}/ppo_killed")
+    full, killed = metrics(f"{tiny_runs}/{full_dir}"), metrics(f"{tiny_runs}/{killed_dir}")
     assert [r["step"] for r in killed] == [r["step"] for r in full]
     for a, b in zip(full, killed):
         for k in a:

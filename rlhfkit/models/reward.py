@@ -58,6 +58,27 @@ def load_scalar_model(path: str, device="cpu", dtype=torch.float32):
     return model.to(device), tok
 
 
+class ValueHeadOnPolicy(torch.nn.Module):
+    """The memory-saving critic: a linear `score` head on the policy's own backbone.
+
+    The backbone is shared, not copied, so PPO keeps one network (and one set of
+    optimiser moments) instead of two; the value loss then also shapes the
+    policy's features, scaled by `vf_coef`. `token_scores` treats it like any
+    scalar model (it finds `base_model_prefix` and `score`).
+    """
+
+    base_model_prefix = "backbone"
+
+    def __init__(self, policy, seed: int = 0):
+        super().__init__()
+        self.backbone = getattr(policy, policy.base_model_prefix)
+        hidden = policy.config.hidden_size
+        self.score = torch.nn.Linear(hidden, 1, bias=False).to(next(policy.parameters()).device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            torch.nn.init.normal_(self.score.weight, std=1 / math.sqrt(hidden + 1))
+
+
 def score_head(model) -> torch.nn.Module:
     for name in ("score", "classifier", "v_head"):
         if hasattr(model, name):

@@ -4,7 +4,8 @@ The RLHF PPO of Ziegler et al. (2019) and InstructGPT (Ouyang et al. 2022), with
 the implementation details that Huang et al. (2024, "The N+ implementation
 details of RLHF with PPO") found to matter, each a default and configurable:
 - four models: policy and reference (both from SFT), frozen reward model, and a
-  critic initialised from the reward model; dropout off everywhere;
+  critic initialised from the reward model (or, `value_head=policy`, a value
+  head on the policy's backbone to save memory); dropout off everywhere;
 - rollouts sampled at temperature T and logprobs recomputed with logits / T;
   responses truncated after the first EOS; a penalty for responses without EOS;
 - reward = RM score at the last response token - beta * KL per token (k1 by
@@ -13,7 +14,7 @@ details of RLHF with PPO") found to matter, each a default and configurable:
   several epochs over shuffled minibatches; token-level losses divided by the
   global count of response tokens so gradient accumulation equals a big batch;
 - optional PPO-ptx: the pretraining LM loss mixed in (InstructGPT).
-Departures: the critic is a separate network (no shared trunk), and the reward
+Departures: the critic is a separate network by default (no shared trunk), and the reward
 is not whitened by default (the RM is already normalised to mean 0 on SFT samples).
 """
 
@@ -30,7 +31,7 @@ from rlhfkit.data.packing import epoch_batches, pack_documents
 from rlhfkit.evaluation.gold_eval import training_eval
 from rlhfkit.losses import explained_variance, lm_loss, ppo_policy_loss, ppo_value_loss
 from rlhfkit.models.load import load_causal_lm
-from rlhfkit.models.reward import load_scalar_model, make_reward_fn, scalar_model_from_lm, token_scores
+from rlhfkit.models.reward import ValueHeadOnPolicy, load_scalar_model, make_reward_fn, scalar_model_from_lm, token_scores
 from rlhfkit.ops import masked_mean, masked_sum, masked_whiten
 from rlhfkit.optim import adamw, set_lr
 from rlhfkit.rl import AdaptiveKLController, FixedKLController, KL_ESTIMATORS, gae, kl_penalized_rewards
@@ -47,6 +48,7 @@ class Config:
     reward: str = "rm"  # rm | world (gold as a verifiable reward) | package.module:function
     reward_model: str = "runs/rm/model"  # frozen reward model (reward=rm)
     value_model: str | None = None  # critic init (None: the reward model, or the policy when reward != rm)
+    value_head: str = "separate"  # separate: a critic network | policy: a head on the policy's backbone (less memory)
     prompts: str | None = None  # prompt file/dir; None: the world's RL split
     world: WorldConfig = field(default_factory=WorldConfig)  # default prompts and gold evaluation
     total_steps: int = 60  # PPO iterations (one rollout batch each)
@@ -89,6 +91,8 @@ class Config:
                               f"({self.minibatch_size}) and minibatch_size % micro_batch_size ({self.micro_batch_size}) must be 0")
         if self.kl_estimator not in KL_ESTIMATORS:
             raise ConfigError(f"'kl_estimator': expected one of {sorted(KL_ESTIMATORS)}, got {self.kl_estimator!r}")
+        if self.value_head not in ("separate", "policy"):
+            raise ConfigError(f"'value_head': expected separate or policy, got {self.value_head!r}")
 
 
 def batch_plan(cfg: Config) -> str:
@@ -123,11 +127,13 @@ def train(cfg: Config) -> str:
     ref, _ = load_causal_lm(cfg.policy, device=cfg.device)
     ref.requires_grad_(False).eval()
     reward_fn = make_reward_fn(cfg.reward, cfg.reward_model, world, device)
-    if ckpt or cfg.value_model or cfg.reward == "rm":
+    if cfg.value_head == "policy":  # one network: a value head on the policy's backbone
+        critic = ValueHeadOnPolicy(policy, seed=cfg.seed)
+    elif ckpt or cfg.value_model or cfg.reward == "rm":
         critic, _ = load_scalar_model(os.path.join(ckpt, "critic") if ckpt else (cfg.value_model or cfg.reward_model), device=device)
     else:  # no reward model to start the critic from: the policy's backbone with a fresh head
         critic, _ = scalar_model_from_lm(cfg.policy, device=device, seed=cfg.seed)
-    params = list(policy.parameters()) + list(critic.parameters())
+    params = list({id(p): p for p in (*policy.parameters(), *critic.parameters())}.values())  # shared backbone once
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, eps=1e-5, weight_decay=0.0)
     kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl else FixedKLController(cfg.kl_coef)
     ptx_rows = pack_documents(tok, world.corpus()[:2000], 128) if cfg.ptx_coef > 0 else None
@@ -136,6 +142,8 @@ def train(cfg: Config) -> str:
         state = checkpoint.load_state(ckpt)
         optimizer.load_state_dict(state["optimizer"])
         kl_ctl.load_state_dict(state["kl_ctl"])
+        if cfg.value_head == "policy":
+            critic.score.load_state_dict(state["value_head"])
         start = state["step"]
         checkpoint.truncate_log(cfg.out_dir, start)
         print(f"[ppo] resumed from {ckpt} at iteration {start}", flush=True)
@@ -197,8 +205,10 @@ def train(cfg: Config) -> str:
             run.log_samples(step + 1, [{"prompt": p, "response": r, "score": float(s), "kl": float(k)}
                                        for p, r, s, k in zip(exp.prompts[:4], exp.responses[:4], exp.scores[:4], seq_kl[:4])])
         if (step + 1) % cfg.ckpt_every == 0 and step + 1 < cfg.total_steps:
-            checkpoint.save_checkpoint(cfg.out_dir, step + 1, {"policy": policy, "critic": critic},
-                                       {"optimizer": optimizer.state_dict(), "kl_ctl": kl_ctl.state_dict()}, tok)
+            shared = cfg.value_head == "policy"  # the head is a tensor in the state, the backbone is the policy's
+            checkpoint.save_checkpoint(cfg.out_dir, step + 1, {"policy": policy} if shared else {"policy": policy, "critic": critic},
+                                       {"optimizer": optimizer.state_dict(), "kl_ctl": kl_ctl.state_dict(),
+                                        **({"value_head": critic.score.state_dict()} if shared else {})}, tok)
 
     out = os.path.join(cfg.out_dir, "model")
     policy.save_pretrained(out)
