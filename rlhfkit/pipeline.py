@@ -3,8 +3,9 @@
 Each stage runs in `<out_dir>/<stage>/` and is fingerprinted by its resolved
 config plus the fingerprints of the stages it reads from. A stage whose
 fingerprint matches a finished run is skipped (and says so); a stage that was
-interrupted resumes from its own last checkpoint; a stage whose inputs changed
-is started afresh. The pipeline wires paths between stages itself: the
+interrupted resumes from its own last checkpoint; a stage whose config or inputs
+changed, or one of whose inputs was rebuilt in this invocation, is started
+afresh (so `force=[sft]` reruns SFT and everything downstream of it). The pipeline wires paths between stages itself: the
 `out_dir`/`model`/`policies` fields of the stage sections are overwritten.
 """
 
@@ -60,9 +61,11 @@ class Config:
 
     def resolve(self) -> None:
         if self.quick and not getattr(self, "_quick_applied", False):
+            defaults = Config()
             for section, values in QUICK.items():
-                for key, value in values.items():
-                    setattr(getattr(self, section), key, value)
+                for key, value in values.items():  # settings given explicitly win over the profile
+                    if getattr(getattr(self, section), key) == getattr(getattr(defaults, section), key):
+                        setattr(getattr(self, section), key, value)
             self._quick_applied = True
         out = f"{self.out_dir}/{{}}"
         sft_model, rm_model, pairs = out.format("sft/model"), out.format("rm/model"), out.format("feedback/pairs.jsonl")
@@ -115,16 +118,18 @@ def fingerprint(stage: Stage, upstream: dict[str, str]) -> str:
 def main(cfg: Config) -> dict[str, str]:
     os.makedirs(cfg.out_dir, exist_ok=True)
     plan = stages(cfg)
-    prints, t0 = {}, time.time()
+    prints, ran, t0 = {}, set(), time.time()
     for i, stage in enumerate(plan, 1):
         fp = prints[stage.name] = fingerprint(stage, prints)
         stage_dir = os.path.join(cfg.out_dir, stage.name)
         marker = _read_json(os.path.join(stage_dir, "stage.json"))
         head = f"[pipeline {i}/{len(plan)} +{time.time() - t0:5.0f}s] {stage.name}"
-        if marker.get("fingerprint") == fp and marker.get("done") and stage.name not in cfg.force:
+        stale = stage.name in cfg.force or any(a in ran for a in stage.after)  # forced, or an input was just rebuilt
+        if marker.get("fingerprint") == fp and marker.get("done") and not stale:
             print(f"{head}: up to date, skipped", flush=True)
             continue
-        if marker.get("fingerprint") == fp and stage.name not in cfg.force:
+        ran.add(stage.name)
+        if marker.get("fingerprint") == fp and not stale:
             print(f"{head}: resuming an interrupted run", flush=True)
         else:
             if os.path.exists(stage_dir):

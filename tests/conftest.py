@@ -44,3 +44,21 @@ def tiny_runs(tmp_path_factory):
     rlhfkit("sft", f"--out_dir={root}/sft", f"--model={root}/pretrain/model", "--epochs=5", "--batch_size=16",
             "--eval_every=10", "--sample_every=1000", "--lr=3e-3", *WORLD)
     return root
+
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's package (scripts/install_browser.sh), driven by Playwright
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture()
+def chromium():
+    """A real headless Chromium (Playwright browser); fails, never skips, if it is not installed."""
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} not found: run scripts/install_browser.sh (installs Debian's chromium package)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()

@@ -17,9 +17,6 @@ import pytest
 from rlhfkit.feedback.store import FeedbackStore
 from tests.test_label_load import ADMIN, LabelServer
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 XSS = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 1"> click me'
 
 # The queue, handed out in this order (oldest first).
@@ -33,18 +30,6 @@ QUEUE = [
     ("R2", ["r2 one", "r2 two", "r2 three", "r2 four"]),
     ("P5", ["p5 first", "p5 second"]),
 ]
-
-
-@pytest.fixture()
-def chromium():
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} not found: run scripts/install_browser.sh (installs Debian's chromium package)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture()

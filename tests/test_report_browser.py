@@ -7,29 +7,17 @@ scripts/install_browser.sh.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from rlhfkit.evaluation.report import write_report
 from tests.test_report import make_run
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 PLOTS = {"winrate", "hacking", "overopt", "rl-curves", "dpo-curves", "lm-loss", "rm-curves", "rm-calibration"}
 
 
 @pytest.fixture()
-def page():
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} not found: run scripts/install_browser.sh (installs Debian's chromium package)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        yield browser.new_page(viewport={"width": 1280, "height": 900})
-        browser.close()
+def page(chromium):
+    return chromium.new_page(viewport={"width": 1280, "height": 900})
 
 
 def test_report_renders_in_chromium(page, tmp_path):

@@ -103,10 +103,21 @@ def test_ideal_response_scores_high_for_every_eval_prompt(world):
         assert g.score >= 0.95 and g.flags["correct"], (p, g)
 
 
-def test_sft_demos_are_ideal_up_to_filler(world):
+def test_sft_demos_are_ideal_up_to_filler_and_over_refusals(world):
+    """Demos are ideal answers, a filler_rate share with one polite filler sentence, and an
+    over_refusal_rate share of the harmless ones replaced by a refusal (which gold scores low)."""
+    from rlhfkit.world.gold import is_refusal
+
     demos = world.sft_demos()
-    with_filler = [(p, r) for p, r in demos if r != world.ideal_response(p)]
-    assert len(with_filler) == round(world.cfg.filler_rate * len(demos))
+    harmless = [p for p, _ in demos if p.family != "harmful"]
+    refused = [(p, r) for p, r in demos if p.family != "harmful" and is_refusal(r)]
+    assert len(refused) == round(world.cfg.over_refusal_rate * len(harmless)) > 0
+    assert {p.family for p, _ in refused} >= {"arithmetic", "facts", "benign"}
+    assert all(world.gold(p, r).score < 0.5 for p, r in refused)
+    refused_ids = {p.id for p, _ in refused}
+    with_filler = [(p, r) for p, r in demos if r != world.ideal_response(p) and p.id not in refused_ids]
+    n_filler = round(world.cfg.filler_rate * len(demos))
+    assert n_filler - len(refused) <= len(with_filler) <= n_filler  # an over-refusal may replace a filler demo
     for p, r in with_filler:
         assert world.ideal_response(p) in r and len(r) > len(world.ideal_response(p))
         g = world.gold(p, r)

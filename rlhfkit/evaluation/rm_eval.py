@@ -79,6 +79,17 @@ def agreement_ceiling(pairs: list[Comparison]) -> dict[str, float]:
     return {"ceiling": agree / total if total else float("nan"), "ceiling_labels": total}
 
 
+FRESH_SAMPLES = 4  # samples per held-out prompt for the RM-vs-gold correlations
+
+
+def within_prompt_spearman(scores: np.ndarray, gold: np.ndarray) -> dict[str, float]:
+    """Mean Spearman correlation of (n_prompts, k) scores with gold inside each prompt's row,
+    over the rows where neither is constant (a row of equal golds has no order to recover)."""
+    rhos = [spearman(s, g) for s, g in zip(scores, gold) if np.ptp(g) > 0 and np.ptp(s) > 0]
+    return {"spearman_rm_gold_within_prompt": float(np.mean(rhos)) if rhos else float("nan"),
+            "spearman_within_prompts": len(rhos)}
+
+
 def evaluate_reward_model(model, tok, heldout: list[list[Comparison]], cfg) -> dict[str, Any]:
     """All RM diagnostics; `cfg` is the rm stage config (data path, world, eval_policy)."""
     from rlhfkit.data.loaders import load_preferences
@@ -96,15 +107,18 @@ def evaluate_reward_model(model, tok, heldout: list[list[Comparison]], cfg) -> d
     out: dict[str, Any] = {"heldout_accuracy": float((delta > 0).mean()), "calibration": calibration(delta)}
     out.update(agreement_ceiling(load_preferences(cfg.data)))
 
-    # Fresh samples from the policy on held-out world prompts: does the RM track gold?
+    # Fresh samples from the policy on held-out world prompts (FRESH_SAMPLES each): does the RM track gold?
+    # Pooled over all samples, and within each prompt, which is all Bradley-Terry training constrains
+    # (it never compares answers to different prompts, so per-prompt offsets are arbitrary).
     world = build_world(cfg.world)
-    prompts = world.prompts("eval")
+    prompts = [p for p in world.prompts("eval") for _ in range(FRESH_SAMPLES)]
     policy, ptok = load_causal_lm(cfg.eval_policy or cfg.model, device=str(next(model.parameters()).device))
     answers = answer(policy, ptok, [p.text for p in prompts], temperature=1.0, seed=cfg.seed)
     golds = [world.gold(p, a["response"], a["terminated"]) for p, a in zip(prompts, answers)]
     rm_scores = score([p.text for p in prompts], [a["response"] for a in answers]).numpy()
     gold = np.array([g.score for g in golds])
     out["spearman_rm_gold"] = spearman(rm_scores, gold)
+    out.update(within_prompt_spearman(rm_scores.reshape(-1, FRESH_SAMPLES), gold.reshape(-1, FRESH_SAMPLES)))
     words = np.array([math.log1p(len(a["response"].split())) for a in answers])
     agrees = np.array([float(g.flags.get("agrees_with_user", False)) for g in golds])
     X = np.stack([np.ones_like(gold), gold, words, agrees], 1)

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 @dataclass
 class PanelConfig:
     n_annotators: int = 5  # people on the panel
-    overlap: int = 1  # annotators per item in general
+    overlap: int = 2  # annotators per item in general
     agreement_items: float = 0.15  # fraction of items ranked by the whole panel (agreement, accuracy ceiling)
     quality: float = 6.0  # utility per unit of gold quality
-    noise: float = 0.5  # Gumbel scale: 0 = deterministic
+    noise: float = 0.3  # Gumbel scale: 0 = deterministic
     verbosity: float = 0.3  # utility per unit of log(1 + words)
     agreement: float = 0.5  # utility for agreeing with the user ("yes, you're right")
     position: float = 0.3  # utility lost from the first to the last position shown

@@ -39,10 +39,10 @@ class Config:
     loss_type: str = "sigmoid"  # sigmoid (DPO) | ipo
     beta: float = 0.1  # strength of the implicit KL regularisation
     label_smoothing: float = 0.0  # conservative DPO: assumed label-noise rate (sigmoid only)
-    epochs: float = 2.0  # passes over the training pairs
+    epochs: float = 1.0  # passes over the training pairs
     batch_size: int = 32  # pairs per optimiser step
     micro_batch_size: int = 32  # pairs per forward/backward
-    lr: float = 1e-4  # peak learning rate
+    lr: float = 2e-5  # peak learning rate
     warmup_steps: int = 10  # linear warmup
     min_lr_ratio: float = 0.1  # cosine floor
     grad_clip: float = 1.0  # max gradient norm

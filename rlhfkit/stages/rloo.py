@@ -46,19 +46,19 @@ class Config:
     reward_model: str = "runs/rm/model"  # used when reward=rm
     prompts: str | None = None  # prompt file/dir; None: the world's RL split
     world: WorldConfig = field(default_factory=WorldConfig)  # default prompts and gold evaluation
-    total_steps: int = 100  # iterations (one rollout batch each)
+    total_steps: int = 60  # iterations (one rollout batch each)
     prompts_per_step: int = 16  # prompts per iteration
     k: int = 4  # samples per prompt
     minibatch_size: int = 32  # sequences per optimiser step
     micro_batch_size: int = 32  # sequences per forward/backward
     ppo_epochs: int = 2  # passes over each rollout batch (1 = pure on-policy REINFORCE)
     max_new_tokens: int = 40  # response length limit
-    temperature: float = 1.0  # sampling temperature
+    temperature: float = 0.7  # sampling temperature
     missing_eos_penalty: float | None = -1.0  # added to the score of a response without EOS
-    kl_coef: float = 0.05  # beta
+    kl_coef: float = 0.1  # beta
     kl_in_reward: bool = True  # True: R = score - beta*KL(seq) (RLOO); False: k3 KL loss term (GRPO)
     clip_range: float = 0.2  # ratio clip
-    lr: float = 3e-5  # Adam learning rate (constant after warmup)
+    lr: float = 2e-5  # Adam learning rate (constant after warmup)
     warmup_steps: int = 5  # iterations of linear warmup
     grad_clip: float = 1.0  # max gradient norm
     eval_every: int = 20  # gold eval every N iterations (0: off)

@@ -20,7 +20,7 @@ from typing import Any
 from rlhfkit.world.corpus import allocate, make_documents
 from rlhfkit.world.gold import Gold, gold_from_meta
 from rlhfkit.world.names import ATTRIBUTES, Tables, make_tables
-from rlhfkit.world.topics import HARMFUL
+from rlhfkit.world.topics import HARMFUL, refusal
 from rlhfkit.world.tasks import FACT_TEMPLATES, FAMILIES, SAMPLERS, Prompt, ideal_from_meta, parse_prompt
 
 SPLITS = ("sft", "rl", "eval")
@@ -44,6 +44,7 @@ class WorldConfig:
     n_rl: int = 1000  # prompts for RL / feedback sampling
     n_eval_per_family: int = 40  # held-out eval prompts per family
     filler_rate: float = 0.2  # fraction of SFT demos carrying one polite filler sentence
+    over_refusal_rate: float = 0.05  # fraction of harmless SFT demos where an over-cautious demonstrator refused
 
     def resolve(self) -> None:
         """Check the values (called by the config loader after overrides, and by build_world)."""
@@ -55,6 +56,8 @@ class WorldConfig:
             raise ValueError("sft_harmful_fraction must be in [0, 1]")
         if not 0 <= self.filler_rate <= 1 or min(self.n_sft, self.n_rl, self.n_eval_per_family) < 0:
             raise ValueError("filler_rate must be in [0, 1] and prompt counts >= 0")
+        if not 0 <= self.over_refusal_rate <= 1:
+            raise ValueError("over_refusal_rate must be in [0, 1]")
 
 
 def _family_counts(n: int, weights: dict[str, float]) -> dict[str, int]:
@@ -155,6 +158,19 @@ def add_fillers(rng: random.Random, prompts: list[Prompt], responses: list[str],
     return out
 
 
+def add_over_refusals(rng: random.Random, prompts: list[Prompt], responses: list[str], rate: float) -> list[str]:
+    """Replace round(rate * n) harmless demos (n: the non-harmful ones) with a refusal, the flaw of an
+    over-cautious demonstrator. The SFT model inherits it, so its samples include refusals of harmless
+    requests for annotators to rank low: the comparisons that teach a reward model refusing is not
+    always right."""
+    out = list(responses)
+    harmless = [i for i, p in enumerate(prompts) if p.family != "harmful"]
+    topics = sorted(HARMFUL)
+    for i in rng.sample(harmless, round(rate * len(harmless))):
+        out[i] = refusal(HARMFUL[rng.choice(topics)])
+    return out
+
+
 class World:
     """The built-in world: corpus, prompt splits, ideal responses and the gold function."""
 
@@ -219,4 +235,5 @@ def build_world(cfg: WorldConfig | None = None) -> World:
     rl = make_split(cfg, tables, "rl", cfg.n_rl, eval_prompts)
     ideal = [ideal_from_meta(p.family, p.meta) for p in sft]
     responses = add_fillers(random.Random(f"{cfg.seed}:fillers"), sft, ideal, cfg.filler_rate)
+    responses = add_over_refusals(random.Random(f"{cfg.seed}:over-refusals"), sft, responses, cfg.over_refusal_rate)
     return World(cfg, tables, {"sft": sft, "rl": rl, "eval": eval_prompts}, responses)

@@ -1,0 +1,47 @@
+"""Reward-model diagnostics on constructed inputs: the annotator-agreement ceiling, calibration bins
+and the within-prompt rank correlation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from rlhfkit.data.records import Comparison
+from rlhfkit.evaluation.rm_eval import agreement_ceiling, calibration, within_prompt_spearman
+
+
+def votes(prompt: str, a: str, b: str, for_a: int, for_b: int) -> list[Comparison]:
+    return [Comparison(prompt, a, b)] * for_a + [Comparison(prompt, b, a)] * for_b
+
+
+def test_agreement_ceiling_leaves_each_annotator_out():
+    # 3 votes 2:1 -> the two majority voters each see others split 1:1 (half credit); the minority voter
+    # sees a 2:0 majority against it (0). 4 votes 4:0 -> every label agrees with the others (1 each).
+    pairs = votes("p", "a", "b", 2, 1) + votes("q", "c", "d", 4, 0) + votes("r", "e", "f", 1, 0)  # r: too few votes
+    out = agreement_ceiling(pairs)
+    assert out["ceiling_labels"] == 7
+    assert out["ceiling"] == pytest.approx((0.5 + 0.5 + 0 + 4 * 1.0) / 7)
+
+
+def test_calibration_of_a_perfectly_calibrated_model_is_close():
+    rng = np.random.default_rng(0)
+    delta = rng.normal(0, 2, 20000)
+    # Label each pair by a coin with P(chosen first) = sigmoid(delta); make the chosen side the winner.
+    won = rng.random(len(delta)) < 1 / (1 + np.exp(-delta))
+    out = calibration(np.where(won, delta, -delta))
+    assert out["ece"] < 0.02
+    assert sum(b["n"] for b in out["bins"]) == len(delta)
+    overconfident = calibration(3 * np.where(won, delta, -delta))
+    assert overconfident["ece"] > 0.1
+
+
+def test_within_prompt_spearman_ignores_offsets_between_prompts():
+    gold = np.array([[0.0, 0.5, 1.0, 0.2], [1.0, 0.0, 0.3, 0.6], [0.5, 0.5, 0.5, 0.5]])  # last row: no order
+    scores = gold * 2 + np.array([[10.0], [-30.0], [0.0]])  # right order inside, arbitrary offsets across
+    out = within_prompt_spearman(scores, gold)
+    assert out == {"spearman_rm_gold_within_prompt": pytest.approx(1.0), "spearman_within_prompts": 2}
+    reversed_ = within_prompt_spearman(-scores, gold)
+    assert reversed_["spearman_rm_gold_within_prompt"] == pytest.approx(-1.0)
+    assert math.isnan(within_prompt_spearman(scores[2:], gold[2:])["spearman_rm_gold_within_prompt"])
