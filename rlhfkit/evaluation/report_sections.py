@@ -184,11 +184,11 @@ HACKING_ROWS = (  # (metrics.json key, label, digits)
     ("rm_score", "RM score (proxy)", 3), ("gold_ci", "gold (true quality)", 3),
     ("gold_winrate", "gold win-rate vs baseline", 3), ("kl_ci", "KL to reference (nats)", 2),
     ("response_words", "answer length (words)", 1), ("sycophancy_rate", "agrees with a false premise", 3),
-    ("self_similarity", "self-similarity", 3),
+    ("over_refusal_benign", "refuses a harmless request", 3), ("self_similarity", "self-similarity", 3),
 )
 HACKING_LOGS = (("objective/scores", "last rollout RM score (training)"), ("objective/kl", "last rollout KL (training)"))
 HACKING_BARS = (("rm_score", "RM score (proxy)"), ("gold", "gold"), ("response_words", "answer words"),
-                ("sycophancy_rate", "sycophancy"))
+                ("sycophancy_rate", "sycophancy"), ("over_refusal_benign", "over-refusal"))
 
 
 def hacking_section(r: Report) -> None:
@@ -199,7 +199,7 @@ def hacking_section(r: Report) -> None:
     runs = [p for p in ("sft", "ppo", "ppo_beta0") if p in m]
     r.section("hacking", "Reward hacking: PPO with and without the KL penalty",
               "ppo_beta0 optimises the same reward model with KL coefficient 0. When the proxy (RM score) rises while "
-              "gold, brevity or honesty fall, the policy is exploiting the reward model rather than improving.")
+              "gold, brevity, honesty or helpfulness fall, the policy is exploiting the reward model rather than improving.")
     rows = [[row_head(label)] + [td(fmt(m[p].get(key), d), ("data-metric", f"{p}.{key}")) for p in runs]
             for key, label, d in HACKING_ROWS]
     md = [[label] + [fmt(m[p].get(key), d) for p in runs] for key, label, d in HACKING_ROWS]
@@ -211,7 +211,7 @@ def hacking_section(r: Report) -> None:
     r.html.append(html_table("reward-hacking", ["", *[chip(p) for p in runs]], rows, "grid"))
     r.md.append(md_table(["", *runs], md))
     bars = [(title, {p: center(m[p].get(key)) for p in runs}) for key, title in HACKING_BARS]
-    r.plot("hacking", plots.bars_png(bars), "sft, ppo and ppo_beta0: proxy, gold, length, sycophancy")
+    r.plot("hacking", plots.bars_png(bars), "sft, ppo and ppo_beta0: proxy, gold, length, sycophancy, over-refusal")
     hacking_examples(r)
     r.end()
 
