@@ -30,6 +30,34 @@ def rlhfkit(*args: str, check: bool = True, env: dict | None = None,
     return proc
 
 
+def kill_at_first_checkpoint(args: tuple[str, ...], latest: str, ready=lambda: True) -> None:
+    """Start `rlhfkit *args`, SIGKILL it as soon as the checkpoint pointer `latest` exists (and `ready()`),
+    and wait for it to die: a crash at the worst moment, for the resume tests."""
+    import signal
+    import time
+
+    env = {**os.environ, "RLHFKIT_NO_TENSORBOARD": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "rlhfkit", *args], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (os.path.exists(latest) and ready()) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def assert_same_metrics(full: list[dict], resumed: list[dict]) -> None:
+    """An interrupted-and-resumed run logged the same steps and values as an uninterrupted one
+    (wall-clock timings and memory aside)."""
+    import pytest
+
+    assert [r["step"] for r in resumed] == [r["step"] for r in full]
+    for a, b in zip(full, resumed):
+        for k in a:
+            if not k.startswith(("time", "sys/")):
+                assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-5), (a["step"], k)
+
+
 def free_port() -> int:
     """A TCP port free on loopback right now (the OS picks it)."""
     with socket.socket() as s:

@@ -5,14 +5,9 @@ a run killed inside PPO resumes PPO from its checkpoint."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
-import time
 
-from tests.helpers import MODEL, REPO, WORLD, rlhfkit
+from tests.helpers import MODEL, WORLD, kill_at_first_checkpoint, rlhfkit
 
 PPO = ["--total_steps=4", "--rollout_batch_size=8", "--minibatch_size=8", "--micro_batch_size=8",
        "--max_new_tokens=16", "--eval_every=2", "--ckpt_every=2", "--sample_every=100"]
@@ -58,14 +53,9 @@ def test_pipeline_runs_caches_reruns_what_changed_and_resumes_ppo(tmp_path):
     assert [s for s, v in changed.items() if v == "running"] == ["ppo", "eval", "report"]
 
     # Forced PPO killed once its first checkpoint lands; the plain rerun resumes it and redoes eval.
-    env = {**os.environ, "RLHFKIT_NO_TENSORBOARD": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "rlhfkit", *args, "--ppo.lr=1e-5", "--force=[ppo]"], cwd=REPO,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    latest, deadline = out / "ppo" / "checkpoints" / "latest", time.time() + 300
-    while not (latest.exists() and not stage_done(out, "ppo")) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)  # (the previous run's checkpoint is there until the forced run clears the stage)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    # (the previous run's checkpoint is there until the forced run clears the stage: wait for done=False)
+    kill_at_first_checkpoint((*args, "--ppo.lr=1e-5", "--force=[ppo]"), str(out / "ppo" / "checkpoints" / "latest"),
+                             ready=lambda: not stage_done(out, "ppo"))
     assert not stage_done(out, "ppo"), "PPO finished before it could be killed"
     resumed = rlhfkit(*args, "--ppo.lr=1e-5")
     after = statuses(resumed.stdout)

@@ -24,12 +24,13 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
+from rlhfkit import checkpoint
 from rlhfkit.data.chat import pad_batch, render_example
 from rlhfkit.data.packing import epoch_batches
 from rlhfkit.data.records import Comparison
 from rlhfkit.losses import bradley_terry_loss
 from rlhfkit.models.load import pick_device
-from rlhfkit.models.reward import scalar_model_from_lm, sequence_scores
+from rlhfkit.models.reward import load_scalar_model, scalar_model_from_lm, sequence_scores
 from rlhfkit.optim import adamw, cosine_lr, set_lr
 from rlhfkit.tracking import Run, seed_everything
 from rlhfkit.world import WorldConfig
@@ -52,6 +53,7 @@ class Config:
     margin: float | None = None  # optional BT margin (Llama 2 style), subtracted from r_c - r_r
     max_len: int = 256  # longest rendered prompt + response
     eval_every: int = 50  # held-out accuracy every N steps
+    ckpt_every: int = 200  # checkpoint (model, optimiser, RNG) every N steps; a rerun resumes from the last
     evaluate: bool = True  # after training, run the RM evaluation (calibration, gold correlation, biases)
     eval_policy: str | None = None  # policy for fresh samples in the RM evaluation (None: `model`)
     world: WorldConfig = field(default_factory=WorldConfig)  # world used by the RM evaluation
@@ -110,15 +112,27 @@ def train(cfg: Config) -> str:
     n_pairs = sum(map(len, train_groups))
     print(f"[rm] {n_pairs} pairs in {len(train_groups)} rankings (+{n_held} held out), {max_steps} steps", flush=True)
 
-    # 2. Model: SFT backbone + fresh scalar head.
-    model, tok = scalar_model_from_lm(cfg.model, device=pick_device(cfg.device), seed=cfg.seed)
+    # 2. Model: SFT backbone + fresh scalar head (or the last checkpoint's, when resuming).
+    ckpt = checkpoint.latest_checkpoint(cfg.out_dir)
+    if ckpt:
+        model, tok = load_scalar_model(os.path.join(ckpt, "rm"), device=pick_device(cfg.device))
+    else:
+        model, tok = scalar_model_from_lm(cfg.model, device=pick_device(cfg.device), seed=cfg.seed)
     device = next(model.parameters()).device
     optimizer = adamw(model, cfg.lr, cfg.weight_decay)
-    run.log(0, {"eval/accuracy": accuracy(model, tok, heldout, cfg.max_len, device)})
+    start = 0
+    if ckpt:
+        state = checkpoint.load_state(ckpt)
+        optimizer.load_state_dict(state["optimizer"])
+        start = state["step"]
+        checkpoint.truncate_log(cfg.out_dir, start)
+        print(f"[rm] resumed from {ckpt} at step {start}", flush=True)
+    else:
+        run.log(0, {"eval/accuracy": accuracy(model, tok, heldout, cfg.max_len, device)})
 
     # 3. Train: all pairs of a few rankings per step.
     model.train()
-    for step in tqdm(range(max_steps), desc="rm"):
+    for step in tqdm(range(start, max_steps), desc="rm", initial=start, total=max_steps):
         lr = cosine_lr(step, max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
         set_lr(optimizer, lr)
         pairs = [p for i in epoch_batches(len(train_groups), cfg.batch_groups, step, cfg.seed) for p in train_groups[i]]
@@ -133,6 +147,8 @@ def train(cfg: Config) -> str:
         if (step + 1) % cfg.eval_every == 0 or step + 1 == max_steps:
             metrics["eval/accuracy"] = accuracy(model, tok, heldout, cfg.max_len, device)
         run.log(step + 1, metrics)
+        if (step + 1) % cfg.ckpt_every == 0 and step + 1 < max_steps:
+            checkpoint.save_checkpoint(cfg.out_dir, step + 1, {"rm": model}, {"optimizer": optimizer.state_dict()}, tok)
 
     # 4. Normalise: mean score 0 over the (SFT-sampled) responses of the training data.
     offset, std = normalisation(model, tok, [p for g in train_groups for p in g], cfg.max_len, device)
