@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -232,3 +233,16 @@ def test_yaml_must_be_a_mapping(tmp_path):
     path.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="expected a mapping of keys at the top level, got list"):
         load_config(Cfg, str(path))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["--minibatch_size=24"], "batch sizes must nest"),
+    (["--value_head=shared"], "'value_head': expected separate or policy, got 'shared'"),
+    (["--value_head=policy", "--value_model=runs/rm/model"], "'value_model': a value head on the policy"),
+    (["--kl_estimator=k9"], "'kl_estimator': expected one of"),
+])
+def test_ppo_config_errors_name_the_setting(overrides, message):
+    from rlhfkit.stages import ppo
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(ppo.Config, overrides=overrides)

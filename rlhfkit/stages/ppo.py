@@ -93,6 +93,9 @@ class Config:
             raise ConfigError(f"'kl_estimator': expected one of {sorted(KL_ESTIMATORS)}, got {self.kl_estimator!r}")
         if self.value_head not in ("separate", "policy"):
             raise ConfigError(f"'value_head': expected separate or policy, got {self.value_head!r}")
+        if self.value_head == "policy" and self.value_model:
+            raise ConfigError("'value_model': a value head on the policy starts from the policy; drop value_model "
+                              "or set value_head=separate")
 
 
 def batch_plan(cfg: Config) -> str:
