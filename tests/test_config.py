@@ -152,7 +152,7 @@ def test_bool_parsing(text, expected):
 
 @pytest.mark.parametrize("text", ["maybe", "2", "0.5"])
 def test_bool_rejects(text):
-    with pytest.raises(ConfigError, match=rf"'quick': expected bool, got"):
+    with pytest.raises(ConfigError, match=r"'quick': expected bool, got"):
         load_config(Cfg, None, [f"quick={text}"])
 
 

@@ -8,7 +8,6 @@ import math
 import re
 from html.parser import HTMLParser
 
-import numpy as np
 import pytest
 
 from rlhfkit.evaluation.metrics import fit_overoptimization

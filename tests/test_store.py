@@ -12,7 +12,8 @@ import pytest
 
 from rlhfkit.data.loaders import DataError
 from rlhfkit.feedback.admin import cohen_kappa, krippendorff_alpha
-from rlhfkit.feedback.store import Conflict, FeedbackStore, ranking_pairs
+from rlhfkit.feedback.schema import ranking_pairs
+from rlhfkit.feedback.store import Conflict, FeedbackStore
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -25,24 +25,22 @@ never dropped), so an item can end up with one judgement more than its overlap.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import secrets
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
-from sqlalchemy import (JSON, Boolean, Column, Float, ForeignKey, Index, Integer, MetaData, String, Table, Text,
-                        UniqueConstraint, create_engine, delete, event, func, insert, or_, select, update)
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.pool import StaticPool
 
 from rlhfkit.data.loaders import DataError, parse_comparison, read_records, write_jsonl
 from rlhfkit.data.records import SOURCES, Comparison
 from rlhfkit.feedback.admin import agreement
+from rlhfkit.feedback.schema import (Annotator, Item, Response, _sha, annotators, assignments, group_queue,
+                                     judgement_pairs, judgements, make_engine, metadata, parse_queue_row, prompts,
+                                     queue_items, responses, settings)
 
 KINDS = ("human", "simulated", "ai")  # annotator kinds
 CHOICES = ("a", "b", "tie", "both_bad")  # pairwise verdicts
@@ -51,228 +49,6 @@ MAX_NOTE = 2000  # characters kept of a free-text note
 
 class Conflict(ValueError):
     """A write that contradicts what is stored (a second judgement of one item, a key reused by someone else)."""
-
-
-# ---------------------------------------------------------------- schema
-
-metadata = MetaData()
-
-prompts = Table(
-    "prompts", metadata,
-    Column("id", Integer, primary_key=True),
-    Column("text", Text, nullable=False),
-    Column("text_sha", String(64), nullable=False, unique=True),  # unique by text; a hash indexes on any backend
-    Column("family", String(64)),
-    Column("meta", JSON, nullable=False),
-    Column("created_at", Float, nullable=False),
-)
-responses = Table(
-    "responses", metadata,
-    Column("id", Integer, primary_key=True),
-    Column("prompt_id", Integer, ForeignKey("prompts.id"), nullable=False),
-    Column("text", Text, nullable=False),
-    Column("text_sha", String(64), nullable=False),
-    Column("policy", String(512), nullable=False),
-    Column("meta", JSON, nullable=False),
-    Column("created_at", Float, nullable=False),
-    UniqueConstraint("prompt_id", "text_sha", "policy"),
-)
-annotators = Table(
-    "annotators", metadata,
-    Column("id", Integer, primary_key=True),
-    Column("name", String(128), nullable=False, unique=True),
-    Column("kind", String(16), nullable=False),
-    Column("token_sha", String(64), unique=True),  # SHA-256 of a person's login token; the token is never stored
-    Column("meta", JSON, nullable=False),
-    Column("created_at", Float, nullable=False),
-)
-queue_items = Table(
-    "queue_items", metadata,
-    Column("id", Integer, primary_key=True),
-    Column("prompt_id", Integer, ForeignKey("prompts.id"), nullable=False),
-    Column("response_ids", JSON, nullable=False),  # list[int], the order they were enqueued in
-    Column("key", String(64), nullable=False, unique=True),  # hash of (prompt, response set): enqueue is idempotent
-    Column("overlap", Integer, nullable=False),
-    Column("created_at", Float, nullable=False),
-)
-assignments = Table(
-    "assignments", metadata,
-    Column("id", Integer, primary_key=True),
-    Column("item_id", Integer, ForeignKey("queue_items.id"), nullable=False),
-    Column("annotator_id", Integer, ForeignKey("annotators.id"), nullable=False),
-    Column("status", String(8), nullable=False),  # leased | done | skipped
-    Column("leased_at", Float, nullable=False),
-    Column("expires_at", Float, nullable=False),
-    UniqueConstraint("item_id", "annotator_id"),  # an item never goes to one annotator twice
-    Index("ix_assignments_item_status", "item_id", "status"),
-)
-judgements = Table(
-    "judgements", metadata,
-    Column("id", Integer, primary_key=True),
-    Column("item_id", Integer, ForeignKey("queue_items.id")),  # null for judgements written outside the queue
-    Column("prompt_id", Integer, ForeignKey("prompts.id"), nullable=False),
-    Column("annotator_id", Integer, ForeignKey("annotators.id"), nullable=False),
-    Column("source", String(16), nullable=False),  # human | simulated | ai
-    Column("kind", String(16), nullable=False),  # ranking | pairwise
-    Column("ranking", JSON),  # ranking: response ids, best first
-    Column("a_id", Integer, ForeignKey("responses.id")),  # pairwise: the two responses as shown ...
-    Column("b_id", Integer, ForeignKey("responses.id")),
-    Column("choice", String(16)),  # ... and the verdict a | b | tie | both_bad
-    Column("flag_harmful", Boolean, nullable=False),
-    Column("note", Text, nullable=False),
-    Column("key", String(128), unique=True),  # idempotency key
-    Column("group_key", String(256)),  # `group` of imported pairs; native judgements use their id
-    Column("meta", JSON, nullable=False),
-    Column("seconds", Float),  # from lease to judgement, when it came through the queue
-    Column("created_at", Float, nullable=False),
-    UniqueConstraint("item_id", "annotator_id"),  # one judgement per annotator and item (NULL items never clash)
-    Index("ix_judgements_annotator", "annotator_id", "id"),
-)
-settings = Table(
-    "settings", metadata,
-    Column("name", String(64), primary_key=True),
-    Column("value", Text, nullable=False),
-)
-
-
-# ---------------------------------------------------------------- records returned
-
-
-@dataclass(frozen=True)
-class Response:
-    id: int
-    text: str
-    policy: str
-
-
-@dataclass(frozen=True)
-class Item:
-    """A queue item: a prompt and the K >= 2 responses to judge (enqueue order)."""
-
-    id: int
-    prompt_id: int
-    prompt: str
-    family: str | None
-    responses: tuple[Response, ...]
-    overlap: int
-
-
-@dataclass(frozen=True)
-class Annotator:
-    id: int
-    name: str
-    kind: str  # human | simulated | ai
-    token_sha: str | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-
-
-# ---------------------------------------------------------------- engine
-
-
-def db_url(db: str) -> str:
-    """An SQLAlchemy URL from a URL or a plain file path (-> SQLite)."""
-    return db if "://" in db else f"sqlite:///{os.path.abspath(db)}"
-
-
-def make_engine(url: str) -> Engine:
-    """An engine whose SQLite connections use WAL, a 30 s busy timeout and explicit BEGIN [IMMEDIATE]."""
-    url = db_url(url)
-    if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True)
-    memory = url in ("sqlite://", "sqlite:///:memory:")
-    # One shared connection for an in-memory database (each connection would otherwise get its own, empty one).
-    engine = create_engine(url, poolclass=StaticPool if memory else None,
-                           connect_args={"check_same_thread": False, "timeout": 30})
-    event.listen(engine, "connect", _sqlite_connect)
-    event.listen(engine, "begin", _sqlite_begin)
-    return engine
-
-
-def _sqlite_connect(dbapi_conn, _record) -> None:
-    # The sqlite3 module's own implicit BEGIN is off: SQLAlchemy's "begin" event emits ours (the SQLAlchemy
-    # docs' recipe), so a write transaction can start with BEGIN IMMEDIATE.
-    dbapi_conn.isolation_level = None
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA busy_timeout = 30000")
-    cur.execute("PRAGMA journal_mode = WAL")
-    cur.execute("PRAGMA synchronous = FULL")  # an acknowledged label survives a power cut, not just a crash
-    cur.execute("PRAGMA foreign_keys = ON")
-    cur.close()
-
-
-def _sqlite_begin(conn: Connection) -> None:
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("immediate") else "BEGIN")
-
-
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-# ---------------------------------------------------------------- pure helpers
-
-
-def ranking_pairs(ranking: list[int]) -> list[tuple[int, int]]:
-    """All (better, worse) pairs of a best-first ranking: K(K-1)/2 of them, in ranking order."""
-    return [(ranking[i], ranking[j]) for i in range(len(ranking)) for j in range(i + 1, len(ranking))]
-
-
-def judgement_pairs(row: Any) -> list[tuple[int, int]]:
-    """(better, worse) response ids of one judgement row; ties and both_bad give none."""
-    if row.kind == "ranking":
-        return ranking_pairs(row.ranking)
-    return {"a": [(row.a_id, row.b_id)], "b": [(row.b_id, row.a_id)]}.get(row.choice, [])
-
-
-def parse_queue_row(row: dict[str, Any], loc: str) -> tuple[str, list[tuple[str, str, dict]], str | None]:
-    """One queue row -> (prompt, [(response, policy, meta)], family).
-
-    Accepts `rlhfkit sample` rows `{"prompt", "responses": [...], "policy"?, "terminated"?: [...], "family"?}`
-    and single rows `{"prompt", "response", "policy"?}`. Raises DataError naming `loc` and the field.
-    """
-    def bad(name: str, problem: str) -> DataError:
-        return DataError(f"{loc}: field {name!r}: {problem}")
-
-    def text(value: Any, name: str, empty_ok: bool = True) -> str:
-        # A sampled response may be empty (EOS first): still a response to judge. A prompt may not.
-        if not isinstance(value, str) or not (empty_ok or value.strip()):
-            kind = "null" if value is None else "an empty string" if value == "" else type(value).__name__
-            raise bad(name, f"expected a {'' if empty_ok else 'non-empty '}string, got {kind}")
-        return value
-
-    if "prompt" not in row:
-        raise DataError(f"{loc}: missing field 'prompt'")
-    prompt = text(row["prompt"], "prompt", empty_ok=False)
-    policy = row.get("policy") or ""
-    if not isinstance(policy, str):
-        raise bad("policy", f"expected a string, got {type(policy).__name__}")
-    family = row.get("family")
-    if family is not None and not isinstance(family, str):
-        raise bad("family", f"expected a string, got {type(family).__name__}")
-    if ("responses" in row) == ("response" in row):
-        raise DataError(f"{loc}: missing field 'responses'" if "response" not in row
-                        else f"{loc}: give either 'responses' or 'response', not both")
-    if "response" in row:
-        return prompt, [(text(row["response"], "response"), policy, {})], family
-    texts = row["responses"]
-    if not isinstance(texts, list):
-        raise bad("responses", f"expected a list of strings, got {type(texts).__name__}")
-    terminated = row.get("terminated")
-    if terminated is not None and (not isinstance(terminated, list) or len(terminated) != len(texts)):
-        raise bad("terminated", "expected a list as long as 'responses'")
-    out = [(text(t, f"responses[{i}]"), policy, {} if terminated is None else {"terminated": bool(terminated[i])})
-           for i, t in enumerate(texts)]
-    return prompt, out, family
-
-
-def group_queue(parsed: Iterable[tuple[str, list[tuple[str, str, dict]], str | None]]) -> list[dict]:
-    """Merge parsed rows by prompt (first-appearance order); identical response texts are kept once."""
-    groups: dict[str, dict] = {}
-    for prompt, resps, family in parsed:
-        g = groups.setdefault(prompt, {"prompt": prompt, "family": family, "responses": {}})
-        g["family"] = g["family"] or family
-        for text, policy, meta in resps:
-            g["responses"].setdefault(text, (policy, meta))  # two identical texts carry no preference
-    return list(groups.values())
 
 
 # ---------------------------------------------------------------- the store

@@ -33,7 +33,7 @@ from rlhfkit.losses import explained_variance, lm_loss, ppo_policy_loss, ppo_val
 from rlhfkit.models.load import load_causal_lm
 from rlhfkit.models.reward import ValueHeadOnPolicy, load_scalar_model, make_reward_fn, scalar_model_from_lm, token_scores
 from rlhfkit.ops import masked_mean, masked_sum, masked_whiten
-from rlhfkit.optim import adamw, set_lr
+from rlhfkit.optim import set_lr
 from rlhfkit.rl import AdaptiveKLController, FixedKLController, KL_ESTIMATORS, gae, kl_penalized_rewards
 from rlhfkit.rollout import collect_experience, response_logprobs
 from rlhfkit.tracking import Run, Stopwatch, seed_everything
