@@ -75,6 +75,19 @@ def load_state(ckpt: str) -> dict[str, Any]:
     return state
 
 
+def resume(ckpt: str | None, out_dir: str, optimizer, stage: str) -> tuple[int, dict[str, Any]]:
+    """Continue a run from `ckpt` (None: a fresh start): restore the optimiser and the RNG, drop log rows
+    written after the checkpoint, and return (the step to start from, the saved state for whatever else
+    the stage keeps in it)."""
+    if not ckpt:
+        return 0, {}
+    state = load_state(ckpt)
+    optimizer.load_state_dict(state["optimizer"])
+    truncate_log(out_dir, state["step"])
+    print(f"[{stage}] resumed from {ckpt} at step {state['step']}", flush=True)
+    return state["step"], state
+
+
 def truncate_log(out_dir: str, step: int, name: str = "metrics.jsonl") -> None:
     """Drop log rows written after `step` by a run that died after its last checkpoint."""
     import json

@@ -104,12 +104,7 @@ def train(cfg: Config) -> str:
     print(f"[dpo] {len(train_idx)} pairs (+{n_held} held out), {max_steps} steps, loss {cfg.loss_type}, beta {cfg.beta}", flush=True)
 
     optimizer = adamw(policy, cfg.lr, 0.0)
-    start = 0
-    if ckpt:
-        state = checkpoint.load_state(ckpt)
-        optimizer.load_state_dict(state["optimizer"])
-        start = state["step"]
-        checkpoint.truncate_log(cfg.out_dir, start)
+    start, _ = checkpoint.resume(ckpt, cfg.out_dir, optimizer, "dpo")
     world = build_world(cfg.world) if cfg.gold_eval else None
 
     def batch_loss(idx: list[int]):

@@ -140,16 +140,11 @@ def train(cfg: Config) -> str:
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, eps=1e-5, weight_decay=0.0)
     kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl else FixedKLController(cfg.kl_coef)
     ptx_rows = pack_documents(tok, world.corpus()[:2000], 128) if cfg.ptx_coef > 0 else None
-    start = 0
-    if ckpt:
-        state = checkpoint.load_state(ckpt)
-        optimizer.load_state_dict(state["optimizer"])
+    start, state = checkpoint.resume(ckpt, cfg.out_dir, optimizer, "ppo")
+    if start:
         kl_ctl.load_state_dict(state["kl_ctl"])
         if cfg.value_head == "policy":
             critic.score.load_state_dict(state["value_head"])
-        start = state["step"]
-        checkpoint.truncate_log(cfg.out_dir, start)
-        print(f"[ppo] resumed from {ckpt} at iteration {start}", flush=True)
 
     sw = Stopwatch()
     if start == 0 and cfg.eval_every:  # the SFT starting point: KL 0 on the over-optimisation curve

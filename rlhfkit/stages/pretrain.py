@@ -77,13 +77,7 @@ def train(cfg: Config) -> str:
           f"{cfg.max_steps * cfg.batch_size * cfg.seq_len / 1e6:.2f}M tokens to train on", flush=True)
 
     optimizer = adamw(model, cfg.lr, cfg.weight_decay)
-    start = 0
-    if ckpt:
-        state = checkpoint.load_state(ckpt)
-        optimizer.load_state_dict(state["optimizer"])
-        start = state["step"]
-        checkpoint.truncate_log(cfg.out_dir, start)
-        print(f"[pretrain] resumed from {ckpt} at step {start}", flush=True)
+    start, _ = checkpoint.resume(ckpt, cfg.out_dir, optimizer, "pretrain")
     ddp_model = distributed.wrap(model, d)
 
     # 2. Train: one packed batch per step; every token is a target.

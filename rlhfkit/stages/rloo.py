@@ -94,12 +94,7 @@ def train(cfg: Config) -> str:
     ref.requires_grad_(False).eval()
     reward_fn = make_reward_fn(cfg.reward, cfg.reward_model, world, device)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, eps=1e-5, weight_decay=0.0)
-    start = 0
-    if ckpt:
-        state = checkpoint.load_state(ckpt)
-        optimizer.load_state_dict(state["optimizer"])
-        start = state["step"]
-        checkpoint.truncate_log(cfg.out_dir, start)
+    start, _ = checkpoint.resume(ckpt, cfg.out_dir, optimizer, cfg.estimator)
     print(f"[{cfg.estimator}] {len(prompts)} prompts; {cfg.prompts_per_step} prompts x k={cfg.k} per iteration, "
           f"{cfg.ppo_epochs} epochs of minibatch {cfg.minibatch_size}", flush=True)
 

@@ -120,14 +120,8 @@ def train(cfg: Config) -> str:
         model, tok = scalar_model_from_lm(cfg.model, device=pick_device(cfg.device), seed=cfg.seed)
     device = next(model.parameters()).device
     optimizer = adamw(model, cfg.lr, cfg.weight_decay)
-    start = 0
-    if ckpt:
-        state = checkpoint.load_state(ckpt)
-        optimizer.load_state_dict(state["optimizer"])
-        start = state["step"]
-        checkpoint.truncate_log(cfg.out_dir, start)
-        print(f"[rm] resumed from {ckpt} at step {start}", flush=True)
-    else:
+    start, _ = checkpoint.resume(ckpt, cfg.out_dir, optimizer, "rm")
+    if not start:
         run.log(0, {"eval/accuracy": accuracy(model, tok, heldout, cfg.max_len, device)})
 
     # 3. Train: all pairs of a few rankings per step.

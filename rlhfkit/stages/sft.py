@@ -82,13 +82,7 @@ def train(cfg: Config) -> str:
     print(f"[sft] {len(train_rows)} demonstrations ({n_held} held out), {max_steps} steps of {cfg.batch_size}", flush=True)
 
     optimizer = adamw(model, cfg.lr, cfg.weight_decay)
-    start = 0
-    if ckpt:
-        state = checkpoint.load_state(ckpt)
-        optimizer.load_state_dict(state["optimizer"])
-        start = state["step"]
-        checkpoint.truncate_log(cfg.out_dir, start)
-        print(f"[sft] resumed from {ckpt} at step {start}", flush=True)
+    start, _ = checkpoint.resume(ckpt, cfg.out_dir, optimizer, "sft")
     ddp_model = distributed.wrap(model, d)
 
     # 2. Train on response tokens only.
