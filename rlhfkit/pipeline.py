@@ -5,8 +5,9 @@ config plus the fingerprints of the stages it reads from. A stage whose
 fingerprint matches a finished run is skipped (and says so); a stage that was
 interrupted resumes from its own last checkpoint; a stage whose config or inputs
 changed, or one of whose inputs was rebuilt in this invocation, is started
-afresh (so `force=[sft]` reruns SFT and everything downstream of it). The pipeline wires paths between stages itself: the
-`out_dir`/`model`/`policies` fields of the stage sections are overwritten.
+afresh (so `force=[sft]` reruns SFT and everything downstream of it). The
+pipeline wires paths between stages itself: the `out_dir`/`model`/`policies`
+fields of the stage sections are overwritten.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class Config:
             self._quick_applied = True
         out = f"{self.out_dir}/{{}}"
         sft_model, rm_model, pairs = out.format("sft/model"), out.format("rm/model"), out.format("feedback/pairs.jsonl")
-        for name in STAGES[:-1]:  # every stage but the report, which only reads files
+        for name in WORLD_STAGES:
             stage = getattr(self, name)
             stage.world, stage.seed, stage.out_dir = self.world, self.seed, out.format(name)
         self.sft.model = out.format("pretrain/model")
@@ -88,12 +89,13 @@ class Config:
 
 
 STAGES = ("pretrain", "sft", "feedback", "rm", "ppo", "ppo_beta0", "dpo", "rloo", "grpo", "eval", "report")
+WORLD_STAGES = STAGES[:-1]  # the stages that take the world and the seed: all but the report, which only reads files
 POLICY_STAGES = ("sft", "ppo", "ppo_beta0", "dpo", "rloo", "grpo")
 RUNNERS = {"pretrain": pretrain.train, "sft": sft.train, "feedback": feedback.main, "rm": rm.train, "ppo": ppo.train,
            "ppo_beta0": ppo.train, "dpo": dpo.train, "rloo": rloo.train, "grpo": grpo.train, "eval": eval_stage.main, "report": report.main}
 INPUTS = {"sft": ("pretrain",), "feedback": ("sft",), "rm": ("sft", "feedback"), "ppo": ("sft", "rm"),
           "ppo_beta0": ("sft", "rm"), "dpo": ("sft", "feedback"), "rloo": ("sft", "rm"), "grpo": ("sft", "rm"),
-          "eval": ("pretrain", "sft", "rm", "ppo", "ppo_beta0", "dpo", "rloo", "grpo"), "report": STAGES[:-1]}
+          "eval": ("pretrain", "sft", "rm", "ppo", "ppo_beta0", "dpo", "rloo", "grpo"), "report": WORLD_STAGES}
 
 
 @dataclass
