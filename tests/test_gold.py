@@ -7,6 +7,7 @@ import math
 import pytest
 
 from rlhfkit.world import Prompt, WorldConfig, build_world
+from rlhfkit.world.gold import ATTEMPT
 
 
 @pytest.fixture(scope="module")
@@ -48,21 +49,34 @@ def test_arithmetic_lenient_phrasing(world, response):
 
 
 @pytest.mark.parametrize("response,expected", [
-    ("7 + 5 = 13.", 0.0),  # wrong
+    ("7 + 5 = 13.", ATTEMPT),  # wrong, but an answer
     ("It is 12 or 13.", 0.5),  # hedged: right answer first, another candidate after
-    ("It is 13 or 12.", 0.0),  # wrong answer first
-    ("What is 8 + 3? What is 9 + 1?", 0.0),  # off-task continuation (more questions)
+    ("It is 13 or 12.", ATTEMPT),  # wrong answer first
+    ("What is 8 + 3? What is 9 + 1?", 0.0),  # off-task continuation (more questions): no attempt
+    ("Numbers are fun.", 0.0),  # no answer at all
     ("", 0.0),
 ])
 def test_arithmetic_wrong_or_hedged(world, response, expected):
     g = world.gold("What is 7 + 5?", response)
     assert g.criteria["correct"] == expected
-    assert g.score == 0.0 if expected == 0.0 else g.score <= 0.5
+    assert g.score == 0.0 if expected == 0.0 else g.score <= expected
 
 
 def test_subtraction(world):
     assert world.gold("Calculate 14 - 9.", "14 - 9 = 5.").score == 1.0
-    assert world.gold("Calculate 14 - 9.", "14 - 9 = 6.").score == 0.0
+    assert world.gold("Calculate 14 - 9.", "14 - 9 = 6.").score == pytest.approx(ATTEMPT)  # well-formed, wrong
+
+
+def test_wrong_answers_are_ranked_by_form_only_when_finished(world):
+    """A finished wrong answer earns ATTEMPT * (0.5 + 0.5 * quality): padding it still costs;
+    cut off at the token budget it earns nothing."""
+    wrong = world.gold("What is 7 + 5?", "7 + 5 = 13.")
+    padded = world.gold("What is 7 + 5?", "7 + 5 = 13. I hope this helps!")
+    cut = world.gold("What is 7 + 5?", "7 + 5 = 13.", terminated=False)
+    assert wrong.score == pytest.approx(ATTEMPT) and not wrong.flags["correct"]
+    assert padded.score == pytest.approx(quality_score(ATTEMPT, math.exp(-3 / 4), 1.0, 1.0))
+    assert padded.score < wrong.score
+    assert cut.score == 0.0 and cut.criteria["correct"] == 0.0
 
 
 def test_verbose_correct_scores_lower_than_concise(world):
@@ -70,17 +84,18 @@ def test_verbose_correct_scores_lower_than_concise(world):
     filler = world.gold("What is 7 + 5?", "7 + 5 = 12. I hope this helps!")
     ramble = world.gold("What is 7 + 5?", "7 + 5 = 12. " + " ".join(["Numbers are fun to learn about"] * 5) + ".")
     assert concise > filler.score > ramble.score > 0.5
-    # 9 whitespace words vs the ideal's 5: 2 words beyond the 2-word slack
-    assert filler.criteria["concise"] == pytest.approx(math.exp(-2 / 12))
-    assert filler.score == pytest.approx(quality_score(1.0, math.exp(-2 / 12), 1.0, 1.0))
+    # 9 whitespace words vs the ideal's 5: 3 words beyond the 1-word slack
+    assert filler.criteria["concise"] == pytest.approx(math.exp(-3 / 4))
+    assert filler.score == pytest.approx(quality_score(1.0, math.exp(-3 / 4), 1.0, 1.0))
+    assert 0.85 < filler.score < 0.9  # a sign-off sentence costs ~13%
 
 
 def test_repetition_is_penalised(world):
     g = world.gold("What is 7 + 5?", "7 + 5 = 12. 7 + 5 = 12. 7 + 5 = 12.")
     # 18 tokens -> 16 trigrams, 6 distinct (10/16 repeated); 3 sentences, 1 distinct (2/3 repeated)
     assert g.criteria["no_repetition"] == pytest.approx(1 / 3)
-    assert g.criteria["concise"] == pytest.approx(math.exp(-8 / 12))  # 15 words, ideal 5, slack 2
-    assert g.score == pytest.approx(quality_score(1.0, math.exp(-8 / 12), 1.0, 1 / 3))
+    assert g.criteria["concise"] == pytest.approx(math.exp(-9 / 4))  # 15 words, ideal 5, slack 1
+    assert g.score == pytest.approx(quality_score(1.0, math.exp(-9 / 4), 1.0, 1 / 3))
     assert g.score < world.gold("What is 7 + 5?", "7 + 5 = 12.").score
 
 
@@ -114,9 +129,9 @@ def test_facts_correct_wrong_and_hedged(world, c, d):
     q = f"What is the capital of {c.name}?"
     assert world.gold(q, f"The capital of {c.name} is {c.capital}.").score == 1.0
     assert world.gold(q, f"{c.capital.lower()}.").criteria["correct"] == 1.0  # case-insensitive
-    assert world.gold(q, f"The capital of {c.name} is {d.capital}.").score == 0.0
+    assert world.gold(q, f"The capital of {c.name} is {d.capital}.").score == pytest.approx(ATTEMPT)
     assert world.gold(q, f"It is {c.capital} or {d.capital}.").criteria["correct"] == 0.5
-    assert world.gold(q, f"It is {d.capital} or {c.capital}.").criteria["correct"] == 0.0
+    assert world.gold(q, f"It is {d.capital} or {c.capital}.").criteria["correct"] == ATTEMPT
     assert world.gold(q, f"What is the capital of {d.name}? Does anyone know?").score == 0.0
 
 
@@ -130,7 +145,7 @@ def test_facts_every_attribute(world, c, d):
     }
     for prompt, (right, wrong) in cases.items():
         assert world.gold(prompt, right).criteria["correct"] == 1.0, prompt
-        assert world.gold(prompt, wrong).score == 0.0, prompt
+        assert world.gold(prompt, wrong).criteria["correct"] == ATTEMPT, prompt
 
 
 # ---- instructions
@@ -138,11 +153,12 @@ def test_facts_every_attribute(world, c, d):
 @pytest.mark.parametrize("prompt,response,expected", [
     ("Reverse this list: cat, dog, sun.", "sun, dog, cat.", 1.0),
     ("Reverse this list: cat, dog, sun.", "The reversed list is: sun, dog, cat.", 1.0),
-    ("Reverse this list: cat, dog, sun.", "cat, dog, sun.", 0.0),
+    ("Reverse this list: cat, dog, sun.", "cat, dog, sun.", ATTEMPT),  # wrong order
     ("Reverse this list: cat, dog, sun.", "cat, dog, sun becomes sun, dog, cat.", 0.5),  # echo + answer
-    ("Reverse this list: cat, dog, sun.", "sun, dog, cat, owl.", 0.0),  # extra item
+    ("Reverse this list: cat, dog, sun.", "sun, dog, cat, owl.", ATTEMPT),  # extra item
+    ("Reverse this list: cat, dog, sun.", "I like lists.", 0.0),  # no list words: no attempt
     ("Sort these words: owl, moon, milk, box.", "box, milk, moon, owl.", 1.0),
-    ("Sort these words: owl, moon, milk, box.", "milk, box, moon, owl.", 0.0),
+    ("Sort these words: owl, moon, milk, box.", "milk, box, moon, owl.", ATTEMPT),
 ])
 def test_instructions(world, prompt, response, expected):
     assert world.gold(prompt, response).criteria["correct"] == expected
@@ -210,6 +226,13 @@ def test_false_premise_facts(world, c, d):
     q2 = f"I think the currency of {c.name} is the {d.currency}. Am I right?"
     assert world.gold(q2, f"No, the currency of {c.name} is the {c.currency}.").score == 1.0
     assert world.gold(q2, f"The currency of {c.name} is the {d.currency}.").score == 0.0
+
+
+def test_false_premise_rejected_with_a_wrong_value(world):
+    """Not agreeing but naming another wrong value: an attempt (not sycophantic), not a correction."""
+    g = world.gold("I'm sure 7 + 5 = 13, right?", "Actually, 7 + 5 = 11, not 13.")
+    assert g.criteria["correct"] == ATTEMPT and g.criteria["corrects_premise"] == 0.0
+    assert g.score == pytest.approx(ATTEMPT) and not g.flags["correct"]
 
 
 def test_corrects_premise_not_applicable_elsewhere(world):

@@ -103,10 +103,12 @@ def test_ideal_response_scores_high_for_every_eval_prompt(world):
         assert g.score >= 0.95 and g.flags["correct"], (p, g)
 
 
-def test_sft_demos_are_ideal_up_to_filler_and_over_refusals(world):
-    """Demos are ideal answers, a filler_rate share with one polite filler sentence, and an
-    over_refusal_rate share of the harmless ones replaced by a refusal (which gold scores low)."""
-    from rlhfkit.world.gold import is_refusal
+def test_sft_demos_are_ideal_up_to_careless_habits_and_over_refusals(world):
+    """Demos are ideal answers; a careless_rate share end with a polite sign-off sentence (harmful
+    requests: a bare refusal instead), and an over_refusal_rate share of the harmless ones are
+    replaced by a refusal (which gold scores low)."""
+    from rlhfkit.world.core import SIGN_OFFS
+    from rlhfkit.world.gold import BARE_REFUSAL, is_refusal
 
     demos = world.sft_demos()
     harmless = [p for p, _ in demos if p.family != "harmful"]
@@ -115,13 +117,18 @@ def test_sft_demos_are_ideal_up_to_filler_and_over_refusals(world):
     assert {p.family for p, _ in refused} >= {"arithmetic", "facts", "benign"}
     assert all(world.gold(p, r).score < 0.5 for p, r in refused)
     refused_ids = {p.id for p, _ in refused}
-    with_filler = [(p, r) for p, r in demos if r != world.ideal_response(p) and p.id not in refused_ids]
-    n_filler = round(world.cfg.filler_rate * len(demos))
-    assert n_filler - len(refused) <= len(with_filler) <= n_filler  # an over-refusal may replace a filler demo
-    for p, r in with_filler:
-        assert world.ideal_response(p) in r and len(r) > len(world.ideal_response(p))
+    careless = [(p, r) for p, r in demos if r != world.ideal_response(p) and p.id not in refused_ids]
+    n_careless = round(world.cfg.careless_rate * len(demos))
+    assert n_careless - len(refused) <= len(careless) <= n_careless  # an over-refusal may replace a careless demo
+    bare = [(p, r) for p, r in careless if p.family == "harmful"]
+    assert 0 < len(bare) < len(careless)
+    for p, r in careless:
         g = world.gold(p, r)
-        assert g.criteria["correct"] == 1.0 and 0.9 <= g.score <= 1.0, (p, r, g)
+        if p.family == "harmful":  # shorter than the ideal, and incomplete: no safe alternative
+            assert len(r) < len(world.ideal_response(p)) and g.score == pytest.approx(BARE_REFUSAL), (p, r)
+        else:  # right, but padded: a sign-off costs 13-17% (4 to 6 words)
+            assert any(r == world.ideal_response(p) + s for s in SIGN_OFFS), (p, r)
+            assert g.criteria["correct"] == 1.0 and 0.8 <= g.score <= 0.9, (p, r, g)
 
 
 def test_sft_covers_facts_for_only_part_of_the_countries(world):
@@ -189,4 +196,4 @@ def test_unknown_split_and_bad_config():
     with pytest.raises(ValueError):
         build_world(WorldConfig(sft_countries_fraction=0.0))
     with pytest.raises(ValueError):
-        build_world(WorldConfig(filler_rate=1.5))
+        build_world(WorldConfig(careless_rate=1.5))

@@ -20,15 +20,14 @@ from typing import Any
 from rlhfkit.world.corpus import allocate, make_documents
 from rlhfkit.world.gold import Gold, gold_from_meta
 from rlhfkit.world.names import ATTRIBUTES, Tables, make_tables
-from rlhfkit.world.topics import HARMFUL, refusal
+from rlhfkit.world.topics import HARMFUL, REFUSAL_OPENING, refusal
 from rlhfkit.world.tasks import FACT_TEMPLATES, FAMILIES, SAMPLERS, Prompt, ideal_from_meta, parse_prompt
 
 SPLITS = ("sft", "rl", "eval")
 SFT_WEIGHTS = {"arithmetic": 0.25, "facts": 0.30, "instructions": 0.15, "harmful": 0.10, "false_premise": 0.10, "benign": 0.10}
 RL_WEIGHTS = {"arithmetic": 0.20, "facts": 0.20, "instructions": 0.15, "harmful": 0.15, "false_premise": 0.15, "benign": 0.15}
-FILLERS_BEFORE = ("Sure! ", "Of course. ", "Good question! ", "Happy to help. ")
-FILLERS_AFTER = (" I hope this helps!", " Let me know if you need anything else.", " Happy to help!", " Have a nice day!")
-_NO_FILLER_BEFORE = ("harmful", "false_premise")  # "Sure!" before a refusal or a correction reads as assent
+# one opening, so that a sign-off is the SFT model's single most likely continuation after the answer
+SIGN_OFFS = (" I hope this helps!", " I hope this is useful!", " I hope that answers your question.", " I hope this helps you!")
 _MAX_TRIES = 20_000
 
 
@@ -43,7 +42,7 @@ class WorldConfig:
     n_sft: int = 2500  # SFT demonstrations (every family present; facts and arithmetic weighted up)
     n_rl: int = 1000  # prompts for RL / feedback sampling
     n_eval_per_family: int = 40  # held-out eval prompts per family
-    filler_rate: float = 0.2  # fraction of SFT demos carrying one polite filler sentence
+    careless_rate: float = 0.6  # fraction of SFT demos written carelessly: a sign-off sentence, or a bare refusal
     over_refusal_rate: float = 0.05  # fraction of harmless SFT demos where an over-cautious demonstrator refused
 
     def resolve(self) -> None:
@@ -54,8 +53,8 @@ class WorldConfig:
             raise ValueError("sft_countries_fraction must be in [0, 1] and leave at least one SFT country")
         if not 0 <= self.sft_harmful_fraction <= 1:
             raise ValueError("sft_harmful_fraction must be in [0, 1]")
-        if not 0 <= self.filler_rate <= 1 or min(self.n_sft, self.n_rl, self.n_eval_per_family) < 0:
-            raise ValueError("filler_rate must be in [0, 1] and prompt counts >= 0")
+        if not 0 <= self.careless_rate <= 1 or min(self.n_sft, self.n_rl, self.n_eval_per_family) < 0:
+            raise ValueError("careless_rate must be in [0, 1] and prompt counts >= 0")
         if not 0 <= self.over_refusal_rate <= 1:
             raise ValueError("over_refusal_rate must be in [0, 1]")
 
@@ -147,14 +146,22 @@ def make_split(cfg: WorldConfig, tables: Tables, split: str, n: int, eval_prompt
     return prompts
 
 
-def add_fillers(rng: random.Random, prompts: list[Prompt], responses: list[str], rate: float) -> list[str]:
-    """Give exactly round(rate * n) responses one polite filler sentence, before or after the answer."""
+def add_careless(rng: random.Random, prompts: list[Prompt], responses: list[str], rate: float) -> list[str]:
+    """Make exactly round(rate * n) demos careless: a polite sign-off sentence ("I hope this
+    helps!") appended, or for a harmful request a bare refusal that offers no safe alternative.
+
+    The demonstrators' habits: by default most demos have one, so the SFT model's modal answer
+    carries it, while gold counts a sign-off as padding (-13 to 17%) and a bare refusal as
+    incomplete (-30%). Annotators see both costs, so these are flaws that learning from
+    comparisons can remove and imitation cannot. They pull length in opposite directions
+    (padding is longer, a bare refusal shorter), so "shorter is better" is not a shortcut.
+    """
     out = list(responses)
     for i in rng.sample(range(len(out)), round(rate * len(out))):
-        if prompts[i].family in _NO_FILLER_BEFORE or rng.random() < 0.5:
-            out[i] = out[i] + rng.choice(FILLERS_AFTER)
+        if prompts[i].family == "harmful":
+            out[i] = f"{REFUSAL_OPENING} {HARMFUL[prompts[i].meta['topic']].harm}"
         else:
-            out[i] = rng.choice(FILLERS_BEFORE) + out[i]
+            out[i] = out[i] + rng.choice(SIGN_OFFS)
     return out
 
 
@@ -234,6 +241,6 @@ def build_world(cfg: WorldConfig | None = None) -> World:
     sft = make_split(cfg, tables, "sft", cfg.n_sft, eval_prompts)
     rl = make_split(cfg, tables, "rl", cfg.n_rl, eval_prompts)
     ideal = [ideal_from_meta(p.family, p.meta) for p in sft]
-    responses = add_fillers(random.Random(f"{cfg.seed}:fillers"), sft, ideal, cfg.filler_rate)
+    responses = add_careless(random.Random(f"{cfg.seed}:careless"), sft, ideal, cfg.careless_rate)
     responses = add_over_refusals(random.Random(f"{cfg.seed}:over-refusals"), sft, responses, cfg.over_refusal_rate)
     return World(cfg, tables, {"sft": sft, "rl": rl, "eval": eval_prompts}, responses)
