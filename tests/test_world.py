@@ -126,7 +126,7 @@ def test_sft_demos_are_ideal_up_to_careless_habits_and_over_refusals(world):
         g = world.gold(p, r)
         if p.family == "harmful":  # shorter than the ideal, and incomplete: no safe alternative
             assert len(r) < len(world.ideal_response(p)) and g.score == pytest.approx(BARE_REFUSAL), (p, r)
-        else:  # right, but padded: a sign-off costs 13-17% (4 to 6 words)
+        else:  # right, but padded: a sign-off costs 13-18% (4 to 6 words)
             assert any(r == world.ideal_response(p) + s for s in SIGN_OFFS), (p, r)
             assert g.criteria["correct"] == 1.0 and 0.8 <= g.score <= 0.9, (p, r, g)
 

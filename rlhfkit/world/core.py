@@ -151,10 +151,11 @@ def add_careless(rng: random.Random, prompts: list[Prompt], responses: list[str]
     helps!") appended, or for a harmful request a bare refusal that offers no safe alternative.
 
     The demonstrators' habits: by default most demos have one, so the SFT model's modal answer
-    carries it, while gold counts a sign-off as padding (-13 to 17%) and a bare refusal as
+    carries it, while gold counts a sign-off as padding (-13 to 18%) and a bare refusal as
     incomplete (-30%). Annotators see both costs, so these are flaws that learning from
     comparisons can remove and imitation cannot. They pull length in opposite directions
-    (padding is longer, a bare refusal shorter), so "shorter is better" is not a shortcut.
+    (padding is longer, a bare refusal shorter), so length alone does not tell careful from
+    careless (a reward model still picks up a preference for short answers: see README).
     """
     out = list(responses)
     for i in rng.sample(range(len(out)), round(rate * len(out))):
