@@ -186,6 +186,22 @@ def bradley_terry_loss(
     return loss, metrics
 
 
+def acceptability_loss(scores: torch.Tensor, acceptable: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
+    """Absolute marks on the reward scale: -mean[y log sigmoid(r) + (1 - y) log sigmoid(-r)].
+
+    Bradley-Terry against a fixed anchor answer of score 0: an answer marked
+    acceptable (y = 1) should beat the anchor, an unacceptable one lose to it.
+    Comparisons fix only differences within a prompt; these marks fix where 0
+    lies, the same for every prompt (the role of InstructGPT's 1-7 ratings; the
+    unpaired labels of KTO, Ethayarajh et al. 2024). scores: (N,); acceptable:
+    (N,) in [0, 1] (a mean over annotators is allowed). Metrics: rm/accept_{loss,
+    accuracy (sign of r agrees with y >= 0.5)}.
+    """
+    loss = F.binary_cross_entropy_with_logits(scores, acceptable.to(scores.dtype))
+    accuracy = ((scores > 0) == (acceptable >= 0.5)).float().mean()
+    return loss, {"rm/accept_loss": loss.detach(), "rm/accept_accuracy": accuracy.detach()}
+
+
 # ---------------------------------------------------------------- preference losses
 # Inputs, all (B,): summed (or, for length-normalised IPO, averaged: the caller
 # decides) sequence logprobs of the chosen / rejected response under the policy and

@@ -9,6 +9,7 @@ import torch
 
 from rlhfkit.losses import (
     PREFERENCE_LOSSES,
+    acceptability_loss,
     bradley_terry_loss,
     dpo_loss,
     explained_variance,
@@ -53,6 +54,23 @@ def test_bradley_terry_margin_and_metrics():
 def test_bradley_terry_is_stable_for_large_gaps():
     loss, _ = bradley_terry_loss(torch.tensor([0.0]), torch.tensor([1000.0]))
     assert loss.item() == pytest.approx(1000.0)
+
+
+def test_acceptability_loss_value_and_gradient_by_hand():
+    # marks 1, 1, 0 at scores 0, ln 3, -ln 3: sigmoid = 1/2, 3/4, 1/4
+    scores = f64([0.0, math.log(3), -math.log(3)]).requires_grad_()
+    loss, metrics = acceptability_loss(scores, f64([1.0, 1.0, 0.0]))
+    assert loss.item() == pytest.approx((math.log(2) + 2 * math.log(4 / 3)) / 3)
+    loss.backward()  # d/dr = (sigmoid(r) - y) / N
+    assert scores.grad.tolist() == pytest.approx([-1 / 6, -1 / 12, 1 / 12])
+    assert metrics["rm/accept_accuracy"].item() == pytest.approx(2 / 3)  # r = 0 is not above the anchor
+
+
+def test_acceptability_loss_takes_soft_marks():
+    # two annotators split on one answer: target 1/2, minimised at r = 0 (gradient sigmoid(0) - 1/2 = 0)
+    r = f64([0.0]).requires_grad_()
+    acceptability_loss(r, f64([0.5]))[0].backward()
+    assert r.grad.item() == pytest.approx(0.0)
 
 
 # ---------------------------------------------------------------- PPO policy

@@ -15,7 +15,7 @@ import random
 
 import pytest
 
-from rlhfkit.feedback.simulated import Annotator, PanelConfig, label_queue, rank
+from rlhfkit.feedback.simulated import Annotator, PanelConfig, acceptable, label_queue, rank
 from rlhfkit.feedback.store import FeedbackStore
 from rlhfkit.world import WorldConfig, build_world
 
@@ -113,6 +113,34 @@ def test_noise_free_panel_writes_only_gold_consistent_pairs_to_the_store(world, 
     assert all(gold[(r["prompt"], r["chosen"])] > gold[(r["prompt"], r["rejected"])] for r in pairs)
     assert {r["source"] for r in pairs} == {"simulated"}
     assert store.stats()["agreement"]["alpha_nominal"] == 1.0  # the panel never disagrees
+
+
+def test_noise_free_unbiased_annotator_marks_acceptable_iff_gold_above_threshold(world, prompts):
+    a, rng = annotator(), random.Random(0)
+    for p in prompts:
+        texts = candidates(world, p)
+        golds, words, agrees = features(world, p, texts)
+        for threshold in (0.05, 0.5, 0.95):
+            assert acceptable(a, golds, words, agrees, threshold, rng) == [g > threshold for g in golds], p.text
+
+
+def test_panel_marks_travel_with_the_exported_pairs(world, prompts, store, tmp_path):
+    label_queue(store, world, rows_for(world, prompts), PanelConfig(**NO_BIAS, accept_threshold=0.5))
+    pairs = exported(store, tmp_path / "pairs.jsonl")
+    gold = {(p.text, t): world.gold(p, t).score for p in prompts for t in candidates(world, p)}
+    for r in pairs:
+        assert r["meta"]["chosen_acceptable"] == (gold[(r["prompt"], r["chosen"])] > 0.5)
+        assert r["meta"]["rejected_acceptable"] == (gold[(r["prompt"], r["rejected"])] > 0.5)
+        assert "acceptable" not in r["meta"]  # the raw id list stays in the store
+    assert {r["meta"]["rejected_acceptable"] for r in pairs} == {True, False}  # both kinds occur
+
+
+def test_noisy_marks_disagree_with_gold_near_the_threshold(world, prompts):
+    # an answer exactly at the threshold is a coin flip; one far above it is nearly always acceptable
+    a, rng = annotator(noise=1.0), random.Random(0)
+    flips = [acceptable(a, [0.5, 1.0], [10, 10], [False, False], 0.5, rng) for _ in range(2000)]
+    assert 0.45 < sum(f[0] for f in flips) / 2000 < 0.55
+    assert sum(f[1] for f in flips) / 2000 > 0.95
 
 
 # ---------------------------------------------------------------- biases, at equal gold

@@ -23,14 +23,19 @@ def test_sft_lowers_heldout_loss(tiny_runs):
     assert "lr: 0.003" in cfg and (tiny_runs / "sft" / "run.json").exists()
 
 
-def verbose_pairs(path, world_args=WORLD, n=None):
-    """Preference pairs with a known answer: the ideal response beats the same response padded with filler."""
+def _world(world_args=WORLD):
     from rlhfkit.config import load_config
-    from rlhfkit.data.loaders import write_jsonl
     from rlhfkit.stages.sft import Config
     from rlhfkit.world import build_world
 
-    world = build_world(load_config(Config, overrides=world_args).world)
+    return build_world(load_config(Config, overrides=world_args).world)
+
+
+def verbose_pairs(path, world_args=WORLD, n=None):
+    """Preference pairs with a known answer: the ideal response beats the same response padded with filler."""
+    from rlhfkit.data.loaders import write_jsonl
+
+    world = _world(world_args)
     rows = []
     for i, p in enumerate(world.prompts("rl")[:n]):
         ideal = world.ideal_response(p)
@@ -49,6 +54,26 @@ def test_reward_model_learns_the_labelled_preference(tiny_runs):
     saved = json.loads((tiny_runs / "rm" / "rm_metrics.json").read_text())
     cfg = json.loads((tiny_runs / "rm" / "model" / "config.json").read_text())
     assert cfg["rlhfkit_score_offset"] == pytest.approx(saved["score_offset"])
+
+
+def test_acceptability_marks_put_answers_to_different_prompts_on_one_scale(tiny_runs):
+    """Comparisons say only 'ideal beats padded'; the marks say every answer to an arithmetic
+    prompt is unacceptable and every other answer acceptable. The RM must learn that offset."""
+    from rlhfkit.data.loaders import write_jsonl
+
+    from rlhfkit.world.tasks import parse_prompt
+
+    rows = verbose_pairs(f"{tiny_runs}/pairs_marked.jsonl")
+    tables = _world().tables
+    for r in rows:
+        ok = parse_prompt(r["prompt"], tables)[0] != "arithmetic"
+        r["meta"] = {"chosen_acceptable": ok, "rejected_acceptable": ok}
+    write_jsonl(f"{tiny_runs}/pairs_marked.jsonl", rows)
+    rlhfkit("rm", f"--out_dir={tiny_runs}/rm_marked", f"--model={tiny_runs}/sft/model", f"--data={tiny_runs}/pairs_marked.jsonl",
+            "--epochs=6", "--batch_groups=4", "--lr=3e-3", "--heldout_fraction=0.25", "--eval_every=10", "--evaluate=false")
+    accept = [m["eval/accept_accuracy"] for m in metrics(f"{tiny_runs}/rm_marked") if "eval/accept_accuracy" in m]
+    assert accept[-1] >= 0.9 > accept[0], accept  # held-out answers: sign(raw score) matches the mark
+    assert any("train/accept_loss" in m for m in metrics(f"{tiny_runs}/rm_marked"))
 
 
 def test_reward_model_killed_and_resumed_matches_an_uninterrupted_run(tiny_runs):

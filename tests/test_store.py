@@ -151,10 +151,28 @@ def test_export_import_round_trip(store, tmp_path):
     assert other.export_jsonl(str(again), source="human") == 1
 
 
+def test_acceptable_marks_export_per_side_and_survive_a_round_trip(store, tmp_path):
+    pid, rids = one_prompt(store, texts=("good", "ok", "bad"))
+    a, _ = store.add_annotator("sim-0", "simulated")
+    store.add_ranking(pid, [rids[0], rids[1], rids[2]], a, "simulated", meta={"acceptable": [rids[0], rids[1]]})
+    marks = [(c.chosen, c.meta["chosen_acceptable"], c.rejected, c.meta["rejected_acceptable"])
+             for c in store.preference_pairs()]
+    assert marks == [("good", True, "ok", True), ("good", True, "bad", False), ("ok", True, "bad", False)]
+    out, again = tmp_path / "pairs.jsonl", tmp_path / "again.jsonl"
+    store.export_jsonl(str(out))
+    other = FeedbackStore(f"sqlite:///{tmp_path / 'other.db'}")
+    other.import_jsonl(str(out))
+    other.export_jsonl(str(again))
+    assert again.read_text() == out.read_text()
+    with pytest.raises(ValueError, match="acceptable"):  # a mark on a response the judgement does not cover
+        store.add_ranking(pid, [rids[0], rids[1]], a, "simulated", meta={"acceptable": [rids[2]]})
+
+
 @pytest.mark.parametrize("bad_line, where", [
     ('{"prompt": "p", "chosen": "a", "rejected": ', "invalid JSON"),
     ('{"prompt": "p", "chosen": "a"}', "missing field 'rejected'"),
     ('{"prompt": "p", "chosen": "a", "rejected": 7}', "field 'rejected'"),
+    ('{"prompt": "p", "chosen": "a", "rejected": "b", "meta": {"chosen_acceptable": "yes"}}', "field 'meta.chosen_acceptable'"),
 ])
 def test_import_malformed_names_file_line_field_and_writes_nothing(store, tmp_path, bad_line, where):
     path = tmp_path / "pairs.jsonl"

@@ -126,6 +126,9 @@ def parse_example(row: dict[str, Any], loc: str) -> Example:
     return Example(prompt, messages[-1].content, _meta(row, ("messages",), loc))
 
 
+ACCEPTABLE_FIELDS = ("chosen_acceptable", "rejected_acceptable")
+
+
 def parse_comparison(row: dict[str, Any], loc: str) -> Comparison:
     """One preference row -> `Comparison` (explicit prompt, conversational, or implicit-prompt form)."""
     chosen, rejected = _required(row, "chosen", loc), _required(row, "rejected", loc)
@@ -141,7 +144,11 @@ def parse_comparison(row: dict[str, Any], loc: str) -> Comparison:
     if provenance["source"] is not None and provenance["source"] not in SOURCES:
         raise _field_error(loc, "source", f"expected one of {', '.join(SOURCES)}, got {provenance['source']!r}")
     used = ("prompt", "chosen", "rejected", "source", "annotator", "group")
-    return Comparison(prompt, chosen, rejected, meta=_meta(row, used, loc),
+    meta = _meta(row, used, loc)
+    for name in ACCEPTABLE_FIELDS:  # optional absolute marks (rlhfkit.feedback.simulated): true / false
+        if meta.get(name) is not None and not isinstance(meta[name], bool):
+            raise _field_error(loc, f"meta.{name}", f"expected true or false, got {_kind(meta[name])}")
+    return Comparison(prompt, chosen, rejected, meta=meta,
                       **{k: v for k, v in provenance.items() if v is not None})
 
 

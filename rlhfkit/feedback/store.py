@@ -343,6 +343,9 @@ class FeedbackStore:
             raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
         if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 128):
             raise ValueError("an idempotency key is a string of 1 to 128 characters")
+        ok = (meta or {}).get("acceptable")
+        if ok is not None and (not isinstance(ok, list) or not set(ok) <= set(response_ids)):
+            raise ValueError("meta 'acceptable' must list ids of the judged responses")
         row.update(prompt_id=prompt_id, annotator_id=annotator_id, source=source, item_id=item_id, key=key,
                    flag_harmful=bool(flag_harmful), note=(note or "")[:MAX_NOTE], meta=meta or {})
         return self._retrying(lambda c: self._insert_judgement(c, row, response_ids))
@@ -420,7 +423,11 @@ class FeedbackStore:
     # -- export / import
 
     def preference_pairs(self, source: str | None = None) -> list[Comparison]:
-        """Every judgement as (chosen, rejected) pairs; `group` = the judgement id (or an imported group)."""
+        """Every judgement as (chosen, rejected) pairs; `group` = the judgement id (or an imported group).
+
+        A judgement whose meta lists the responses its annotator marked `acceptable` gives each pair
+        `meta.chosen_acceptable` / `meta.rejected_acceptable` (what `rm` fits the absolute term on).
+        """
         rows = self.judgements(source)
         with self._read() as c:
             texts = {r.id: r for r in c.execute(select(responses.c.id, responses.c.text, responses.c.policy))}
@@ -428,14 +435,18 @@ class FeedbackStore:
         out = []
         for j in rows:
             p = prompt_rows[j.prompt_id]
+            extra = dict(j.meta)
+            ok = extra.pop("acceptable", None)  # ids the annotator marked acceptable -> a mark on each side
             for better, worse in judgement_pairs(j):
                 meta = {"family": p.family, "chosen_policy": texts[better].policy,
                         "rejected_policy": texts[worse].policy, "judgement": j.id, "flag_harmful": j.flag_harmful}
+                if ok is not None:
+                    meta.update(chosen_acceptable=better in ok, rejected_acceptable=worse in ok)
                 if j.note:
                     meta["note"] = j.note
                 out.append(Comparison(p.text, texts[better].text, texts[worse].text, source=j.source,
                                       annotator=j.annotator, group=j.group_key or str(j.id),
-                                      meta={**meta, **j.meta}))
+                                      meta={**meta, **extra}))
         return out
 
     def export_jsonl(self, path: str, source: str | None = None) -> int:

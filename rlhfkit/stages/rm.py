@@ -9,6 +9,14 @@ spread over many steps, which overfits. Dropout is off. After training the
 scores are shifted so their mean over the SFT samples in the training data is 0
 (Ziegler et al. 2019); the offset and std are stored in the model's config.
 
+Absolute marks: where the labellers also marked each answer acceptable or not
+(`meta.chosen_acceptable` / `meta.rejected_acceptable`, as the simulated panel
+does), `accept_coef` adds a logistic loss putting acceptable answers above 0
+and the others below (losses.acceptability_loss). Bradley-Terry alone leaves
+each prompt's offset free, so scores of answers to different prompts are not
+comparable; the marks tie them to one scale. Pairs without marks train as
+plain Bradley-Terry.
+
 Data: preference JSONL / Parquet / HF dataset (`prompt`, `chosen`, `rejected`),
 as exported by the feedback store (human, simulated or AI-judge labels alike).
 """
@@ -28,7 +36,7 @@ from rlhfkit import checkpoint
 from rlhfkit.data.chat import pad_batch, render_example
 from rlhfkit.data.packing import epoch_batches
 from rlhfkit.data.records import Comparison
-from rlhfkit.losses import bradley_terry_loss
+from rlhfkit.losses import acceptability_loss, bradley_terry_loss
 from rlhfkit.models.load import pick_device
 from rlhfkit.models.reward import load_scalar_model, scalar_model_from_lm, sequence_scores
 from rlhfkit.optim import adamw, cosine_lr, set_lr
@@ -45,12 +53,13 @@ class Config:
     heldout_fraction: float = 0.1  # groups (rankings) kept out for held-out accuracy
     epochs: float = 4.0  # passes over the training groups
     batch_groups: int = 8  # rankings per optimiser step (all their pairs)
-    lr: float = 1e-3  # peak learning rate
+    lr: float = 3e-4  # peak learning rate
     warmup_steps: int = 10  # linear warmup
     min_lr_ratio: float = 0.1  # cosine floor
     weight_decay: float = 0.0  # AdamW decay on matrices
     grad_clip: float = 1.0  # max gradient norm
     margin: float | None = None  # optional BT margin (Llama 2 style), subtracted from r_c - r_r
+    accept_coef: float = 1.0  # weight of the acceptability loss on pairs with acceptable marks (0: off)
     max_len: int = 256  # longest rendered prompt + response
     eval_every: int = 50  # held-out accuracy every N steps
     ckpt_every: int = 200  # checkpoint (model, optimiser, RNG) every N steps; a rerun resumes from the last
@@ -83,16 +92,40 @@ def score_pairs(model, tok, pairs: list[Comparison], max_len: int, device, norma
     return chosen, rejected
 
 
+def acceptable_marks(pairs: list[Comparison]) -> torch.Tensor:
+    """(2N,) acceptability marks of the chosen then the rejected sides, 1. / 0., NaN where a pair has none."""
+    mark = lambda v: float("nan") if v is None else float(v)
+    return torch.tensor([mark(p.meta.get(f"{side}_acceptable")) for side in ("chosen", "rejected") for p in pairs])
+
+
+def rm_loss(chosen, rejected, marks, margin, accept_coef):
+    """Bradley-Terry on the pairs plus `accept_coef` x the acceptability loss on the marked sides."""
+    loss, stats = bradley_terry_loss(chosen, rejected, margin)
+    marked = ~marks.isnan()
+    if accept_coef and marked.any():
+        accept, accept_stats = acceptability_loss(torch.cat([chosen, rejected])[marked], marks[marked].to(chosen.device))
+        loss, stats = loss + accept_coef * accept, {**stats, **accept_stats}
+    return loss, stats
+
+
 @torch.no_grad()
-def accuracy(model, tok, groups: list[list[Comparison]], max_len: int, device) -> float:
+def accuracy(model, tok, groups: list[list[Comparison]], max_len: int, device) -> dict[str, float]:
+    """Held-out pairwise accuracy and, over the marked answers, how often sign(raw score) matches the mark."""
     model.eval()
-    right = total = 0
+    right = total = accept_right = marked = 0
     for i in range(0, len(groups), 16):
         pairs = [p for g in groups[i : i + 16] for p in g]
         c, r = score_pairs(model, tok, pairs, max_len, device)
         right, total = right + (c > r).sum().item(), total + len(pairs)
+        marks = acceptable_marks(pairs)
+        sel = ~marks.isnan()
+        accept_right += ((torch.cat([c, r]).cpu()[sel] > 0) == (marks[sel] >= 0.5)).sum().item()
+        marked += sel.sum().item()
     model.train()
-    return right / max(total, 1)
+    out = {"eval/accuracy": right / max(total, 1)}
+    if marked:
+        out["eval/accept_accuracy"] = accept_right / marked
+    return out
 
 
 def train(cfg: Config) -> str:
@@ -122,7 +155,7 @@ def train(cfg: Config) -> str:
     optimizer = adamw(model, cfg.lr, cfg.weight_decay)
     start, _ = checkpoint.resume(ckpt, cfg.out_dir, optimizer, "rm")
     if not start:
-        run.log(0, {"eval/accuracy": accuracy(model, tok, heldout, cfg.max_len, device)})
+        run.log(0, accuracy(model, tok, heldout, cfg.max_len, device))
 
     # 3. Train: all pairs of a few rankings per step.
     model.train()
@@ -131,15 +164,17 @@ def train(cfg: Config) -> str:
         set_lr(optimizer, lr)
         pairs = [p for i in epoch_batches(len(train_groups), cfg.batch_groups, step, cfg.seed) for p in train_groups[i]]
         chosen, rejected = score_pairs(model, tok, pairs, cfg.max_len, device)
-        loss, stats = bradley_terry_loss(chosen, rejected, cfg.margin)
+        loss, stats = rm_loss(chosen, rejected, acceptable_marks(pairs), cfg.margin, cfg.accept_coef)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         metrics = {"train/loss": loss.item(), "train/accuracy": stats["rm/accuracy"].item(),
                    "train/margin": stats["rm/margin"].item(), "train/lr": lr, "train/grad_norm": grad_norm.item()}
+        if "rm/accept_loss" in stats:
+            metrics["train/accept_loss"] = stats["rm/accept_loss"].item()
         if (step + 1) % cfg.eval_every == 0 or step + 1 == max_steps:
-            metrics["eval/accuracy"] = accuracy(model, tok, heldout, cfg.max_len, device)
+            metrics.update(accuracy(model, tok, heldout, cfg.max_len, device))
         run.log(step + 1, metrics)
         if (step + 1) % cfg.ckpt_every == 0 and step + 1 < max_steps:
             checkpoint.save_checkpoint(cfg.out_dir, step + 1, {"rm": model}, {"optimizer": optimizer.state_dict()}, tok)
@@ -150,7 +185,8 @@ def train(cfg: Config) -> str:
     out = os.path.join(cfg.out_dir, "model")
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    final = {"heldout_accuracy": metrics["eval/accuracy"], "score_offset": offset, "score_std": std,
+    final = {"heldout_accuracy": metrics["eval/accuracy"], "heldout_accept_accuracy": metrics.get("eval/accept_accuracy"),
+             "score_offset": offset, "score_std": std,
              "train_pairs": n_pairs, "heldout_pairs": sum(map(len, heldout))}
     print(f"[rm] held-out accuracy {final['heldout_accuracy']:.3f}; offset {offset:.3f}, std {std:.3f}; saved {out}", flush=True)
     if cfg.evaluate:
