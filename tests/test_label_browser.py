@@ -136,6 +136,7 @@ def test_label_in_a_real_browser(chromium, server, tmp_path):
     r = ranked_texts(page)
     page.drag_and_drop('#order li[data-pos="4"]', '#order li[data-pos="1"]', target_position={"x": 20, "y": 3})
     page.click('#order li[data-pos="3"] button.up')
+    page.check('#order li[data-pos="4"] input[name="acceptable"]')  # only the best one is acceptable
     order = [r[4], r[1], r[3], r[2]]
     assert [text(page, f"#order li:nth-child({i}) pre.text") for i in (1, 2, 3, 4)] == order
     with page.expect_navigation():
@@ -156,6 +157,11 @@ def test_label_in_a_real_browser(chromium, server, tmp_path):
     flagged = [x for x in rows if x["meta"]["flag_harmful"]]
     assert [(x["prompt"], x["meta"]["note"]) for x in flagged] == [("P4", "b is rude; 1 2 t u s")]
     assert {x["annotator"] for x in rows} == {"ann"} and {x["source"] for x in rows} == {"human"}
+    marks = {(x["prompt"], x["chosen"], x["rejected"]): (x["meta"].get("chosen_acceptable"), x["meta"].get("rejected_acceptable"))
+             for x in rows}
+    assert {marks[("R2", order[i], order[j])] for i in range(4) for j in range(i + 1, 4)} == {(True, False), (False, False)}
+    assert marks[("R2", order[0], order[1])] == (True, False)
+    assert marks[("P1",) + expected[0][1:]] == (None, None)  # no box touched: no marks
     assert os.path.getsize(tmp_path / "label.png") > 1000
 
     # another browser without a session is turned away

@@ -243,3 +243,27 @@ def test_submit_idempotent_undo_skip_and_ranking(annotator):
     assert "Nothing left to label" in client.get("/label").text
     # a skipped item cannot be judged afterwards
     assert api_judge(client, csrf, **pairwise_fields(second, "a", "key-4")).status_code == 409
+
+
+def test_acceptability_marks_from_json_and_form(annotator):
+    client, csrf, store = annotator
+    first = client.get("/api/next").json()["item"]
+    fields = pairwise_fields(first, "a", "key-m1")
+    bad = api_judge(client, csrf, **fields, marks=True, acceptable=[10**6])
+    assert bad.status_code == 400 and "acceptable" in bad.text and store.judgement_count() == 0
+    assert api_judge(client, csrf, **fields, marks=True, acceptable=[]).status_code == 200  # none acceptable
+    [pair] = store.preference_pairs()
+    assert (pair.meta["chosen_acceptable"], pair.meta["rejected_acceptable"]) == (False, False)
+
+    second = client.get("/api/next").json()["item"]
+    a, b = second["responses"][:2] if second["mode"] == "pairwise" else (None, None)
+    if a is None:  # a ranking item: tick the one ranked best
+        ids = [r["id"] for r in second["responses"]]
+        data = {"ranking": ",".join(map(str, ids)), "acceptable": str(ids[0]), "marks": "1"}
+    else:
+        data = {"a_id": str(a["id"]), "b_id": str(b["id"]), "choice": "a", "acceptable": str(a["id"]), "marks": "1"}
+    r = client.post("/label/submit", data={"csrf": csrf, "item_id": str(second["id"]), "key": "key-m2", **data},
+                    follow_redirects=False)
+    assert r.status_code == 303
+    marked = [(p.meta["chosen_acceptable"], p.meta["rejected_acceptable"]) for p in store.preference_pairs()[1:]]
+    assert marked and marked[0] == (True, False) and all(not rej for _, rej in marked)

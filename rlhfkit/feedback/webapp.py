@@ -122,7 +122,11 @@ async def payload(request: Request) -> dict[str, Any]:
             raise HTTPException(400, "the JSON body must be an object")
         return data
     if ctype.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
-        return dict(await request.form())
+        form = await request.form()
+        data = dict(form)
+        if "acceptable" in form:  # one checkbox per response: a repeated field
+            data["acceptable"] = form.getlist("acceptable")
+        return data
     return {}
 
 
@@ -140,6 +144,23 @@ def ranking_field(data: dict[str, Any]) -> list[int]:
     if not isinstance(parts, list) or not parts:
         raise HTTPException(400, "field 'ranking' must list the response ids, best first")
     return [int_field({"ranking": p}, "ranking") for p in parts]
+
+
+def marks_field(data: dict[str, Any], response_ids: list[int]) -> dict[str, Any]:
+    """Judgement meta with the ids the annotator ticked as acceptable, if the form collected marks.
+
+    The page sends `marks=1` once a checkbox was touched (a JSON client sends `marks: true`), so
+    "none is acceptable" differs from "not marked" ({}). Pairwise `both_bad` means neither is acceptable.
+    """
+    if data.get("choice") == "both_bad":
+        return {"acceptable": []}
+    if data.get("marks") not in (True, 1, "1", "true") and not data.get("acceptable"):
+        return {}
+    value = data.get("acceptable") or []
+    ids = [int_field({"acceptable": v}, "acceptable") for v in (value if isinstance(value, list) else [value])]
+    if not set(ids) <= set(response_ids):
+        raise HTTPException(400, "field 'acceptable' must list ids of the responses shown")
+    return {"acceptable": sorted(set(ids))}
 
 
 def flag_field(data: dict[str, Any]) -> bool:
@@ -177,7 +198,8 @@ def submit(store: FeedbackStore, who: Who, data: dict[str, Any]) -> int:
     """Store one judgement posted by an annotator (form or JSON); returns its id.
 
     Pairwise: item_id, a_id, b_id, choice. Ranking: item_id, ranking (ids, best first).
-    Optional: key (idempotency), flag_harmful, note. The item must have been handed to this annotator.
+    Optional: key (idempotency), flag_harmful, note, acceptable (ids marked acceptable; see marks_field).
+    The item must have been handed to this annotator.
     """
     aid, item_id = who.annotator.id, int_field(data, "item_id")
     item = store.item(item_id)
@@ -189,7 +211,7 @@ def submit(store: FeedbackStore, who: Who, data: dict[str, Any]) -> int:
     if status == "skipped":
         raise HTTPException(409, f"you skipped item {item_id}")
     common = dict(source="human", item_id=item_id, key=key_field(data), flag_harmful=flag_field(data),
-                  note=note_field(data))
+                  note=note_field(data), meta=marks_field(data, [r.id for r in item.responses]))
     if "choice" in data:
         return store.add_pairwise(item.prompt_id, int_field(data, "a_id"), int_field(data, "b_id"),
                                   str(data["choice"]), aid, **common)

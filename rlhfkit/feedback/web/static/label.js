@@ -106,6 +106,12 @@
     });
   }
 
+  // Acceptability ticks are optional: the form says it collected marks only once one was touched,
+  // so an annotator who ignores the boxes leaves no marks rather than "nothing is acceptable".
+  document.querySelectorAll('input[name="acceptable"]').forEach(function (box) {
+    box.addEventListener("change", function () { byId("marks").value = "1"; });
+  });
+
   var PAIR_KEYS = { "1": "choose-a", "2": "choose-b", "t": "choose-tie", "b": "choose-both-bad" };
   document.addEventListener("keydown", function (e) {
     if (e.ctrlKey || e.metaKey || e.altKey) return;
