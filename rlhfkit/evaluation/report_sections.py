@@ -322,6 +322,7 @@ FEEDBACK_ITEMS = (("items", "items ranked"), ("judgements", "judgements"), ("ann
                   ("pairs", "preference pairs"), ("agreement.alpha_nominal", "Krippendorff's α"),
                   ("agreement.kappa_mean", "mean Cohen's κ"))
 RM_ITEMS = (("heldout_accuracy", "held-out pairwise accuracy"), ("ceiling", "annotator-agreement ceiling"),
+            ("heldout_accept_accuracy", "held-out acceptability marks matched (sign of the raw score)"),
             ("spearman_rm_gold", "Spearman(RM score, gold), pooled"),
             ("spearman_rm_gold_within_prompt", "Spearman(RM score, gold), within a prompt"), ("calibration.ece", "calibration error (ECE)"),
             ("bias_verbosity.mean_score_delta", "score gain from a polite filler"),
