@@ -59,7 +59,7 @@ class Config:
     max_new_tokens: int = 40  # response length limit
     temperature: float = 0.7  # sampling temperature (logprobs recomputed with the same T)
     missing_eos_penalty: float | None = -1.0  # added to the score of a response without EOS (None: off)
-    kl_coef: float = 0.2  # beta, the KL penalty coefficient (initial value if adaptive)
+    kl_coef: float = 0.5  # beta, the KL penalty coefficient (initial value if adaptive)
     kl_estimator: str = "k1"  # per-token KL in the reward: k1 | k2 | k3
     adaptive_kl: bool = False  # adapt beta towards kl_target (Ziegler et al. 2019)
     kl_target: float = 1.0  # target KL per sequence (nats) for the adaptive controller
