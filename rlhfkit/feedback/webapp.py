@@ -146,11 +146,12 @@ def ranking_field(data: dict[str, Any]) -> list[int]:
     return [int_field({"ranking": p}, "ranking") for p in parts]
 
 
-def marks_field(data: dict[str, Any], response_ids: list[int]) -> dict[str, Any]:
+def marks_field(data: dict[str, Any]) -> dict[str, Any]:
     """Judgement meta with the ids the annotator ticked as acceptable, if the form collected marks.
 
     The page sends `marks=1` once a checkbox was touched (a JSON client sends `marks: true`), so
     "none is acceptable" differs from "not marked" ({}). Pairwise `both_bad` means neither is acceptable.
+    The store rejects ids that are not among the judged responses.
     """
     if data.get("choice") == "both_bad":
         return {"acceptable": []}
@@ -158,8 +159,6 @@ def marks_field(data: dict[str, Any], response_ids: list[int]) -> dict[str, Any]
         return {}
     value = data.get("acceptable") or []
     ids = [int_field({"acceptable": v}, "acceptable") for v in (value if isinstance(value, list) else [value])]
-    if not set(ids) <= set(response_ids):
-        raise HTTPException(400, "field 'acceptable' must list ids of the responses shown")
     return {"acceptable": sorted(set(ids))}
 
 
@@ -211,7 +210,7 @@ def submit(store: FeedbackStore, who: Who, data: dict[str, Any]) -> int:
     if status == "skipped":
         raise HTTPException(409, f"you skipped item {item_id}")
     common = dict(source="human", item_id=item_id, key=key_field(data), flag_harmful=flag_field(data),
-                  note=note_field(data), meta=marks_field(data, [r.id for r in item.responses]))
+                  note=note_field(data), meta=marks_field(data))
     if "choice" in data:
         return store.add_pairwise(item.prompt_id, int_field(data, "a_id"), int_field(data, "b_id"),
                                   str(data["choice"]), aid, **common)
