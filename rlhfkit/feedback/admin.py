@@ -139,6 +139,28 @@ def agreement(rows: Iterable[Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------- operations (CLI: rlhfkit label ...)
 
 
+def judgement_stats(rows: Sequence[Any], kinds: dict[str, str]) -> dict[str, Any]:
+    """Counts per source and annotator (judgements, mean seconds per item) and inter-annotator agreement.
+
+    `rows`: judgement rows joined with the annotator's name; `kinds`: annotator name -> kind.
+    Agreement (see `agreement`) is computed over units judged by >= 2 annotators: a unit is a prompt
+    with the set of responses judged.
+    """
+    from rlhfkit.feedback.schema import judgement_pairs
+
+    per: dict[str, dict[str, Any]] = {}
+    for j in rows:
+        a = per.setdefault(j.annotator, {"kind": kinds.get(j.annotator), "judgements": 0, "_secs": []})
+        a["judgements"] += 1
+        if j.seconds is not None:
+            a["_secs"].append(j.seconds)
+    for a in per.values():
+        secs = a.pop("_secs")
+        a["mean_seconds"] = sum(secs) / len(secs) if secs else None
+    return {"judgements": len(rows), "pairs": sum(len(judgement_pairs(j)) for j in rows),
+            "by_source": dict(Counter(j.source for j in rows)), "annotators": per, "agreement": agreement(rows)}
+
+
 def serve(db: str, host: str = "127.0.0.1", port: int = 8000, admin_token: str | None = None) -> None:
     """Run the labelling app. The admin token comes from the argument, else $RLHFKIT_ADMIN_TOKEN, else a
     fresh random one printed once. Binds loopback unless `host` says otherwise."""

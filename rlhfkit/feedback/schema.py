@@ -3,12 +3,13 @@
 `rlhfkit.feedback.store.FeedbackStore` is the API; this module is what it is
 built from: the SQLAlchemy tables, the SQLite engine settings (WAL, busy
 timeout, BEGIN IMMEDIATE for writes), and the functions that need no database
-(ranking -> pairs, queue-row parsing).
+(ranking -> pairs, judgement -> comparisons, queue-row and import-record parsing).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -18,7 +19,8 @@ from sqlalchemy import (JSON, Boolean, Column, Float, ForeignKey, Index, Integer
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 
-from rlhfkit.data.loaders import DataError
+from rlhfkit.data.loaders import ACCEPTABLE_FIELDS, DataError, parse_comparison
+from rlhfkit.data.records import Comparison
 
 # ---------------------------------------------------------------- schema
 
@@ -188,6 +190,41 @@ def judgement_pairs(row: Any) -> list[tuple[int, int]]:
     if row.kind == "ranking":
         return ranking_pairs(row.ranking)
     return {"a": [(row.a_id, row.b_id)], "b": [(row.b_id, row.a_id)]}.get(row.choice, [])
+
+
+def judgement_comparisons(row: Any, prompt: Any, texts: dict[int, Any]) -> list[Comparison]:
+    """One judgement row (joined with its annotator's name) as `Comparison`s; `prompt` is its prompts row,
+    `texts` maps response id -> responses row. `group` = the judgement id (or an imported group).
+
+    A judgement whose meta lists the responses its annotator marked `acceptable` gives each pair
+    `meta.chosen_acceptable` / `meta.rejected_acceptable` (what `rm` fits the absolute term on).
+    """
+    extra = dict(row.meta)
+    ok = extra.pop("acceptable", None)  # ids the annotator marked acceptable -> a mark on each side
+    out = []
+    for better, worse in judgement_pairs(row):
+        meta = {"family": prompt.family, "chosen_policy": texts[better].policy,
+                "rejected_policy": texts[worse].policy, "judgement": row.id, "flag_harmful": row.flag_harmful}
+        if ok is not None:
+            meta.update(zip(ACCEPTABLE_FIELDS, (better in ok, worse in ok)))
+        if row.note:
+            meta["note"] = row.note
+        out.append(Comparison(prompt.text, texts[better].text, texts[worse].text, source=row.source,
+                              annotator=row.annotator, group=row.group_key or str(row.id), meta={**meta, **extra}))
+    return out
+
+
+def parse_import_record(row: dict[str, Any], loc: str, source: str | None) -> tuple[Comparison, str, str]:
+    """One preference record to import -> (comparison, source, idempotency key); DataError names `loc`.
+
+    `source` fills a record that carries none; a record naming a different one is an error. The key is
+    the hash of the record's content, so importing a file twice writes nothing the second time.
+    """
+    comp = parse_comparison(row, loc)
+    if source is not None and row.get("source") not in (None, source):
+        raise DataError(f"{loc}: field 'source': expected {source!r}, got {row['source']!r}")
+    key = "import:" + _sha(json.dumps(row, sort_keys=True, ensure_ascii=False, default=str))
+    return comp, row.get("source") or source or "human", key
 
 
 def parse_queue_row(row: dict[str, Any], loc: str) -> tuple[str, list[tuple[str, str, dict]], str | None]:

@@ -35,12 +35,12 @@ from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from rlhfkit.data.loaders import DataError, parse_comparison, read_records, write_jsonl
+from rlhfkit.data.loaders import DataError, read_records, write_jsonl
 from rlhfkit.data.records import SOURCES, Comparison
-from rlhfkit.feedback.admin import agreement
+from rlhfkit.feedback.admin import judgement_stats
 from rlhfkit.feedback.schema import (Annotator, Item, Response, _sha, annotators, assignments, group_queue,
-                                     judgement_pairs, judgements, make_engine, metadata, parse_queue_row, prompts,
-                                     queue_items, responses, settings)
+                                     judgement_comparisons, judgements, make_engine, metadata, parse_import_record,
+                                     parse_queue_row, prompts, queue_items, responses, settings)
 
 KINDS = ("human", "simulated", "ai")  # annotator kinds
 CHOICES = ("a", "b", "tie", "both_bad")  # pairwise verdicts
@@ -423,31 +423,12 @@ class FeedbackStore:
     # -- export / import
 
     def preference_pairs(self, source: str | None = None) -> list[Comparison]:
-        """Every judgement as (chosen, rejected) pairs; `group` = the judgement id (or an imported group).
-
-        A judgement whose meta lists the responses its annotator marked `acceptable` gives each pair
-        `meta.chosen_acceptable` / `meta.rejected_acceptable` (what `rm` fits the absolute term on).
-        """
+        """Every judgement as (chosen, rejected) pairs (`schema.judgement_comparisons`), in judgement order."""
         rows = self.judgements(source)
         with self._read() as c:
             texts = {r.id: r for r in c.execute(select(responses.c.id, responses.c.text, responses.c.policy))}
             prompt_rows = {r.id: r for r in c.execute(select(prompts.c.id, prompts.c.text, prompts.c.family))}
-        out = []
-        for j in rows:
-            p = prompt_rows[j.prompt_id]
-            extra = dict(j.meta)
-            ok = extra.pop("acceptable", None)  # ids the annotator marked acceptable -> a mark on each side
-            for better, worse in judgement_pairs(j):
-                meta = {"family": p.family, "chosen_policy": texts[better].policy,
-                        "rejected_policy": texts[worse].policy, "judgement": j.id, "flag_harmful": j.flag_harmful}
-                if ok is not None:
-                    meta.update(chosen_acceptable=better in ok, rejected_acceptable=worse in ok)
-                if j.note:
-                    meta["note"] = j.note
-                out.append(Comparison(p.text, texts[better].text, texts[worse].text, source=j.source,
-                                      annotator=j.annotator, group=j.group_key or str(j.id),
-                                      meta={**meta, **extra}))
-        return out
+        return [comp for j in rows for comp in judgement_comparisons(j, prompt_rows[j.prompt_id], texts)]
 
     def export_jsonl(self, path: str, source: str | None = None) -> int:
         """Write `preference_pairs` as JSONL (prompt / chosen / rejected / source / annotator / group / meta)."""
@@ -461,14 +442,7 @@ class FeedbackStore:
         an error. Everything is validated before one transaction writes it all; importing a file twice is a
         no-op (each record's idempotency key is the hash of its content).
         """
-        records = []
-        for loc, row in read_records(path):
-            comp = parse_comparison(row, loc)
-            if source is not None and row.get("source") not in (None, source):
-                raise DataError(f"{loc}: field 'source': expected {source!r}, got {row['source']!r}")
-            src = row.get("source") or source or "human"
-            key = "import:" + _sha(json.dumps(row, sort_keys=True, ensure_ascii=False, default=str))
-            records.append((loc, comp, src, key))
+        records = [(loc, *parse_import_record(row, loc, source)) for loc, row in read_records(path)]
 
         def write(c: Connection) -> int:
             for loc, comp, src, key in records:
@@ -499,25 +473,8 @@ class FeedbackStore:
     # -- statistics
 
     def stats(self, source: str | None = None) -> dict[str, Any]:
-        """Counts per source and annotator (judgements, mean seconds per item) and inter-annotator agreement.
-
-        Agreement (see `rlhfkit.feedback.admin.agreement`) is computed over units judged by >= 2 annotators:
-        a unit is a prompt with the set of responses judged.
-        """
+        """Counts per source and annotator and inter-annotator agreement (`admin.judgement_stats`)."""
         rows = self.judgements(source)
         with self._read() as c:
             kinds = dict(c.execute(select(annotators.c.name, annotators.c.kind)).all())
-        per: dict[str, dict[str, Any]] = {}
-        for j in rows:
-            a = per.setdefault(j.annotator, {"kind": kinds.get(j.annotator), "judgements": 0, "_secs": []})
-            a["judgements"] += 1
-            if j.seconds is not None:
-                a["_secs"].append(j.seconds)
-        for a in per.values():
-            secs = a.pop("_secs")
-            a["mean_seconds"] = sum(secs) / len(secs) if secs else None
-        by_source: dict[str, int] = {}
-        for j in rows:
-            by_source[j.source] = by_source.get(j.source, 0) + 1
-        return {"judgements": len(rows), "pairs": sum(len(judgement_pairs(j)) for j in rows),
-                "by_source": by_source, "annotators": per, "agreement": agreement(rows)}
+        return judgement_stats(rows, kinds)

@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from rlhfkit import checkpoint
 from rlhfkit.data.chat import pad_batch, render_example
+from rlhfkit.data.loaders import ACCEPTABLE_FIELDS
 from rlhfkit.data.packing import epoch_batches
 from rlhfkit.data.records import Comparison
 from rlhfkit.losses import acceptability_loss, bradley_terry_loss
@@ -94,8 +95,8 @@ def score_pairs(model, tok, pairs: list[Comparison], max_len: int, device, norma
 
 def acceptable_marks(pairs: list[Comparison]) -> torch.Tensor:
     """(2N,) acceptability marks of the chosen then the rejected sides, 1. / 0., NaN where a pair has none."""
-    mark = lambda v: float("nan") if v is None else float(v)
-    return torch.tensor([mark(p.meta.get(f"{side}_acceptable")) for side in ("chosen", "rejected") for p in pairs])
+    mark = lambda v: float("nan") if v is None else float(v)  # noqa: E731
+    return torch.tensor([mark(p.meta.get(name)) for name in ACCEPTABLE_FIELDS for p in pairs])
 
 
 def rm_loss(chosen, rejected, marks, margin, accept_coef):
