@@ -265,6 +265,17 @@ def ipo_loss(
     return loss, _preference_metrics(loss, beta * chosen_log_ratio, beta * rejected_log_ratio)
 
 
+def chosen_nll_loss(policy_chosen_logps: torch.Tensor, chosen_tokens: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
+    """RPO's extra term (Pang et al. 2024): mean over pairs of the chosen response's
+    per-token negative log-likelihood, -pi_c / n_c. Added to the DPO loss with a weight,
+    it keeps the chosen responses likely while their margin over the rejected grows
+    (plain DPO tends to push both down). chosen_tokens: (B,) response token counts.
+    Metrics: dpo/nll.
+    """
+    loss = (-policy_chosen_logps / chosen_tokens.clamp(min=1)).mean()
+    return loss, {"dpo/nll": loss.detach()}
+
+
 PREFERENCE_LOSSES: dict[str, Callable[..., tuple[torch.Tensor, Metrics]]] = {
     "sigmoid": dpo_loss,
     "ipo": ipo_loss,

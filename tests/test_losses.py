@@ -11,6 +11,7 @@ from rlhfkit.losses import (
     PREFERENCE_LOSSES,
     acceptability_loss,
     bradley_terry_loss,
+    chosen_nll_loss,
     dpo_loss,
     explained_variance,
     ipo_loss,
@@ -226,6 +227,15 @@ def test_preference_metrics_and_accuracy(name):
     assert metrics["dpo/rewards/rejected"].item() == pytest.approx(BETA * (-0.5 + 1.0) / 2)
     assert metrics["dpo/rewards/margin"].item() == pytest.approx(BETA * (1.0 - 2.0) / 2)
     assert metrics["dpo/rewards/accuracy"].item() == 0.5
+
+
+def test_rpo_chosen_nll_is_the_mean_per_token_nll_of_the_chosen():
+    logps = f64([-6.0, -2.0]).requires_grad_()  # summed over 3 and 4 tokens
+    loss, metrics = chosen_nll_loss(logps, f64([3.0, 4.0]))
+    assert loss.item() == pytest.approx((6.0 / 3 + 2.0 / 4) / 2)  # 1.25
+    loss.backward()
+    assert logps.grad.tolist() == pytest.approx([-1 / 6, -1 / 8])  # -1 / (2 n_i)
+    assert metrics["dpo/nll"].item() == loss.item()
 
 
 # ---------------------------------------------------------------- language modelling

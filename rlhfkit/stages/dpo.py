@@ -2,7 +2,8 @@
 
 DPO (Rafailov et al. 2023): loss = -log sigmoid(beta * [(log pi(c) - log ref(c)) - (log pi(r) - log ref(r))]),
 with IPO (Azar et al. 2023) and conservative DPO (label smoothing, Mitchell 2023)
-selectable by `loss_type` / `label_smoothing` (a dict lookup in rlhfkit.losses).
+selectable by `loss_type` / `label_smoothing` (a dict lookup in rlhfkit.losses), and
+RPO's chosen-NLL term (Pang et al. 2024) added with weight `nll_coef`.
 Sequence logprobs are summed over response tokens. The reference model is the
 initial policy; its logprobs are computed once before training and cached in
 `<out_dir>/ref_logprobs.pt`, so the reference need not stay in memory.
@@ -22,7 +23,7 @@ from rlhfkit import checkpoint
 from rlhfkit.data.chat import render_example
 from rlhfkit.data.packing import epoch_batches
 from rlhfkit.evaluation.gold_eval import training_eval
-from rlhfkit.losses import PREFERENCE_LOSSES
+from rlhfkit.losses import PREFERENCE_LOSSES, chosen_nll_loss
 from rlhfkit.models.load import load_causal_lm
 from rlhfkit.optim import adamw, cosine_lr, set_lr
 from rlhfkit.rollout import sequence_logprobs
@@ -39,6 +40,7 @@ class Config:
     loss_type: str = "sigmoid"  # sigmoid (DPO) | ipo
     beta: float = 0.1  # strength of the implicit KL regularisation
     label_smoothing: float = 0.0  # conservative DPO: assumed label-noise rate (sigmoid only)
+    nll_coef: float = 1.0  # RPO: weight of the chosen responses' per-token NLL added to the loss (0: plain DPO)
     epochs: float = 1.0  # passes over the training pairs
     batch_size: int = 32  # pairs per optimiser step
     micro_batch_size: int = 32  # pairs per forward/backward
@@ -89,6 +91,7 @@ def train(cfg: Config) -> str:
     device = next(policy.parameters()).device
     chosen = [render_example(tok, p.prompt, p.chosen, cfg.max_len) for p in pairs]
     rejected = [render_example(tok, p.prompt, p.rejected, cfg.max_len) for p in pairs]
+    chosen_tokens = torch.tensor([sum(mask[1:]) for _, mask in chosen], dtype=torch.float)  # scored tokens
 
     # 2. Reference logprobs, computed once and cached; the reference model is then freed.
     cache = os.path.join(cfg.out_dir, "ref_logprobs.pt")
@@ -110,7 +113,11 @@ def train(cfg: Config) -> str:
     def batch_loss(idx: list[int]):
         logp_c = sequence_logprobs(policy, [chosen[i] for i in idx], tok.pad_token_id)
         logp_r = sequence_logprobs(policy, [rejected[i] for i in idx], tok.pad_token_id)
-        return loss_fn(logp_c, logp_r, ref_c[idx].to(device), ref_r[idx].to(device), cfg.beta, cfg.label_smoothing)
+        loss, metrics = loss_fn(logp_c, logp_r, ref_c[idx].to(device), ref_r[idx].to(device), cfg.beta, cfg.label_smoothing)
+        if cfg.nll_coef:
+            nll, nll_metrics = chosen_nll_loss(logp_c, chosen_tokens[idx].to(device))
+            loss, metrics = loss + cfg.nll_coef * nll, {**metrics, **nll_metrics}
+        return loss, metrics
 
     # 3. Train: mean loss over the pairs of a step, accumulated over micro-batches.
     policy.train()

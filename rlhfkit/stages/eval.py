@@ -60,6 +60,7 @@ class Config:
     batch_size: int = 64  # prompts per generation batch
     seed: int = 0  # sampling and bootstrap seed
     device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # torch CPU threads (0: torch default)
 
     def resolve(self) -> None:
         from rlhfkit.config import ConfigError
@@ -78,6 +79,8 @@ class Config:
 
 
 def main(cfg: Config) -> dict:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     run = Run(cfg.out_dir, cfg, cfg.seed, "eval")
     world = build_world(cfg.world)
