@@ -53,7 +53,7 @@ class Config:
     feedback: feedback.Config = field(default_factory=feedback.Config)
     rm: rm.Config = field(default_factory=rm.Config)
     ppo: ppo.Config = field(default_factory=ppo.Config)
-    ppo_beta0: ppo.Config = field(default_factory=lambda: ppo.Config(kl_coef=0.0))  # the reward-hacking control: no KL penalty
+    ppo_beta0: ppo.Config = field(default_factory=lambda: ppo.Config(kl_coef=0.0, adaptive_kl=False))  # the reward-hacking control: no KL penalty
     dpo: dpo.Config = field(default_factory=dpo.Config)
     rloo: rloo.Config = field(default_factory=rloo.Config)
     grpo: grpo.Config = field(default_factory=grpo.Config)

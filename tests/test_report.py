@@ -86,6 +86,8 @@ def make_run(root) -> dict:
     put("eval/samples.jsonl", sample_rows())
     put("ppo/metrics.jsonl", rl_log(0.5))
     put("ppo_beta0/metrics.jsonl", rl_log(2.5))
+    (root / "ppo/config.yaml").write_text("kl_coef: 0.5\nadaptive_kl: true\nkl_target: 0.5\n")
+    (root / "ppo_beta0/config.yaml").write_text("kl_coef: 0.0\nadaptive_kl: false\nkl_target: 0.5\n")
     put("dpo/metrics.jsonl", [{"step": s, "dpo/loss": 0.69 - 0.03 * s, "dpo/rewards/accuracy": 0.5 + 0.03 * s,
                                **({"eval/loss": 0.7 - 0.02 * s, "eval/rewards/accuracy": 0.5 + 0.02 * s, "eval/gold": 0.55 + 0.005 * s}
                                   if s % 5 == 0 else {})} for s in range(1, 16)])
@@ -283,6 +285,8 @@ def test_reward_hacking_panel_shows_ppo_next_to_ppo_beta0(report):
     rm_row = next(r for r in table if r[0].startswith("RM score"))
     assert rm_row[2:] == [f"{metrics['ppo']['rm_score']:.3f}", f"{metrics['ppo_beta0']['rm_score']:.3f}"]
     assert 'id="hacking-examples"' in html_file.read_text()  # ppo_beta0 answers the RM prefers but gold does not
+    control = next(r for r in table if r[0].startswith("KL control"))
+    assert control[1:] == ["–", "adaptive, target 0.50 nats (beta from 0.50)", "fixed beta 0.00"]
 
 
 def test_missing_and_broken_inputs_become_notes(tmp_path):

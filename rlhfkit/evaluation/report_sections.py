@@ -208,12 +208,24 @@ def hacking_section(r: Report) -> None:
         rows.append([row_head(label)] + [td(fmt(v), ("data-src", f"{p}/metrics.jsonl:{key}")) if v is not None
                                          else td("–") for p, v in last.items()])
         md.append([label] + [fmt(v) for v in last.values()])
+    control = {p: kl_control(r.data.configs.get(p)) for p in runs}
+    rows.append([row_head("KL control (config.yaml)")] + [td(v, cls="txt") for v in control.values()])
+    md.append(["KL control", *control.values()])
     r.html.append(html_table("reward-hacking", ["", *[chip(p) for p in runs]], rows, "grid"))
     r.md.append(md_table(["", *runs], md))
     bars = [(title, {p: center(m[p].get(key)) for p in runs}) for key, title in HACKING_BARS]
     r.plot("hacking", plots.bars_png(bars), "sft, ppo and ppo_beta0: proxy, gold, length, sycophancy, over-refusal")
     hacking_examples(r)
     r.end()
+
+
+def kl_control(cfg: dict | None) -> str:
+    """How a PPO run held its KL: 'adaptive, target 0.5 nats' / 'fixed beta 0' / '–' (no config)."""
+    if not cfg or "kl_coef" not in cfg:
+        return "–"
+    if cfg.get("adaptive_kl"):
+        return f"adaptive, target {fmt(cfg.get('kl_target'), 2)} nats (beta from {fmt(cfg['kl_coef'], 2)})"
+    return f"fixed beta {fmt(cfg['kl_coef'], 2)}"
 
 
 def _side(p: str, x: dict) -> str:

@@ -9,7 +9,7 @@ details of RLHF with PPO") found to matter, each a default and configurable:
 - rollouts sampled at temperature T and logprobs recomputed with logits / T;
   responses truncated after the first EOS; a penalty for responses without EOS;
 - reward = RM score at the last response token - beta * KL per token (k1 by
-  default), beta fixed or adapted towards a target KL (Ziegler et al.);
+  default), beta adapted towards a target KL (Ziegler et al.; the default) or fixed;
 - GAE with masked advantage whitening; clipped surrogate and clipped value loss;
   several epochs over shuffled minibatches; token-level losses divided by the
   global count of response tokens so gradient accumulation equals a big batch;
@@ -61,8 +61,8 @@ class Config:
     missing_eos_penalty: float | None = -1.0  # added to the score of a response without EOS (None: off)
     kl_coef: float = 0.5  # beta, the KL penalty coefficient (initial value if adaptive)
     kl_estimator: str = "k1"  # per-token KL in the reward: k1 | k2 | k3
-    adaptive_kl: bool = False  # adapt beta towards kl_target (Ziegler et al. 2019)
-    kl_target: float = 1.0  # target KL per sequence (nats) for the adaptive controller
+    adaptive_kl: bool = True  # adapt beta towards kl_target (Ziegler et al. 2019); false: beta fixed at kl_coef
+    kl_target: float = 0.5  # target KL per sequence (nats) for the adaptive controller
     kl_horizon: int = 2000  # controller horizon, in sequences
     score_clip: float | None = None  # clip RM scores to +-this (None: off)
     whiten_scores: bool = False  # whiten scores per rollout batch
@@ -211,6 +211,9 @@ def train(cfg: Config) -> str:
     out = os.path.join(cfg.out_dir, "model")
     policy.save_pretrained(out)
     tok.save_pretrained(out)
+    if start < cfg.total_steps:
+        target = f" (target {cfg.kl_target:g}, beta now {kl_ctl.value:.3f})" if cfg.adaptive_kl else f" (fixed beta {kl_ctl.value:g})"
+        print(f"[ppo] final KL to the reference {metrics['objective/kl']:.3f} nats/sequence{target}", flush=True)
     print(f"[ppo] saved {out}", flush=True)
     run.close()
     return out
