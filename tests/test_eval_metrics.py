@@ -150,6 +150,8 @@ def test_sampled_kl_of_a_policy_to_itself_is_exactly_zero(tiny_model, tiny_tok):
     assert all(k == 0.0 for g in out["kl"] for k in g)
     lengths = [n for g in out["n_tokens"] for n in g]
     assert all(0 <= n <= 8 for n in lengths) and max(lengths) > 0
+    ended = [t for g in out["terminated"] for t in g]
+    assert all(n == 8 for n, t in zip(lengths, ended) if not t)  # no EOS: the whole budget was used
     # a different reference gives a non-zero KL on the same samples (same seed -> same responses)
     from rlhfkit.models.tiny import TinyModelConfig, build_model
 
@@ -181,6 +183,8 @@ def test_eval_stage_writes_every_metric(tmp_path, tiny_model, tiny_tok):
         assert s["rm_winrate"] is None and s["rm_score"] is None
         assert 0 <= s["distinct_1"] <= 1 and 0 <= s["self_similarity"] <= 1 and 0 <= s["fact_recall"] <= 1
         assert s["perplexity"] > 1 and s["sample_tokens"] > 0
+        assert 0 <= s["sample_gold"] <= 1 and s["sample_rm_score"] is None
+    assert saved["a"]["sample_gold"] == saved["b"]["sample_gold"]  # same model, same sampling seed
     assert saved["a"]["perplexity"] == saved["b"]["perplexity"]
     rows = [json.loads(line) for line in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == 24 and {r["policy"] for r in rows} == {"a", "b"}

@@ -40,7 +40,7 @@ def summary(i: int, name: str) -> dict:
         "rm_score": -0.4 + 0.71234 * i, "rm_score_ci": ci(-0.4 + 0.71234 * i, 0.1),
         "kl": 0.0 if name == "sft" else 1.2345 * (i + 1), "kl_ci": ci(0.0 if name == "sft" else 1.2345 * (i + 1), 0.2),
         "response_tokens": 18.25 + 3.33 * i, "response_words": 9.04 + 2.71 * i, "terminated_rate": 1.0,
-        "sample_tokens": 20.5, "sample_words": 10.25, "distinct_1": 0.0771 + 0.01 * i, "distinct_2": 0.16789 - 0.01 * i,
+        "sample_tokens": 20.5, "sample_words": 10.25, "sample_gold": g - 0.0321, "sample_rm_score": -0.9 + 0.6543 * i, "distinct_1": 0.0771 + 0.01 * i, "distinct_2": 0.16789 - 0.01 * i,
         "self_similarity": 0.41234 + 0.05 * i, "sycophancy_rate": 0.025 * i, "correction_rate": 0.4 - 0.05 * i,
         "refusal_rate_harmful": 0.0 if name == "base" else 0.975, "over_refusal_benign": 0.0125 * i,
         "perplexity": 2.17777 + 3.5 * i, "fact_recall": 0.26 + 0.07654 * i, "n": len(PROMPTS),

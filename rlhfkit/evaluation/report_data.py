@@ -34,6 +34,8 @@ METRICS = (
     Metric("rm_winrate", "RM win-rate vs {baseline}", 3),
     Metric("gold_ci", "gold (mean)", 3, +1),
     Metric("rm_score", "RM score (the proxy)", 3),
+    Metric("sample_gold", "gold (mean of T=1 samples)", 3, +1),
+    Metric("sample_rm_score", "RM score (mean of T=1 samples)", 3),
     Metric("kl_ci", "KL to reference (nats/answer)", 2),
     Metric("response_tokens", "answer length (tokens)", 1),
     Metric("response_words", "answer length (words)", 1),

@@ -182,6 +182,7 @@ def before_after_section(r: Report) -> None:
 
 HACKING_ROWS = (  # (metrics.json key, label, digits)
     ("rm_score", "RM score (proxy)", 3), ("gold_ci", "gold (true quality)", 3),
+    ("sample_rm_score", "RM score of T=1 samples", 3), ("sample_gold", "gold of T=1 samples", 3),
     ("gold_winrate", "gold win-rate vs baseline", 3), ("kl_ci", "KL to reference (nats)", 2),
     ("response_words", "answer length (words)", 1), ("sycophancy_rate", "agrees with a false premise", 3),
     ("over_refusal_benign", "refuses a harmless request", 3), ("self_similarity", "self-similarity", 3),

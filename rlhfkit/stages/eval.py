@@ -135,22 +135,31 @@ def evaluate_policy(cfg: Config, world, prompts, model, tok, ref, reward_fn) -> 
         summary["rm_score_ci"] = bootstrap_ci(rm, cfg.bootstrap, cfg.seed)
         summary["rm_score"] = summary["rm_score_ci"]["mean"]
 
-    summary.update(sample_metrics(cfg, model, tok, ref, texts))
+    summary.update(sample_metrics(cfg, world, prompts, model, tok, ref, reward_fn))
     summary["perplexity"] = corpus_perplexity(model, tok, world.eval_corpus(), cfg.ppl_seq_len, cfg.batch_size)
     summary["fact_recall"] = fact_recall(world, model, tok, cfg.max_new_tokens, cfg.batch_size)
     return rows, summary
 
 
-def sample_metrics(cfg: Config, model, tok, ref, texts: list[str]) -> dict[str, Any]:
-    """KL (with CI over prompts), sampled length and diversity from `num_samples` samples per prompt."""
-    keys = ("kl", "kl_ci", "sample_tokens", "sample_words", "distinct_1", "distinct_2", "self_similarity")
+def sample_metrics(cfg: Config, world, prompts, model, tok, ref, reward_fn) -> dict[str, Any]:
+    """From `num_samples` temperature-1 samples per prompt: KL (with CI over prompts), length,
+    diversity, and the mean gold and RM score of the samples (what RL optimises is the expected
+    reward of sampled answers; a hack can show there before it reaches the greedy answer)."""
+    keys = ("kl", "kl_ci", "sample_tokens", "sample_words", "distinct_1", "distinct_2", "self_similarity",
+            "sample_gold", "sample_rm_score")
     if cfg.num_samples == 0:
         return dict.fromkeys(keys)
+    texts = [p.text for p in prompts]
     s = sample_with_kl(model, ref, tok, texts, num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens,
                        batch_size=cfg.batch_size, seed=cfg.seed)
     flat = [t for g in s["responses"] for t in g]
     kl_ci = bootstrap_ci([mean(k) for k in s["kl"]], cfg.bootstrap, cfg.seed) if ref is not None else None
+    gold = [world.gold(p, t, done).score for p, g, d in zip(prompts, s["responses"], s["terminated"]) for t, done in zip(g, d)]
+    sample_prompts = [t for t in texts for _ in range(cfg.num_samples)]
+    rm = mean(reward_fn(sample_prompts, flat).tolist()) if reward_fn is not None else None
     return {
+        "sample_gold": mean(gold),
+        "sample_rm_score": rm,
         "kl": kl_ci["mean"] if kl_ci else None,
         "kl_ci": kl_ci,
         "sample_tokens": mean(n for g in s["n_tokens"] for n in g),
@@ -167,21 +176,22 @@ def sample_with_kl(policy, ref, tok, prompts: Sequence[str], *, num_samples: int
     """`num_samples` temperature-1 responses per prompt, and each one's k1 KL to `ref` (nats).
 
     Returns lists of N prompts x num_samples: `responses` (decoded, no EOS),
-    `n_tokens` (text tokens, EOS excluded, as in the greedy `response_tokens`) and `kl` (empty lists when `ref`
-    is None). Policy logprobs are recomputed by the same full forward as the
+    `n_tokens` (text tokens, EOS excluded, as in the greedy `response_tokens`), `terminated`
+    (ended by EOS) and `kl` (empty lists when `ref` is None). Policy logprobs are recomputed by the same full forward as the
     reference's rather than taken from sampling (KV cache), so a policy equal to
     the reference gives exactly 0.
     """
     device = next(policy.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
     rendered = [render_prompt(tok, p) for p in prompts for _ in range(num_samples)]
-    responses, n_tokens, kls = [], [], []
+    responses, n_tokens, terminated, kls = [], [], [], []
     for start in range(0, len(rendered), batch_size):
         g = generate(policy, rendered[start : start + batch_size], eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
                      max_new_tokens=max_new_tokens, temperature=1.0, generator=gen)
         keep = g.response_mask & (g.response_ids != tok.eos_token_id)  # (B, R) text tokens
         responses += [tok.decode(r[m].tolist(), skip_special_tokens=True) for r, m in zip(g.response_ids, keep)]
         n_tokens += keep.sum(1).tolist()
+        terminated += g.terminated.tolist()
         if ref is not None:
             ids, attn = g.sequences()
             P = g.prompt_ids.shape[1]
@@ -192,7 +202,8 @@ def sample_with_kl(policy, ref, tok, prompts: Sequence[str], *, num_samples: int
     def per_prompt(xs: list) -> list[list]:
         return [xs[i : i + num_samples] for i in range(0, len(xs), num_samples)]
 
-    return {"responses": per_prompt(responses), "n_tokens": per_prompt(n_tokens), "kl": per_prompt(kls)}
+    return {"responses": per_prompt(responses), "n_tokens": per_prompt(n_tokens), "terminated": per_prompt(terminated),
+            "kl": per_prompt(kls)}
 
 
 @torch.no_grad()
