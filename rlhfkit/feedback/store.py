@@ -21,24 +21,25 @@ a slot counts as taken while its lease is live or once judged, never goes twice
 to one annotator, and frees again when the lease expires or the annotator skips.
 A judgement that arrives after its lease expired is still kept (labels are
 never dropped), so an item can end up with one judgement more than its overlap.
+The queue's SQL (enqueue, open slots, loading an item) is in `rlhfkit.feedback.queue`.
 """
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
-from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from rlhfkit.data.loaders import DataError, read_records, write_jsonl
 from rlhfkit.data.records import SOURCES, Comparison
 from rlhfkit.feedback.admin import judgement_stats
-from rlhfkit.feedback.schema import (Annotator, Item, Response, _sha, annotators, assignments, group_queue,
+from rlhfkit.feedback.queue import enqueue_item, load_item, open_items
+from rlhfkit.feedback.schema import (Annotator, Item, _sha, annotators, assignments, group_queue,
                                      judgement_comparisons, judgements, make_engine, metadata, parse_import_record,
                                      parse_queue_row, prompts, queue_items, responses, settings)
 
@@ -188,20 +189,9 @@ class FeedbackStore:
 
         def write(c: Connection) -> int:
             self._check_responses(c, prompt_id, response_ids)
-            return self._enqueue(c, prompt_id, response_ids, overlap)
+            return enqueue_item(c, prompt_id, response_ids, overlap, self.clock())
 
         return self._retrying(write)
-
-    def _enqueue(self, c: Connection, prompt_id: int, response_ids: list[int], overlap: int) -> int:
-        key = _sha(json.dumps([prompt_id, sorted(response_ids)]))
-        row = c.execute(select(queue_items.c.id, queue_items.c.overlap).where(queue_items.c.key == key)).first()
-        if row is None:
-            values = dict(prompt_id=prompt_id, response_ids=list(response_ids), key=key, overlap=overlap,
-                          created_at=self.clock())
-            return c.execute(insert(queue_items).values(**values)).inserted_primary_key[0]
-        if overlap > row.overlap:
-            c.execute(update(queue_items).where(queue_items.c.id == row.id).values(overlap=overlap))
-        return row.id
 
     def load_queue_jsonl(self, path: str, overlap: int = 1) -> dict[str, int]:
         """Enqueue every prompt of a queue file (see `parse_queue_row`) with `overlap` annotators each.
@@ -222,27 +212,12 @@ class FeedbackStore:
                     continue
                 pid = self._prompt_id(c, g["prompt"], g["family"])
                 rids = [self._response_id(c, pid, t, pol, m) for t, (pol, m) in g["responses"].items()]
-                self._enqueue(c, pid, rids, overlap)
+                enqueue_item(c, pid, rids, overlap, self.clock())
                 counts["items"] += 1
                 counts["responses"] += len(rids)
             return counts
 
         return self._retrying(write)
-
-    def _taken(self, now: float):
-        """Per item: slots in use (judged, or leased and not yet expired)."""
-        live = or_(assignments.c.status == "done",
-                   (assignments.c.status == "leased") & (assignments.c.expires_at > now))
-        return (select(assignments.c.item_id, func.count().label("n")).where(live)
-                .group_by(assignments.c.item_id).subquery())
-
-    def _open_items(self, annotator_id: int, now: float):
-        """Items with a free slot that were never handed to this annotator."""
-        taken = self._taken(now)
-        seen = select(assignments.c.id).where(assignments.c.item_id == queue_items.c.id,
-                                              assignments.c.annotator_id == annotator_id).exists()
-        return (select(queue_items.c.id).outerjoin(taken, taken.c.item_id == queue_items.c.id)
-                .where(~seen, func.coalesce(taken.c.n, 0) < queue_items.c.overlap))
 
     def next_item(self, annotator_id: int) -> Item | None:
         """The item this annotator should judge now, leased to them, or None when nothing is left.
@@ -259,31 +234,20 @@ class FeedbackStore:
             if own is not None:
                 c.execute(update(assignments).where(assignments.c.id == own.id)
                           .values(expires_at=now + self.lease_seconds))
-                return self._item(c, own.item_id)
-            open_items = self._open_items(annotator_id, now)
-            for item_id in list(c.scalars(open_items.order_by(queue_items.c.id).limit(8))):
+                return load_item(c, own.item_id)
+            candidates = open_items(annotator_id, now)
+            for item_id in list(c.scalars(candidates.order_by(queue_items.c.id).limit(8))):
                 c.execute(select(queue_items.c.id).where(queue_items.c.id == item_id).with_for_update())
-                if c.scalar(open_items.where(queue_items.c.id == item_id)) is None:
+                if c.scalar(candidates.where(queue_items.c.id == item_id)) is None:
                     continue  # another annotator took the last slot meanwhile
                 c.execute(insert(assignments).values(item_id=item_id, annotator_id=annotator_id, status="leased",
                                                      leased_at=now, expires_at=now + self.lease_seconds))
-                return self._item(c, item_id)
+                return load_item(c, item_id)
         return None
 
     def item(self, item_id: int) -> Item | None:
         with self._read() as c:
-            return self._item(c, item_id)
-
-    def _item(self, c: Connection, item_id: int) -> Item | None:
-        row = c.execute(select(queue_items, prompts.c.text, prompts.c.family)
-                        .join(prompts, prompts.c.id == queue_items.c.prompt_id)
-                        .where(queue_items.c.id == item_id)).first()
-        if row is None:
-            return None
-        found = {r.id: Response(r.id, r.text, r.policy)
-                 for r in c.execute(select(responses).where(responses.c.id.in_(row.response_ids)))}
-        return Item(row.id, row.prompt_id, row.text, row.family, tuple(found[i] for i in row.response_ids),
-                    row.overlap)
+            return load_item(c, item_id)
 
     def skip(self, annotator_id: int, item_id: int) -> bool:
         """Give a leased item back without judging it (the slot frees for others); False if not leased to them."""
@@ -308,7 +272,7 @@ class FeedbackStore:
             leased = c.scalar(select(func.count()).select_from(assignments).where(
                 assignments.c.annotator_id == annotator_id, assignments.c.status == "leased",
                 assignments.c.expires_at > now))
-            available = c.scalar(select(func.count()).select_from(self._open_items(annotator_id, now).subquery()))
+            available = c.scalar(select(func.count()).select_from(open_items(annotator_id, now).subquery()))
         return {"done": done, "total": done + leased + available}
 
     # -- judgements
