@@ -295,7 +295,8 @@ RL_PANELS = (("objective/scores", "RM score of rollouts"), ("objective/kl", "KL 
 STAGE_PANELS = {  # stage -> [(panel title, ((series name, key), ...))]; "<stage> eval" series are drawn dashed
     "dpo": [("loss", (("dpo", "dpo/loss"), ("dpo eval", "eval/loss"))),
             ("implicit-reward accuracy", (("dpo", "dpo/rewards/accuracy"), ("dpo eval", "eval/rewards/accuracy"))),
-            ("held-out gold", (("dpo eval", "eval/gold"),))],
+            ("held-out gold", (("dpo eval", "eval/gold"),)),
+            ("chosen NLL per token (RPO term)", (("dpo", "dpo/nll"), ("dpo eval", "eval/nll")))],
     "pretrain": [("pretrain loss", (("pretrain", "train/loss"), ("pretrain eval", "eval/loss")))],
     "sft": [("sft loss", (("sft", "train/loss"), ("sft eval", "eval/loss")))],
     "rm": [("pairwise accuracy", (("rm", "train/accuracy"), ("rm eval", "eval/accuracy"))),
