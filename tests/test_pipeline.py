@@ -26,11 +26,22 @@ def statuses(stdout: str) -> dict[str, str]:
     return dict(re.findall(r"^\[pipeline \d+/\d+ \+\s*\d+s\] (\w+): (.+)$", stdout, re.M))
 
 
-def stage_done(out, stage: str) -> bool:
+def stage_marker(out, stage: str) -> dict | None:
     try:
-        return json.loads((out / stage / "stage.json").read_text())["done"]
-    except (OSError, ValueError):  # not there yet, or being replaced
-        return False
+        return json.loads((out / stage / "stage.json").read_text())
+    except (OSError, ValueError):  # not there yet, being replaced, or deleted with the old stage directory
+        return None
+
+
+def stage_done(out, stage: str) -> bool:
+    return bool((stage_marker(out, stage) or {}).get("done"))
+
+
+def stage_started(out, stage: str) -> bool:
+    """The stage's new run has begun: its marker says not done (while the old directory is being
+    deleted the marker may be gone with some old checkpoints still there)."""
+    marker = stage_marker(out, stage)
+    return marker is not None and marker.get("done") is False
 
 
 def test_pipeline_runs_caches_reruns_what_changed_and_resumes_ppo(tmp_path):
@@ -53,9 +64,9 @@ def test_pipeline_runs_caches_reruns_what_changed_and_resumes_ppo(tmp_path):
     assert [s for s, v in changed.items() if v == "running"] == ["ppo", "eval", "report"]
 
     # Forced PPO killed once its first checkpoint lands; the plain rerun resumes it and redoes eval.
-    # (the previous run's checkpoint is there until the forced run clears the stage: wait for done=False)
+    # (the previous run's checkpoint is there until the forced run clears the stage: wait for its done=False marker)
     kill_at_first_checkpoint((*args, "--ppo.lr=1e-5", "--force=[ppo]"), str(out / "ppo" / "checkpoints" / "latest"),
-                             ready=lambda: not stage_done(out, "ppo"))
+                             ready=lambda: stage_started(out, "ppo"))
     assert not stage_done(out, "ppo"), "PPO finished before it could be killed"
     resumed = rlhfkit(*args, "--ppo.lr=1e-5")
     after = statuses(resumed.stdout)
