@@ -19,6 +19,7 @@ from typing import Any, Callable
 import yaml
 
 RL_STAGES = ("ppo", "ppo_beta0", "rloo", "grpo")
+PPO_STAGES = ("ppo", "ppo_beta0")
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ class RunData:
     rm: dict | None = None
     feedback: dict | None = None
     stages: dict[str, dict] = field(default_factory=dict)  # stage -> its pipeline stage.json (seconds)
-    configs: dict[str, dict] = field(default_factory=dict)  # RL stage -> its resolved config.yaml
+    configs: dict[str, dict] = field(default_factory=dict)  # PPO stage -> its resolved config.yaml (KL control)
     notes: list[str] = field(default_factory=list)
 
 
@@ -88,7 +89,7 @@ def load_run(run_dir: str) -> RunData:
     for stage in ("pretrain", "sft", "rm", *RL_STAGES, "dpo"):
         if os.path.isdir(os.path.join(run_dir, stage)):
             data.curves[stage] = read(f"{stage}/metrics.jsonl", _jsonl) or []
-            if stage in RL_STAGES:
+            if stage in PPO_STAGES:
                 data.configs[stage] = read(f"{stage}/config.yaml", yaml.safe_load) or {}
             if os.path.exists(os.path.join(run_dir, stage, "stage.json")):  # written by `rlhfkit pipeline` only
                 data.stages[stage] = read(f"{stage}/stage.json", json.load) or {}

@@ -120,8 +120,10 @@ def accuracy(model, tok, groups: list[list[Comparison]], max_len: int, device) -
         right, total = right + (c > r).sum().item(), total + len(pairs)
         marks = acceptable_marks(pairs)
         sel = ~marks.isnan()
-        accept_right += ((torch.cat([c, r]).cpu()[sel] > 0) == (marks[sel] >= 0.5)).sum().item()
-        marked += sel.sum().item()
+        if sel.any():
+            _, stats = acceptability_loss(torch.cat([c, r]).cpu()[sel], marks[sel])
+            accept_right += stats["rm/accept_accuracy"].item() * sel.sum().item()
+            marked += sel.sum().item()
     model.train()
     out = {"eval/accuracy": right / max(total, 1)}
     if marked:
