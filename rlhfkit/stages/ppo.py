@@ -57,7 +57,7 @@ class Config:
     micro_batch_size: int = 32  # sequences per forward/backward (grad accumulation = minibatch / micro)
     ppo_epochs: int = 2  # passes over each rollout batch
     max_new_tokens: int = 40  # response length limit
-    temperature: float = 0.7  # sampling temperature (logprobs recomputed with the same T)
+    temperature: float = 1.0  # sampling temperature (logprobs recomputed with the same T)
     missing_eos_penalty: float | None = -1.0  # added to the score of a response without EOS (None: off)
     kl_coef: float = 0.5  # beta, the KL penalty coefficient (initial value if adaptive)
     kl_estimator: str = "k1"  # per-token KL in the reward: k1 | k2 | k3
