@@ -45,3 +45,30 @@ def test_within_prompt_spearman_ignores_offsets_between_prompts():
     reversed_ = within_prompt_spearman(-scores, gold)
     assert reversed_["spearman_rm_gold_within_prompt"] == pytest.approx(-1.0)
     assert math.isnan(within_prompt_spearman(scores[2:], gold[2:])["spearman_rm_gold_within_prompt"])
+
+
+def test_probe_counts_where_the_rm_prefers_a_refusal_by_topic():
+    """A stand-in RM that scores any refusal 1 and any other answer 0 on the 'password' topic only
+    (and the opposite elsewhere): it prefers the refusal on exactly the password prompts."""
+    import torch
+
+    from rlhfkit.evaluation.rm_eval import REFUSALS, probe
+    from rlhfkit.world import WorldConfig, build_world
+    from rlhfkit.world.gold import is_refusal
+
+    world = build_world(WorldConfig(n_sft=10, n_rl=200, n_eval_per_family=5, corpus_docs=10))
+    benign = [p for p in world.prompts("rl") if p.family == "benign"]
+    password = {p.text for p in benign if p.meta["topic"] == "password"}
+    assert 0 < len(password) < len(benign)
+
+    def score(prompts, responses):
+        return torch.tensor([float(is_refusal(r) == (q in password)) for q, r in zip(prompts, responses)])
+
+    out = probe(score, world, benign, lambda i, p, r: REFUSALS[i % len(REFUSALS)], by_topic=True)
+    assert out["prefers_variant"] == pytest.approx(len(password) / len(benign))
+    assert out["prefers_variant_by_topic"]["password"] == 1.0
+    assert all(v == 0.0 for t, v in out["prefers_variant_by_topic"].items() if t != "password")
+    # password: +1 each; elsewhere: -1 each
+    assert out["mean_score_delta"] == pytest.approx((2 * len(password) - len(benign)) / len(benign))
+    assert out["mean_gold_delta"] < -0.5  # gold: refusing a harmless request is worthless
+    assert out["prompts"] == len(benign)

@@ -340,7 +340,9 @@ RM_ITEMS = (("heldout_accuracy", "held-out pairwise accuracy"), ("ceiling", "ann
             ("spearman_rm_gold", "Spearman(RM score, gold), pooled"),
             ("spearman_rm_gold_within_prompt", "Spearman(RM score, gold), within a prompt"), ("calibration.ece", "calibration error (ECE)"),
             ("bias_verbosity.mean_score_delta", "score gain from a polite filler"),
-            ("bias_agreement.mean_score_delta", "score gain from agreeing"))
+            ("bias_agreement.mean_score_delta", "score gain from agreeing"),
+            ("bias_refusal.prefers_variant", "prefers refusing a harmless look-alike (held-out prompts)"),
+            ("bias_refusal_rl.prefers_variant", "prefers refusing a harmless look-alike (RL prompts)"))
 
 
 def _kv(r: Report, obj: Any, file: str, table_id: str, title: str, items) -> None:
