@@ -19,16 +19,19 @@ from rlhfkit.rollout import generate_batched
 
 @torch.no_grad()
 def answer(model, tok, prompts: Sequence[str], *, max_new_tokens: int = 48, temperature: float = 0.0,
-           top_p: float = 1.0, batch_size: int = 64, seed: int = 0) -> list[dict[str, Any]]:
-    """Generate one response per prompt; returns dicts with `response`, `terminated`, `n_tokens`."""
+           top_p: float = 1.0, batch_size: int = 64, seed: int = 0, prefix: str = "") -> list[dict[str, Any]]:
+    """Generate one response per prompt; returns dicts with `response`, `terminated`, `n_tokens`.
+    A `prefix` is forced as the start of every response (the model continues it); it is part of
+    `response` and not of `n_tokens`."""
     was_training = model.training
     model.eval()
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    outs = generate_batched(model, [render_prompt(tok, p) for p in prompts], batch_size=batch_size,
+    forced = tok(prefix, add_special_tokens=False)["input_ids"] if prefix else []
+    outs = generate_batched(model, [render_prompt(tok, p) + forced for p in prompts], batch_size=batch_size,
                             eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, max_new_tokens=max_new_tokens,
                             temperature=temperature, top_p=top_p, generator=gen)
     model.train(was_training)
-    return [{"response": tok.decode(ids, skip_special_tokens=True), "terminated": term, "n_tokens": len(ids)}
+    return [{"response": tok.decode(forced + ids, skip_special_tokens=True), "terminated": term, "n_tokens": len(ids)}
             for ids, term, _ in outs]
 
 

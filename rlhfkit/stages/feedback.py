@@ -1,7 +1,11 @@
 """Feedback: sample K responses per prompt, have them ranked, export preference pairs.
 
 1. sample: K responses per prompt from the policy (the world's RL prompts by
-   default) at temperature 1 -> `<out_dir>/queue.jsonl`;
+   default) at temperature 1 -> `<out_dir>/queue.jsonl`; `prefixed_samples` of
+   them continue a forced refusal opener, so every prompt's candidates include a
+   refusal to be judged: a policy that rarely refuses a harmless look-alike would
+   otherwise leave the reward model no comparison saying such a refusal is wrong
+   (the RM eval's over-refusal probe measures the gap);
 2. label: the simulated panel ranks every item (rlhfkit.feedback.simulated),
    writing judgement rows to the feedback store (SQLite by default, any
    SQLAlchemy URL) — the same rows people write in `rlhfkit label serve`;
@@ -31,6 +35,8 @@ class Config:
     limit: int = 0  # rank only the first N RL prompts (0: all)
     temperature: float = 1.0  # sampling temperature
     max_new_tokens: int = 48  # response length limit
+    prefixed_samples: int = 0  # of the K samples, this many continue `prefix`: a refusal among every prompt's candidates
+    prefix: str = "I can't help with that."  # the forced opening of those samples
     panel: PanelConfig = field(default_factory=PanelConfig)  # the simulated annotators
     world: WorldConfig = field(default_factory=WorldConfig)  # prompts and the annotators' gold
     device: str = "auto"  # auto | cpu | cuda
@@ -46,7 +52,8 @@ def main(cfg: Config) -> dict:
     queue = os.path.join(cfg.out_dir, "queue.jsonl")
     rows = generate.main(generate.SampleConfig(
         model=cfg.policy, split="rl", limit=cfg.limit, num_samples=cfg.num_samples, temperature=cfg.temperature,
-        max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, out=queue, world=cfg.world, device=cfg.device))
+        max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, out=queue, world=cfg.world, device=cfg.device,
+        prefix=cfg.prefix, prefixed_samples=cfg.prefixed_samples))
 
     # 2. Label with the simulated panel into the store.
     store = FeedbackStore(cfg.db or f"sqlite:///{os.path.abspath(os.path.join(cfg.out_dir, 'feedback.db'))}")

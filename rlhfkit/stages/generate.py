@@ -3,7 +3,9 @@
 `generate` answers prompts (from `prompt=[...]`, a prompts file, or the world's
 eval split) and prints/writes them. `sample` draws K responses per prompt (the
 world's RL split by default) at temperature 1 and writes the queue that the
-feedback stage ranks: one JSONL row per prompt,
+feedback stage ranks (`prefixed_samples` of the K continue a forced `prefix`, e.g. a
+refusal opener, so that every prompt's candidates include one for the labellers to
+judge); one JSONL row per prompt,
     {"prompt": str, "responses": [str] * K, "terminated": [bool] * K, "policy": str, "family": str | null}
 which `rlhfkit label load` and the simulated annotators read.
 """
@@ -34,6 +36,8 @@ class Config:
     batch_size: int = 64  # sequences per generation batch
     seed: int = 0  # sampling seed
     out: str | None = None  # JSONL to write (one row per prompt)
+    prefix: str = "I can't help with that."  # forced opening of the prefixed samples
+    prefixed_samples: int = 0  # of the K samples per prompt, this many continue `prefix` (0: none)
     world: WorldConfig = field(default_factory=WorldConfig)  # the built-in world, for default prompts
     device: str = "auto"  # auto | cpu | cuda
 
@@ -67,13 +71,20 @@ def main(cfg: Config) -> list[dict]:
     seed_everything(cfg.seed)
     model, tok = load_causal_lm(cfg.model, device=cfg.device)
     texts, families = collect_prompts(cfg)
-    # K samples per prompt: repeat each prompt K times in one batched call.
-    flat = [t for t in texts for _ in range(cfg.num_samples)]
-    outs = answer(model, tok, flat, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                  top_p=cfg.top_p, batch_size=cfg.batch_size, seed=cfg.seed)
+    # K samples per prompt: repeat each prompt in one batched call (K - P free, P continuing the prefix).
+    n_pre = cfg.prefixed_samples
+    if not 0 <= n_pre <= cfg.num_samples:
+        from rlhfkit.config import ConfigError
+
+        raise ConfigError(f"prefixed_samples ({n_pre}) must be in [0, num_samples = {cfg.num_samples}]")
+    n_free = cfg.num_samples - n_pre
+    kw = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+              batch_size=cfg.batch_size, seed=cfg.seed)
+    free = answer(model, tok, [t for t in texts for _ in range(n_free)], **kw)
+    pre = answer(model, tok, [t for t in texts for _ in range(n_pre)], prefix=cfg.prefix, **kw) if n_pre else []
     rows = []
     for i, (text, fam) in enumerate(zip(texts, families)):
-        group = outs[i * cfg.num_samples : (i + 1) * cfg.num_samples]
+        group = free[i * n_free : (i + 1) * n_free] + pre[i * n_pre : (i + 1) * n_pre]
         rows.append({"prompt": text, "responses": [g["response"] for g in group],
                      "terminated": [g["terminated"] for g in group], "policy": cfg.model, "family": fam})
     if cfg.out:
