@@ -36,7 +36,7 @@ class Config:
     temperature: float = 1.0  # sampling temperature
     max_new_tokens: int = 48  # response length limit
     prefixed_samples: int = 0  # of the K samples, this many continue `prefix`: a refusal among every prompt's candidates
-    prefix: str = "I can't help with that."  # the forced opening of those samples
+    prefix: str = generate.REFUSAL_PREFIX  # the forced opening of those samples
     panel: PanelConfig = field(default_factory=PanelConfig)  # the simulated annotators
     world: WorldConfig = field(default_factory=WorldConfig)  # prompts and the annotators' gold
     device: str = "auto"  # auto | cpu | cuda

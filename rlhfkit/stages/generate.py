@@ -22,6 +22,9 @@ from rlhfkit.tracking import seed_everything
 from rlhfkit.world import WorldConfig, build_world
 
 
+REFUSAL_PREFIX = "I can't help with that."  # the default forced opening of prefixed samples
+
+
 @dataclass
 class Config:
     model: str = "runs/sft/model"  # local HF causal LM directory
@@ -36,7 +39,7 @@ class Config:
     batch_size: int = 64  # sequences per generation batch
     seed: int = 0  # sampling seed
     out: str | None = None  # JSONL to write (one row per prompt)
-    prefix: str = "I can't help with that."  # forced opening of the prefixed samples
+    prefix: str = REFUSAL_PREFIX  # forced opening of the prefixed samples
     prefixed_samples: int = 0  # of the K samples per prompt, this many continue `prefix` (0: none)
     world: WorldConfig = field(default_factory=WorldConfig)  # the built-in world, for default prompts
     device: str = "auto"  # auto | cpu | cuda
@@ -71,7 +74,7 @@ def main(cfg: Config) -> list[dict]:
     seed_everything(cfg.seed)
     model, tok = load_causal_lm(cfg.model, device=cfg.device)
     texts, families = collect_prompts(cfg)
-    # K samples per prompt: repeat each prompt in one batched call (K - P free, P continuing the prefix).
+    # K samples per prompt: each prompt repeated K - P times in one batched call, and P times continuing the prefix.
     n_pre = cfg.prefixed_samples
     if not 0 <= n_pre <= cfg.num_samples:
         from rlhfkit.config import ConfigError
@@ -80,7 +83,7 @@ def main(cfg: Config) -> list[dict]:
     n_free = cfg.num_samples - n_pre
     kw = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
               batch_size=cfg.batch_size, seed=cfg.seed)
-    free = answer(model, tok, [t for t in texts for _ in range(n_free)], **kw)
+    free = answer(model, tok, [t for t in texts for _ in range(n_free)], **kw) if n_free else []
     pre = answer(model, tok, [t for t in texts for _ in range(n_pre)], prefix=cfg.prefix, **kw) if n_pre else []
     rows = []
     for i, (text, fam) in enumerate(zip(texts, families)):
