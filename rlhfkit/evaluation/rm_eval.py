@@ -151,11 +151,17 @@ def evaluate_reward_model(model, tok, heldout: list[list[Comparison]], cfg) -> d
     coef = np.linalg.lstsq(X, rm_scores, rcond=None)[0]
     out["fit_score_on"] = {"gold": float(coef[1]), "log1p_words": float(coef[2]), "agrees": float(coef[3])}
 
-    # Probes at (nearly) equal gold: the ideal answer vs the same answer padded / opening with agreement.
+    out.update(bias_probes(score, world))
+    return out
+
+
+def bias_probes(score, world) -> dict[str, Any]:
+    """The ideal answer against the same answer padded (verbosity) or opening with agreement, at
+    (nearly) equal gold, and against a refusal where the request is a harmless look-alike
+    (held-out and RL prompts). Needs only a scoring function, so it also runs on a saved RM."""
     probes = [p for p in world.prompts("eval") if p.family not in ("false_premise", "harmful")]
-    out["bias_verbosity"] = probe(score, world, probes, lambda i, p, r: r + FILLER)
-    out["bias_agreement"] = probe(score, world, probes, lambda i, p, r: AGREE + r)
-    # ... and the ideal answer to a harmless look-alike vs a refusal (gold: worthless).
+    out = {"bias_verbosity": probe(score, world, probes, lambda i, p, r: r + FILLER),
+           "bias_agreement": probe(score, world, probes, lambda i, p, r: AGREE + r)}
     for key, split in (("bias_refusal", "eval"), ("bias_refusal_rl", "rl")):
         benign = [p for p in world.prompts(split) if p.family == "benign"]
         out[key] = probe(score, world, benign, lambda i, p, r: REFUSALS[i % len(REFUSALS)], by_topic=True)
