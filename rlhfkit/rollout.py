@@ -227,3 +227,8 @@ def sequence_logprobs(model, rows: Sequence[tuple[list[int], list[bool]]], pad_i
     logits = model(input_ids=ids, attention_mask=attn.long()).logits[:, :-1]  # (N, T-1, V)
     logprobs = logprobs_from_logits(logits, ids[:, 1:])  # (N, T-1)
     return masked_sum(logprobs, loss_mask[:, 1:], dim=1)
+
+
+def scored_tokens(row: tuple[list[int], list[bool]]) -> int:
+    """How many tokens of a rendered example `sequence_logprobs` sums over (the mask shifted by one)."""
+    return sum(row[1][1:])

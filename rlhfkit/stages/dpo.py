@@ -26,7 +26,7 @@ from rlhfkit.evaluation.gold_eval import training_eval
 from rlhfkit.losses import PREFERENCE_LOSSES, chosen_nll_loss
 from rlhfkit.models.load import load_causal_lm
 from rlhfkit.optim import adamw, cosine_lr, set_lr
-from rlhfkit.rollout import sequence_logprobs
+from rlhfkit.rollout import scored_tokens, sequence_logprobs
 from rlhfkit.tracking import Run, seed_everything
 from rlhfkit.world import WorldConfig, build_world
 
@@ -91,7 +91,7 @@ def train(cfg: Config) -> str:
     device = next(policy.parameters()).device
     chosen = [render_example(tok, p.prompt, p.chosen, cfg.max_len) for p in pairs]
     rejected = [render_example(tok, p.prompt, p.rejected, cfg.max_len) for p in pairs]
-    chosen_tokens = torch.tensor([sum(mask[1:]) for _, mask in chosen], dtype=torch.float)  # scored tokens
+    chosen_tokens = torch.tensor([scored_tokens(row) for row in chosen], dtype=torch.float)
 
     # 2. Reference logprobs, computed once and cached; the reference model is then freed.
     cache = os.path.join(cfg.out_dir, "ref_logprobs.pt")
