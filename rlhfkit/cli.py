@@ -23,6 +23,7 @@ COMMANDS = {
     "dpo": ("rlhfkit.stages.dpo", "Config", "train", "direct preference optimisation (sigmoid / IPO / cDPO)"),
     "rloo": ("rlhfkit.stages.rloo", "Config", "train", "critic-free online RL with a leave-one-out baseline"),
     "grpo": ("rlhfkit.stages.grpo", "Config", "train", "critic-free online RL with group-normalised advantages"),
+    "seeds": ("rlhfkit.seeds", "Config", "main", "one stage trained with several seeds, each judged against one baseline"),
     "eval": ("rlhfkit.stages.eval", "Config", "main", "gold evaluation of policies on held-out world prompts"),
     "report": ("rlhfkit.stages.report", "Config", "main", "HTML + Markdown report (with plots) of a pipeline run"),
 }

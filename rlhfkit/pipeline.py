@@ -18,7 +18,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from rlhfkit.config import to_dict
 from rlhfkit.stages import eval as eval_stage
@@ -112,9 +112,33 @@ def stages(cfg: Config) -> list[Stage]:
             for n in enabled]
 
 
-def fingerprint(stage: Stage, upstream: dict[str, str]) -> str:
-    blob = json.dumps({"cfg": to_dict(stage.cfg), "after": [upstream[a] for a in stage.after]}, sort_keys=True, default=str)
+def fingerprint(cfg: Any, upstream: Sequence[str] = ()) -> str:
+    """A stage's identity: its resolved config plus the fingerprints of the stages it reads from."""
+    blob = json.dumps({"cfg": to_dict(cfg), "after": list(upstream)}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def run_cached(head: str, run: Callable[[], Any], stage_dir: str, fp: str, stale: bool = False) -> bool:
+    """Run a stage in `stage_dir` unless a finished run with fingerprint `fp` is there (and it is not
+    `stale`); resume an interrupted run with the same fingerprint; otherwise clear the directory and
+    start afresh. `stage_dir/stage.json` records the fingerprint and whether the run finished.
+    Prints `<head>: <what happened>`; returns whether the stage ran."""
+    marker = _read_json(os.path.join(stage_dir, "stage.json"))
+    if marker.get("fingerprint") == fp and marker.get("done") and not stale:
+        print(f"{head}: up to date, skipped", flush=True)
+        return False
+    if marker.get("fingerprint") == fp and not stale:
+        print(f"{head}: resuming an interrupted run", flush=True)
+    else:
+        if os.path.exists(stage_dir):
+            shutil.rmtree(stage_dir)
+        print(f"{head}: running", flush=True)
+    os.makedirs(stage_dir, exist_ok=True)
+    _write_json(os.path.join(stage_dir, "stage.json"), {"fingerprint": fp, "done": False})
+    started = time.time()
+    run()
+    _write_json(os.path.join(stage_dir, "stage.json"), {"fingerprint": fp, "done": True, "seconds": round(time.time() - started, 1)})
+    return True
 
 
 def main(cfg: Config) -> dict[str, str]:
@@ -122,27 +146,11 @@ def main(cfg: Config) -> dict[str, str]:
     plan = stages(cfg)
     prints, ran, t0 = {}, set(), time.time()
     for i, stage in enumerate(plan, 1):
-        fp = prints[stage.name] = fingerprint(stage, prints)
-        stage_dir = os.path.join(cfg.out_dir, stage.name)
-        marker = _read_json(os.path.join(stage_dir, "stage.json"))
+        fp = prints[stage.name] = fingerprint(stage.cfg, [prints[a] for a in stage.after])
         head = f"[pipeline {i}/{len(plan)} +{time.time() - t0:5.0f}s] {stage.name}"
         stale = stage.name in cfg.force or any(a in ran for a in stage.after)  # forced, or an input was just rebuilt
-        if marker.get("fingerprint") == fp and marker.get("done") and not stale:
-            print(f"{head}: up to date, skipped", flush=True)
-            continue
-        ran.add(stage.name)
-        if marker.get("fingerprint") == fp and not stale:
-            print(f"{head}: resuming an interrupted run", flush=True)
-        else:
-            if os.path.exists(stage_dir):
-                shutil.rmtree(stage_dir)
-            print(f"{head}: running", flush=True)
-        os.makedirs(stage_dir, exist_ok=True)
-        _write_json(os.path.join(stage_dir, "stage.json"), {"fingerprint": fp, "done": False})
-        started = time.time()
-        stage.run()
-        _write_json(os.path.join(stage_dir, "stage.json"),
-                    {"fingerprint": fp, "done": True, "seconds": round(time.time() - started, 1)})
+        if run_cached(head, stage.run, os.path.join(cfg.out_dir, stage.name), fp, stale):
+            ran.add(stage.name)
     print(f"[pipeline] finished in {time.time() - t0:.0f}s; results in {cfg.out_dir}", flush=True)
     return prints
 
