@@ -53,7 +53,7 @@ class Config:
     micro_batch_size: int = 32  # sequences per forward/backward
     ppo_epochs: int = 2  # passes over each rollout batch (1 = pure on-policy REINFORCE)
     max_new_tokens: int = 40  # response length limit
-    temperature: float = 0.7  # sampling temperature
+    temperature: float = 1.0  # sampling temperature (RLOO on the demo: T=1 won 0.78 over seeds 0-2, T=0.7 0.75; README)
     missing_eos_penalty: float | None = -1.0  # added to the score of a response without EOS
     kl_coef: float = 0.1  # beta
     kl_in_reward: bool = True  # True: R = score - beta*KL(seq) (RLOO); False: k3 KL loss term (GRPO)
