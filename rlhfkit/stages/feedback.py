@@ -50,10 +50,12 @@ def main(cfg: Config) -> dict:
 
     # 1. Sample the queue.
     queue = os.path.join(cfg.out_dir, "queue.jsonl")
-    rows = generate.main(generate.SampleConfig(
+    sample = generate.SampleConfig(
         model=cfg.policy, split="rl", limit=cfg.limit, num_samples=cfg.num_samples, temperature=cfg.temperature,
         max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, out=queue, world=cfg.world, device=cfg.device,
-        prefix=cfg.prefix, prefixed_samples=cfg.prefixed_samples))
+        prefix=cfg.prefix, prefixed_samples=cfg.prefixed_samples)
+    sample.resolve()
+    rows = generate.main(sample)
 
     # 2. Label with the simulated panel into the store.
     store = FeedbackStore(cfg.db or f"sqlite:///{os.path.abspath(os.path.join(cfg.out_dir, 'feedback.db'))}")

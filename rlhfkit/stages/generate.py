@@ -44,6 +44,12 @@ class Config:
     world: WorldConfig = field(default_factory=WorldConfig)  # the built-in world, for default prompts
     device: str = "auto"  # auto | cpu | cuda
 
+    def resolve(self) -> None:
+        if not 0 <= self.prefixed_samples <= self.num_samples:
+            from rlhfkit.config import ConfigError
+
+            raise ConfigError(f"prefixed_samples ({self.prefixed_samples}) must be in [0, num_samples = {self.num_samples}]")
+
 
 @dataclass
 class SampleConfig(Config):
@@ -76,10 +82,6 @@ def main(cfg: Config) -> list[dict]:
     texts, families = collect_prompts(cfg)
     # K samples per prompt: each prompt repeated K - P times in one batched call, and P times continuing the prefix.
     n_pre = cfg.prefixed_samples
-    if not 0 <= n_pre <= cfg.num_samples:
-        from rlhfkit.config import ConfigError
-
-        raise ConfigError(f"prefixed_samples ({n_pre}) must be in [0, num_samples = {cfg.num_samples}]")
     n_free = cfg.num_samples - n_pre
     kw = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
               batch_size=cfg.batch_size, seed=cfg.seed)
