@@ -28,3 +28,18 @@ def cosine_lr(step: int, max_steps: int, lr: float, warmup_steps: int = 0, min_l
 def set_lr(optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
+
+
+def clip_grad_norms(groups: list[list[torch.nn.Parameter]], max_norm: float, separately: bool = True) -> list[float]:
+    """Clip the gradients of each parameter group to `max_norm`; returns each group's norm before clipping.
+
+    `separately=True` clips every group by its own norm, as separate optimisers
+    would (PPO's policy and critic: the critic's early value gradients must not
+    shrink the policy's step). `separately=False` clips all groups by their joint
+    norm, i.e. `torch.nn.utils.clip_grad_norm_` over the union.
+    """
+    norms = [torch.nn.utils.get_total_norm([p.grad for p in g if p.grad is not None]) for g in groups]
+    joint = torch.stack(norms).norm()
+    for g, n in zip(groups, norms):
+        torch.nn.utils.clip_grads_with_norm_(g, max_norm, n if separately else joint)
+    return [float(n) for n in norms]

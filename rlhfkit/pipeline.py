@@ -53,7 +53,9 @@ class Config:
     feedback: feedback.Config = field(default_factory=feedback.Config)
     rm: rm.Config = field(default_factory=rm.Config)
     ppo: ppo.Config = field(default_factory=ppo.Config)
-    ppo_beta0: ppo.Config = field(default_factory=lambda: ppo.Config(kl_coef=0.0, adaptive_kl=False))  # the reward-hacking control: no KL penalty
+    # The reward-hacking control: no KL penalty, and 2.5x PPO's iterations, which is when its hack shows in
+    # gold and length (README); its training evals every 30 iterations trace the proxy rising as gold falls.
+    ppo_beta0: ppo.Config = field(default_factory=lambda: ppo.Config(kl_coef=0.0, adaptive_kl=False, total_steps=150, eval_every=30))
     dpo: dpo.Config = field(default_factory=dpo.Config)
     rloo: rloo.Config = field(default_factory=rloo.Config)
     grpo: grpo.Config = field(default_factory=grpo.Config)
@@ -163,8 +165,13 @@ def _read_json(path: str) -> dict:
         return {}
 
 
-def _write_json(path: str, obj: dict) -> None:
+def write_atomic(path: str, text: str) -> None:
+    """Write `text` to `path` via a temp file and a rename: readers see the old file or the whole new one."""
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(obj, f)
+        f.write(text)
     os.replace(tmp, path)
+
+
+def _write_json(path: str, obj: dict) -> None:
+    write_atomic(path, json.dumps(obj))

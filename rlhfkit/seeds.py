@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 
 from rlhfkit.config import ConfigError, load_config
-from rlhfkit.pipeline import fingerprint, run_cached
+from rlhfkit.pipeline import fingerprint, run_cached, write_atomic
 from rlhfkit.stages import eval as eval_stage
 
 STAGES = {"ppo": "rlhfkit.stages.ppo", "dpo": "rlhfkit.stages.dpo", "rloo": "rlhfkit.stages.rloo",
@@ -93,11 +93,9 @@ def main(cfg: Config) -> dict:
     with open(os.path.join(ecfg.out_dir, "metrics.json")) as f:
         summary = summarise(json.load(f), cfg.seeds)
     summary["stage"], summary["baseline"] = cfg.stage, cfg.baseline
-    with open(os.path.join(cfg.out_dir, "seeds.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    write_atomic(os.path.join(cfg.out_dir, "seeds.json"), json.dumps(summary, indent=2))
     table = markdown(summary)
-    with open(os.path.join(cfg.out_dir, "seeds.md"), "w") as f:
-        f.write(table + "\n")
+    write_atomic(os.path.join(cfg.out_dir, "seeds.md"), table + "\n")
     print(table, flush=True)
     print(f"[seeds] finished in {time.time() - t0:.0f}s; {os.path.join(cfg.out_dir, 'seeds.json')}", flush=True)
     return summary

@@ -143,7 +143,8 @@ def test_ppo_raises_the_reward(tiny_runs, value_head):
     last = sum(r["objective/scores"] for r in rows[-3:]) / 3
     assert last > first + 1.0, (first, last)
     for key in ("objective/kl", "objective/entropy", "ppo/policy/clipfrac", "ppo/policy/approxkl",
-                "ppo/val/explained_variance", "ppo/val/clipfrac", "rollout/eos_rate", "objective/non_score_reward"):
+                "ppo/val/explained_variance", "ppo/val/clipfrac", "rollout/eos_rate", "objective/non_score_reward",
+                "ppo/policy/grad_norm", "ppo/val/grad_norm"):
         assert key in rows[-1]
 
 
