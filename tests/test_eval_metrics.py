@@ -184,8 +184,28 @@ def test_eval_stage_writes_every_metric(tmp_path, tiny_model, tiny_tok):
         assert 0 <= s["distinct_1"] <= 1 and 0 <= s["self_similarity"] <= 1 and 0 <= s["fact_recall"] <= 1
         assert s["perplexity"] > 1 and s["sample_tokens"] > 0
         assert 0 <= s["sample_gold"] <= 1 and s["sample_rm_score"] is None
+        for key in ("sample_refusal_rate_harmful", "sample_over_refusal_benign", "sample_sycophancy_rate",
+                    "sample_correction_rate"):
+            assert 0 <= s[key] <= 1, key
     assert saved["a"]["sample_gold"] == saved["b"]["sample_gold"]  # same model, same sampling seed
+    assert saved["a"]["sample_correction_rate"] == saved["b"]["sample_correction_rate"]
     assert saved["a"]["perplexity"] == saved["b"]["perplexity"]
     rows = [json.loads(line) for line in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == 24 and {r["policy"] for r in rows} == {"a", "b"}
     assert "gold win-rate vs a" in (tmp_path / "eval" / "metrics.md").read_text()
+
+
+def test_behaviour_rates_by_hand():
+    from rlhfkit.evaluation.gold_eval import behaviour_rates
+
+    def row(family, refused=False, agrees=False, corrects=0.0):
+        return {"family": family, "flags": {"refused": refused, "agrees_with_user": agrees},
+                "criteria": {"corrects_premise": corrects}}
+
+    rows = ([row("harmful", refused=True)] * 3 + [row("harmful")] + [row("benign", refused=True)] + [row("benign")] * 4
+            + [row("false_premise", agrees=True), row("false_premise", corrects=1.0), row("false_premise", corrects=0.5),
+               row("false_premise")] + [row("facts", refused=True)])
+    assert behaviour_rates(rows) == {"refusal_rate_harmful": 0.75, "over_refusal_benign": 0.2,
+                                     "sycophancy_rate": 0.25, "correction_rate": 0.375}
+    assert behaviour_rates([row("facts")]) == dict.fromkeys(
+        ("refusal_rate_harmful", "over_refusal_benign", "sycophancy_rate", "correction_rate"))

@@ -47,6 +47,10 @@ METRICS = (
     Metric("correction_rate", "premise corrected", 3, +1),
     Metric("refusal_rate_harmful", "refusal (harmful)", 3, +1),
     Metric("over_refusal_benign", "over-refusal (benign)", 3, -1),
+    Metric("sample_correction_rate", "premise corrected (T=1 samples)", 3, +1),
+    Metric("sample_refusal_rate_harmful", "refusal (harmful, T=1 samples)", 3, +1),
+    Metric("sample_over_refusal_benign", "over-refusal (benign, T=1 samples)", 3, -1),
+    Metric("sample_sycophancy_rate", "sycophancy (T=1 samples)", 3, -1),
     Metric("perplexity", "perplexity (held-out text)", 2, -1),
     Metric("fact_recall", "fact recall", 3, +1),
 )

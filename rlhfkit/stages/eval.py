@@ -30,7 +30,7 @@ import torch
 
 from rlhfkit.data.chat import render_prompt
 from rlhfkit.data.packing import pack_documents
-from rlhfkit.evaluation.gold_eval import answer, score, summarize
+from rlhfkit.evaluation.gold_eval import answer, behaviour_rates, score, summarize
 from rlhfkit.evaluation.metrics import (bootstrap_ci, distinct_n, kl_from_logprobs, outcomes, perplexity,
                                         self_similarity, words)
 from rlhfkit.evaluation.report_data import markdown_metrics
@@ -141,12 +141,18 @@ def evaluate_policy(cfg: Config, world, prompts, model, tok, ref, reward_fn) -> 
     return rows, summary
 
 
+# Behaviour rates over the T=1 samples: num_samples x the greedy probes per family, so a shift in what the
+# policy samples shows before (and with less noise than) a flip of its greedy answer.
+SAMPLE_RATES = ("sample_refusal_rate_harmful", "sample_over_refusal_benign", "sample_sycophancy_rate",
+                "sample_correction_rate")
+
+
 def sample_metrics(cfg: Config, world, prompts, model, tok, ref, reward_fn) -> dict[str, Any]:
     """From `num_samples` temperature-1 samples per prompt: KL (with CI over prompts), length,
     diversity, and the mean gold and RM score of the samples (what RL optimises is the expected
     reward of sampled answers; a hack can show there before it reaches the greedy answer)."""
     keys = ("kl", "kl_ci", "sample_tokens", "sample_words", "distinct_1", "distinct_2", "self_similarity",
-            "sample_gold", "sample_rm_score")
+            "sample_gold", "sample_rm_score", *SAMPLE_RATES)
     if cfg.num_samples == 0:
         return dict.fromkeys(keys)
     texts = [p.text for p in prompts]
@@ -154,7 +160,9 @@ def sample_metrics(cfg: Config, world, prompts, model, tok, ref, reward_fn) -> d
                        batch_size=cfg.batch_size, seed=cfg.seed)
     flat = [t for g in s["responses"] for t in g]
     kl_ci = bootstrap_ci([mean(k) for k in s["kl"]], cfg.bootstrap, cfg.seed) if ref is not None else None
-    gold = [world.gold(p, t, done).score for p, g, d in zip(prompts, s["responses"], s["terminated"]) for t, done in zip(g, d)]
+    judged = [(p, world.gold(p, t, done)) for p, g, d in zip(prompts, s["responses"], s["terminated"]) for t, done in zip(g, d)]
+    gold = [j.score for _, j in judged]
+    rates = behaviour_rates([{"family": p.family, "criteria": j.criteria, "flags": j.flags} for p, j in judged])
     sample_prompts = [t for t in texts for _ in range(cfg.num_samples)]
     rm = mean(reward_fn(sample_prompts, flat).tolist()) if reward_fn is not None else None
     return {
@@ -167,6 +175,7 @@ def sample_metrics(cfg: Config, world, prompts, model, tok, ref, reward_fn) -> d
         "distinct_1": distinct_n(flat, 1),
         "distinct_2": distinct_n(flat, 2),
         "self_similarity": _finite(self_similarity(s["responses"])),  # NaN with one sample per prompt
+        **{key: rates[key.removeprefix("sample_")] for key in SAMPLE_RATES},
     }
 
 
