@@ -27,6 +27,18 @@ def test_outcomes_and_win_rate_of_a_known_list():
         outcomes([1.0], [1.0, 2.0])
 
 
+def test_gold_win_rates_count_differences_within_the_tie_tolerance_as_ties():
+    from rlhfkit.stages.eval import win_rates
+
+    golds, base = [0.17, 0.19, 0.50, 0.10], [0.175, 0.175, 0.20, 0.30]  # -0.005, +0.015, +0.30, -0.20
+    rows = [{"id": i, "gold": g} for i, g in enumerate(golds)]
+    base_rows = [{"id": i, "gold": g} for i, g in enumerate(base)]
+    exact = win_rates(rows, base_rows, n_boot=20, seed=0)
+    assert exact["gold_winrate"]["mean"] == pytest.approx(2 / 4) and exact["rm_winrate"] is None
+    tol = win_rates(rows, base_rows, n_boot=20, seed=0, gold_tol=0.01)  # the first pair becomes a tie
+    assert tol["gold_winrate"]["mean"] == pytest.approx(2.5 / 4)
+
+
 def _quantile_by_hand(sorted_vals: list[float], q: float) -> float:
     """np.quantile's default ('linear'): interpolate at position q * (n - 1)."""
     pos = q * (len(sorted_vals) - 1)

@@ -56,6 +56,7 @@ class Config:
     temperature: float = 0.0  # for the scored answers; 0: greedy
     num_samples: int = 4  # temperature-1 samples per prompt, for KL and diversity (0: skip)
     bootstrap: int = 1000  # bootstrap resamples for the 95% CIs
+    gold_tie_tol: float = 0.0  # gold differences up to this count as ties (0: exact; 0.01 ignores a one-word sign-off)
     ppl_seq_len: int = 128  # tokens per packed row for the held-out corpus perplexity
     batch_size: int = 64  # prompts per generation batch
     seed: int = 0  # sampling and bootstrap seed
@@ -102,7 +103,7 @@ def main(cfg: Config) -> dict:
               f"ppl {summary['perplexity']:.2f}  fact recall {summary['fact_recall']:.3f}", flush=True)
         del model
     for name in names:
-        summaries[name].update(win_rates(rows_of[name], rows_of[baseline], cfg.bootstrap, cfg.seed))
+        summaries[name].update(win_rates(rows_of[name], rows_of[baseline], cfg.bootstrap, cfg.seed, cfg.gold_tie_tol))
 
     with open(os.path.join(cfg.out_dir, "metrics.json"), "w") as f:
         json.dump(summaries, f, indent=2)
@@ -238,11 +239,12 @@ def fact_recall(world, model, tok, max_new_tokens: int, batch_size: int) -> floa
     return mean(float(world.gold(q, a["response"], a["terminated"]).flags["correct"]) for q, a in zip(questions, answers))
 
 
-def win_rates(rows: list[dict], baseline_rows: list[dict], n_boot: int, seed: int) -> dict[str, Any]:
-    """Win-rate of `rows` against `baseline_rows` (the same prompts) by gold and, if scored, by RM."""
+def win_rates(rows: list[dict], baseline_rows: list[dict], n_boot: int, seed: int, gold_tol: float = 0.0) -> dict[str, Any]:
+    """Win-rate of `rows` against `baseline_rows` (the same prompts) by gold (differences up to
+    `gold_tol` are ties) and, if scored, by RM."""
     if [r["id"] for r in rows] != [r["id"] for r in baseline_rows]:
         raise ValueError("win-rates need both policies' answers to the same prompts in the same order")
-    gold = outcomes([r["gold"] for r in rows], [r["gold"] for r in baseline_rows])
+    gold = outcomes([r["gold"] for r in rows], [r["gold"] for r in baseline_rows], gold_tol)
     out: dict[str, Any] = {"gold_winrate": bootstrap_ci(gold, n_boot, seed), "rm_winrate": None}
     if rows and "rm_score" in rows[0]:
         rm = outcomes([r["rm_score"] for r in rows], [r["rm_score"] for r in baseline_rows], RM_TIE_TOL)
