@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rlhfkit.data.records import Comparison
-from rlhfkit.evaluation.rm_eval import agreement_ceiling, calibration, within_prompt_spearman
+from rlhfkit.evaluation.rm_eval import agreement_ceiling, calibration, pair_accuracy_by_family, within_prompt_spearman
 
 
 def votes(prompt: str, a: str, b: str, for_a: int, for_b: int) -> list[Comparison]:
@@ -45,6 +45,15 @@ def test_within_prompt_spearman_ignores_offsets_between_prompts():
     reversed_ = within_prompt_spearman(-scores, gold)
     assert reversed_["spearman_rm_gold_within_prompt"] == pytest.approx(-1.0)
     assert math.isnan(within_prompt_spearman(scores[2:], gold[2:])["spearman_rm_gold_within_prompt"])
+
+
+def test_pair_accuracy_by_family_by_hand():
+    gold = np.array([[0.0, 0.5, 1.0], [0.2, 0.21, 0.9], [0.4, 0.8, 0.8]])
+    scores = np.array([[1.0, 2.0, 0.0], [5.0, 0.0, 9.0], [3.0, 3.0, 1.0]])
+    out = pair_accuracy_by_family(scores, gold, ["facts", "facts", "premise"])
+    # facts row 0: (0,1) right, (0,2) wrong, (1,2) wrong; row 1: (0,1) gap 0.01 skipped, (0,2) right, (1,2) right
+    # premise row 2: (0,1) score tie -> half, (0,2) wrong, (1,2) gold tie skipped
+    assert out == {"facts": {"accuracy": pytest.approx(3 / 5), "pairs": 5}, "premise": {"accuracy": pytest.approx(0.25), "pairs": 2}}
 
 
 def test_probe_counts_where_the_rm_prefers_a_refusal_by_topic():

@@ -94,6 +94,20 @@ def within_prompt_spearman(scores: np.ndarray, gold: np.ndarray) -> dict[str, fl
             "spearman_within_prompts": len(rhos)}
 
 
+def pair_accuracy_by_family(scores: np.ndarray, gold: np.ndarray, families: list[str], min_gap: float = 0.05) -> dict[str, Any]:
+    """Per family: of the answer pairs to one prompt whose gold differs by more than `min_gap`, the
+    fraction the RM orders as gold does (a score tie counts half). scores, gold: (n_prompts, k);
+    families: n_prompts names. What PPO can learn in a family is bounded by this."""
+    hits, n = defaultdict(float), defaultdict(int)
+    for s, g, f in zip(scores, gold, families):
+        for i in range(len(g)):
+            for j in range(i + 1, len(g)):
+                if abs(g[i] - g[j]) > min_gap:
+                    n[f] += 1
+                    hits[f] += 1.0 if (s[i] - s[j]) * (g[i] - g[j]) > 0 else 0.5 if s[i] == s[j] else 0.0
+    return {f: {"accuracy": hits[f] / n[f], "pairs": n[f]} for f in sorted(n)}
+
+
 def probe(score, world, prompts, variant, by_topic: bool = False) -> dict[str, Any]:
     """The ideal answer to each prompt against `variant(i, prompt, ideal)`: the mean RM score change,
     the fraction of prompts where the RM prefers the variant (optionally per `meta["topic"]`), and the
@@ -145,6 +159,8 @@ def evaluate_reward_model(model, tok, heldout: list[list[Comparison]], cfg) -> d
     gold = np.array([g.score for g in golds])
     out["spearman_rm_gold"] = spearman(rm_scores, gold)
     out.update(within_prompt_spearman(rm_scores.reshape(-1, FRESH_SAMPLES), gold.reshape(-1, FRESH_SAMPLES)))
+    out["pair_accuracy_by_family"] = pair_accuracy_by_family(rm_scores.reshape(-1, FRESH_SAMPLES), gold.reshape(-1, FRESH_SAMPLES),
+                                                             [p.family for p in prompts[::FRESH_SAMPLES]])
     words = np.array([math.log1p(len(a["response"].split())) for a in answers])
     agrees = np.array([float(g.flags.get("agrees_with_user", False)) for g in golds])
     X = np.stack([np.ones_like(gold), gold, words, agrees], 1)
