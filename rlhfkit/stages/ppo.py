@@ -233,6 +233,7 @@ def ppo_epochs(cfg: Config, policy, critic, optimizer, exp, values, advantages, 
     policy.train(), critic.train()
     own = {id(p) for p in policy.parameters()}
     groups = [list(policy.parameters()), [p for p in critic.parameters() if id(p) not in own]]  # a shared trunk counts once
+    separately = cfg.clip_per_network and cfg.value_head == "separate"  # a head on the policy: one network, one norm
     mask, P, stats = exp.mask, exp.prompt_len, {}
     for _ in range(cfg.ppo_epochs):
         for mb in torch.randperm(len(exp.prompts)).split(cfg.minibatch_size):
@@ -252,10 +253,9 @@ def ppo_epochs(cfg: Config, policy, critic, optimizer, exp, values, advantages, 
                 pg_stats["objective/entropy_token"] = masked_mean(entropy.detach(), mask[micro])
                 for k, v in {**pg_stats, **vf_stats}.items():
                     stats.setdefault(k, []).append(float(v))
-            separately = cfg.clip_per_network and cfg.value_head == "separate"  # a head on the policy: one network, one norm
             policy_norm, critic_norm = clip_grad_norms(groups, cfg.grad_clip, separately)
             stats.setdefault("ppo/policy/grad_norm", []).append(policy_norm)
-            stats.setdefault("ppo/val/grad_norm", []).append(critic_norm)
+            stats.setdefault("ppo/val/grad_norm", []).append(critic_norm)  # value_head=policy: the head's alone
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
     return stats
