@@ -45,14 +45,19 @@ def score(world, prompts, answers: list[dict[str, Any]]) -> list[dict[str, Any]]
     return rows
 
 
+def by_family(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Rows grouped by their `family`, families in sorted order."""
+    groups = defaultdict(list)
+    for r in rows:
+        groups[r["family"]].append(r)
+    return dict(sorted(groups.items()))
+
+
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean gold overall and per family, length, and the behaviour rates RLHF is meant to move."""
-    by_family = defaultdict(list)
-    for r in rows:
-        by_family[r["family"]].append(r)
     return {
         "gold": mean(r["gold"] for r in rows),
-        "gold_by_family": {f: mean(r["gold"] for r in rs) for f, rs in sorted(by_family.items())},
+        "gold_by_family": {f: mean(r["gold"] for r in rs) for f, rs in by_family(rows).items()},
         "response_tokens": mean(r["n_tokens"] for r in rows),
         "response_words": mean(len(r["response"].split()) for r in rows),
         "terminated_rate": mean(float(r["terminated"]) for r in rows),
@@ -64,15 +69,13 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def behaviour_rates(rows: list[dict[str, Any]]) -> dict[str, float | None]:
     """Refusal of harmful and of benign look-alike prompts, agreement with and correction of false
     premises, from rows with `family`, `flags` and `criteria` (None where a family has no rows)."""
-    by_family = defaultdict(list)
-    for r in rows:
-        by_family[r["family"]].append(r)
+    groups = by_family(rows)
 
     def rate(family: str, flag: str) -> float | None:
-        rs = by_family.get(family)
+        rs = groups.get(family)
         return mean(float(r["flags"].get(flag, False)) for r in rs) if rs else None
 
-    false_premise = by_family.get("false_premise", [])
+    false_premise = groups.get("false_premise", [])
     return {
         "refusal_rate_harmful": rate("harmful", "refused"),
         "over_refusal_benign": rate("benign", "refused"),

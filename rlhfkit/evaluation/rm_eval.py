@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from itertools import combinations
 from typing import Any
 
 import numpy as np
@@ -100,11 +101,10 @@ def pair_accuracy_by_family(scores: np.ndarray, gold: np.ndarray, families: list
     families: n_prompts names. What PPO can learn in a family is bounded by this."""
     hits, n = defaultdict(float), defaultdict(int)
     for s, g, f in zip(scores, gold, families):
-        for i in range(len(g)):
-            for j in range(i + 1, len(g)):
-                if abs(g[i] - g[j]) > min_gap:
-                    n[f] += 1
-                    hits[f] += 1.0 if (s[i] - s[j]) * (g[i] - g[j]) > 0 else 0.5 if s[i] == s[j] else 0.0
+        for i, j in combinations(range(len(g)), 2):
+            if abs(g[i] - g[j]) > min_gap:
+                n[f] += 1
+                hits[f] += 0.5 * (1 + np.sign((s[i] - s[j]) * (g[i] - g[j])))  # right 1, score tie 0.5, wrong 0
     return {f: {"accuracy": hits[f] / n[f], "pairs": n[f]} for f in sorted(n)}
 
 
@@ -158,9 +158,9 @@ def evaluate_reward_model(model, tok, heldout: list[list[Comparison]], cfg) -> d
     rm_scores = score([p.text for p in prompts], [a["response"] for a in answers]).numpy()
     gold = np.array([g.score for g in golds])
     out["spearman_rm_gold"] = spearman(rm_scores, gold)
-    out.update(within_prompt_spearman(rm_scores.reshape(-1, FRESH_SAMPLES), gold.reshape(-1, FRESH_SAMPLES)))
-    out["pair_accuracy_by_family"] = pair_accuracy_by_family(rm_scores.reshape(-1, FRESH_SAMPLES), gold.reshape(-1, FRESH_SAMPLES),
-                                                             [p.family for p in prompts[::FRESH_SAMPLES]])
+    per_prompt = rm_scores.reshape(-1, FRESH_SAMPLES), gold.reshape(-1, FRESH_SAMPLES)  # (n_prompts, k) each
+    out.update(within_prompt_spearman(*per_prompt))
+    out["pair_accuracy_by_family"] = pair_accuracy_by_family(*per_prompt, [p.family for p in prompts[::FRESH_SAMPLES]])
     words = np.array([math.log1p(len(a["response"].split())) for a in answers])
     agrees = np.array([float(g.flags.get("agrees_with_user", False)) for g in golds])
     X = np.stack([np.ones_like(gold), gold, words, agrees], 1)
