@@ -163,21 +163,31 @@ def explained_variance(
     return torch.where(var_returns > 0, 1 - var_error / var_returns, torch.nan)
 
 
+def weighted_mean(x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """mean(x), or sum(w * x) / sum(w) with weights (same shape as x)."""
+    if weights is None:
+        return x.mean()
+    weights = weights.to(x)
+    return (weights * x).sum() / weights.sum()
+
+
 def bradley_terry_loss(
     chosen_scores: torch.Tensor,
     rejected_scores: torch.Tensor,
     margin: float | torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, Metrics]:
-    """Reward-model loss -log sigmoid(r_c - r_r - m), mean over pairs.
+    """Reward-model loss -log sigmoid(r_c - r_r - m), mean over pairs (weighted: sum w*l / sum w).
 
     Bradley & Terry (1952); Ouyang et al. (2022) eq. 1; the optional margin m is
     Llama 2's (Touvron et al. 2023, eq. 2). chosen_scores, rejected_scores: (B,);
-    margin: float or (B,). Metrics: rm/{loss, accuracy (r_c > r_r, ties count as
-    wrong), margin (mean r_c - r_r)}.
+    margin: float or (B,); weights: (B,) or None (all 1), e.g. InstructGPT's
+    1 / C(K, 2) for a pair from a ranking of K. Metrics: rm/{loss, accuracy
+    (r_c > r_r, ties count as wrong), margin (mean r_c - r_r)}, unweighted.
     """
     diff = chosen_scores - rejected_scores  # (B,)
     logits = diff if margin is None else diff - margin
-    loss = -F.logsigmoid(logits).mean()
+    loss = weighted_mean(-F.logsigmoid(logits), weights)
     metrics = {
         "rm/loss": loss.detach(),
         "rm/accuracy": (diff > 0).float().mean().detach(),
@@ -186,7 +196,8 @@ def bradley_terry_loss(
     return loss, metrics
 
 
-def acceptability_loss(scores: torch.Tensor, acceptable: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
+def acceptability_loss(scores: torch.Tensor, acceptable: torch.Tensor,
+                       weights: torch.Tensor | None = None) -> tuple[torch.Tensor, Metrics]:
     """Absolute marks on the reward scale: -mean[y log sigmoid(r) + (1 - y) log sigmoid(-r)].
 
     Bradley-Terry against a fixed anchor answer of score 0: an answer marked
@@ -194,10 +205,11 @@ def acceptability_loss(scores: torch.Tensor, acceptable: torch.Tensor) -> tuple[
     Comparisons fix only differences within a prompt; these marks fix where 0
     lies, the same for every prompt (the role of InstructGPT's 1-7 ratings; the
     unpaired labels of KTO, Ethayarajh et al. 2024). scores: (N,); acceptable:
-    (N,) in [0, 1] (a mean over annotators is allowed). Metrics: rm/accept_{loss,
-    accuracy (sign of r agrees with y >= 0.5)}.
+    (N,) in [0, 1] (a mean over annotators is allowed); weights: (N,) or None
+    (a weighted mean, as in bradley_terry_loss). Metrics: rm/accept_{loss,
+    accuracy (sign of r agrees with y >= 0.5)}, unweighted accuracy.
     """
-    loss = F.binary_cross_entropy_with_logits(scores, acceptable.to(scores.dtype))
+    loss = weighted_mean(F.binary_cross_entropy_with_logits(scores, acceptable.to(scores.dtype), reduction="none"), weights)
     accuracy = ((scores > 0) == (acceptable >= 0.5)).float().mean()
     return loss, {"rm/accept_loss": loss.detach(), "rm/accept_accuracy": accuracy.detach()}
 

@@ -27,6 +27,18 @@ def test_prefixed_samples_continue_the_prefix_and_leave_the_free_samples_unchang
     assert not any(r.startswith(PREFIX) for f in free for r in f["responses"])  # so the check above can fail
 
 
+def test_num_samples_by_family_gives_those_families_more_samples(tiny_runs, tmp_path):
+    sft = f"{tiny_runs}/sft/model"
+    rlhfkit("sample", f"--model={sft}", "--limit=24", "--max_new_tokens=8", "--num_samples=2", "--prefixed_samples=1",
+            "--num_samples_by_family={false_premise: 5, facts: 3}", f"--out={tmp_path}/q.jsonl", *WORLD)
+    k = {"false_premise": 5, "facts": 3}
+    got = rows(tmp_path / "q.jsonl")
+    assert {r["family"] for r in got} >= {"false_premise", "facts", "arithmetic"}  # so every branch is checked
+    for r in got:
+        assert len(r["responses"]) == len(r["terminated"]) == k.get(r["family"], 2)
+        assert r["responses"][-1].startswith(PREFIX) and not any(x.startswith(PREFIX) for x in r["responses"][:-1])
+
+
 def test_answer_continues_a_forced_prefix(tiny_model, tiny_tok):
     """An untrained model's continuation is near-random tokens: the prefix is kept verbatim in front
     of them and is not counted in n_tokens."""
@@ -45,3 +57,6 @@ def test_more_prefixed_samples_than_samples_is_a_config_error(tiny_runs, tmp_pat
     proc = rlhfkit("sample", f"--model={tiny_runs}/sft/model", "--limit=2", "--num_samples=2", "--prefixed_samples=3",
                    f"--out={tmp_path}/q.jsonl", *WORLD, check=False)
     assert proc.returncode == 2 and "prefixed_samples (3)" in proc.stderr
+    proc = rlhfkit("sample", f"--model={tiny_runs}/sft/model", "--limit=2", "--num_samples=4", "--prefixed_samples=3",
+                   "--num_samples_by_family={facts: 2}", f"--out={tmp_path}/q.jsonl", *WORLD, check=False)
+    assert proc.returncode == 2 and "num_samples_by_family.facts = 2" in proc.stderr

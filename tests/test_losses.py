@@ -52,6 +52,22 @@ def test_bradley_terry_margin_and_metrics():
     assert not any(v.requires_grad for v in metrics.values())
 
 
+def test_bradley_terry_weights_rankings_by_hand():
+    """InstructGPT's 1 / C(K, 2): a ranking of 3 (three pairs, weight 1/3 each) counts as much as one pair."""
+    chosen, rejected = f64([1.0, 1.0, 1.0, -1.0]), f64([0.0, 0.0, 0.0, 0.0])
+    weights = f64([1 / 3, 1 / 3, 1 / 3, 1.0])
+    loss, metrics = bradley_terry_loss(chosen, rejected, weights=weights)
+    assert loss.item() == pytest.approx((math.log(1 + math.exp(-1)) + math.log(1 + math.exp(1))) / 2)
+    assert bradley_terry_loss(chosen, rejected)[0].item() == pytest.approx(
+        (3 * math.log(1 + math.exp(-1)) + math.log(1 + math.exp(1))) / 4)  # unweighted: the ranking counts 3x
+    assert metrics["rm/accuracy"].item() == pytest.approx(3 / 4)  # metrics stay per pair
+
+
+def test_acceptability_loss_weights_by_hand():
+    loss, _ = acceptability_loss(f64([2.0, 0.0]), f64([1.0, 0.0]), weights=f64([3.0, 1.0]))
+    assert loss.item() == pytest.approx((3 * math.log(1 + math.exp(-2)) + math.log(2)) / 4)
+
+
 def test_bradley_terry_is_stable_for_large_gaps():
     loss, _ = bradley_terry_loss(torch.tensor([0.0]), torch.tensor([1000.0]))
     assert loss.item() == pytest.approx(1000.0)

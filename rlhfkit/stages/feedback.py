@@ -32,6 +32,7 @@ class Config:
     policy: str = "runs/sft/model"  # the policy whose samples are ranked
     db: str | None = None  # SQLAlchemy URL of the feedback store (None: sqlite in out_dir)
     num_samples: int = 4  # K responses per prompt
+    num_samples_by_family: dict[str, int] = field(default_factory=dict)  # K for the world prompts of these families
     limit: int = 0  # rank only the first N RL prompts (0: all)
     temperature: float = 1.0  # sampling temperature
     max_new_tokens: int = 48  # response length limit
@@ -51,7 +52,8 @@ def main(cfg: Config) -> dict:
     # 1. Sample the queue.
     queue = os.path.join(cfg.out_dir, "queue.jsonl")
     sample = generate.SampleConfig(
-        model=cfg.policy, split="rl", limit=cfg.limit, num_samples=cfg.num_samples, temperature=cfg.temperature,
+        model=cfg.policy, split="rl", limit=cfg.limit, num_samples=cfg.num_samples,
+        num_samples_by_family=cfg.num_samples_by_family, temperature=cfg.temperature,
         max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, out=queue, world=cfg.world, device=cfg.device,
         prefix=cfg.prefix, prefixed_samples=cfg.prefixed_samples)
     sample.resolve()

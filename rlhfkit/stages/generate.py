@@ -33,6 +33,7 @@ class Config:
     split: str = "eval"  # world split used when no prompts are given: sft | rl | eval
     limit: int = 0  # use only the first N prompts (0: all)
     num_samples: int = 1  # responses per prompt (K)
+    num_samples_by_family: dict[str, int] = field(default_factory=dict)  # K for world prompts of these families
     max_new_tokens: int = 48  # response length limit
     temperature: float = 0.7  # 0: greedy
     top_p: float = 1.0  # nucleus sampling
@@ -45,10 +46,16 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda
 
     def resolve(self) -> None:
-        if not 0 <= self.prefixed_samples <= self.num_samples:
-            from rlhfkit.config import ConfigError
+        from rlhfkit.config import ConfigError
 
-            raise ConfigError(f"prefixed_samples ({self.prefixed_samples}) must be in [0, num_samples = {self.num_samples}]")
+        for name, k in {"num_samples": self.num_samples, **{f"num_samples_by_family.{f}": k
+                                                            for f, k in self.num_samples_by_family.items()}}.items():
+            if not 0 <= self.prefixed_samples <= k:
+                raise ConfigError(f"prefixed_samples ({self.prefixed_samples}) must be in [0, {name} = {k}]")
+
+    def samples_for(self, family: str | None) -> int:
+        """K for a prompt of this family."""
+        return self.num_samples_by_family.get(family, self.num_samples) if family else self.num_samples
 
 
 @dataclass
@@ -82,14 +89,14 @@ def main(cfg: Config) -> list[dict]:
     texts, families = collect_prompts(cfg)
     # K samples per prompt: each prompt repeated K - P times in one batched call, and P times continuing the prefix.
     n_pre = cfg.prefixed_samples
-    n_free = cfg.num_samples - n_pre
+    n_free = [cfg.samples_for(fam) - n_pre for fam in families]
     kw = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
               batch_size=cfg.batch_size, seed=cfg.seed)
-    free = answer(model, tok, [t for t in texts for _ in range(n_free)], **kw) if n_free else []
-    pre = answer(model, tok, [t for t in texts for _ in range(n_pre)], prefix=cfg.prefix, **kw) if n_pre else []
+    free = iter(answer(model, tok, [t for t, n in zip(texts, n_free) for _ in range(n)], **kw) if sum(n_free) else [])
+    pre = iter(answer(model, tok, [t for t in texts for _ in range(n_pre)], prefix=cfg.prefix, **kw) if n_pre else [])
     rows = []
-    for i, (text, fam) in enumerate(zip(texts, families)):
-        group = free[i * n_free : (i + 1) * n_free] + pre[i * n_pre : (i + 1) * n_pre]
+    for text, fam, n in zip(texts, families, n_free):
+        group = [next(free) for _ in range(n)] + [next(pre) for _ in range(n_pre)]
         rows.append({"prompt": text, "responses": [g["response"] for g in group],
                      "terminated": [g["terminated"] for g in group], "policy": cfg.model, "family": fam})
     if cfg.out:
@@ -97,7 +104,7 @@ def main(cfg: Config) -> list[dict]:
 
         os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
         write_jsonl(cfg.out, rows)
-        print(f"[generate] wrote {len(rows)} prompts x {cfg.num_samples} responses to {cfg.out}", flush=True)
+        print(f"[generate] wrote {len(rows)} prompts, {sum(len(r['responses']) for r in rows)} responses to {cfg.out}", flush=True)
     else:
         for r in rows:
             print(json.dumps({"prompt": r["prompt"], "responses": r["responses"]}, ensure_ascii=False))

@@ -28,6 +28,7 @@ import os
 import random
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from tqdm import tqdm
@@ -60,6 +61,7 @@ class Config:
     weight_decay: float = 0.0  # AdamW decay on matrices
     grad_clip: float = 1.0  # max gradient norm
     margin: float | None = None  # optional BT margin (Llama 2 style), subtracted from r_c - r_r
+    pair_weight: Literal["pair", "ranking"] = "pair"  # pair: every pair counts once | ranking: every ranking once (its pairs 1/C(K,2), InstructGPT)
     accept_coef: float = 1.0  # weight of the acceptability loss on pairs with acceptable marks (0: off)
     max_len: int = 256  # longest rendered prompt + response
     eval_every: int = 50  # held-out accuracy every N steps
@@ -99,12 +101,23 @@ def acceptable_marks(pairs: list[Comparison]) -> torch.Tensor:
     return torch.tensor([mark(p.meta.get(name)) for name in ACCEPTABLE_FIELDS for p in pairs])
 
 
-def rm_loss(chosen, rejected, marks, margin, accept_coef):
-    """Bradley-Terry on the pairs plus `accept_coef` x the acceptability loss on the marked sides."""
-    loss, stats = bradley_terry_loss(chosen, rejected, margin)
+def pair_weights(groups: list[list[Comparison]], how: str) -> torch.Tensor | None:
+    """Per-pair loss weights of a batch of rankings: None (pair: all 1) or 1 / (pairs in its ranking)."""
+    if how == "pair":
+        return None
+    return torch.tensor([1.0 / len(g) for g in groups for _ in g])
+
+
+def rm_loss(chosen, rejected, marks, margin, accept_coef, weights=None):
+    """Bradley-Terry on the pairs plus `accept_coef` x the acceptability loss on the marked sides
+    (each side of a pair weighted as the pair)."""
+    weights = None if weights is None else weights.to(chosen.device)
+    loss, stats = bradley_terry_loss(chosen, rejected, margin, weights)
     marked = ~marks.isnan()
     if accept_coef and marked.any():
-        accept, accept_stats = acceptability_loss(torch.cat([chosen, rejected])[marked], marks[marked].to(chosen.device))
+        side_weights = None if weights is None else torch.cat([weights, weights])[marked.to(weights.device)]
+        accept, accept_stats = acceptability_loss(torch.cat([chosen, rejected])[marked], marks[marked].to(chosen.device),
+                                                  side_weights)
         loss, stats = loss + accept_coef * accept, {**stats, **accept_stats}
     return loss, stats
 
@@ -165,9 +178,11 @@ def train(cfg: Config) -> str:
     for step in tqdm(range(start, max_steps), desc="rm", initial=start, total=max_steps):
         lr = cosine_lr(step, max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
         set_lr(optimizer, lr)
-        pairs = [p for i in epoch_batches(len(train_groups), cfg.batch_groups, step, cfg.seed) for p in train_groups[i]]
+        batch = [train_groups[i] for i in epoch_batches(len(train_groups), cfg.batch_groups, step, cfg.seed)]
+        pairs = [p for g in batch for p in g]
         chosen, rejected = score_pairs(model, tok, pairs, cfg.max_len, device)
-        loss, stats = rm_loss(chosen, rejected, acceptable_marks(pairs), cfg.margin, cfg.accept_coef)
+        loss, stats = rm_loss(chosen, rejected, acceptable_marks(pairs), cfg.margin, cfg.accept_coef,
+                              pair_weights(batch, cfg.pair_weight))
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
