@@ -63,6 +63,22 @@ def test_bradley_terry_weights_rankings_by_hand():
     assert metrics["rm/accuracy"].item() == pytest.approx(3 / 4)  # metrics stay per pair
 
 
+def test_rm_pair_weights_count_each_ranking_once():
+    from rlhfkit.data.records import Comparison
+    from rlhfkit.stages.rm import pair_weights, rm_loss
+
+    pair = Comparison(prompt="p", chosen="a", rejected="b")
+    groups = [[pair] * 3, [pair]]
+    assert pair_weights(groups, "pair") is None
+    assert pair_weights(groups, "ranking").tolist() == pytest.approx([1 / 3] * 3 + [1.0])
+    chosen, rejected = f64([1.0, 1.0, 1.0, -1.0]), f64([0.0] * 4)
+    marks = f64([1.0, 1.0, 1.0, 0.0] + [float("nan")] * 4)  # chosen sides marked, rejected sides not
+    loss, _ = rm_loss(chosen, rejected, marks, None, 1.0, pair_weights(groups, "ranking"))
+    bt = (math.log(1 + math.exp(-1)) + math.log(1 + math.exp(1))) / 2
+    accept = (math.log(1 + math.exp(-1)) + math.log(1 + math.exp(-1))) / 2  # the 0-marked side scored -1: right
+    assert loss.item() == pytest.approx(bt + accept)
+
+
 def test_acceptability_loss_weights_by_hand():
     loss, _ = acceptability_loss(f64([2.0, 0.0]), f64([1.0, 0.0]), weights=f64([3.0, 1.0]))
     assert loss.item() == pytest.approx((3 * math.log(1 + math.exp(-2)) + math.log(2)) / 4)
