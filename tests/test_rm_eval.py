@@ -54,6 +54,8 @@ def test_pair_accuracy_by_family_by_hand():
     # facts row 0: (0,1) right, (0,2) wrong, (1,2) wrong; row 1: (0,1) gap 0.01 skipped, (0,2) right, (1,2) right
     # premise row 2: (0,1) score tie -> half, (0,2) wrong, (1,2) gold tie skipped
     assert out == {"facts": {"accuracy": pytest.approx(3 / 5), "pairs": 5}, "premise": {"accuracy": pytest.approx(0.25), "pairs": 2}}
+    assert pair_accuracy_by_family(scores, gold, ["facts", "", "premise"], skip=("",)) == {
+        "facts": {"accuracy": pytest.approx(1 / 3), "pairs": 3}, "premise": {"accuracy": pytest.approx(0.25), "pairs": 2}}
 
 
 def test_probe_counts_where_the_rm_prefers_a_refusal_by_topic():

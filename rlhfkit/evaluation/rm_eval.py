@@ -95,12 +95,16 @@ def within_prompt_spearman(scores: np.ndarray, gold: np.ndarray) -> dict[str, fl
             "spearman_within_prompts": len(rhos)}
 
 
-def pair_accuracy_by_family(scores: np.ndarray, gold: np.ndarray, families: list[str], min_gap: float = 0.05) -> dict[str, Any]:
+def pair_accuracy_by_family(scores: np.ndarray, gold: np.ndarray, families: list[str], min_gap: float = 0.05,
+                            skip: tuple[str, ...] = ()) -> dict[str, Any]:
     """Per family: of the answer pairs to one prompt whose gold differs by more than `min_gap`, the
     fraction the RM orders as gold does (a score tie counts half). scores, gold: (n_prompts, k);
-    families: n_prompts names. What PPO can learn in a family is bounded by this."""
+    families: n_prompts names (prompts named in `skip` are left out). What PPO can learn in a family
+    is bounded by this."""
     hits, n = defaultdict(float), defaultdict(int)
     for s, g, f in zip(scores, gold, families):
+        if f in skip:
+            continue
         for i, j in combinations(range(len(g)), 2):
             if abs(g[i] - g[j]) > min_gap:
                 n[f] += 1
@@ -160,7 +164,11 @@ def evaluate_reward_model(model, tok, heldout: list[list[Comparison]], cfg) -> d
     out["spearman_rm_gold"] = spearman(rm_scores, gold)
     per_prompt = rm_scores.reshape(-1, FRESH_SAMPLES), gold.reshape(-1, FRESH_SAMPLES)  # (n_prompts, k) each
     out.update(within_prompt_spearman(*per_prompt))
-    out["pair_accuracy_by_family"] = pair_accuracy_by_family(*per_prompt, [p.family for p in prompts[::FRESH_SAMPLES]])
+    # Per family, and false premises split by kind (a false sum or a false fact: only the second is checkable here).
+    labels = [f"{p.family}/{p.meta['kind']}" if p.family == "false_premise" else p.family for p in prompts[::FRESH_SAMPLES]]
+    out["pair_accuracy_by_family"] = {
+        **pair_accuracy_by_family(*per_prompt, [label.split("/")[0] for label in labels]),
+        **pair_accuracy_by_family(*per_prompt, [label if "/" in label else "" for label in labels], skip=("",))}
     words = np.array([math.log1p(len(a["response"].split())) for a in answers])
     agrees = np.array([float(g.flags.get("agrees_with_user", False)) for g in golds])
     X = np.stack([np.ones_like(gold), gold, words, agrees], 1)
