@@ -56,9 +56,7 @@ class Config:
     # The reward-hacking control: no KL penalty, and 2.5x PPO's iterations, which is when its hack shows in
     # gold and length (README); its training evals every 30 iterations trace the proxy rising as gold falls.
     ppo_beta0: ppo.Config = field(default_factory=lambda: ppo.Config(kl_coef=0.0, adaptive_kl=False, total_steps=150, eval_every=30))
-    # DPO makes one pass over a random 30% of the pairs: the default feedback gives 3.6x the pairs of rankings of
-    # 4, most of them from the 13-candidate false-premise rankings, and a full pass would take ~10 min here.
-    dpo: dpo.Config = field(default_factory=lambda: dpo.Config(epochs=0.3))
+    dpo: dpo.Config = field(default_factory=dpo.Config)
     rloo: rloo.Config = field(default_factory=rloo.Config)
     grpo: grpo.Config = field(default_factory=grpo.Config)
     eval: eval_stage.Config = field(default_factory=lambda: eval_stage.Config(policies=["<wired>"]))

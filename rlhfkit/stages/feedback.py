@@ -31,14 +31,12 @@ class Config:
     seed: int = 0  # sampling and panel seed
     policy: str = "runs/sft/model"  # the policy whose samples are ranked
     db: str | None = None  # SQLAlchemy URL of the feedback store (None: sqlite in out_dir)
-    num_samples: int = 5  # K responses per prompt (the last `prefixed_samples` of them a forced refusal)
-    # K for the world prompts of these families: the SFT policy corrects a false premise in ~1 of 7 samples, so with
-    # K = 5 most of those rankings hold no correction to prefer; 13 candidates give most of them one (README)
-    num_samples_by_family: dict[str, int] = field(default_factory=lambda: {"false_premise": 13})
+    num_samples: int = 4  # K responses per prompt
+    num_samples_by_family: dict[str, int] = field(default_factory=dict)  # K for the world prompts of these families
     limit: int = 0  # rank only the first N RL prompts (0: all)
     temperature: float = 1.0  # sampling temperature
     max_new_tokens: int = 48  # response length limit
-    prefixed_samples: int = 1  # of the K samples, this many continue `prefix`: a refusal among every prompt's candidates
+    prefixed_samples: int = 0  # of the K samples, this many continue `prefix`: a refusal among every prompt's candidates
     prefix: str = generate.REFUSAL_PREFIX  # the forced opening of those samples
     panel: PanelConfig = field(default_factory=PanelConfig)  # the simulated annotators
     world: WorldConfig = field(default_factory=WorldConfig)  # prompts and the annotators' gold
