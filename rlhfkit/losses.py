@@ -209,7 +209,11 @@ def acceptability_loss(scores: torch.Tensor, acceptable: torch.Tensor,
     (a weighted mean, as in bradley_terry_loss). Metrics: rm/accept_{loss,
     accuracy (sign of r agrees with y >= 0.5)}, unweighted accuracy.
     """
-    loss = weighted_mean(F.binary_cross_entropy_with_logits(scores, acceptable.to(scores.dtype), reduction="none"), weights)
+    target = acceptable.to(scores.dtype)
+    if weights is None:
+        loss = F.binary_cross_entropy_with_logits(scores, target)
+    else:
+        loss = weighted_mean(F.binary_cross_entropy_with_logits(scores, target, reduction="none"), weights)
     accuracy = ((scores > 0) == (acceptable >= 0.5)).float().mean()
     return loss, {"rm/accept_loss": loss.detach(), "rm/accept_accuracy": accuracy.detach()}
 
