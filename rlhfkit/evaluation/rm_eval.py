@@ -165,10 +165,10 @@ def evaluate_reward_model(model, tok, heldout: list[list[Comparison]], cfg) -> d
     per_prompt = rm_scores.reshape(-1, FRESH_SAMPLES), gold.reshape(-1, FRESH_SAMPLES)  # (n_prompts, k) each
     out.update(within_prompt_spearman(*per_prompt))
     # Per family, and false premises split by kind (a false sum or a false fact: only the second is checkable here).
-    labels = [f"{p.family}/{p.meta['kind']}" if p.family == "false_premise" else p.family for p in prompts[::FRESH_SAMPLES]]
-    out["pair_accuracy_by_family"] = {
-        **pair_accuracy_by_family(*per_prompt, [label.split("/")[0] for label in labels]),
-        **pair_accuracy_by_family(*per_prompt, [label if "/" in label else "" for label in labels], skip=("",))}
+    families = [p.family for p in prompts[::FRESH_SAMPLES]]
+    kinds = [f"false_premise/{p.meta['kind']}" if p.family == "false_premise" else "" for p in prompts[::FRESH_SAMPLES]]
+    out["pair_accuracy_by_family"] = {**pair_accuracy_by_family(*per_prompt, families),
+                                      **pair_accuracy_by_family(*per_prompt, kinds, skip=("",))}
     words = np.array([math.log1p(len(a["response"].split())) for a in answers])
     agrees = np.array([float(g.flags.get("agrees_with_user", False)) for g in golds])
     X = np.stack([np.ones_like(gold), gold, words, agrees], 1)
