@@ -48,14 +48,15 @@ class Config:
     def resolve(self) -> None:
         from rlhfkit.config import ConfigError
 
-        for name, k in {"num_samples": self.num_samples, **{f"num_samples_by_family.{f}": k
-                                                            for f, k in self.num_samples_by_family.items()}}.items():
+        ks = {"num_samples": self.num_samples}
+        ks.update((f"num_samples_by_family.{f}", k) for f, k in self.num_samples_by_family.items())
+        for name, k in ks.items():
             if not 0 <= self.prefixed_samples <= k:
                 raise ConfigError(f"prefixed_samples ({self.prefixed_samples}) must be in [0, {name} = {k}]")
 
     def samples_for(self, family: str | None) -> int:
         """K for a prompt of this family."""
-        return self.num_samples_by_family.get(family, self.num_samples) if family else self.num_samples
+        return self.num_samples_by_family.get(family, self.num_samples)
 
 
 @dataclass

@@ -111,11 +111,10 @@ def pair_weights(groups: list[list[Comparison]], how: str) -> torch.Tensor | Non
 def rm_loss(chosen, rejected, marks, margin, accept_coef, weights=None):
     """Bradley-Terry on the pairs plus `accept_coef` x the acceptability loss on the marked sides
     (each side of a pair weighted as the pair)."""
-    weights = None if weights is None else weights.to(chosen.device)
-    loss, stats = bradley_terry_loss(chosen, rejected, margin, weights)
+    loss, stats = bradley_terry_loss(chosen, rejected, margin, weights)  # weighted_mean moves weights to the scores
     marked = ~marks.isnan()
     if accept_coef and marked.any():
-        side_weights = None if weights is None else torch.cat([weights, weights])[marked.to(weights.device)]
+        side_weights = None if weights is None else torch.cat([weights, weights])[marked]
         accept, accept_stats = acceptability_loss(torch.cat([chosen, rejected])[marked], marks[marked].to(chosen.device),
                                                   side_weights)
         loss, stats = loss + accept_coef * accept, {**stats, **accept_stats}
