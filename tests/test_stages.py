@@ -185,3 +185,27 @@ def test_critic_free_methods_raise_the_reward(tiny_runs, algo):
     first = sum(r["objective/scores"] for r in rows[:3]) / 3
     last = sum(r["objective/scores"] for r in rows[-3:]) / 3
     assert last > first + 1.0, (first, last)
+
+
+def test_prompt_repeats_list_a_familys_world_prompts_that_many_times(tmp_path):
+    """PPO's default oversamples false premises 3x; a prompts file is read as is; a bad repeat is a config error."""
+    from collections import Counter
+
+    from rlhfkit.config import ConfigError
+    from rlhfkit.stages import ppo, rloo
+    from rlhfkit.world import WorldConfig, build_world
+
+    wcfg = WorldConfig(corpus_docs=300, n_sft=240, n_rl=48, n_eval_per_family=3)
+    world = build_world(wcfg)
+    rl = world.prompts("rl")
+    n_fp = sum(p.family == "false_premise" for p in rl)
+    assert n_fp >= 2
+    got = Counter(ppo.load_prompts(ppo.Config(world=wcfg), world))
+    assert sum(got.values()) == len(rl) + 2 * n_fp
+    assert all(got[p.text] == (3 if p.family == "false_premise" else 1) for p in rl)
+    assert ppo.load_prompts(rloo.Config(world=wcfg), world) == [p.text for p in rl]  # RLOO/GRPO: no repeats by default
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a"}\n{"prompt": "b"}\n')
+    assert ppo.load_prompts(ppo.Config(world=wcfg, prompts=str(tmp_path / "p.jsonl")), world) == ["a", "b"]
+    for bad, msg in (({"false_premise": 0}, "integers >= 1"), ({"false_premises": 3}, "unknown world families ['false_premises']")):
+        with pytest.raises(ConfigError, match=msg.replace("[", r"\[").replace("]", r"\]")):
+            ppo.Config(prompt_repeats=bad).resolve()

@@ -2,10 +2,13 @@
 
 1. sample: K responses per prompt from the policy (the world's RL prompts by
    default) at temperature 1 -> `<out_dir>/queue.jsonl`; `prefixed_samples` of
-   them continue a forced refusal opener, so every prompt's candidates include a
-   refusal to be judged: a policy that rarely refuses a harmless look-alike would
-   otherwise leave the reward model no comparison saying such a refusal is wrong
-   (the RM eval's over-refusal probe measures the gap);
+   them continue a forced refusal opener, so the candidates include a refusal to
+   be judged: a policy that rarely refuses a harmless look-alike would otherwise
+   leave the reward model no comparison saying such a refusal is wrong (the RM
+   eval's over-refusal probe measures the gap). By default only harmful requests
+   and their benign look-alikes get it, as a fifth candidate: ranked last on
+   every prompt, a refusal taught the RM that refusing is bad almost anywhere
+   (README);
 2. label: the simulated panel ranks every item (rlhfkit.feedback.simulated),
    writing judgement rows to the feedback store (SQLite by default, any
    SQLAlchemy URL) — the same rows people write in `rlhfkit label serve`;
@@ -32,11 +35,12 @@ class Config:
     policy: str = "runs/sft/model"  # the policy whose samples are ranked
     db: str | None = None  # SQLAlchemy URL of the feedback store (None: sqlite in out_dir)
     num_samples: int = 4  # K responses per prompt
-    num_samples_by_family: dict[str, int] = field(default_factory=dict)  # K for the world prompts of these families
+    num_samples_by_family: dict[str, int] = field(default_factory=lambda: {"benign": 5, "harmful": 5})  # K for the world prompts of these families
     limit: int = 0  # rank only the first N RL prompts (0: all)
     temperature: float = 1.0  # sampling temperature
     max_new_tokens: int = 48  # response length limit
-    prefixed_samples: int = 0  # of the K samples, this many continue `prefix`: a refusal among every prompt's candidates
+    prefixed_samples: int = 1  # of the K samples, this many continue `prefix`: a refusal among the candidates
+    prefixed_families: list[str] = field(default_factory=lambda: ["benign", "harmful"])  # only prompts of these families get them ([]: every prompt)
     prefix: str = generate.REFUSAL_PREFIX  # the forced opening of those samples
     panel: PanelConfig = field(default_factory=PanelConfig)  # the simulated annotators
     world: WorldConfig = field(default_factory=WorldConfig)  # prompts and the annotators' gold
@@ -55,7 +59,7 @@ def main(cfg: Config) -> dict:
         model=cfg.policy, split="rl", limit=cfg.limit, num_samples=cfg.num_samples,
         num_samples_by_family=cfg.num_samples_by_family, temperature=cfg.temperature,
         max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, out=queue, world=cfg.world, device=cfg.device,
-        prefix=cfg.prefix, prefixed_samples=cfg.prefixed_samples)
+        prefix=cfg.prefix, prefixed_samples=cfg.prefixed_samples, prefixed_families=cfg.prefixed_families)
     sample.resolve()
     rows = generate.main(sample)
 

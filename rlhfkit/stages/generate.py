@@ -4,8 +4,8 @@
 eval split) and prints/writes them. `sample` draws K responses per prompt (the
 world's RL split by default) at temperature 1 and writes the queue that the
 feedback stage ranks (`prefixed_samples` of the K continue a forced `prefix`, e.g. a
-refusal opener, so that every prompt's candidates include one for the labellers to
-judge); one JSONL row per prompt,
+refusal opener, so that every prompt's candidates -- or those of the `prefixed_families`
+only -- include one for the labellers to judge); one JSONL row per prompt,
     {"prompt": str, "responses": [str] * K, "terminated": [bool] * K, "policy": str, "family": str | null}
 which `rlhfkit label load` and the simulated annotators read.
 """
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from rlhfkit.evaluation.gold_eval import answer
 from rlhfkit.models.load import load_causal_lm
 from rlhfkit.tracking import seed_everything
-from rlhfkit.world import WorldConfig, build_world
+from rlhfkit.world import WorldConfig, build_world, check_families
 
 
 REFUSAL_PREFIX = "I can't help with that."  # the default forced opening of prefixed samples
@@ -42,14 +42,20 @@ class Config:
     out: str | None = None  # JSONL to write (one row per prompt)
     prefix: str = REFUSAL_PREFIX  # forced opening of the prefixed samples
     prefixed_samples: int = 0  # of the K samples per prompt, this many continue `prefix` (0: none)
+    prefixed_families: list[str] = field(default_factory=list)  # only world prompts of these families get them ([]: every prompt)
     world: WorldConfig = field(default_factory=WorldConfig)  # the built-in world, for default prompts
     device: str = "auto"  # auto | cpu | cuda
 
     def resolve(self) -> None:
         from rlhfkit.config import ConfigError
 
+        check_families("num_samples_by_family", self.num_samples_by_family)
+        check_families("prefixed_families", self.prefixed_families)
         ks = {"num_samples": self.num_samples}
         ks.update((f"num_samples_by_family.{f}", k) for f, k in self.num_samples_by_family.items())
+        if self.prefixed_families:  # only the K of the families that get prefixed samples bound them
+            ks = {(f"num_samples_by_family.{f}" if f in self.num_samples_by_family else "num_samples"): self.samples_for(f)
+                  for f in self.prefixed_families}
         for name, k in ks.items():
             if not 0 <= self.prefixed_samples <= k:
                 raise ConfigError(f"prefixed_samples ({self.prefixed_samples}) must be in [0, {name} = {k}]")
@@ -57,6 +63,10 @@ class Config:
     def samples_for(self, family: str | None) -> int:
         """K for a prompt of this family."""
         return self.num_samples_by_family.get(family, self.num_samples)
+
+    def prefixed_for(self, family: str | None) -> int:
+        """How many of a prompt's K samples continue the prefix."""
+        return self.prefixed_samples if not self.prefixed_families or family in self.prefixed_families else 0
 
 
 @dataclass
@@ -89,15 +99,15 @@ def main(cfg: Config) -> list[dict]:
     model, tok = load_causal_lm(cfg.model, device=cfg.device)
     texts, families = collect_prompts(cfg)
     # K samples per prompt: each prompt repeated K - P times in one batched call, and P times continuing the prefix.
-    n_pre = cfg.prefixed_samples
-    n_free = [cfg.samples_for(fam) - n_pre for fam in families]
+    n_pre = [cfg.prefixed_for(fam) for fam in families]
+    n_free = [cfg.samples_for(fam) - p for fam, p in zip(families, n_pre)]
     kw = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
               batch_size=cfg.batch_size, seed=cfg.seed)
     free = iter(answer(model, tok, [t for t, n in zip(texts, n_free) for _ in range(n)], **kw) if sum(n_free) else [])
-    pre = iter(answer(model, tok, [t for t in texts for _ in range(n_pre)], prefix=cfg.prefix, **kw) if n_pre else [])
+    pre = iter(answer(model, tok, [t for t, p in zip(texts, n_pre) for _ in range(p)], prefix=cfg.prefix, **kw) if sum(n_pre) else [])
     rows = []
-    for text, fam, n in zip(texts, families, n_free):
-        group = [next(free) for _ in range(n)] + [next(pre) for _ in range(n_pre)]
+    for text, fam, n, p in zip(texts, families, n_free, n_pre):
+        group = [next(free) for _ in range(n)] + [next(pre) for _ in range(p)]
         rows.append({"prompt": text, "responses": [g["response"] for g in group],
                      "terminated": [g["terminated"] for g in group], "policy": cfg.model, "family": fam})
     if cfg.out:

@@ -40,7 +40,7 @@ from rlhfkit.optim import clip_grad_norms, set_lr
 from rlhfkit.rl import AdaptiveKLController, FixedKLController, KL_ESTIMATORS, gae, kl_penalized_rewards
 from rlhfkit.rollout import collect_experience, response_logprobs
 from rlhfkit.tracking import Run, Stopwatch, seed_everything
-from rlhfkit.world import WorldConfig, build_world
+from rlhfkit.world import WorldConfig, build_world, check_families
 
 
 @dataclass
@@ -53,6 +53,7 @@ class Config:
     value_model: str | None = None  # critic init (None: the reward model, or the policy when reward != rm)
     value_head: str = "separate"  # separate: a critic network | policy: a head on the policy's backbone (less memory)
     prompts: str | None = None  # prompt file/dir; None: the world's RL split
+    prompt_repeats: dict[str, int] = field(default_factory=lambda: {"false_premise": 3})  # world RL prompts of these families appear this many times per pass (README)
     world: WorldConfig = field(default_factory=WorldConfig)  # default prompts and gold evaluation
     total_steps: int = 60  # PPO iterations (one rollout batch each)
     rollout_batch_size: int = 64  # prompts sampled per iteration
@@ -97,6 +98,7 @@ class Config:
             raise ConfigError(f"'kl_estimator': expected one of {sorted(KL_ESTIMATORS)}, got {self.kl_estimator!r}")
         if self.value_head not in ("separate", "policy"):
             raise ConfigError(f"'value_head': expected separate or policy, got {self.value_head!r}")
+        check_prompt_repeats(self.prompt_repeats)
         if self.value_head == "policy" and self.value_model:
             raise ConfigError("'value_model': a value head on the policy starts from the policy; drop value_model "
                               "or set value_head=separate")
@@ -110,12 +112,25 @@ def batch_plan(cfg: Config) -> str:
             f"(= {accum} micro-batches of {cfg.micro_batch_size}) = {cfg.ppo_epochs * n_mb} optimiser steps per iteration")
 
 
-def load_prompts(cfg: Config, world) -> list[str]:
+def check_prompt_repeats(repeats: dict[str, int]) -> None:
+    from rlhfkit.config import ConfigError
+
+    check_families("prompt_repeats", repeats)
+    if bad := {f: r for f, r in repeats.items() if not isinstance(r, int) or r < 1}:
+        raise ConfigError(f"prompt_repeats: repeats must be integers >= 1, got {bad}")
+
+
+def load_prompts(cfg, world) -> list[str]:
+    """The RL prompts of a PPO/RLOO/GRPO config: its prompts file, or the world's RL split with each
+    prompt of a family in `cfg.prompt_repeats` listed that many times (oversampling a rare skill;
+    a prompts file has no families, so there the repeats do not apply)."""
     if cfg.prompts:
         from rlhfkit.data.loaders import load_prompts as load
 
+        if cfg.prompt_repeats:
+            print(f"[prompts] prompt_repeats {cfg.prompt_repeats} apply to the world's prompts only, not to {cfg.prompts}", flush=True)
         return [conv[-1].content for conv in load(cfg.prompts)]
-    return [p.text for p in world.prompts("rl")]
+    return [p.text for p in world.prompts("rl") for _ in range(cfg.prompt_repeats.get(p.family, 1))]
 
 
 def train(cfg: Config) -> str:

@@ -45,6 +45,7 @@ class Config:
     reward: str = "rm"  # rm | world (gold as a verifiable reward) | package.module:function
     reward_model: str = "runs/rm/model"  # used when reward=rm
     prompts: str | None = None  # prompt file/dir; None: the world's RL split
+    prompt_repeats: dict[str, int] = field(default_factory=dict)  # world RL prompts of these families appear this many times per pass
     world: WorldConfig = field(default_factory=WorldConfig)  # default prompts and gold evaluation
     total_steps: int = 60  # iterations (one rollout batch each)
     prompts_per_step: int = 16  # prompts per iteration
@@ -70,6 +71,9 @@ class Config:
     def resolve(self) -> None:
         from rlhfkit.config import ConfigError
 
+        from rlhfkit.stages.ppo import check_prompt_repeats
+
+        check_prompt_repeats(self.prompt_repeats)
         if self.estimator not in ADVANTAGES:
             raise ConfigError(f"'estimator': expected one of {sorted(ADVANTAGES)}, got {self.estimator!r}")
         n = self.prompts_per_step * self.k

@@ -16,6 +16,6 @@ from __future__ import annotations
 
 from rlhfkit.world.core import World, WorldConfig, build_world
 from rlhfkit.world.gold import Gold
-from rlhfkit.world.tasks import FAMILIES, Prompt
+from rlhfkit.world.tasks import FAMILIES, Prompt, check_families
 
-__all__ = ["FAMILIES", "Gold", "Prompt", "World", "WorldConfig", "build_world"]
+__all__ = ["FAMILIES", "Gold", "Prompt", "World", "WorldConfig", "build_world", "check_families"]

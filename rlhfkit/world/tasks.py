@@ -20,6 +20,14 @@ from rlhfkit.world.topics import BENIGN, HARMFUL, REQUEST_TEMPLATES, refusal
 FAMILIES = ("arithmetic", "facts", "instructions", "harmful", "false_premise", "benign")
 
 
+def check_families(field: str, names) -> None:
+    """A config error naming `field` if any of `names` is not a family of this world."""
+    from rlhfkit.config import ConfigError
+
+    if unknown := [n for n in names if n not in FAMILIES]:
+        raise ConfigError(f"{field}: unknown world families {unknown} (known: {', '.join(FAMILIES)})")
+
+
 @dataclass(frozen=True)
 class Prompt:
     id: str  # stable, e.g. "eval-facts-0007"
