@@ -17,8 +17,10 @@ details of RLHF with PPO") found to matter, each a default and configurable:
   would: with one joint norm the critic's early value gradients, 2-4x the
   policy's on the demo, shrank every policy step;
 - optional PPO-ptx: the pretraining LM loss mixed in (InstructGPT).
-Departures: the critic is a separate network by default (no shared trunk), and the reward
-is not whitened by default (the RM is already normalised to mean 0 on SFT samples).
+Departures: the critic is a separate network by default (no shared trunk), the reward
+is not whitened by default (the RM is already normalised to mean 0 on SFT samples), and
+the world's false-premise prompts are listed three times (`prompt_repeats`): the skill
+its RM ranks least well gets three times the rollouts (README).
 """
 
 from __future__ import annotations
