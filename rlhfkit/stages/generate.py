@@ -51,14 +51,10 @@ class Config:
 
         check_families("num_samples_by_family", self.num_samples_by_family)
         check_families("prefixed_families", self.prefixed_families)
-        ks = {"num_samples": self.num_samples}
-        ks.update((f"num_samples_by_family.{f}", k) for f, k in self.num_samples_by_family.items())
-        if self.prefixed_families:  # only the K of the families that get prefixed samples bound them
-            ks = {(f"num_samples_by_family.{f}" if f in self.num_samples_by_family else "num_samples"): self.samples_for(f)
-                  for f in self.prefixed_families}
-        for name, k in ks.items():
-            if not 0 <= self.prefixed_samples <= k:
-                raise ConfigError(f"prefixed_samples ({self.prefixed_samples}) must be in [0, {name} = {k}]")
+        for fam in self.prefixed_families or [None, *self.num_samples_by_family]:  # the K of prompts that get prefixed samples
+            name = f"num_samples_by_family.{fam}" if fam in self.num_samples_by_family else "num_samples"
+            if not 0 <= self.prefixed_samples <= self.samples_for(fam):
+                raise ConfigError(f"prefixed_samples ({self.prefixed_samples}) must be in [0, {name} = {self.samples_for(fam)}]")
 
     def samples_for(self, family: str | None) -> int:
         """K for a prompt of this family."""
