@@ -70,7 +70,6 @@ class Config:
 
     def resolve(self) -> None:
         from rlhfkit.config import ConfigError
-
         from rlhfkit.stages.ppo import check_prompt_repeats
 
         check_prompt_repeats(self.prompt_repeats)
