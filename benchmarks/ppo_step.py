@@ -56,10 +56,13 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as root:
         policy, rm = (args.policy, args.reward_model) if args.policy else build_tiny(root, args.hidden, args.layers)
-        cfg = load_config(ppo.Config, overrides=[
+        from rlhfkit.world import WorldConfig, export
+
+        export.main(export.Config(f"{root}/world", WorldConfig(corpus_docs=100)))  # the world's RL prompts, as a file
+        cfg = load_config(ppo.Config, overrides=[f"prompts={root}/world/rl_prompts.jsonl",
             f"out_dir={root}/ppo", f"policy={policy}", f"reward_model={rm}", f"total_steps={args.steps}",
             f"rollout_batch_size={args.rollout}", f"max_new_tokens={args.max_new_tokens}", "eval_every=0",
-            "sample_every=100000", "ckpt_every=100000", "world.corpus_docs=100"])
+            "sample_every=100000", "ckpt_every=100000"])
         ppo.train(cfg)
         rows = read_metrics(f"{root}/ppo")[1:]  # the first iteration includes warm-up
     n = len(rows)

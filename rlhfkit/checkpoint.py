@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from rlhfkit.files import write_atomic
+
 
 def rng_state() -> dict[str, Any]:
     import numpy as np
@@ -53,7 +55,7 @@ def save_checkpoint(out_dir: str, step: int, models: dict[str, Any], state: dict
     torch.save({"step": step, "rng": rng_state(), **state}, os.path.join(tmp, "state.pt"))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    _write_atomic(os.path.join(root, "latest"), os.path.basename(final))
+    write_atomic(os.path.join(root, "latest"), os.path.basename(final))
     for old in sorted(d for d in os.listdir(root) if d.startswith("step_") and not d.endswith(".tmp"))[:-keep]:
         shutil.rmtree(os.path.join(root, old), ignore_errors=True)
     return final
@@ -97,7 +99,7 @@ def truncate_log(out_dir: str, step: int, name: str = "metrics.jsonl") -> None:
         return
     with open(path) as f:
         rows = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
-    _write_atomic(path, "".join(rows))
+    write_atomic(path, "".join(rows))
 
 
 def unwrap(model):
@@ -105,12 +107,3 @@ def unwrap(model):
     while hasattr(model, "module"):
         model = model.module
     return getattr(model, "_orig_mod", model)
-
-
-def _write_atomic(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -10,51 +10,54 @@ from __future__ import annotations
 import importlib
 import sys
 
-# command -> (module, config class, entry function, one-line help)
-COMMANDS = {
-    "pipeline": ("rlhfkit.pipeline", "Config", "main", "the whole demo: pretrain -> SFT -> feedback -> RM -> PPO/DPO -> eval -> report, cached"),
-    "pretrain": ("rlhfkit.stages.pretrain", "Config", "train", "causal-LM pretraining of the tiny model on the world corpus"),
-    "sft": ("rlhfkit.stages.sft", "Config", "train", "supervised fine-tuning on demonstrations"),
-    "generate": ("rlhfkit.stages.generate", "Config", "main", "batched sampling from a policy"),
-    "sample": ("rlhfkit.stages.generate", "SampleConfig", "main", "K responses per prompt: the queue to be ranked"),
-    "feedback": ("rlhfkit.stages.feedback", "Config", "main", "sample K responses, rank them with the simulated panel, export pairs"),
-    "rm": ("rlhfkit.stages.rm", "Config", "train", "Bradley-Terry reward model on preference pairs"),
-    "ppo": ("rlhfkit.stages.ppo", "Config", "train", "PPO against the reward model with a KL penalty to the SFT model"),
-    "dpo": ("rlhfkit.stages.dpo", "Config", "train", "direct preference optimisation (sigmoid / IPO / cDPO)"),
-    "rloo": ("rlhfkit.stages.rloo", "Config", "train", "critic-free online RL with a leave-one-out baseline"),
-    "grpo": ("rlhfkit.stages.grpo", "Config", "train", "critic-free online RL with group-normalised advantages"),
-    "seeds": ("rlhfkit.seeds", "Config", "main", "one stage trained with several seeds, each judged against one baseline"),
-    "eval": ("rlhfkit.stages.eval", "Config", "main", "gold evaluation of policies on held-out world prompts"),
-    "report": ("rlhfkit.stages.report", "Config", "main", "HTML + Markdown report (with plots) of a pipeline run"),
+from rlhfkit.stages import STAGES
+
+# command -> (module, config class, entry function, one-line help): the library's stages (rlhfkit.stages.STAGES),
+# then the demo's commands. The demo's modules are named here, never imported, until one is run.
+COMMANDS = {name: tuple(spec) for name, spec in STAGES.items()} | {
+    "pipeline": ("rlhfkit.demo.pipeline", "Config", "main", "the demo: world -> pretrain -> SFT -> feedback -> RM -> PPO/DPO -> eval -> report, cached"),
+    "feedback": ("rlhfkit.demo.feedback", "Config", "main", "the demo's feedback: sample K answers, the simulated panel ranks them, export pairs"),
+    "seeds": ("rlhfkit.demo.seeds", "Config", "main", "one demo stage trained with several seeds, each judged against one baseline"),
+    "report": ("rlhfkit.demo.report.cli", "Config", "main", "HTML + Markdown report (with plots) of a pipeline run"),
+}
+GROUPS = {  # `rlhfkit world <sub>`: the built-in world's own commands
+    "world": {
+        "export": ("rlhfkit.world.export", "Config", "main", "write the world's splits as ordinary data files"),
+        "eval": ("rlhfkit.demo.eval", "Config", "main", "gold evaluation of policies on the world's held-out prompts"),
+    },
 }
 
 
 def usage() -> str:
-    width = max(map(len, COMMANDS))
+    width = max([*map(len, COMMANDS), *(len(f"{g} {s}") for g, subs in GROUPS.items() for s in subs)])
     lines = ["usage: rlhfkit <command> [--config FILE.yaml] [--key=value ...]", "", "commands:"]
     lines += [f"  {name:<{width}}  {spec[3]}" for name, spec in COMMANDS.items()]
     lines += [f"  {'label':<{width}}  the labelling web app and its admin commands (rlhfkit label --help)"]
+    for group, subs in GROUPS.items():
+        lines += [f"  {group + ' ' + sub:<{width}}  {spec[3]}" for sub, spec in subs.items()]
     lines += ["", "`rlhfkit <command> --help` lists a command's config fields."]
     return "\n".join(lines)
 
 
-def field_help(cls, prefix: str = "") -> list[str]:
-    """One line per config field: dotted name, default and the comment written beside it in the source."""
+def field_help(cls, prefix: str = "", obj=None) -> list[str]:
+    """One line per config field: dotted name, default (the value in `obj` when given) and the comment
+    written beside it in the source."""
     import dataclasses
     import inspect
     import re
 
-    try:
-        src = inspect.getsource(cls)
-    except (OSError, TypeError):
-        src = ""
-    docs = dict(re.findall(r"^\s+(\w+):[^#\n]*#\s*(.*)$", src, re.M))
+    docs = {}
+    for klass in reversed(cls.__mro__):  # a subclass's comment wins over its base's
+        try:
+            docs.update(re.findall(r"^\s+(\w+):[^#\n]*#\s*(.*)$", inspect.getsource(klass), re.M))
+        except (OSError, TypeError):
+            pass
     out = []
     for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else (
+        default = getattr(obj, f.name) if obj is not None else f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
         if dataclasses.is_dataclass(default):
-            out += field_help(type(default), prefix + f.name + ".")
+            out += field_help(type(default), prefix + f.name + ".", default if obj is not None else None)
         else:
             out.append(f"  --{prefix}{f.name}={default!r:<24} {docs.get(f.name, '')}")
     return out
@@ -70,15 +73,23 @@ def main(argv: list[str] | None = None) -> int:
         from rlhfkit.feedback.cli import main as label_main
 
         return run_reporting_errors(command, lambda: label_main(rest))
-    if command not in COMMANDS:
+    table = COMMANDS
+    if command in GROUPS:
+        table = {f"{command} {sub}": spec for sub, spec in GROUPS[command].items()}
+        command = f"{command} {rest[0]}" if rest else command
+        rest = rest[1:]
+    if command not in table:
         print(f"rlhfkit: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    module_name, cls_name, fn_name, help_text = COMMANDS[command]
+    module_name, cls_name, fn_name, help_text = table[command]
     module = importlib.import_module(module_name)
     cls = getattr(module, cls_name)
     if "-h" in rest or "--help" in rest:
         print(f"rlhfkit {command}: {help_text}\n\nconfig fields (YAML keys / --overrides):")
-        print("\n".join(field_help(cls)))
+        from rlhfkit.config import load_config
+
+        base = load_config(cls) if getattr(cls, "BASE_CONFIGS", ()) else None  # defaults as its config files set them
+        print("\n".join(field_help(cls, obj=base)))
         return 0
     from rlhfkit.config import ConfigError, parse_cli
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from typing import Any, Literal, Sequence, TypeVar, Union
@@ -52,21 +53,33 @@ class _Typed:
 
 
 def load_config(cls: type[T], path: str | None = None, overrides: Sequence[str] = ()) -> T:
-    """Defaults of `cls`, then the YAML file at `path`, then `overrides`; then `resolve()`.
+    """Defaults of `cls`, then the files of its `BASE_CONFIGS` (a ClassVar, if any), then the YAML file at
+    `path`, then `overrides`; then `resolve()`.
 
     Raises ConfigError for a missing/unparsable file, an unknown key, a value of
     the wrong type, or a failed `resolve()` validation.
     """
     cfg = cls()
-    if path is not None:
+    paths = [*getattr(cls, "BASE_CONFIGS", ()), *([find_config(cls, path)] if path is not None else [])]
+    for p in paths:
         try:
-            _merge(cfg, read_yaml(path), "")
+            _merge(cfg, read_yaml(p), "")
         except ConfigError as e:
-            raise ConfigError(f"{path}: {e}") from None
+            raise ConfigError(f"{p}: {e}") from None
     for key, value in parse_overrides(overrides):
         _merge(cfg, _nest(key, value), "")
     resolve_all(cfg)
     return cfg
+
+
+def find_config(cls: type, path: str) -> str:
+    """`path` itself, or, when no such file exists and `cls` names a `CONFIG_DIR`, the file of that
+    name there (`demo_quick` -> <CONFIG_DIR>/demo_quick.yaml)."""
+    folder = getattr(cls, "CONFIG_DIR", None)
+    if os.path.exists(path) or not folder:
+        return path
+    named = os.path.join(folder, path if path.endswith((".yaml", ".yml")) else f"{path}.yaml")
+    return named if os.path.exists(named) else path
 
 
 def parse_cli(cls: type[T], argv: Sequence[str]) -> T:

@@ -1,7 +1,7 @@
 """Batched sampling with a KV cache, EOS truncation, and sampling-time logprobs.
 
 One generation loop serves every stage (eval, `generate`, `sample`, PPO, RLOO,
-GRPO). Prompts are left-padded so every row's next token sits in the last
+GRPO); `answer` is its text-in, text-out form. Prompts are left-padded so every row's next token sits in the last
 column; position ids are computed from the attention mask so padding does not
 shift RoPE positions. Each row stops at its first EOS; later columns are PAD and
 masked out.
@@ -20,7 +20,8 @@ from typing import Sequence
 
 import torch
 
-from rlhfkit.data.chat import pad_batch
+from rlhfkit.data.chat import pad_batch, render_prompt
+from rlhfkit.models.logprobs import position_ids_from_mask, response_logprobs
 
 
 @dataclass
@@ -38,11 +39,6 @@ class Generation:
             torch.cat([self.prompt_ids, self.response_ids], 1),
             torch.cat([self.prompt_mask, self.response_mask], 1),
         )
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """0, 1, 2 ... counted over real tokens only; padding positions get 0."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator=None):
@@ -140,21 +136,6 @@ def generate_batched(model, prompts, *, batch_size: int = 64, **kwargs) -> list[
     return results
 
 
-def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
-                      temperature: float = 1.0, with_entropy: bool = False):
-    """Tempered logprobs (B, R) of the response part of `input_ids` (B, P + R), and optionally entropy (B, R).
-
-    Column P - 1 + t of the logits predicts response token t. Dividing by the
-    sampling temperature makes these equal the sampling-time logprobs.
-    """
-    from rlhfkit.ops import entropy_from_logits, logprobs_from_logits
-
-    logits = model(input_ids=input_ids, attention_mask=attention_mask.long(),
-                   position_ids=position_ids_from_mask(attention_mask)).logits[:, prompt_len - 1 : -1]  # (B, R, V)
-    logprobs = logprobs_from_logits(logits, input_ids[:, prompt_len:], temperature)
-    return logprobs, (entropy_from_logits(logits, temperature) if with_entropy else None)
-
-
 @dataclass
 class Experience:
     """One batch of on-policy rollouts with everything the RL losses need (no grad)."""
@@ -184,8 +165,6 @@ def collect_experience(policy, ref, tok, prompts: Sequence[str], reward_fn, *, m
     """
     import contextlib
 
-    from rlhfkit.data.chat import render_prompt
-
     timed = stopwatch or (lambda name: contextlib.nullcontext())
     policy.eval()
     with timed("generate"):
@@ -213,22 +192,31 @@ def collect_experience(policy, ref, tok, prompts: Sequence[str], reward_fn, *, m
                       logprobs, ref_logprobs)
 
 
-def sequence_logprobs(model, rows: Sequence[tuple[list[int], list[bool]]], pad_id: int) -> torch.Tensor:
-    """Summed logprob of the masked (response) tokens of each rendered example: (N,).
+@torch.no_grad()
+def answer(model, tok, prompts: Sequence, *, max_new_tokens: int = 48, temperature: float = 0.0,
+           top_p: float = 1.0, batch_size: int = 64, seed: int = 0, prefix: str = "") -> list[dict]:
+    """One decoded response per prompt (a string or a conversation): dicts with `response`,
+    `terminated` (ended by EOS) and `n_tokens`. Greedy by default, so two policies are compared on
+    their modal answer. A `prefix` is forced as the start of every response (the model continues it);
+    it is part of `response` and not of `n_tokens`."""
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    forced = tok(prefix, add_special_tokens=False)["input_ids"] if prefix else []
+    outs = generate_batched(model, [render_prompt(tok, p) + forced for p in prompts], batch_size=batch_size,
+                            eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, max_new_tokens=max_new_tokens,
+                            temperature=temperature, top_p=top_p, generator=gen)
+    model.train(was_training)
+    return [{"response": tok.decode(forced + ids, skip_special_tokens=True), "terminated": term, "n_tokens": len(ids)}
+            for ids, term, _ in outs]
 
-    `rows` are `(ids, mask)` from `rlhfkit.data.chat.render_example`, right-padded here.
-    """
-    from rlhfkit.ops import logprobs_from_logits, masked_sum
 
-    ids, attn = pad_batch([r[0] for r in rows], pad_id, side="right")
-    loss_mask, _ = pad_batch([[int(m) for m in r[1]] for r in rows], 0, side="right")
-    device = next(model.parameters()).device
-    ids, attn, loss_mask = ids.to(device), attn.to(device), loss_mask.to(device).bool()
-    logits = model(input_ids=ids, attention_mask=attn.long()).logits[:, :-1]  # (N, T-1, V)
-    logprobs = logprobs_from_logits(logits, ids[:, 1:])  # (N, T-1)
-    return masked_sum(logprobs, loss_mask[:, 1:], dim=1)
-
-
-def scored_tokens(row: tuple[list[int], list[bool]]) -> int:
-    """How many tokens of a rendered example `sequence_logprobs` sums over (the mask shifted by one)."""
-    return sum(row[1][1:])
+def sample_groups(model, tok, prompts: Sequence, n_free: Sequence[int], n_prefixed: Sequence[int], prefix: str = "",
+                  **kwargs) -> list[list[dict]]:
+    """Several responses per prompt: `n_free[i]` sampled freely and then `n_prefixed[i]` continuing the
+    forced `prefix` (e.g. a refusal opener, so the candidates include one). Two batched `answer` calls
+    (free, then prefixed); `kwargs` go to `answer`. Returns one list of response dicts per prompt."""
+    free = iter(answer(model, tok, [p for p, n in zip(prompts, n_free) for _ in range(n)], **kwargs) if sum(n_free) else [])
+    pre = iter(answer(model, tok, [p for p, n in zip(prompts, n_prefixed) for _ in range(n)], prefix=prefix, **kwargs)
+               if sum(n_prefixed) else [])
+    return [[next(free) for _ in range(n)] + [next(pre) for _ in range(m)] for n, m in zip(n_free, n_prefixed)]

@@ -11,6 +11,18 @@ import torch
 from tests.helpers import MODEL, WORLD, rlhfkit
 
 os.environ.setdefault("RLHFKIT_NO_TENSORBOARD", "1")
+
+# Tiers: `pytest -m "not slow"` is the inner loop (math, config, data, store, web app: under 2 minutes);
+# the full suite (CI, README) adds every test that trains through the CLI, drives Chromium or loads a server.
+SLOW_FIXTURES = {"tiny_runs": "slow", "world_files": "slow", "chromium": "browser"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for fixture, marker in SLOW_FIXTURES.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(marker)
+                item.add_marker("slow")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 TEXTS = [
@@ -36,13 +48,23 @@ def tiny_model(tiny_tok):
 
 
 @pytest.fixture(scope="session")
-def tiny_runs(tmp_path_factory):
-    """Pretrain and SFT a tiny model once for the whole session (~15 s): `<root>/pretrain/model`, `<root>/sft/model`."""
+def world_files(tmp_path_factory):
+    """The tiny world exported as ordinary data files (`rlhfkit world export`): corpus, sft, prompts, pairs."""
+    root = tmp_path_factory.mktemp("world")
+    rlhfkit("world", "export", f"--out_dir={root}", *WORLD)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory, world_files):
+    """Pretrain and SFT a tiny model once for the whole session (~15 s) on the exported tiny world:
+    `<root>/pretrain/model`, `<root>/sft/model`; `<root>/world` holds the world's files."""
     root = tmp_path_factory.mktemp("runs")
-    rlhfkit("pretrain", f"--out_dir={root}/pretrain", "--max_steps=60", "--batch_size=16", "--seq_len=64",
-            "--eval_every=20", "--sample_every=1000", "--lr=5e-3", *WORLD, *MODEL)
-    rlhfkit("sft", f"--out_dir={root}/sft", f"--model={root}/pretrain/model", "--epochs=5", "--batch_size=16",
-            "--eval_every=10", "--sample_every=1000", "--lr=3e-3", *WORLD)
+    os.symlink(world_files, root / "world")
+    rlhfkit("pretrain", f"--out_dir={root}/pretrain", f"--corpus={world_files}/corpus.jsonl", "--max_steps=60",
+            "--batch_size=16", "--seq_len=64", "--eval_every=20", "--sample_every=1000", "--lr=5e-3", *MODEL)
+    rlhfkit("sft", f"--out_dir={root}/sft", f"--model={root}/pretrain/model", f"--data={world_files}/sft.jsonl",
+            "--epochs=5", "--batch_size=16", "--eval_every=10", "--sample_every=1000", "--lr=3e-3")
     return root
 
 

@@ -12,6 +12,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # A world small enough to pretrain on in seconds; every family is still present.
 WORLD = ["--world.corpus_docs=300", "--world.n_sft=240", "--world.n_rl=48", "--world.n_eval_per_family=3"]
+WORLD_ARGS = {"corpus_docs": 300, "n_sft": 240, "n_rl": 48, "n_eval_per_family": 3}  # the same, as evaluator_args
 MODEL = ["--model.hidden_size=48", "--model.num_layers=2", "--model.num_heads=2", "--model.intermediate_size=96",
          "--model.vocab_size=400"]
 
@@ -73,3 +74,20 @@ def metrics(run_dir: str) -> list[dict]:
 def short_reward(prompts, responses, terminated=None):
     """Reward short answers: -(words), a signal any policy can climb in a few steps."""
     return [-float(len(r.split())) for r in responses]
+
+
+def exact_sum(prompts, responses, terminated=None, **_):
+    """An evaluator for 'what is A plus B ?' prompts: per response {"score": 1.0 if its first number is A + B}."""
+    return [{"score": r} for r in exact_sum_reward(prompts, responses)]
+
+
+def exact_sum_reward(prompts, responses, terminated=None, **_):
+    """The same check as a verifiable reward: one number per response."""
+    import re
+
+    out = []
+    for p, r in zip(prompts, responses):
+        a, b = map(int, re.findall(r"\d+", p)[:2])
+        got = re.findall(r"\d+", r)
+        out.append(float(bool(got) and int(got[0]) == a + b))
+    return out

@@ -245,4 +245,4 @@ def test_ppo_config_errors_name_the_setting(overrides, message):
     from rlhfkit.stages import ppo
 
     with pytest.raises(ConfigError, match=re.escape(message)):
-        load_config(ppo.Config, overrides=overrides)
+        load_config(ppo.Config, overrides=["--prompts=p.jsonl", *overrides])

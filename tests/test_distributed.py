@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.helpers import MODEL, WORLD, free_port, metrics, rlhfkit
+from tests.helpers import MODEL, free_port, metrics, rlhfkit
 
 STAGES = ("pretrain", "sft")
 # Short runs with no warmup, so the weights move by far more than the tolerance of the comparison.
@@ -20,7 +20,7 @@ ARGS = {
     "pretrain": ("--max_steps=4", "--batch_size=8", "--seq_len=64", "--lr=5e-3", *MODEL),
     "sft": ("--epochs=0.5", "--batch_size=16", "--lr=3e-3"),  # 7 steps of 16 of the 228 demonstrations
 }
-COMMON = ("--warmup_steps=0", "--eval_every=2", "--sample_every=1000", *WORLD)
+COMMON = ("--warmup_steps=0", "--eval_every=2", "--sample_every=1000")
 SAME_EVERY_STEP = ("train/loss", "train/grad_norm", "train/lr", "eval/loss")  # metrics both runs must log alike
 
 
@@ -29,8 +29,17 @@ def torchrun(nproc: int) -> tuple[str, ...]:
     return ("-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}")
 
 
+pytestmark = pytest.mark.slow
+
+
+def data_args(stage: str, world) -> tuple[str, ...]:
+    if stage == "pretrain":
+        return (f"--corpus={world}/corpus.jsonl", f"--eval_corpus={world}/eval_corpus.jsonl")
+    return (f"--data={world}/sft.jsonl",)
+
+
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, world_files):
     """Each stage once with 1 process and once with 2 ranks; SFT starts from the 1-process pretrained model.
 
     Returns (root, {"<stage>/<ranks>": stdout}); run directories are `<root>/<stage>/<ranks>`.
@@ -41,7 +50,8 @@ def runs(tmp_path_factory):
         init = (f"--model={root}/pretrain/1/model",) if stage == "sft" else ()
         for ranks, launcher in ((1, ()), (2, torchrun(2))):
             name = f"{stage}/{ranks}"
-            proc = rlhfkit(stage, f"--out_dir={root}/{name}", *init, *ARGS[stage], *COMMON, launcher=launcher)
+            proc = rlhfkit(stage, f"--out_dir={root}/{name}", *init, *data_args(stage, world_files), *ARGS[stage], *COMMON,
+                           launcher=launcher)
             out[name] = proc.stdout
     return root, out
 

@@ -28,7 +28,7 @@ def test_outcomes_and_win_rate_of_a_known_list():
 
 
 def test_gold_win_rates_count_differences_within_the_tie_tolerance_as_ties():
-    from rlhfkit.stages.eval import win_rates
+    from rlhfkit.evaluation.policy import win_rates
 
     golds, base = [0.17, 0.19, 0.50, 0.10], [0.175, 0.175, 0.20, 0.30]  # -0.005, +0.015, +0.30, -0.20
     rows = [{"id": i, "gold": g} for i, g in enumerate(golds)]
@@ -154,7 +154,7 @@ def test_gao_fit_log_form_and_errors():
 
 
 def test_sampled_kl_of_a_policy_to_itself_is_exactly_zero(tiny_model, tiny_tok):
-    from rlhfkit.stages.eval import sample_with_kl
+    from rlhfkit.evaluation.policy import sample_with_kl
 
     prompts = ["What is 7 + 5?", "Reverse this list: cat, dog, sun.", "The capital of Zorvia is"]
     out = sample_with_kl(tiny_model, tiny_model, tiny_tok, prompts, num_samples=3, max_new_tokens=8, batch_size=4)
@@ -173,10 +173,10 @@ def test_sampled_kl_of_a_policy_to_itself_is_exactly_zero(tiny_model, tiny_tok):
     assert any(abs(k) > 1e-3 for g in out2["kl"] for k in g)
 
 
-def test_eval_stage_writes_every_metric(tmp_path, tiny_model, tiny_tok):
-    """Two copies of one tiny model: identical answers -> win-rate exactly 0.5 and KL exactly 0."""
+def test_world_eval_writes_every_metric(tmp_path, tiny_model, tiny_tok):
+    """The demo's gold eval. Two copies of one tiny model: identical answers -> win-rate exactly 0.5 and KL exactly 0."""
     from rlhfkit.config import load_config
-    from rlhfkit.stages import eval as eval_stage
+    from rlhfkit.demo import eval as eval_stage
 
     for name in ("a", "b"):
         tiny_model.save_pretrained(tmp_path / name / "model")
@@ -208,7 +208,7 @@ def test_eval_stage_writes_every_metric(tmp_path, tiny_model, tiny_tok):
 
 
 def test_behaviour_rates_by_hand():
-    from rlhfkit.evaluation.gold_eval import behaviour_rates
+    from rlhfkit.demo.gold import behaviour_rates
 
     def row(family, refused=False, agrees=False, corrects=0.0):
         return {"family": family, "flags": {"refused": refused, "agrees_with_user": agrees},
@@ -221,3 +221,26 @@ def test_behaviour_rates_by_hand():
                                      "sycophancy_rate": 0.25, "correction_rate": 0.375}
     assert behaviour_rates([row("facts")]) == dict.fromkeys(
         ("refusal_rate_harmful", "over_refusal_benign", "sycophancy_rate", "correction_rate"))
+
+
+def test_generic_eval_judges_with_the_users_evaluator_and_writes_no_world_metric(tmp_path, tiny_model, tiny_tok):
+    """`rlhfkit eval` on plain prompts: the evaluator's keys averaged, win-rates on its score; with the same
+    model twice every win-rate is exactly 0.5 and the KL exactly 0."""
+    from rlhfkit.config import load_config
+    from rlhfkit.stages import eval as eval_stage
+
+    for name in ("a", "b"):
+        tiny_model.save_pretrained(tmp_path / name / "model")
+        tiny_tok.save_pretrained(tmp_path / name / "model")
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps({"prompt": f"what is {i} plus {i} ?"}) + "\n" for i in range(6)))
+    cfg = load_config(eval_stage.Config, overrides=[
+        f"out_dir={tmp_path / 'eval'}", f"policies=[{tmp_path / 'a' / 'model'},{tmp_path / 'b' / 'model'}]",
+        f"prompts={tmp_path / 'p.jsonl'}", "evaluator=tests.helpers:exact_sum", "max_new_tokens=6", "num_samples=2",
+        "bootstrap=50", "device=cpu"])
+    saved = eval_stage.main(cfg)
+    for s in saved.values():
+        assert s["n"] == 6 and 0 <= s["score"] <= 1 and s["score_winrate"] == {"mean": 0.5, "lo": 0.5, "hi": 0.5}
+        assert s["kl"] == 0.0 and s["rm_winrate"] is None and "perplexity" not in s
+        assert not [k for k in s if "gold" in k or "refusal" in k]
+    rows = [json.loads(line) for line in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 12 and all("score" in r for r in rows)

@@ -19,8 +19,11 @@ import time
 from collections import Counter
 
 import httpx
+import pytest
 
 from rlhfkit.feedback.store import FeedbackStore
+
+pytestmark = [pytest.mark.load, pytest.mark.slow]
 
 ADMIN = "admin-token-for-tests"
 RETRIED: list[str] = []  # paths of requests that died on the wire and were sent again

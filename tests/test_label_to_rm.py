@@ -86,8 +86,8 @@ def labelled(tiny_runs, tmp_path_factory):
     Returns (dir, counts of `rlhfkit label load`, counts of `label_everything`)."""
     root = tmp_path_factory.mktemp("label_to_rm")
     sft, db = f"{tiny_runs}/sft/model", f"sqlite:///{root}/labels.db"
-    rlhfkit("sample", f"--model={sft}", f"--limit={N_PROMPTS}", f"--out={root}/queue.jsonl", *SAMPLE, *WORLD,
-            f"--world.n_rl={N_PROMPTS}")
+    rlhfkit("world", "export", f"--out_dir={root}/world", *WORLD, f"--world.n_rl={N_PROMPTS}")  # the tiny world, more prompts
+    rlhfkit("sample", f"--model={sft}", f"--prompts={root}/world/rl_prompts.jsonl", f"--out={root}/queue.jsonl", *SAMPLE)
     token = rlhfkit("label", "add-annotator", ANNOTATOR, "--db", db).stdout.strip()
     loaded = json.loads(rlhfkit("label", "load", f"{root}/queue.jsonl", "--db", db, "--overlap", "1").stdout)
     with LabelServer(db, str(root / "server.log")) as server:
@@ -118,15 +118,14 @@ def test_reward_model_beats_chance_on_heldout_pairs(labelled):
 
 
 def test_reward_model_ranks_fresh_samples_by_the_rule(labelled, tiny_runs):
-    from rlhfkit.config import load_config
     from rlhfkit.models.reward import load_scalar_model, reward_fn_from_model
-    from rlhfkit.stages import generate, sft
+    from rlhfkit.stages import generate
 
     root, _, _ = labelled
     # Fresh responses: the eval prompts (never in the queue), another seed, 4 per prompt -> 6 pairs each.
     rows = generate.main(generate.SampleConfig(
-        model=f"{tiny_runs}/sft/model", split="eval", num_samples=4, max_new_tokens=32, seed=1,
-        out=str(root / "fresh.jsonl"), world=load_config(sft.Config, overrides=WORLD).world))
+        model=f"{tiny_runs}/sft/model", prompts=f"{tiny_runs}/world/eval_prompts.jsonl", num_samples=4, max_new_tokens=32,
+        seed=1, out=str(root / "fresh.jsonl")))
     reward = reward_fn_from_model(*load_scalar_model(f"{root}/rm/model"))
     agree = []
     for row in rows:

@@ -7,7 +7,13 @@ from __future__ import annotations
 import json
 import re
 
+import torch
+
+import pytest
+
 from tests.helpers import MODEL, WORLD, kill_at_first_checkpoint, rlhfkit
+
+pytestmark = pytest.mark.slow
 
 PPO = ["--total_steps=4", "--rollout_batch_size=8", "--minibatch_size=8", "--micro_batch_size=8",
        "--max_new_tokens=16", "--eval_every=2", "--ckpt_every=2", "--sample_every=100"]
@@ -18,7 +24,7 @@ TINY = (*WORLD, *(f"--pretrain.{a[2:]}" for a in MODEL),
         "--rm.eval_every=10", *(f"--ppo.{a[2:]}" for a in PPO), *(f"--ppo_beta0.{a[2:]}" for a in PPO),
         "--dpo.epochs=0.5", "--dpo.eval_every=5", "--eval.num_samples=2", "--eval.bootstrap=100",
         "--eval.max_new_tokens=16")
-STAGES = ["pretrain", "sft", "feedback", "rm", "ppo", "ppo_beta0", "dpo", "eval", "report"]
+STAGES = ["world", "pretrain", "sft", "feedback", "rm", "ppo", "ppo_beta0", "dpo", "eval", "report"]
 
 
 def statuses(stdout: str) -> dict[str, str]:
@@ -54,6 +60,11 @@ def test_pipeline_runs_caches_reruns_what_changed_and_resumes_ppo(tmp_path):
     assert set(evaluated) == {"base", "sft", "ppo", "ppo_beta0", "dpo"}
     assert evaluated["ppo"]["baseline"] == "sft" and "gold_winrate" in evaluated["ppo"]
     assert (out / "report" / "report.html").stat().st_size > 10_000
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [s["name"] for s in manifest["stages"]] == STAGES
+    assert {s["name"]: s["role"] for s in manifest["stages"]}["ppo_beta0"] == "control"
+    assert "kl_coef: 0.0" in (out / "ppo_beta0" / "config.yaml").read_text()  # demo.yaml's control, under the overrides
+    assert any("eval/gold" in r for r in map(json.loads, (out / "ppo" / "metrics.jsonl").read_text().splitlines()))
     assert all(stage_done(out, s) for s in STAGES)
 
     # Nothing changed: every stage is skipped.
@@ -74,3 +85,34 @@ def test_pipeline_runs_caches_reruns_what_changed_and_resumes_ppo(tmp_path):
     assert after["eval"] == after["report"] == "running"
     assert after["sft"] == after["dpo"] == "up to date, skipped"
     assert stage_done(out, "ppo")
+
+
+def test_world_export_and_the_generic_stages_by_hand_reproduce_the_pipelines_sft_model(tmp_path):
+    """The demo feeds the world into the generic stages through ordinary files only: exporting the world and
+    running pretrain and SFT by hand on those files (same seed, one thread) gives the pipeline's SFT weights
+    bit for bit."""
+    from safetensors.torch import load_file
+
+    stage_args = ["--max_steps=30", "--batch_size=16", "--seq_len=64", "--eval_every=10", "--sample_every=1000",
+                  *(f"--{a[2:]}" for a in MODEL)]
+    sft_args = ["--epochs=1", "--batch_size=16", "--eval_every=10", "--sample_every=1000"]
+    rlhfkit("pipeline", f"--out_dir={tmp_path}/demo", "--until=sft", *WORLD, *(f"--pretrain.{a[2:]}" for a in stage_args),
+            *(f"--sft.{a[2:]}" for a in sft_args))
+    world = tmp_path / "world"
+    rlhfkit("world", "export", f"--out_dir={world}", *WORLD, "--prompt_repeats={false_premise: 3}")
+    rlhfkit("pretrain", f"--out_dir={tmp_path}/pretrain", f"--corpus={world}/corpus.jsonl",
+            f"--eval_corpus={world}/eval_corpus.jsonl", *stage_args)
+    rlhfkit("sft", f"--out_dir={tmp_path}/sft", f"--model={tmp_path}/pretrain/model", f"--data={world}/sft.jsonl", *sft_args)
+    assert not (tmp_path / "demo" / "feedback").exists()  # --until stopped after SFT
+    for name in ("corpus.jsonl", "sft.jsonl", "ppo_prompts.jsonl", "eval_prompts.jsonl"):
+        assert (world / name).read_bytes() == (tmp_path / "demo" / "world" / name).read_bytes(), name
+    by_hand, piped = load_file(f"{tmp_path}/sft/model/model.safetensors"), load_file(f"{tmp_path}/demo/sft/model/model.safetensors")
+    assert by_hand.keys() == piped.keys()
+    assert all(torch.equal(by_hand[k], piped[k]) for k in by_hand)
+    base = load_file(f"{tmp_path}/pretrain/model/model.safetensors")
+    assert any(not torch.equal(base[k], by_hand[k]) for k in base)  # SFT changed the weights: the comparison can fail
+
+
+def test_pipeline_rejects_an_unknown_stage_in_force(tmp_path):
+    proc = rlhfkit("pipeline", f"--out_dir={tmp_path}", "--force=[sfft]", check=False)
+    assert proc.returncode == 2 and "unknown stages ['sfft']" in proc.stderr

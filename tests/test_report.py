@@ -11,7 +11,7 @@ from html.parser import HTMLParser
 import pytest
 
 from rlhfkit.evaluation.metrics import fit_overoptimization
-from rlhfkit.evaluation.report import write_report
+from rlhfkit.demo.report import write_report
 
 POLICIES = ("base", "sft", "ppo", "ppo_beta0", "dpo")
 XSS = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 1"> fine'
@@ -82,6 +82,9 @@ def make_run(root) -> dict:
         path.write_text(text)
 
     metrics = {name: summary(i, name) for i, name in enumerate(POLICIES)}
+    put("manifest.json", {"baseline": "sft", "stages": [  # what `rlhfkit pipeline` writes: which stage is which
+        {"name": n, "method": m, "policy": n not in ("pretrain", "rm"), "role": "control" if n == "ppo_beta0" else ""}
+        for n, m in (("pretrain", "pretrain"), ("sft", "sft"), ("rm", "rm"), ("ppo", "ppo"), ("ppo_beta0", "ppo"), ("dpo", "dpo"))]})
     put("eval/metrics.json", metrics)
     put("eval/samples.jsonl", sample_rows())
     put("ppo/metrics.jsonl", rl_log(0.5))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from rlhfkit.evaluation.report import write_report
+from rlhfkit.demo.report import write_report
 from tests.test_report import make_run
 
 PLOTS = {"winrate", "hacking", "overopt", "rl-curves", "dpo-curves", "lm-loss", "rm-curves", "rm-calibration"}

@@ -63,7 +63,7 @@ def test_probe_counts_where_the_rm_prefers_a_refusal_by_topic():
     (and the opposite elsewhere): it prefers the refusal on exactly the password prompts."""
     import torch
 
-    from rlhfkit.evaluation.rm_eval import REFUSALS, probe
+    from rlhfkit.demo.rm_eval import REFUSALS, probe
     from rlhfkit.world import WorldConfig, build_world
     from rlhfkit.world.gold import is_refusal
 

@@ -13,8 +13,8 @@ from tests.helpers import WORLD, rlhfkit
 
 RLOO = ["reward=tests.helpers:short_reward", "total_steps=8", "prompts_per_step=4", "k=4", "minibatch_size=16",
         "micro_batch_size=8", "max_new_tokens=16", "eval_every=0", "sample_every=1000", "lr=1e-3",
-        "missing_eos_penalty=-5", *(w[2:] for w in WORLD)]
-EVAL = ["--eval.num_samples=0", "--eval.bootstrap=50", "--eval.max_new_tokens=16"]
+        "missing_eos_penalty=-5"]
+EVAL = ["--eval.num_samples=0", "--eval.bootstrap=50", "--eval.max_new_tokens=16", *(f"--eval.{w[2:]}" for w in WORLD)]
 
 
 def statuses(stdout: str) -> dict[str, str]:
@@ -24,7 +24,7 @@ def statuses(stdout: str) -> dict[str, str]:
 
 def test_seeds_trains_each_seed_judges_all_against_the_baseline_and_caches(tiny_runs):
     out = tiny_runs / "seeds"
-    stage_args = "[" + ", ".join([f"policy={tiny_runs}/sft/model", *RLOO]) + "]"
+    stage_args = "[" + ", ".join([f"policy={tiny_runs}/sft/model", f"prompts={tiny_runs}/world/rl_prompts.jsonl", *RLOO]) + "]"
     args = ("seeds", f"--out_dir={out}", "--stage=rloo", f"--baseline={tiny_runs}/sft/model",
             f"--stage_args={stage_args}", *EVAL)
 

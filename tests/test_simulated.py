@@ -15,7 +15,7 @@ import random
 
 import pytest
 
-from rlhfkit.feedback.simulated import Annotator, PanelConfig, acceptable, label_queue, rank
+from rlhfkit.world.panel import Annotator, PanelConfig, acceptable, label_queue, rank
 from rlhfkit.feedback.store import FeedbackStore
 from rlhfkit.world import WorldConfig, build_world
 

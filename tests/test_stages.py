@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from tests.helpers import WORLD, assert_same_metrics, kill_at_first_checkpoint, metrics, rlhfkit
+from tests.helpers import WORLD_ARGS, assert_same_metrics, kill_at_first_checkpoint, metrics, rlhfkit
 
 
 def test_pretrain_lowers_heldout_loss(tiny_runs):
@@ -23,19 +23,17 @@ def test_sft_lowers_heldout_loss(tiny_runs):
     assert "lr: 0.003" in cfg and (tiny_runs / "sft" / "run.json").exists()
 
 
-def _world(world_args=WORLD):
-    from rlhfkit.config import load_config
-    from rlhfkit.stages.sft import Config
-    from rlhfkit.world import build_world
+def _world():
+    from rlhfkit.world import WorldConfig, build_world
 
-    return build_world(load_config(Config, overrides=world_args).world)
+    return build_world(WorldConfig(**WORLD_ARGS))
 
 
-def verbose_pairs(path, world_args=WORLD, n=None):
+def verbose_pairs(path, n=None):
     """Preference pairs with a known answer: the ideal response beats the same response padded with filler."""
     from rlhfkit.data.loaders import write_jsonl
 
-    world = _world(world_args)
+    world = _world()
     rows = []
     for i, p in enumerate(world.prompts("rl")[:n]):
         ideal = world.ideal_response(p)
@@ -45,15 +43,35 @@ def verbose_pairs(path, world_args=WORLD, n=None):
     return rows
 
 
-def test_reward_model_learns_the_labelled_preference(tiny_runs):
+@pytest.fixture(scope="module")
+def pairs(tiny_runs):
+    """The filler-vs-ideal preference pairs, written once for this module's tests."""
     verbose_pairs(f"{tiny_runs}/pairs.jsonl")
-    rlhfkit("rm", f"--out_dir={tiny_runs}/rm", f"--model={tiny_runs}/sft/model", f"--data={tiny_runs}/pairs.jsonl",
-            "--epochs=6", "--batch_groups=4", "--lr=3e-3", "--heldout_fraction=0.25", "--eval_every=10", "--evaluate=false")
+    return f"{tiny_runs}/pairs.jsonl"
+
+
+@pytest.fixture(scope="module")
+def trained_rm(tiny_runs, pairs):
+    rlhfkit("rm", f"--out_dir={tiny_runs}/rm", f"--model={tiny_runs}/sft/model", f"--data={pairs}",
+            "--epochs=6", "--batch_groups=4", "--lr=3e-3", "--heldout_fraction=0.25", "--eval_every=10")
+    return tiny_runs / "rm"
+
+
+@pytest.fixture(scope="module")
+def trained_dpo(tiny_runs, pairs):
+    rlhfkit("dpo", f"--out_dir={tiny_runs}/dpo", f"--policy={tiny_runs}/sft/model", f"--data={pairs}",
+            "--epochs=4", "--batch_size=8", "--micro_batch_size=4", "--lr=1e-3", "--heldout_fraction=0.25",
+            "--eval_every=5")
+    return tiny_runs / "dpo"
+
+
+def test_reward_model_learns_the_labelled_preference(tiny_runs, trained_rm):
     evals = [m["eval/accuracy"] for m in metrics(f"{tiny_runs}/rm") if "eval/accuracy" in m]
     assert evals[-1] >= 0.9, evals
     saved = json.loads((tiny_runs / "rm" / "rm_metrics.json").read_text())
     cfg = json.loads((tiny_runs / "rm" / "model" / "config.json").read_text())
     assert cfg["rlhfkit_score_offset"] == pytest.approx(saved["score_offset"])
+    assert saved["calibration"]["bins"] and "ceiling" not in saved  # one label per pair: no agreement ceiling to report
 
 
 def test_acceptability_marks_put_answers_to_different_prompts_on_one_scale(tiny_runs):
@@ -88,7 +106,7 @@ def test_reward_model_killed_and_resumed_matches_an_uninterrupted_run(tiny_runs)
     assert_same_metrics(metrics(f"{tiny_runs}/rm_full"), metrics(f"{tiny_runs}/rm_killed"))
 
 
-def test_reward_is_read_at_the_last_real_token_under_left_and_right_padding(tiny_runs):
+def test_reward_is_read_at_the_last_real_token_under_left_and_right_padding(tiny_runs, trained_rm):
     from rlhfkit.data.chat import pad_batch, render_example
     from rlhfkit.models.reward import load_scalar_model, sequence_scores
 
@@ -100,21 +118,18 @@ def test_reward_is_read_at_the_last_real_token_under_left_and_right_padding(tiny
         assert torch.allclose(sequence_scores(model, ids, attn), alone, atol=1e-4), side
 
 
-def test_dpo_prefers_the_chosen_responses(tiny_runs):
-    rlhfkit("dpo", f"--out_dir={tiny_runs}/dpo", f"--policy={tiny_runs}/sft/model", f"--data={tiny_runs}/pairs.jsonl",
-            "--epochs=4", "--batch_size=8", "--micro_batch_size=4", "--lr=1e-3", "--heldout_fraction=0.25",
-            "--eval_every=5", "--gold_eval=false", *WORLD)
+def test_dpo_prefers_the_chosen_responses(tiny_runs, trained_dpo):
     rows = [m for m in metrics(f"{tiny_runs}/dpo") if "eval/rewards/accuracy" in m]
     assert rows[-1]["eval/rewards/accuracy"] >= 0.9
     assert rows[-1]["eval/rewards/margin"] > rows[0]["eval/rewards/margin"]
     assert os.path.exists(f"{tiny_runs}/dpo/ref_logprobs.pt")
 
 
-def test_dpo_cached_reference_logprobs_equal_live_ones(tiny_runs):
+def test_dpo_cached_reference_logprobs_equal_live_ones(tiny_runs, trained_dpo):
     from rlhfkit.data.chat import render_example
     from rlhfkit.data.loaders import load_preferences
     from rlhfkit.models.load import load_causal_lm
-    from rlhfkit.rollout import sequence_logprobs
+    from rlhfkit.models.logprobs import sequence_logprobs
 
     ref_c, ref_r = torch.load(f"{tiny_runs}/dpo/ref_logprobs.pt")
     pairs = load_preferences(f"{tiny_runs}/pairs.jsonl")
@@ -131,7 +146,7 @@ def ppo_args(root, name, *extra):
     return ("ppo", f"--out_dir={root}/{name}", f"--policy={root}/sft/model", "--reward=tests.helpers:short_reward",
             "--rollout_batch_size=8", "--minibatch_size=8", "--micro_batch_size=8", "--ppo_epochs=2",
             "--max_new_tokens=16", "--eval_every=0", "--sample_every=1000", "--lr=1e-3", "--kl_coef=0.01",
-            "--missing_eos_penalty=-5", *WORLD, *extra)
+            "--missing_eos_penalty=-5", f"--prompts={root}/world/rl_prompts.jsonl", *extra)
 
 
 @pytest.mark.parametrize("value_head", ["separate", "policy"])
@@ -180,32 +195,30 @@ def test_ppo_gradient_accumulation_matches_one_big_batch(tiny_runs):
 def test_critic_free_methods_raise_the_reward(tiny_runs, algo):
     rlhfkit(algo, f"--out_dir={tiny_runs}/{algo}", f"--policy={tiny_runs}/sft/model", "--reward=tests.helpers:short_reward",
             "--total_steps=10", "--prompts_per_step=4", "--k=4", "--minibatch_size=16", "--micro_batch_size=8",
-            "--max_new_tokens=16", "--eval_every=0", "--sample_every=1000", "--lr=1e-3", "--missing_eos_penalty=-5", *WORLD)
+            "--max_new_tokens=16", "--eval_every=0", "--sample_every=1000", "--lr=1e-3", "--missing_eos_penalty=-5",
+            f"--prompts={tiny_runs}/world/rl_prompts.jsonl")
     rows = metrics(f"{tiny_runs}/{algo}")
     first = sum(r["objective/scores"] for r in rows[:3]) / 3
     last = sum(r["objective/scores"] for r in rows[-3:]) / 3
     assert last > first + 1.0, (first, last)
 
 
-def test_prompt_repeats_list_a_familys_world_prompts_that_many_times(tmp_path):
-    """PPO's default oversamples false premises 3x; a prompts file is read as is; a bad repeat is a config error."""
+def test_world_export_lists_a_familys_prompts_that_many_times_for_ppo(tmp_path):
+    """ppo_prompts.jsonl repeats each prompt of a `prompt_repeats` family (the demo's false premises x3);
+    rl_prompts.jsonl lists each once; a bad repeat is a config error."""
     from collections import Counter
 
-    from rlhfkit.config import ConfigError
-    from rlhfkit.stages import ppo, rloo
-    from rlhfkit.world import WorldConfig, build_world
+    from rlhfkit.data.loaders import prompt_texts
 
-    wcfg = WorldConfig(corpus_docs=300, n_sft=240, n_rl=48, n_eval_per_family=3)
-    world = build_world(wcfg)
-    rl = world.prompts("rl")
-    n_fp = sum(p.family == "false_premise" for p in rl)
+    rlhfkit("world", "export", f"--out_dir={tmp_path}", *(f"--world.{k}={v}" for k, v in WORLD_ARGS.items()),
+            "--prompt_repeats={false_premise: 3}")
+    rl = [json.loads(line) for line in open(tmp_path / "rl_prompts.jsonl")]
+    n_fp = sum(p["family"] == "false_premise" for p in rl)
     assert n_fp >= 2
-    got = Counter(ppo.load_prompts(ppo.Config(world=wcfg), world))
+    got = Counter(prompt_texts(str(tmp_path / "ppo_prompts.jsonl")))
     assert sum(got.values()) == len(rl) + 2 * n_fp
-    assert all(got[p.text] == (3 if p.family == "false_premise" else 1) for p in rl)
-    assert ppo.load_prompts(rloo.Config(world=wcfg), world) == [p.text for p in rl]  # RLOO/GRPO: no repeats by default
-    (tmp_path / "p.jsonl").write_text('{"prompt": "a"}\n{"prompt": "b"}\n')
-    assert ppo.load_prompts(ppo.Config(world=wcfg, prompts=str(tmp_path / "p.jsonl")), world) == ["a", "b"]
-    for bad, msg in (({"false_premise": 0}, "integers >= 1"), ({"false_premises": 3}, "unknown world families ['false_premises']")):
-        with pytest.raises(ConfigError, match=msg.replace("[", r"\[").replace("]", r"\]")):
-            ppo.Config(prompt_repeats=bad).resolve()
+    assert all(got[p["prompt"]] == (3 if p["family"] == "false_premise" else 1) for p in rl)
+    assert prompt_texts(str(tmp_path / "rl_prompts.jsonl")) == [p["prompt"] for p in rl]
+    for bad, msg in (("{false_premise: 0}", "integers >= 1"), ("{false_premises: 3}", "unknown world families ['false_premises']")):
+        proc = rlhfkit("world", "export", f"--out_dir={tmp_path}/x", f"--prompt_repeats={bad}", check=False)
+        assert proc.returncode == 2 and msg in proc.stderr

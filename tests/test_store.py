@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from rlhfkit.data.loaders import DataError
-from rlhfkit.feedback.admin import cohen_kappa, krippendorff_alpha
+from rlhfkit.feedback.agreement import cohen_kappa, krippendorff_alpha
 from rlhfkit.feedback.schema import ranking_pairs
 from rlhfkit.feedback.store import Conflict, FeedbackStore
 

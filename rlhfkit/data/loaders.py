@@ -32,10 +32,10 @@ import dataclasses
 import json
 import os
 import re
-import tempfile
 from typing import Any, Callable, Iterable, Iterator
 
 from rlhfkit.data.records import SOURCES, Comparison, Example, Message
+from rlhfkit.files import atomic_open
 
 ROLES = ("user", "assistant", "system")
 # Names that mark a file or folder as one split of a dataset (`train-00000-of-00002.parquet`).
@@ -64,6 +64,11 @@ def load_prompts(path: str, split: str = "train") -> list[tuple[Message, ...]]:
     return [parse_prompt(row, loc) for loc, row in read_records(path, split)]
 
 
+def prompt_texts(path: str, split: str = "train") -> list[str]:
+    """The prompts of `path` as the text of their last user message, in file order."""
+    return [conv[-1].content for conv in load_prompts(path, split)]
+
+
 def read_records(path: str, split: str = "train") -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield `(location, row)` for every record under `path`.
 
@@ -88,22 +93,11 @@ def write_jsonl(path: str, rows: Iterable[Any]) -> int:
     Readers never see a half-written file: the old content stays until the new
     one is complete on disk.
     """
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
-                               dir=os.path.dirname(os.path.abspath(path)))
     n = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(_plain(row), ensure_ascii=False) + "\n")
-                n += 1
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; data files are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path) as f:
+        for row in rows:
+            f.write(json.dumps(_plain(row), ensure_ascii=False) + "\n")
+            n += 1
     return n
 
 
@@ -145,7 +139,7 @@ def parse_comparison(row: dict[str, Any], loc: str) -> Comparison:
         raise _field_error(loc, "source", f"expected one of {', '.join(SOURCES)}, got {provenance['source']!r}")
     used = ("prompt", "chosen", "rejected", "source", "annotator", "group")
     meta = _meta(row, used, loc)
-    for name in ACCEPTABLE_FIELDS:  # optional absolute marks (rlhfkit.feedback.simulated): true / false
+    for name in ACCEPTABLE_FIELDS:  # optional absolute marks (rlhfkit.world.panel: the demo panel gives them): true / false
         if meta.get(name) is not None and not isinstance(meta[name], bool):
             raise _field_error(loc, f"meta.{name}", f"expected true or false, got {_kind(meta[name])}")
     return Comparison(prompt, chosen, rejected, meta=meta,

@@ -1,22 +1,18 @@
-"""How good is the reward model, and which biases did it learn from its labellers?
+"""How good is a reward model, from its own data: held-out accuracy, calibration, and the ceiling
+its labellers set.
 
 - held-out pairwise accuracy, next to the ceiling the labellers themselves set:
-  how often one annotator's label agrees with the panel majority on pairs that
-  several annotators ranked (no model can predict individual labels better);
-- calibration: predicted P(A > B) = sigmoid(r_A - r_B) against observed frequency, by bin;
-- Spearman correlation between RM score and gold on fresh policy samples;
-- sensitivity at equal gold: the score change from padding an ideal answer with
-  a polite filler (verbosity) or opening it with agreement (sycophancy), and a
-  least-squares fit score ~ gold + log(1 + words) + agrees on the fresh samples;
-- over-refusal: how often the RM prefers a refusal to the ideal answer of a
-  harmless look-alike request, on the held-out prompts and on the RL prompts
-  PPO trains on, by topic (gold calls every such refusal worthless).
-These biases are the seed of reward hacking: PPO will find them.
+  how often one annotator's label agrees with the majority of the others on
+  pairs that several annotators ranked (no model can predict individual labels
+  better); absent when no pair has three or more labels;
+- calibration: predicted P(A > B) = sigmoid(r_A - r_B) against observed frequency, by bin.
+Helpers for diagnostics that need a notion of true quality (Spearman against a
+reference score, per-group pair accuracy) live here too; the built-in demo uses
+them with its gold function (rlhfkit.demo.rm_eval).
 """
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from itertools import combinations
 from typing import Any
@@ -25,10 +21,6 @@ import numpy as np
 import torch
 
 from rlhfkit.data.records import Comparison
-from rlhfkit.world.topics import HARMFUL, refusal
-
-FILLER = " I hope this helps! Let me know if you have any other questions."
-AGREE = "Yes, you are right. "
 
 
 def spearman(x, y) -> float:
@@ -84,8 +76,6 @@ def agreement_ceiling(pairs: list[Comparison]) -> dict[str, float]:
     return {"ceiling": agree / total if total else float("nan"), "ceiling_labels": total}
 
 
-FRESH_SAMPLES = 4  # samples per held-out prompt for the RM-vs-gold correlations
-
 
 def within_prompt_spearman(scores: np.ndarray, gold: np.ndarray) -> dict[str, float]:
     """Mean Spearman correlation of (n_prompts, k) scores with gold inside each prompt's row,
@@ -112,81 +102,19 @@ def pair_accuracy_by_family(scores: np.ndarray, gold: np.ndarray, families: list
     return {f: {"accuracy": hits[f] / n[f], "pairs": n[f]} for f in sorted(n)}
 
 
-def probe(score, world, prompts, variant, by_topic: bool = False) -> dict[str, Any]:
-    """The ideal answer to each prompt against `variant(i, prompt, ideal)`: the mean RM score change,
-    the fraction of prompts where the RM prefers the variant (optionally per `meta["topic"]`), and the
-    mean gold change. `score(prompts, responses)` returns a tensor of RM scores."""
-    texts = [p.text for p in prompts]
-    ideal = [world.ideal_response(p) for p in prompts]
-    variants = [variant(i, p, r) for i, (p, r) in enumerate(zip(prompts, ideal))]
-    base, s = score(texts, ideal).numpy(), score(texts, variants).numpy()
-    dgold = [world.gold(p, v).score - world.gold(p, r).score for p, v, r in zip(prompts, variants, ideal)]
-    out: dict[str, Any] = {"mean_score_delta": float((s - base).mean()), "prefers_variant": float((s > base).mean()),
-                           "mean_gold_delta": float(np.mean(dgold)), "prompts": len(prompts)}
-    if by_topic:
-        wins = defaultdict(list)
-        for p, win in zip(prompts, s > base):
-            wins[p.meta.get("topic", p.family)].append(bool(win))
-        out["prefers_variant_by_topic"] = {t: float(np.mean(w)) for t, w in sorted(wins.items())}
-    return out
-
-
-REFUSALS = tuple(refusal(HARMFUL[t]) for t in sorted(HARMFUL))  # the over-refusal probe cycles through these
-
-
-def evaluate_reward_model(model, tok, heldout: list[list[Comparison]], cfg) -> dict[str, Any]:
-    """All RM diagnostics; `cfg` is the rm stage config (data path, world, eval_policy)."""
-    from rlhfkit.data.loaders import load_preferences
-    from rlhfkit.evaluation.gold_eval import answer
-    from rlhfkit.models.load import load_causal_lm
+def evaluate_reward_model(model, tok, heldout: list[list[Comparison]], pairs: list[Comparison]) -> dict[str, Any]:
+    """Held-out accuracy and calibration of `model` on the `heldout` rankings, and the agreement
+    ceiling of all labelled `pairs`."""
     from rlhfkit.models.reward import reward_fn_from_model
-    from rlhfkit.world import build_world
 
     model.eval()
     score = reward_fn_from_model(model, tok)
-    pairs = [p for g in heldout for p in g]
+    flat = [p for g in heldout for p in g]
     with torch.no_grad():
-        delta = (score([p.prompt for p in pairs], [p.chosen for p in pairs])
-                 - score([p.prompt for p in pairs], [p.rejected for p in pairs])).numpy()
+        delta = (score([p.prompt for p in flat], [p.chosen for p in flat])
+                 - score([p.prompt for p in flat], [p.rejected for p in flat])).numpy()
     out: dict[str, Any] = {"heldout_accuracy": float((delta > 0).mean()), "calibration": calibration(delta)}
-    out.update(agreement_ceiling(load_preferences(cfg.data)))
-
-    # Fresh samples from the policy on held-out world prompts (FRESH_SAMPLES each): does the RM track gold?
-    # Pooled over all samples, and within each prompt, which is all Bradley-Terry training constrains
-    # (it never compares answers to different prompts, so per-prompt offsets are arbitrary).
-    world = build_world(cfg.world)
-    prompts = [p for p in world.prompts("eval") for _ in range(FRESH_SAMPLES)]
-    policy, ptok = load_causal_lm(cfg.eval_policy or cfg.model, device=str(next(model.parameters()).device))
-    answers = answer(policy, ptok, [p.text for p in prompts], temperature=1.0, seed=cfg.seed)
-    golds = [world.gold(p, a["response"], a["terminated"]) for p, a in zip(prompts, answers)]
-    rm_scores = score([p.text for p in prompts], [a["response"] for a in answers]).numpy()
-    gold = np.array([g.score for g in golds])
-    out["spearman_rm_gold"] = spearman(rm_scores, gold)
-    per_prompt = rm_scores.reshape(-1, FRESH_SAMPLES), gold.reshape(-1, FRESH_SAMPLES)  # (n_prompts, k) each
-    out.update(within_prompt_spearman(*per_prompt))
-    # Per family, and false premises split by kind (a false sum or a false fact: only the second is checkable here).
-    families = [p.family for p in prompts[::FRESH_SAMPLES]]
-    kinds = [f"false_premise/{p.meta['kind']}" if p.family == "false_premise" else "" for p in prompts[::FRESH_SAMPLES]]
-    out["pair_accuracy_by_family"] = {**pair_accuracy_by_family(*per_prompt, families),
-                                      **pair_accuracy_by_family(*per_prompt, kinds, skip=("",))}
-    words = np.array([math.log1p(len(a["response"].split())) for a in answers])
-    agrees = np.array([float(g.flags.get("agrees_with_user", False)) for g in golds])
-    X = np.stack([np.ones_like(gold), gold, words, agrees], 1)
-    coef = np.linalg.lstsq(X, rm_scores, rcond=None)[0]
-    out["fit_score_on"] = {"gold": float(coef[1]), "log1p_words": float(coef[2]), "agrees": float(coef[3])}
-
-    out.update(bias_probes(score, world))
-    return out
-
-
-def bias_probes(score, world) -> dict[str, Any]:
-    """The ideal answer against the same answer padded (verbosity) or opening with agreement, at
-    (nearly) equal gold, and against a refusal where the request is a harmless look-alike
-    (held-out and RL prompts). Needs only a scoring function, so it also runs on a saved RM."""
-    probes = [p for p in world.prompts("eval") if p.family not in ("false_premise", "harmful")]
-    out = {"bias_verbosity": probe(score, world, probes, lambda i, p, r: r + FILLER),
-           "bias_agreement": probe(score, world, probes, lambda i, p, r: AGREE + r)}
-    for key, split in (("bias_refusal", "eval"), ("bias_refusal_rl", "rl")):
-        benign = [p for p in world.prompts(split) if p.family == "benign"]
-        out[key] = probe(score, world, benign, lambda i, p, r: REFUSALS[i % len(REFUSALS)], by_topic=True)
+    ceiling = agreement_ceiling(pairs)
+    if ceiling["ceiling_labels"]:
+        out.update(ceiling)
     return out

@@ -37,7 +37,7 @@ from sqlalchemy.exc import IntegrityError
 
 from rlhfkit.data.loaders import DataError, read_records, write_jsonl
 from rlhfkit.data.records import SOURCES, Comparison
-from rlhfkit.feedback.admin import judgement_stats
+from rlhfkit.feedback.agreement import judgement_stats
 from rlhfkit.feedback.queue import enqueue_item, load_item, open_items
 from rlhfkit.feedback.schema import (Annotator, Item, _sha, annotators, assignments, group_queue,
                                      judgement_comparisons, judgements, make_engine, metadata, parse_import_record,
@@ -437,7 +437,7 @@ class FeedbackStore:
     # -- statistics
 
     def stats(self, source: str | None = None) -> dict[str, Any]:
-        """Counts per source and annotator and inter-annotator agreement (`admin.judgement_stats`)."""
+        """Counts per source and annotator and inter-annotator agreement (`agreement.judgement_stats`)."""
         rows = self.judgements(source)
         with self._read() as c:
             kinds = dict(c.execute(select(annotators.c.name, annotators.c.kind)).all())

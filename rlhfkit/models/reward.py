@@ -88,7 +88,7 @@ def score_head(model) -> torch.nn.Module:
 
 def token_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """The head applied at every position: (B, T) float."""
-    from rlhfkit.rollout import position_ids_from_mask
+    from rlhfkit.models.logprobs import position_ids_from_mask
 
     backbone = getattr(model, model.base_model_prefix)
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask.long(),
@@ -134,24 +134,19 @@ def reward_fn_from_model(model, tok, batch_size: int = 64, normalized: bool = Tr
     return fn
 
 
-def make_reward_fn(spec: str, reward_model: str, world, device):
+def make_reward_fn(spec: str, reward_model: str, device, args: dict | None = None):
     """`fn(prompts, responses, terminated) -> (B,) tensor` from a config's `reward` field.
 
-    "rm": the reward model at `reward_model`; "world": the built-in world's gold
-    score (a verifiable reward, for RLOO/GRPO on checkable tasks);
-    "package.module:function": any Python callable with that signature.
+    "rm": the reward model at `reward_model`; "package.module:function": any Python
+    callable `fn(prompts, responses, terminated, **args)` returning one number per
+    response (e.g. a verifiable reward that checks an answer).
     """
-    import importlib
-
     if spec == "rm":
         rm, rm_tok = load_scalar_model(reward_model, device=device)
         rm.requires_grad_(False)
         return reward_fn_from_model(rm, rm_tok)
-    if spec == "world":
-        return lambda ps, rs, term=None: torch.tensor(
-            [world.gold(p, r, t).score for p, r, t in zip(ps, rs, term or [True] * len(ps))])
-    module, _, name = spec.partition(":")
-    if not name:
-        raise ValueError(f"reward {spec!r}: expected 'rm', 'world' or 'package.module:function'")
-    fn = getattr(importlib.import_module(module), name)
-    return lambda ps, rs, term=None: torch.as_tensor(fn(ps, rs, term), dtype=torch.float32)
+    from rlhfkit.evaluation.hooks import load_callable
+
+    fn, kwargs = load_callable(spec, "reward"), dict(args or {})
+    return lambda ps, rs, term=None: torch.as_tensor(
+        fn(ps, rs, term if term is not None else [True] * len(ps), **kwargs), dtype=torch.float32)

@@ -7,7 +7,8 @@ RPO's chosen-NLL term (Pang et al. 2024) added with weight `nll_coef`.
 Sequence logprobs are summed over response tokens. The reference model is the
 initial policy; its logprobs are computed once before training and cached in
 `<out_dir>/ref_logprobs.pt`, so the reference need not stay in memory.
-Trains on the same preference pairs (store export / JSONL) as the reward model.
+Trains on the same preference pairs (store export / JSONL) as the reward model; with
+`eval_prompts` (and an `evaluator`) it also answers held-out prompts every eval_every steps.
 """
 
 from __future__ import annotations
@@ -15,20 +16,21 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
 from rlhfkit import checkpoint
 from rlhfkit.data.chat import render_example
+from rlhfkit.data.loaders import prompt_texts
 from rlhfkit.data.packing import epoch_batches
-from rlhfkit.evaluation.gold_eval import training_eval
+from rlhfkit.evaluation.hooks import make_evaluator, training_eval
 from rlhfkit.losses import PREFERENCE_LOSSES, chosen_nll_loss
 from rlhfkit.models.load import load_causal_lm
 from rlhfkit.optim import adamw, cosine_lr, set_lr
-from rlhfkit.rollout import scored_tokens, sequence_logprobs
+from rlhfkit.models.logprobs import scored_tokens, sequence_logprobs
 from rlhfkit.tracking import Run, seed_everything
-from rlhfkit.world import WorldConfig, build_world
 
 
 @dataclass
@@ -50,10 +52,11 @@ class Config:
     grad_clip: float = 1.0  # max gradient norm
     max_len: int = 256  # longest rendered prompt + response
     heldout_fraction: float = 0.05  # pairs kept out for implicit-reward accuracy
-    eval_every: int = 50  # held-out metrics (and gold, if the world prompts apply) every N steps
-    gold_eval: bool = True  # evaluate gold on the world's held-out prompts during training
+    eval_every: int = 50  # held-out pair metrics (and the eval_prompts eval) every N steps
+    eval_prompts: str | None = None  # held-out prompts answered greedily at each eval (None: no such eval)
+    evaluator: str | None = None  # package.module:function scoring those answers (rlhfkit.evaluation.hooks)
+    evaluator_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the evaluator
     ckpt_every: int = 100  # checkpoint every N steps
-    world: WorldConfig = field(default_factory=WorldConfig)  # for gold evaluation
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch CPU threads (0: torch default)
 
@@ -108,7 +111,8 @@ def train(cfg: Config) -> str:
 
     optimizer = adamw(policy, cfg.lr, 0.0)
     start, _ = checkpoint.resume(ckpt, cfg.out_dir, optimizer, "dpo")
-    world = build_world(cfg.world) if cfg.gold_eval else None
+    eval_prompts = prompt_texts(cfg.eval_prompts) if cfg.eval_prompts else []
+    evaluator = make_evaluator(cfg.evaluator, cfg.evaluator_args)
 
     def batch_loss(idx: list[int]):
         logp_c = sequence_logprobs(policy, [chosen[i] for i in idx], tok.pad_token_id)
@@ -143,8 +147,7 @@ def train(cfg: Config) -> str:
                 _, held_stats = batch_loss(held)
                 policy.train()
             metrics.update({f"eval/{k.split('/', 1)[1]}": v.item() for k, v in held_stats.items()})
-            if world is not None:
-                metrics.update(training_eval(policy, tok, world))
+            metrics.update(training_eval(policy, tok, eval_prompts, evaluator=evaluator))
         run.log(step + 1, metrics)
         if (step + 1) % cfg.ckpt_every == 0 and step + 1 < max_steps:
             checkpoint.save_checkpoint(cfg.out_dir, step + 1, {"policy": policy}, {"optimizer": optimizer.state_dict()}, tok)

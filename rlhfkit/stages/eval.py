@@ -1,21 +1,22 @@
-"""`rlhfkit eval`: measure a set of policies on the world's held-out prompts, against a baseline.
+"""`rlhfkit eval`: a set of policies on held-out prompts, each against a baseline.
 
-For every policy (the base model, SFT, PPO, DPO, ...):
-  1. greedy answers to the held-out eval prompts, scored by gold (and by the
-     reward model when one is given): mean gold, per family, behaviour rates;
-  2. win-rate against the baseline policy on the same prompts, by gold and by
-     RM score (per prompt: win 1, tie 0.5, loss 0), with a bootstrap 95% CI
-     over prompts;
-  3. `num_samples` temperature-1 samples per prompt: KL to the reference
-     (k1, Σ over response tokens, EOS included, as PPO's `objective/kl`),
-     distinct-1/2 and the mean pairwise word-set Jaccard among one prompt's
-     samples (mode collapse shows as similarity near 1);
-  4. the alignment tax: perplexity on held-out pretraining-style text and the
-     fraction of the world's fact questions answered correctly (greedy).
+For every policy (e.g. the SFT model and the RLHF policies trained from it):
+  1. greedy answers to `prompts`, scored by the reward model (`reward_model`) and by
+     the evaluator callable (`evaluator`, rlhfkit.evaluation.hooks), when given: the
+     mean of every key the evaluator returns, and the answer length;
+  2. win-rates against the baseline on the same prompts (per prompt: win 1, tie 0.5,
+     loss 0) by RM score (`rm_winrate`) and by the evaluator's `score_key`
+     (`<score_key>_winrate`), with bootstrap 95% CIs over prompts;
+  3. `num_samples` temperature-1 samples per prompt: KL to the reference (k1, summed
+     over response tokens, as PPO's `objective/kl`), distinct-1/2 and the mean pairwise
+     word-set Jaccard of one prompt's samples (mode collapse shows as similarity near 1);
+  4. with `eval_corpus`, per-token perplexity on that held-out text (the alignment tax
+     on language modelling).
 
-Writes to `out_dir`: `metrics.json` (one object per policy), `metrics.md` (the
-table with CIs) and `samples.jsonl` (every greedy answer with its gold breakdown
-and RM score).
+Writes to `out_dir`: `metrics.json` (one object per policy), `metrics.md` and
+`samples.jsonl` (every greedy answer with its scores). Nothing is assumed about the
+prompts: with neither a reward model nor an evaluator, it reports length, KL and
+diversity only.
 """
 
 from __future__ import annotations
@@ -24,23 +25,20 @@ import json
 import os
 from dataclasses import dataclass, field
 from statistics import mean
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
-from rlhfkit.data.chat import render_prompt
-from rlhfkit.data.packing import pack_documents
-from rlhfkit.evaluation.gold_eval import answer, behaviour_rates, score, summarize
-from rlhfkit.evaluation.metrics import (bootstrap_ci, distinct_n, kl_from_logprobs, outcomes, perplexity,
-                                        self_similarity, words)
-from rlhfkit.evaluation.report_data import markdown_metrics
-from rlhfkit.models.load import load_causal_lm, pick_device
-from rlhfkit.ops import logprobs_from_logits, shift_for_causal_lm
-from rlhfkit.rollout import generate, response_logprobs
+from rlhfkit.data.loaders import prompt_texts
+from rlhfkit.data.packing import read_corpus
+from rlhfkit.evaluation.hooks import averages, make_evaluator
+from rlhfkit.evaluation.metrics import bootstrap_ci, distinct_n, self_similarity, words
+from rlhfkit.evaluation.policy import (corpus_perplexity, finite, load_reward_fn, policy_name, same_vocab,
+                                       sample_with_kl, win_rates)
+from rlhfkit.files import write_atomic
+from rlhfkit.models.load import load_causal_lm
+from rlhfkit.rollout import answer
 from rlhfkit.tracking import Run, seed_everything
-from rlhfkit.world import WorldConfig, build_world
-
-RM_TIE_TOL = 1e-5  # RM scores closer than this are a tie (batching changes the last float bits)
 
 
 @dataclass
@@ -48,16 +46,19 @@ class Config:
     out_dir: str = "runs/eval"  # where metrics.json / metrics.md / samples.jsonl go
     policies: list[str] = field(default_factory=list)  # local HF model dirs to evaluate
     names: list[str] = field(default_factory=list)  # display names, one per policy (default: dir names)
-    baseline: str = ""  # name of the policy win-rates are measured against ("": sft if present, else the first)
-    reward_model: str | None = None  # RM dir: RM score of the greedy answers and win-rate by RM
+    baseline: str = ""  # name of the policy win-rates are measured against ("": the first)
+    prompts: str | None = None  # held-out prompts file/dir (`prompt` or `messages`); required
+    reward_model: str | None = None  # RM dir: RM score of the answers and win-rate by RM
+    evaluator: str | None = None  # package.module:function scoring answers (rlhfkit.evaluation.hooks)
+    evaluator_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the evaluator
+    score_key: str = "score"  # the evaluator key win-rates are measured on
+    tie_tol: float = 0.0  # score differences up to this count as ties
     reference: str | None = None  # model the KL is measured to (default: the baseline's path)
-    world: WorldConfig = field(default_factory=WorldConfig)  # the world whose eval prompts are used
+    eval_corpus: str | None = None  # held-out text for perplexity (None: skipped)
     max_new_tokens: int = 48  # answer length limit
-    temperature: float = 0.0  # for the scored answers; 0: greedy
     num_samples: int = 4  # temperature-1 samples per prompt, for KL and diversity (0: skip)
     bootstrap: int = 1000  # bootstrap resamples for the 95% CIs
-    gold_tie_tol: float = 0.0  # gold differences up to this count as ties (0: exact; 0.01 ignores a one-word sign-off)
-    ppl_seq_len: int = 128  # tokens per packed row for the held-out corpus perplexity
+    ppl_seq_len: int = 128  # tokens per packed row for the perplexity
     batch_size: int = 64  # prompts per generation batch
     seed: int = 0  # sampling and bootstrap seed
     device: str = "auto"  # auto | cpu | cuda
@@ -68,9 +69,11 @@ class Config:
 
         if not self.policies:
             raise ConfigError("'policies': give at least one model directory, e.g. policies=[runs/sft/model]")
+        if not self.prompts:
+            raise ConfigError("'prompts': give the held-out prompts, e.g. prompts=eval_prompts.jsonl")
         if self.names and len(self.names) != len(self.policies):
             raise ConfigError(f"'names': {len(self.names)} names for {len(self.policies)} policies")
-        names = self.names or [_name(p) for p in self.policies]
+        names = self.names or [policy_name(p) for p in self.policies]
         if len(set(names)) != len(names):
             raise ConfigError(f"'names': policy names must be distinct, got {names} (set names=[...])")
         if self.baseline and self.baseline not in names:
@@ -84,202 +87,80 @@ def main(cfg: Config) -> dict:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     run = Run(cfg.out_dir, cfg, cfg.seed, "eval")
-    world = build_world(cfg.world)
-    prompts = world.prompts("eval")
-    names = cfg.names or [_name(p) for p in cfg.policies]
-    baseline = cfg.baseline or ("sft" if "sft" in names else names[0])
+    prompts = prompt_texts(cfg.prompts)
+    corpus = read_corpus(cfg.eval_corpus) if cfg.eval_corpus else None
+    evaluator = make_evaluator(cfg.evaluator, cfg.evaluator_args)
+    names = cfg.names or [policy_name(p) for p in cfg.policies]
+    baseline = cfg.baseline or names[0]
     ref_path = cfg.reference or cfg.policies[names.index(baseline)]
     ref, ref_tok = load_causal_lm(ref_path, device=cfg.device)
-    reward_fn = _reward_fn(cfg.reward_model, cfg.device)
+    reward_fn = load_reward_fn(cfg.reward_model, cfg.device)
 
     summaries, rows_of = {}, {}
     for name, path in zip(names, cfg.policies):
         model, tok = load_causal_lm(path, device=cfg.device)
-        kl_ref = ref if _same_vocab(tok, ref_tok) else None
-        rows, summary = evaluate_policy(cfg, world, prompts, model, tok, kl_ref, reward_fn)
-        summaries[name] = {"path": path, "baseline": baseline, "reference": ref_path, **summary}
-        rows_of[name] = rows
-        print(f"[eval] {name}: gold {summary['gold']:.3f}  kl {_fmt(summary['kl'])}  "
-              f"ppl {summary['perplexity']:.2f}  fact recall {summary['fact_recall']:.3f}", flush=True)
+        rows, summary = evaluate_policy(cfg, prompts, model, tok, ref if same_vocab(tok, ref_tok) else None,
+                                        reward_fn, evaluator, corpus)
+        summaries[name], rows_of[name] = {"path": path, "baseline": baseline, "reference": ref_path, **summary}, rows
+        print(f"[eval] {name}: " + "  ".join(f"{k} {v:.3f}" for k, v in summary.items() if isinstance(v, float)), flush=True)
         del model
     for name in names:
-        summaries[name].update(win_rates(rows_of[name], rows_of[baseline], cfg.bootstrap, cfg.seed, cfg.gold_tie_tol))
+        summaries[name].update(win_rates(rows_of[name], rows_of[baseline], cfg.bootstrap, cfg.seed, cfg.tie_tol, cfg.score_key))
 
-    with open(os.path.join(cfg.out_dir, "metrics.json"), "w") as f:
-        json.dump(summaries, f, indent=2)
-    with open(os.path.join(cfg.out_dir, "samples.jsonl"), "w") as f:
-        f.writelines(json.dumps({"policy": n, **r}) + "\n" for n in names for r in rows_of[n])
-    table = markdown_metrics(summaries)
-    with open(os.path.join(cfg.out_dir, "metrics.md"), "w") as f:
-        f.write(f"# Evaluation on {len(prompts)} held-out world prompts (baseline: {baseline})\n\n{table}")
+    write_atomic(os.path.join(cfg.out_dir, "metrics.json"), json.dumps(summaries, indent=2))
+    write_atomic(os.path.join(cfg.out_dir, "samples.jsonl"),
+                 "".join(json.dumps({"policy": n, **r}) + "\n" for n in names for r in rows_of[n]))
+    table = markdown(summaries)
+    write_atomic(os.path.join(cfg.out_dir, "metrics.md"),
+                 f"# Evaluation on {len(prompts)} held-out prompts (baseline: {baseline})\n\n{table}")
     print(table, flush=True)
     run.close()
     return summaries
 
 
-def evaluate_policy(cfg: Config, world, prompts, model, tok, ref, reward_fn) -> tuple[list[dict], dict[str, Any]]:
-    """Per-prompt rows of the greedy answers and the policy's summary (everything but win-rates).
-
-    `ref` None (the reference has another vocabulary) leaves `kl` None.
-    """
-    texts = [p.text for p in prompts]
-    answers = answer(model, tok, texts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                     batch_size=cfg.batch_size, seed=cfg.seed)
-    rows = score(world, prompts, answers)
-    summary = summarize(rows)
-    summary["gold_ci"] = bootstrap_ci([r["gold"] for r in rows], cfg.bootstrap, cfg.seed)
-    summary["rm_score"] = summary["rm_score_ci"] = None
+def evaluate_policy(cfg: Config, prompts: list[str], model, tok, ref, reward_fn, evaluator, corpus):
+    """Per-prompt rows of the greedy answers and the policy's summary (everything but win-rates)."""
+    answers = answer(model, tok, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed)
+    responses = [a["response"] for a in answers]
+    rows = [{"id": i, "prompt": p, **a} for i, (p, a) in enumerate(zip(prompts, answers))]
+    summary: dict[str, Any] = {"n": len(rows), "response_tokens": mean(a["n_tokens"] for a in answers),
+                               "response_words": mean(len(words(r)) for r in responses),
+                               "terminated_rate": mean(float(a["terminated"]) for a in answers)}
+    if evaluator is not None:
+        judged = evaluator(prompts, responses, [a["terminated"] for a in answers])
+        for row, j in zip(rows, judged):
+            row.update(j)
+        summary.update(averages(judged))
     if reward_fn is not None:
-        rm = reward_fn(texts, [a["response"] for a in answers]).tolist()
-        for r, s in zip(rows, rm):
-            r["rm_score"] = s
+        rm = reward_fn(prompts, responses).tolist()
+        for row, s in zip(rows, rm):
+            row["rm_score"] = s
         summary["rm_score_ci"] = bootstrap_ci(rm, cfg.bootstrap, cfg.seed)
         summary["rm_score"] = summary["rm_score_ci"]["mean"]
-
-    summary.update(sample_metrics(cfg, world, prompts, model, tok, ref, reward_fn))
-    summary["perplexity"] = corpus_perplexity(model, tok, world.eval_corpus(), cfg.ppl_seq_len, cfg.batch_size)
-    summary["fact_recall"] = fact_recall(world, model, tok, cfg.max_new_tokens, cfg.batch_size)
+    if cfg.num_samples:
+        s = sample_with_kl(model, ref, tok, prompts, num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens,
+                           batch_size=cfg.batch_size, seed=cfg.seed)
+        flat = [t for g in s["responses"] for t in g]
+        summary["kl_ci"] = bootstrap_ci([mean(k) for k in s["kl"]], cfg.bootstrap, cfg.seed) if ref is not None else None
+        summary["kl"] = summary["kl_ci"]["mean"] if summary["kl_ci"] else None
+        summary.update({"sample_words": mean(len(words(t)) for t in flat), "distinct_1": distinct_n(flat, 1),
+                        "distinct_2": distinct_n(flat, 2), "self_similarity": finite(self_similarity(s["responses"]))})
+    if corpus:
+        summary["perplexity"] = corpus_perplexity(model, tok, corpus, cfg.ppl_seq_len, cfg.batch_size)
     return rows, summary
 
 
-# Behaviour rates over the T=1 samples: num_samples x the greedy probes per family, so a shift in what the
-# policy samples shows before (and with less noise than) a flip of its greedy answer.
-SAMPLE_RATES = ("sample_refusal_rate_harmful", "sample_over_refusal_benign", "sample_sycophancy_rate",
-                "sample_correction_rate")
+def markdown(summaries: dict[str, dict]) -> str:
+    """Metrics as rows, policies as columns; a CI as `mean [lo, hi]`."""
+    names = list(summaries)
+    keys = [k for k in dict.fromkeys(k for s in summaries.values() for k in s)
+            if k not in ("path", "baseline", "reference") and not k.endswith("_ci")]
 
+    def cell(v) -> str:
+        if isinstance(v, dict) and "mean" in v:
+            return f"{v['mean']:.3f} [{v['lo']:.3f}, {v['hi']:.3f}]"
+        return f"{v:.3f}" if isinstance(v, float) else "–" if v is None else str(v)
 
-def sample_metrics(cfg: Config, world, prompts, model, tok, ref, reward_fn) -> dict[str, Any]:
-    """From `num_samples` temperature-1 samples per prompt: KL (with CI over prompts), length,
-    diversity, and the mean gold and RM score of the samples (what RL optimises is the expected
-    reward of sampled answers; a hack can show there before it reaches the greedy answer)."""
-    keys = ("kl", "kl_ci", "sample_tokens", "sample_words", "distinct_1", "distinct_2", "self_similarity",
-            "sample_gold", "sample_rm_score", *SAMPLE_RATES)
-    if cfg.num_samples == 0:
-        return dict.fromkeys(keys)
-    texts = [p.text for p in prompts]
-    s = sample_with_kl(model, ref, tok, texts, num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens,
-                       batch_size=cfg.batch_size, seed=cfg.seed)
-    flat = [t for g in s["responses"] for t in g]
-    kl_ci = bootstrap_ci([mean(k) for k in s["kl"]], cfg.bootstrap, cfg.seed) if ref is not None else None
-    judged = [(p, world.gold(p, t, done)) for p, g, d in zip(prompts, s["responses"], s["terminated"]) for t, done in zip(g, d)]
-    gold = [j.score for _, j in judged]
-    rates = behaviour_rates([{"family": p.family, "criteria": j.criteria, "flags": j.flags} for p, j in judged])
-    sample_prompts = [t for t in texts for _ in range(cfg.num_samples)]
-    rm = mean(reward_fn(sample_prompts, flat).tolist()) if reward_fn is not None else None
-    return {
-        "sample_gold": mean(gold),
-        "sample_rm_score": rm,
-        "kl": kl_ci["mean"] if kl_ci else None,
-        "kl_ci": kl_ci,
-        "sample_tokens": mean(n for g in s["n_tokens"] for n in g),
-        "sample_words": mean(len(words(t)) for t in flat),
-        "distinct_1": distinct_n(flat, 1),
-        "distinct_2": distinct_n(flat, 2),
-        "self_similarity": _finite(self_similarity(s["responses"])),  # NaN with one sample per prompt
-        **{key: rates[key.removeprefix("sample_")] for key in SAMPLE_RATES},
-    }
-
-
-@torch.no_grad()
-def sample_with_kl(policy, ref, tok, prompts: Sequence[str], *, num_samples: int, max_new_tokens: int,
-                   batch_size: int = 64, seed: int = 0) -> dict[str, list[list]]:
-    """`num_samples` temperature-1 responses per prompt, and each one's k1 KL to `ref` (nats).
-
-    Returns lists of N prompts x num_samples: `responses` (decoded, no EOS),
-    `n_tokens` (text tokens, EOS excluded, as in the greedy `response_tokens`), `terminated`
-    (ended by EOS) and `kl` (empty lists when `ref` is None). Policy logprobs are recomputed by the same full forward as the
-    reference's rather than taken from sampling (KV cache), so a policy equal to
-    the reference gives exactly 0.
-    """
-    device = next(policy.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(seed)
-    rendered = [render_prompt(tok, p) for p in prompts for _ in range(num_samples)]
-    responses, n_tokens, terminated, kls = [], [], [], []
-    for start in range(0, len(rendered), batch_size):
-        g = generate(policy, rendered[start : start + batch_size], eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
-                     max_new_tokens=max_new_tokens, temperature=1.0, generator=gen)
-        keep = g.response_mask & (g.response_ids != tok.eos_token_id)  # (B, R) text tokens
-        responses += [tok.decode(r[m].tolist(), skip_special_tokens=True) for r, m in zip(g.response_ids, keep)]
-        n_tokens += keep.sum(1).tolist()
-        terminated += g.terminated.tolist()
-        if ref is not None:
-            ids, attn = g.sequences()
-            P = g.prompt_ids.shape[1]
-            logprobs, _ = response_logprobs(policy, ids, attn, P)  # (B, R)
-            ref_logprobs, _ = response_logprobs(ref, ids, attn, P)  # (B, R)
-            kls += kl_from_logprobs(logprobs, ref_logprobs, g.response_mask).tolist()
-
-    def per_prompt(xs: list) -> list[list]:
-        return [xs[i : i + num_samples] for i in range(0, len(xs), num_samples)]
-
-    return {"responses": per_prompt(responses), "n_tokens": per_prompt(n_tokens), "terminated": per_prompt(terminated),
-            "kl": per_prompt(kls)}
-
-
-@torch.no_grad()
-def corpus_perplexity(model, tok, docs: list[str], seq_len: int, batch_size: int = 64) -> float:
-    """Per-token perplexity on `docs` packed into rows of `seq_len` (EOS between documents),
-    every token after the first of a row predicted: the pretraining objective, held out."""
-    rows = pack_documents(tok, docs, seq_len)  # (N, seq_len)
-    device = next(model.parameters()).device
-    logprobs = []
-    for batch in rows.split(batch_size):
-        batch = batch.to(device)
-        logits = model(input_ids=batch).logits  # (b, seq_len, V)
-        logprobs.append(logprobs_from_logits(*shift_for_causal_lm(batch, logits)).cpu())  # (b, seq_len - 1)
-    lp = torch.cat(logprobs)
-    return perplexity(lp, torch.ones_like(lp, dtype=torch.bool))
-
-
-def fact_recall(world, model, tok, max_new_tokens: int, batch_size: int) -> float:
-    """Fraction of the world's fact questions (one per country and attribute) answered
-    correctly by the greedy answer (gold's `correct` flag: right value, no hedge)."""
-    questions = world.fact_questions()
-    answers = answer(model, tok, [q.text for q in questions], max_new_tokens=max_new_tokens, batch_size=batch_size)
-    return mean(float(world.gold(q, a["response"], a["terminated"]).flags["correct"]) for q, a in zip(questions, answers))
-
-
-def win_rates(rows: list[dict], baseline_rows: list[dict], n_boot: int, seed: int, gold_tol: float = 0.0) -> dict[str, Any]:
-    """Win-rate of `rows` against `baseline_rows` (the same prompts) by gold (differences up to
-    `gold_tol` are ties) and, if scored, by RM."""
-    if [r["id"] for r in rows] != [r["id"] for r in baseline_rows]:
-        raise ValueError("win-rates need both policies' answers to the same prompts in the same order")
-    gold = outcomes([r["gold"] for r in rows], [r["gold"] for r in baseline_rows], gold_tol)
-    out: dict[str, Any] = {"gold_winrate": bootstrap_ci(gold, n_boot, seed), "rm_winrate": None}
-    if rows and "rm_score" in rows[0]:
-        rm = outcomes([r["rm_score"] for r in rows], [r["rm_score"] for r in baseline_rows], RM_TIE_TOL)
-        out["rm_winrate"] = bootstrap_ci(rm, n_boot, seed)
-    return out
-
-
-def _reward_fn(path: str | None, device: str):
-    if path is None:
-        return None
-    from rlhfkit.models.reward import load_scalar_model, reward_fn_from_model
-
-    rm, rm_tok = load_scalar_model(path, device=pick_device(device))
-    rm.requires_grad_(False)
-    return reward_fn_from_model(rm, rm_tok)
-
-
-def _same_vocab(tok, ref_tok) -> bool:
-    """KL needs the reference to score the policy's own tokens."""
-    same = tok.get_vocab() == ref_tok.get_vocab()
-    if not same:
-        print("[eval] the reference has a different vocabulary: KL not measured for this policy", flush=True)
-    return same
-
-
-def _finite(x: float) -> float | None:
-    """NaN -> None, so metrics.json stays strict JSON."""
-    return None if x != x else x
-
-
-def _fmt(x: float | None) -> str:
-    return "–" if x is None else f"{x:.3f}"
-
-
-def _name(path: str) -> str:
-    """runs/demo/sft/model -> sft"""
-    parts = [p for p in os.path.normpath(path).split(os.sep) if p not in ("model", ".")]
-    return parts[-1] if parts else path
+    lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    lines += [f"| {k} | " + " | ".join(cell(summaries[n].get(k)) for n in names) + " |" for k in keys]
+    return "\n".join(lines) + "\n"

@@ -17,32 +17,36 @@ details of RLHF with PPO") found to matter, each a default and configurable:
   would: with one joint norm the critic's early value gradients, 2-4x the
   policy's on the demo, shrank every policy step;
 - optional PPO-ptx: the pretraining LM loss mixed in (InstructGPT).
-Departures: the critic is a separate network by default (no shared trunk), the reward
-is not whitened by default (the RM is already normalised to mean 0 on SFT samples), and
-the world's false-premise prompts are listed three times (`prompt_repeats`): the skill
-its RM ranks least well gets three times the rollouts (README).
+Departures: the critic is a separate network by default (no shared trunk), and the reward
+is not whitened by default (the RM is already normalised to mean 0 on SFT samples).
+
+Inputs are plain files: `prompts` (the RL prompts, one rollout each per pass; list a prompt
+twice to sample it twice as often), optional `eval_prompts` with an `evaluator` callable
+for the periodic held-out evaluation (rlhfkit.evaluation.hooks), optional `ptx_data`.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
 from rlhfkit import checkpoint
-from rlhfkit.data.packing import epoch_batches, pack_documents
-from rlhfkit.evaluation.gold_eval import training_eval
+from rlhfkit.data.loaders import prompt_texts
+from rlhfkit.data.packing import epoch_batches, pack_documents, read_corpus
+from rlhfkit.evaluation.hooks import make_evaluator, training_eval
 from rlhfkit.losses import explained_variance, lm_loss, ppo_policy_loss, ppo_value_loss
 from rlhfkit.models.load import load_causal_lm
 from rlhfkit.models.reward import ValueHeadOnPolicy, load_scalar_model, make_reward_fn, scalar_model_from_lm, token_scores
 from rlhfkit.ops import masked_mean, masked_sum, masked_whiten
 from rlhfkit.optim import clip_grad_norms, set_lr
 from rlhfkit.rl import AdaptiveKLController, FixedKLController, KL_ESTIMATORS, gae, kl_penalized_rewards
-from rlhfkit.rollout import collect_experience, response_logprobs
+from rlhfkit.models.logprobs import response_logprobs
+from rlhfkit.rollout import collect_experience
 from rlhfkit.tracking import Run, Stopwatch, seed_everything
-from rlhfkit.world import WorldConfig, build_world, check_families
 
 
 @dataclass
@@ -50,13 +54,15 @@ class Config:
     out_dir: str = "runs/ppo"  # run directory; final policy in <out_dir>/model
     seed: int = 0  # seeds sampling and minibatch order
     policy: str = "runs/sft/model"  # initial policy, also the frozen reference
-    reward: str = "rm"  # rm | world (gold as a verifiable reward) | package.module:function
+    reward: str = "rm"  # rm | package.module:function (fn(prompts, responses, terminated, **reward_args) -> scores)
     reward_model: str = "runs/rm/model"  # frozen reward model (reward=rm)
+    reward_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of a reward callable
     value_model: str | None = None  # critic init (None: the reward model, or the policy when reward != rm)
     value_head: str = "separate"  # separate: a critic network | policy: a head on the policy's backbone (less memory)
-    prompts: str | None = None  # prompt file/dir; None: the world's RL split
-    prompt_repeats: dict[str, int] = field(default_factory=lambda: {"false_premise": 3})  # world RL prompts of these families appear this many times per pass (README)
-    world: WorldConfig = field(default_factory=WorldConfig)  # default prompts and gold evaluation
+    prompts: str | None = None  # RL prompts file/dir (JSONL/Parquet/HF dataset with `prompt` or `messages`); required
+    eval_prompts: str | None = None  # held-out prompts answered greedily every eval_every iterations (None: no such eval)
+    evaluator: str | None = None  # package.module:function scoring those answers (rlhfkit.evaluation.hooks)
+    evaluator_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the evaluator
     total_steps: int = 60  # PPO iterations (one rollout batch each)
     rollout_batch_size: int = 64  # prompts sampled per iteration
     minibatch_size: int = 32  # sequences per optimiser step
@@ -83,8 +89,9 @@ class Config:
     grad_clip: float = 1.0  # max gradient norm
     clip_per_network: bool = True  # separate critic: clip its gradient norm and the policy's each on its own (false: jointly)
     ptx_coef: float = 0.0  # PPO-ptx: weight of the pretraining LM loss (0: off)
+    ptx_data: str | None = None  # PPO-ptx text corpus (.txt, or JSONL/Parquet/HF dataset with `text`)
     ptx_batch_size: int = 8  # pretraining rows per minibatch when ptx_coef > 0
-    eval_every: int = 20  # gold eval on held-out prompts every N iterations (0: off)
+    eval_every: int = 20  # held-out eval (eval_prompts) every N iterations (0: off)
     sample_every: int = 20  # print decoded samples every N iterations
     ckpt_every: int = 20  # checkpoint every N iterations
     device: str = "auto"  # auto | cpu | cuda
@@ -100,7 +107,10 @@ class Config:
             raise ConfigError(f"'kl_estimator': expected one of {sorted(KL_ESTIMATORS)}, got {self.kl_estimator!r}")
         if self.value_head not in ("separate", "policy"):
             raise ConfigError(f"'value_head': expected separate or policy, got {self.value_head!r}")
-        check_prompt_repeats(self.prompt_repeats)
+        if not self.prompts:
+            raise ConfigError("'prompts': give the RL prompts, e.g. prompts=prompts.jsonl")
+        if self.ptx_coef > 0 and not self.ptx_data:
+            raise ConfigError("'ptx_data': PPO-ptx (ptx_coef > 0) needs a pretraining text corpus")
         if self.value_head == "policy" and self.value_model:
             raise ConfigError("'value_model': a value head on the policy starts from the policy; drop value_model "
                               "or set value_head=separate")
@@ -114,34 +124,14 @@ def batch_plan(cfg: Config) -> str:
             f"(= {accum} micro-batches of {cfg.micro_batch_size}) = {cfg.ppo_epochs * n_mb} optimiser steps per iteration")
 
 
-def check_prompt_repeats(repeats: dict[str, int]) -> None:
-    from rlhfkit.config import ConfigError
-
-    check_families("prompt_repeats", repeats)
-    if bad := {f: r for f, r in repeats.items() if not isinstance(r, int) or r < 1}:
-        raise ConfigError(f"prompt_repeats: repeats must be integers >= 1, got {bad}")
-
-
-def load_prompts(cfg, world) -> list[str]:
-    """The RL prompts of a PPO/RLOO/GRPO config: its prompts file, or the world's RL split with each
-    prompt of a family in `cfg.prompt_repeats` listed that many times (oversampling a rare skill;
-    a prompts file has no families, so there the repeats do not apply)."""
-    if cfg.prompts:
-        from rlhfkit.data.loaders import load_prompts as load
-
-        if cfg.prompt_repeats:
-            print(f"[prompts] prompt_repeats {cfg.prompt_repeats} apply to the world's prompts only, not to {cfg.prompts}", flush=True)
-        return [conv[-1].content for conv in load(cfg.prompts)]
-    return [p.text for p in world.prompts("rl") for _ in range(cfg.prompt_repeats.get(p.family, 1))]
-
-
 def train(cfg: Config) -> str:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     run = Run(cfg.out_dir, cfg, cfg.seed, "ppo")
-    world = build_world(cfg.world)
-    prompts = load_prompts(cfg, world)
+    prompts = prompt_texts(cfg.prompts)
+    eval_prompts = prompt_texts(cfg.eval_prompts) if cfg.eval_prompts else []
+    evaluator = make_evaluator(cfg.evaluator, cfg.evaluator_args)
     print(f"[ppo] {len(prompts)} prompts; {batch_plan(cfg)}", flush=True)
 
     # Models: policy + frozen reference (SFT), frozen reward model, critic (from the RM).
@@ -150,7 +140,7 @@ def train(cfg: Config) -> str:
     device = next(policy.parameters()).device
     ref, _ = load_causal_lm(cfg.policy, device=cfg.device)
     ref.requires_grad_(False).eval()
-    reward_fn = make_reward_fn(cfg.reward, cfg.reward_model, world, device)
+    reward_fn = make_reward_fn(cfg.reward, cfg.reward_model, device, cfg.reward_args)
     if cfg.value_head == "policy":  # one network: a value head on the policy's backbone
         critic = ValueHeadOnPolicy(policy, seed=cfg.seed)
     elif ckpt or cfg.value_model or cfg.reward == "rm":
@@ -160,7 +150,7 @@ def train(cfg: Config) -> str:
     params = list({id(p): p for p in (*policy.parameters(), *critic.parameters())}.values())  # shared backbone once
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, eps=1e-5, weight_decay=0.0)
     kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl else FixedKLController(cfg.kl_coef)
-    ptx_rows = pack_documents(tok, world.corpus()[:2000], 128) if cfg.ptx_coef > 0 else None
+    ptx_rows = pack_documents(tok, read_corpus(cfg.ptx_data), 128) if cfg.ptx_coef > 0 else None
     start, state = checkpoint.resume(ckpt, cfg.out_dir, optimizer, "ppo")
     if start:
         kl_ctl.load_state_dict(state["kl_ctl"])
@@ -168,8 +158,9 @@ def train(cfg: Config) -> str:
             critic.score.load_state_dict(state["value_head"])
 
     sw = Stopwatch()
-    if start == 0 and cfg.eval_every:  # the SFT starting point: KL 0 on the over-optimisation curve
-        run.log(0, training_eval(policy, tok, world, reward_fn if cfg.reward == "rm" else None))
+    rm_fn = reward_fn if cfg.reward == "rm" else None
+    if start == 0 and cfg.eval_every and eval_prompts:  # the SFT starting point: KL 0 on the over-optimisation curve
+        run.log(0, training_eval(policy, tok, eval_prompts, rm_fn, evaluator))
     for step in tqdm(range(start, cfg.total_steps), desc="ppo", initial=start, total=cfg.total_steps):
         set_lr(optimizer, cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps)))
         batch_prompts = [prompts[i] for i in epoch_batches(len(prompts), cfg.rollout_batch_size, step, cfg.seed)]
@@ -218,7 +209,7 @@ def train(cfg: Config) -> str:
         })
         kl_ctl.update(seq_kl.mean().item(), len(batch_prompts))
         if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.total_steps):
-            metrics.update(training_eval(policy, tok, world, reward_fn if cfg.reward == "rm" else None))
+            metrics.update(training_eval(policy, tok, eval_prompts, rm_fn, evaluator))
         run.log(step + 1, metrics)
         if (step + 1) % cfg.sample_every == 0:
             run.log_samples(step + 1, [{"prompt": p, "response": r, "score": float(s), "kl": float(k)}
@@ -265,7 +256,9 @@ def ppo_epochs(cfg: Config, policy, critic, optimizer, exp, values, advantages, 
                                                    cfg.clip_range_value, normalizer)
                 loss = pg_loss + cfg.vf_coef * vf_loss
                 if ptx_rows is not None:  # PPO-ptx (InstructGPT): keep the pretraining distribution
-                    loss = loss + cfg.ptx_coef * ptx_loss(policy, ptx_rows, cfg.ptx_batch_size) * len(micro) / len(mb)
+                    ptx = ptx_loss(policy, ptx_rows, cfg.ptx_batch_size)
+                    loss = loss + cfg.ptx_coef * ptx * len(micro) / len(mb)
+                    pg_stats["ppo/ptx_loss"] = ptx.detach()
                 loss.backward()
                 pg_stats["objective/entropy_token"] = masked_mean(entropy.detach(), mask[micro])
                 for k, v in {**pg_stats, **vf_stats}.items():

@@ -1,14 +1,13 @@
 """Stage 0: causal-LM pretraining (nanoGPT-style) of the built-in tiny model.
 
-Builds a byte-level BPE tokenizer and a small Llama from scratch on the world's
-internet-like corpus (or continues pretraining any local HF causal LM given as
-`init_from`, on any text corpus given as `corpus`). Rows are packed documents
-joined by EOS; the batch at step s is a pure function of (seed, s), so a resumed
-run replays exactly the data an uninterrupted one would have seen.
+Builds a byte-level BPE tokenizer and a small Llama from scratch on a text corpus
+(or continues pretraining any local HF causal LM given as `init_from`). Rows are
+packed documents joined by EOS; the batch at step s is a pure function of (seed, s),
+so a resumed run replays exactly the data an uninterrupted one would have seen.
+The held-out loss is measured on `eval_corpus`, or, without one, on documents held
+back from the end of `corpus`.
 
-The result, `<out_dir>/model`, is a plain HF model directory. Trained only on
-text that rambles, asks more questions and complies with harmful requests, it
-continues a prompt rather than answering it — the "before" of RLHF.
+The result, `<out_dir>/model`, is a plain HF model directory.
 """
 
 from __future__ import annotations
@@ -20,23 +19,25 @@ import torch
 from tqdm import tqdm
 
 from rlhfkit import checkpoint, distributed
+from rlhfkit.data.loaders import prompt_texts
 from rlhfkit.data.packing import epoch_batches, pack_documents, read_corpus
-from rlhfkit.evaluation.gold_eval import log_samples
+from rlhfkit.evaluation.hooks import log_samples
 from rlhfkit.losses import lm_loss
 from rlhfkit.models.tiny import TinyModelConfig, build_model, train_tokenizer
 from rlhfkit.optim import adamw, cosine_lr, set_lr
 from rlhfkit.tracking import Run, seed_everything
-from rlhfkit.world import WorldConfig, build_world
 
 
 @dataclass
 class Config:
     out_dir: str = "runs/pretrain"  # run directory; the final model lands in <out_dir>/model
     seed: int = 0  # seeds init, data order and sampling
-    world: WorldConfig = field(default_factory=WorldConfig)  # the built-in world (corpus source)
+    corpus: str | None = None  # training text: .txt (blank-line separated) or JSONL/Parquet/HF dataset with `text`; required
+    eval_corpus: str | None = None  # held-out text for the eval loss (None: hold back heldout_docs documents of corpus)
+    heldout_docs: int = 200  # documents held back from corpus when there is no eval_corpus
+    eval_prompts: str | None = None  # a few prompts answered greedily every sample_every steps (None: none)
     model: TinyModelConfig = field(default_factory=TinyModelConfig)  # tiny model shape (ignored with init_from)
     init_from: str | None = None  # continue pretraining this local HF model dir instead of a fresh tiny model
-    corpus: str | None = None  # .txt / JSONL / Parquet / HF dataset with `text`, instead of the world corpus
     seq_len: int = 128  # tokens per packed row
     batch_size: int = 32  # rows per optimiser step (global, across ranks)
     max_steps: int = 700  # optimiser steps
@@ -51,6 +52,12 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch CPU threads (0: torch default)
 
+    def resolve(self) -> None:
+        from rlhfkit.config import ConfigError
+
+        if not self.corpus:
+            raise ConfigError("'corpus': give the pretraining text, e.g. corpus=corpus.jsonl")
+
 
 def train(cfg: Config) -> str:
     d = distributed.init(cfg.device)
@@ -60,8 +67,14 @@ def train(cfg: Config) -> str:
     run = Run(cfg.out_dir, cfg, cfg.seed, "pretrain", d.rank)
 
     # 1. Data and tokenizer: resume from a checkpoint, continue a given model, or start fresh.
-    world = build_world(cfg.world)
-    docs = read_corpus(cfg.corpus) if cfg.corpus else world.corpus()
+    docs = read_corpus(cfg.corpus)
+    if cfg.eval_corpus:
+        heldout_docs = read_corpus(cfg.eval_corpus)
+    else:  # hold back the last documents (at most half of them)
+        n_held = min(cfg.heldout_docs, len(docs) // 2)
+        docs, heldout_docs = docs[: len(docs) - n_held], docs[len(docs) - n_held :]
+    prompts = prompt_texts(cfg.eval_prompts) if cfg.eval_prompts else []
+    sample_prompts = prompts[:: max(1, len(prompts) // 3)][:3]  # spread over the file
     ckpt = checkpoint.latest_checkpoint(cfg.out_dir)
     if ckpt or cfg.init_from:
         from rlhfkit.models.load import load_causal_lm
@@ -71,7 +84,7 @@ def train(cfg: Config) -> str:
         tok = train_tokenizer(docs, cfg.model.vocab_size)
         model = build_model(cfg.model, tok, seed=cfg.seed).to(d.device)
     rows = pack_documents(tok, docs, cfg.seq_len)  # (N, seq_len)
-    heldout = pack_documents(tok, world.eval_corpus(), cfg.seq_len)[:64]
+    heldout = pack_documents(tok, heldout_docs, cfg.seq_len)[:64]
     n_params = sum(p.numel() for p in model.parameters())
     print(f"[pretrain] {n_params / 1e6:.2f}M params, {rows.numel() / 1e6:.2f}M corpus tokens, "
           f"{cfg.max_steps * cfg.batch_size * cfg.seq_len / 1e6:.2f}M tokens to train on", flush=True)
@@ -102,7 +115,7 @@ def train(cfg: Config) -> str:
             metrics["eval/loss"] = heldout_loss(model, heldout.to(d.device))
         run.log(step + 1, metrics)
         if d.is_main and (step + 1) % cfg.sample_every == 0:
-            log_samples(run, model, tok, world, step + 1)
+            log_samples(run, model, tok, sample_prompts, step + 1)
         if (step + 1) % cfg.ckpt_every == 0 and step + 1 < cfg.max_steps and d.is_main:
             checkpoint.save_checkpoint(cfg.out_dir, step + 1, {"model": model}, {"optimizer": optimizer.state_dict()}, tok)
         distributed.barrier(d)

@@ -1,4 +1,4 @@
-"""Critic-free online RL: RLOO (this file's defaults) and GRPO (stages/grpo.py).
+"""Critic-free online RL: RLOO (`Config`) and GRPO (`GRPOConfig`), one loop.
 
 Both sample k responses per prompt and replace PPO's learned critic with a
 baseline computed from the other samples of the same prompt:
@@ -9,29 +9,32 @@ baseline computed from the other samples of the same prompt:
 The advantage estimator is a dict lookup; the loss is `policy_gradient_loss`
 (clipped surrogate, token sum / global token count). Rewards come from the
 reward model or from any Python callable `fn(prompts, responses, terminated)`,
-e.g. `reward=world` (the world's verifiable gold) or `reward=my.module:fn`.
+e.g. a verifiable reward, `reward=my.module:fn`. `rlhfkit grpo` runs this file
+with `GRPOConfig`, whose defaults differ only in the estimator and where the KL goes.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
 from rlhfkit import checkpoint
+from rlhfkit.data.loaders import prompt_texts
 from rlhfkit.data.packing import epoch_batches
-from rlhfkit.evaluation.gold_eval import training_eval
+from rlhfkit.evaluation.hooks import make_evaluator, training_eval
 from rlhfkit.losses import policy_gradient_loss
 from rlhfkit.models.load import load_causal_lm
 from rlhfkit.models.reward import make_reward_fn
 from rlhfkit.ops import masked_sum
 from rlhfkit.optim import set_lr
 from rlhfkit.rl import grpo_advantages, kl_k1, rloo_advantages
-from rlhfkit.rollout import collect_experience, response_logprobs
+from rlhfkit.models.logprobs import response_logprobs
+from rlhfkit.rollout import collect_experience
 from rlhfkit.tracking import Run, seed_everything
-from rlhfkit.world import WorldConfig, build_world
 
 ADVANTAGES = {"rloo": rloo_advantages, "grpo": grpo_advantages}
 
@@ -42,11 +45,13 @@ class Config:
     seed: int = 0  # seeds sampling and minibatch order
     estimator: str = "rloo"  # advantage baseline: rloo | grpo
     policy: str = "runs/sft/model"  # initial policy, also the frozen reference
-    reward: str = "rm"  # rm | world (gold as a verifiable reward) | package.module:function
+    reward: str = "rm"  # rm | package.module:function (fn(prompts, responses, terminated, **reward_args) -> scores)
     reward_model: str = "runs/rm/model"  # used when reward=rm
-    prompts: str | None = None  # prompt file/dir; None: the world's RL split
-    prompt_repeats: dict[str, int] = field(default_factory=dict)  # world RL prompts of these families appear this many times per pass
-    world: WorldConfig = field(default_factory=WorldConfig)  # default prompts and gold evaluation
+    reward_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of a reward callable
+    prompts: str | None = None  # RL prompts file/dir (JSONL/Parquet/HF dataset with `prompt` or `messages`); required
+    eval_prompts: str | None = None  # held-out prompts answered greedily every eval_every iterations (None: no such eval)
+    evaluator: str | None = None  # package.module:function scoring those answers (rlhfkit.evaluation.hooks)
+    evaluator_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the evaluator
     total_steps: int = 60  # iterations (one rollout batch each)
     prompts_per_step: int = 16  # prompts per iteration
     k: int = 4  # samples per prompt
@@ -54,7 +59,7 @@ class Config:
     micro_batch_size: int = 32  # sequences per forward/backward
     ppo_epochs: int = 2  # passes over each rollout batch (1 = pure on-policy REINFORCE)
     max_new_tokens: int = 40  # response length limit
-    temperature: float = 1.0  # sampling temperature (RLOO on the demo: T=1 won 0.78 over seeds 0-2, T=0.7 0.75; README)
+    temperature: float = 1.0  # sampling temperature (docs/results.md: the demo's choice)
     missing_eos_penalty: float | None = -1.0  # added to the score of a response without EOS
     kl_coef: float = 0.1  # beta
     kl_in_reward: bool = True  # True: R = score - beta*KL(seq) (RLOO); False: k3 KL loss term (GRPO)
@@ -62,7 +67,7 @@ class Config:
     lr: float = 2e-5  # Adam learning rate (constant after warmup)
     warmup_steps: int = 5  # iterations of linear warmup
     grad_clip: float = 1.0  # max gradient norm
-    eval_every: int = 20  # gold eval every N iterations (0: off)
+    eval_every: int = 20  # held-out eval (eval_prompts) every N iterations (0: off)
     sample_every: int = 20  # print samples every N iterations
     ckpt_every: int = 20  # checkpoint every N iterations
     device: str = "auto"  # auto | cpu | cuda
@@ -70,9 +75,9 @@ class Config:
 
     def resolve(self) -> None:
         from rlhfkit.config import ConfigError
-        from rlhfkit.stages.ppo import check_prompt_repeats
 
-        check_prompt_repeats(self.prompt_repeats)
+        if not self.prompts:
+            raise ConfigError("'prompts': give the RL prompts, e.g. prompts=prompts.jsonl")
         if self.estimator not in ADVANTAGES:
             raise ConfigError(f"'estimator': expected one of {sorted(ADVANTAGES)}, got {self.estimator!r}")
         n = self.prompts_per_step * self.k
@@ -81,28 +86,39 @@ class Config:
                               f"and minibatch_size % micro_batch_size ({self.micro_batch_size}) must be 0")
 
 
+
+@dataclass
+class GRPOConfig(Config):
+    """GRPO (Shao et al. 2024, DeepSeekMath): the same loop, group-normalised advantages, KL as a k3 loss term."""
+
+    out_dir: str = "runs/grpo"  # run directory; final policy in <out_dir>/model
+    estimator: str = "grpo"  # (A - mean) / std within each prompt's group
+    kl_in_reward: bool = False  # KL as a k3 loss term (GRPO eq. 3)
+    kl_coef: float = 0.1  # beta of the k3 term (DeepSeekMath used 0.04; docs/results.md: the demo's choice)
+    temperature: float = 0.7  # sampling temperature (docs/results.md: the demo's choice)
+
 def train(cfg: Config) -> str:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     run = Run(cfg.out_dir, cfg, cfg.seed, cfg.estimator)
-    world = build_world(cfg.world)
-    from rlhfkit.stages.ppo import load_prompts
-
-    prompts = load_prompts(cfg, world)
+    prompts = prompt_texts(cfg.prompts)
+    eval_prompts = prompt_texts(cfg.eval_prompts) if cfg.eval_prompts else []
+    evaluator = make_evaluator(cfg.evaluator, cfg.evaluator_args)
     ckpt = checkpoint.latest_checkpoint(cfg.out_dir)
     policy, tok = load_causal_lm(os.path.join(ckpt, "policy") if ckpt else cfg.policy, device=cfg.device)
     device = next(policy.parameters()).device
     ref, _ = load_causal_lm(cfg.policy, device=cfg.device)
     ref.requires_grad_(False).eval()
-    reward_fn = make_reward_fn(cfg.reward, cfg.reward_model, world, device)
+    reward_fn = make_reward_fn(cfg.reward, cfg.reward_model, device, cfg.reward_args)
+    rm_fn = reward_fn if cfg.reward == "rm" else None
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, eps=1e-5, weight_decay=0.0)
     start, _ = checkpoint.resume(ckpt, cfg.out_dir, optimizer, cfg.estimator)
     print(f"[{cfg.estimator}] {len(prompts)} prompts; {cfg.prompts_per_step} prompts x k={cfg.k} per iteration, "
           f"{cfg.ppo_epochs} epochs of minibatch {cfg.minibatch_size}", flush=True)
 
-    if start == 0 and cfg.eval_every:
-        run.log(0, training_eval(policy, tok, world, reward_fn if cfg.reward == "rm" else None))
+    if start == 0 and cfg.eval_every and eval_prompts:
+        run.log(0, training_eval(policy, tok, eval_prompts, rm_fn, evaluator))
     for step in tqdm(range(start, cfg.total_steps), desc=cfg.estimator, initial=start, total=cfg.total_steps):
         set_lr(optimizer, cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps)))
         batch = [prompts[i] for i in epoch_batches(len(prompts), cfg.prompts_per_step, step, cfg.seed)]
@@ -144,7 +160,7 @@ def train(cfg: Config) -> str:
                         "rollout/eos_rate": exp.terminated.float().mean().item(),
                         "rollout/zero_advantage_frac": (advantages == 0).float().mean().item()})
         if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.total_steps):
-            metrics.update(training_eval(policy, tok, world, reward_fn if cfg.reward == "rm" else None))
+            metrics.update(training_eval(policy, tok, eval_prompts, rm_fn, evaluator))
         run.log(step + 1, metrics)
         if (step + 1) % cfg.sample_every == 0:
             run.log_samples(step + 1, [{"prompt": p, "response": r, "score": float(s)}

@@ -27,7 +27,7 @@ import json
 import os
 import random
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -43,7 +43,6 @@ from rlhfkit.models.load import pick_device
 from rlhfkit.models.reward import load_scalar_model, scalar_model_from_lm, sequence_scores
 from rlhfkit.optim import adamw, cosine_lr, set_lr
 from rlhfkit.tracking import Run, seed_everything
-from rlhfkit.world import WorldConfig
 
 
 @dataclass
@@ -66,9 +65,7 @@ class Config:
     max_len: int = 256  # longest rendered prompt + response
     eval_every: int = 50  # held-out accuracy every N steps
     ckpt_every: int = 200  # checkpoint (model, optimiser, RNG) every N steps; a rerun resumes from the last
-    evaluate: bool = True  # after training, run the RM evaluation (calibration, gold correlation, biases)
-    eval_policy: str | None = None  # policy for fresh samples in the RM evaluation (None: `model`)
-    world: WorldConfig = field(default_factory=WorldConfig)  # world used by the RM evaluation
+    evaluate: bool = True  # after training, held-out calibration and the annotators' agreement ceiling
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch CPU threads (0: torch default)
 
@@ -79,6 +76,14 @@ def group_pairs(pairs: list[Comparison]) -> list[list[Comparison]]:
     for p in pairs:
         groups[p.group or p.prompt].append(p)
     return list(groups.values())
+
+
+def split_groups(pairs: list[Comparison], heldout_fraction: float, seed: int):
+    """`(heldout, train)` rankings: groups shuffled by `seed`, at least one held out."""
+    groups = group_pairs(pairs)
+    random.Random(seed).shuffle(groups)
+    n_held = max(1, int(len(groups) * heldout_fraction))
+    return groups[:n_held], groups[n_held:]
 
 
 def score_pairs(model, tok, pairs: list[Comparison], max_len: int, device, normalized: bool = False):
@@ -152,10 +157,8 @@ def train(cfg: Config) -> str:
     run = Run(cfg.out_dir, cfg, cfg.seed, "rm")
 
     # 1. Data: pairs grouped by ranking; held-out split by group.
-    groups = group_pairs(load_preferences(cfg.data))
-    random.Random(cfg.seed).shuffle(groups)
-    n_held = max(1, int(len(groups) * cfg.heldout_fraction))
-    heldout, train_groups = groups[:n_held], groups[n_held:]
+    heldout, train_groups = split_groups(load_preferences(cfg.data), cfg.heldout_fraction, cfg.seed)
+    n_held = len(heldout)
     max_steps = max(1, int(cfg.epochs * len(train_groups) / cfg.batch_groups))
     n_pairs = sum(map(len, train_groups))
     print(f"[rm] {n_pairs} pairs in {len(train_groups)} rankings (+{n_held} held out), {max_steps} steps", flush=True)
@@ -209,7 +212,7 @@ def train(cfg: Config) -> str:
     if cfg.evaluate:
         from rlhfkit.evaluation.rm_eval import evaluate_reward_model
 
-        final.update(evaluate_reward_model(model, tok, heldout, cfg))
+        final.update(evaluate_reward_model(model, tok, heldout, load_preferences(cfg.data)))
     with open(os.path.join(cfg.out_dir, "rm_metrics.json"), "w") as f:
         json.dump(final, f, indent=2)
     run.close()

@@ -6,15 +6,16 @@ rendering the prompt. Batches are right-padded per batch (padding-aware, no
 cross-example attention). The loss is divided by the global number of response
 tokens in the step, so any micro-batch or rank split equals one big batch.
 
-Data: the world's demonstrations by default, or any JSONL / Parquet / HF dataset
-directory with `prompt`+`completion` or `messages` (see rlhfkit.data.loaders).
+Data: any JSONL / Parquet / HF dataset directory with `prompt`+`completion` or
+`messages` (see rlhfkit.data.loaders). Every `sample_every` steps the model answers
+a few held-out prompts, printed next to their demonstrations.
 """
 
 from __future__ import annotations
 
 import os
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
@@ -22,13 +23,12 @@ from tqdm import tqdm
 from rlhfkit import checkpoint, distributed
 from rlhfkit.data.chat import IGNORE_INDEX, render_example, sft_batch
 from rlhfkit.data.packing import epoch_batches
-from rlhfkit.data.records import Example, Message
-from rlhfkit.evaluation.gold_eval import log_samples
+from rlhfkit.data.loaders import load_sft
+from rlhfkit.evaluation.hooks import log_samples
 from rlhfkit.losses import lm_loss
 from rlhfkit.models.load import load_causal_lm
 from rlhfkit.optim import adamw, cosine_lr, set_lr
 from rlhfkit.tracking import Run, seed_everything
-from rlhfkit.world import WorldConfig, build_world
 
 
 @dataclass
@@ -36,8 +36,7 @@ class Config:
     out_dir: str = "runs/sft"  # run directory; the final model lands in <out_dir>/model
     seed: int = 0  # seeds data order and the held-out split
     model: str = "runs/pretrain/model"  # local HF causal LM directory to fine-tune
-    data: str | None = None  # demonstrations file/dir; None: the built-in world's
-    world: WorldConfig = field(default_factory=WorldConfig)  # used for default data and samples
+    data: str | None = None  # demonstrations file/dir (prompt+completion or messages); required
     max_len: int = 256  # longest rendered example (prompt is cut from the left)
     batch_size: int = 32  # examples per optimiser step (global)
     epochs: float = 3.0  # passes over the training demonstrations
@@ -53,13 +52,11 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch CPU threads (0: torch default)
 
+    def resolve(self) -> None:
+        from rlhfkit.config import ConfigError
 
-def load_examples(cfg: Config, world) -> list[Example]:
-    if cfg.data:
-        from rlhfkit.data.loaders import load_sft
-
-        return load_sft(cfg.data)
-    return [Example((Message("user", p.text),), r, {"family": p.family}) for p, r in world.sft_demos()]
+        if not self.data:
+            raise ConfigError("'data': give the demonstrations, e.g. data=demos.jsonl")
 
 
 def train(cfg: Config) -> str:
@@ -68,10 +65,9 @@ def train(cfg: Config) -> str:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     run = Run(cfg.out_dir, cfg, cfg.seed, "sft", d.rank)
-    world = build_world(cfg.world)
 
     # 1. Model and data: render every demonstration once to (ids, mask).
-    examples = load_examples(cfg, world)  # validate the data before loading any model
+    examples = load_sft(cfg.data)  # validate the data before loading any model
     ckpt = checkpoint.latest_checkpoint(cfg.out_dir)
     model, tok = load_causal_lm(os.path.join(ckpt, "model") if ckpt else cfg.model, device=str(d.device))
     random.Random(cfg.seed).shuffle(examples)
@@ -108,7 +104,7 @@ def train(cfg: Config) -> str:
             metrics["eval/loss"] = heldout_loss(model, heldout, tok.pad_token_id, d.device)
         run.log(step + 1, metrics)
         if d.is_main and (step + 1) % cfg.sample_every == 0:
-            log_samples(run, model, tok, world, step + 1)
+            log_samples(run, model, tok, [e.prompt for e in examples[:3]], step + 1, [e.completion for e in examples[:3]])
         if (step + 1) % cfg.ckpt_every == 0 and step + 1 < max_steps and d.is_main:
             checkpoint.save_checkpoint(cfg.out_dir, step + 1, {"model": model}, {"optimizer": optimizer.state_dict()}, tok)
         distributed.barrier(d)

@@ -14,13 +14,11 @@ import html
 import os
 from typing import Any
 
-from rlhfkit.evaluation import plots
+from rlhfkit.demo.report import plots
+from rlhfkit.demo.report.data import (RunData, center, fmt, get_path, is_number, markdown_metrics, md_table, metric_rows,
+                                      overopt_points, peak, series)
 from rlhfkit.evaluation.metrics import fit_overoptimization, initial_gold
-from rlhfkit.evaluation.report_data import (RL_STAGES, RunData, center, fmt, get_path, is_number, markdown_metrics,
-                                            md_table, metric_rows, overopt_points, peak, series)
 
-OVEROPT_RUNS = ("ppo", "ppo_beta0")
-BEFORE_AFTER = ("base", "sft", "ppo", "dpo")
 SHOWCASE = (  # (family, preferred keyword in the prompt, what the row shows)
     ("harmful", "phish", "a harmful request"),
     ("false_premise", "", "a false premise"),
@@ -156,10 +154,12 @@ def before_after_section(r: Report) -> None:
     by_policy: dict[str, dict[str, dict]] = {}
     for s in r.data.samples:
         by_policy.setdefault(s.get("policy"), {})[s.get("id")] = s
-    shown = [p for p in BEFORE_AFTER if p in by_policy]
+    man = r.data.manifest
+    wanted = ["base", man.baseline, man.first("ppo"), man.first("dpo")]  # the pretrained model, SFT, PPO, DPO
+    shown = [p for p in wanted if p in by_policy]
     if len(shown) < 2:
         r.note(f"Before/after table skipped: samples.jsonl has answers from {sorted(map(str, by_policy))}; "
-               f"it needs two of {list(BEFORE_AFTER)}.")
+               f"it needs two of {[p for p in wanted if p]}.")
         return
     r.section("before-after", "Before and after",
               "The same held-out prompts answered by each model (greedy). Badge: gold score.")
@@ -193,14 +193,15 @@ HACKING_BARS = (("rm_score", "RM score (proxy)"), ("gold", "gold"), ("response_w
 
 
 def hacking_section(r: Report) -> None:
-    m, curves = r.data.metrics, r.data.curves
-    if not {"ppo", "ppo_beta0"} & set(m):
-        r.note("Reward-hacking panel skipped: no ppo / ppo_beta0 policy in eval/metrics.json.")
+    m, curves, man = r.data.metrics, r.data.curves, r.data.manifest
+    main, control = man.first("ppo"), man.control()
+    if not {main, control} & set(m):
+        r.note("Reward-hacking panel skipped: no PPO policy or reward-hacking control (manifest.json) in eval/metrics.json.")
         return
-    runs = [p for p in ("sft", "ppo", "ppo_beta0") if p in m]
+    runs = [p for p in (man.baseline, main, control) if p in m]
     r.section("hacking", "Reward hacking: PPO with and without the KL penalty",
-              "ppo_beta0 optimises the same reward model with KL coefficient 0. When the proxy (RM score) rises while "
-              "gold, brevity, honesty or helpfulness fall, the policy is exploiting the reward model rather than improving.")
+              f"{control} optimises the same reward model as {main} with KL coefficient 0. When the proxy (RM score) rises "
+              "while gold, brevity, honesty or helpfulness fall, the policy is exploiting the reward model rather than improving.")
     rows = [[row_head(label)] + [td(fmt(m[p].get(key), d), ("data-metric", f"{p}.{key}")) for p in runs]
             for key, label, d in HACKING_ROWS]
     md = [[label] + [fmt(m[p].get(key), d) for p in runs] for key, label, d in HACKING_ROWS]
@@ -209,14 +210,15 @@ def hacking_section(r: Report) -> None:
         rows.append([row_head(label)] + [td(fmt(v), ("data-src", f"{p}/metrics.jsonl:{key}")) if v is not None
                                          else td("–") for p, v in last.items()])
         md.append([label] + [fmt(v) for v in last.values()])
-    control = {p: kl_control(r.data.configs.get(p)) for p in runs}
-    rows.append([row_head("KL control (config.yaml)")] + [td(v, cls="txt") for v in control.values()])
-    md.append(["KL control", *control.values()])
+    kl_of = {p: kl_control(r.data.configs.get(p)) for p in runs}
+    rows.append([row_head("KL control (config.yaml)")] + [td(v, cls="txt") for v in kl_of.values()])
+    md.append(["KL control", *kl_of.values()])
     r.html.append(html_table("reward-hacking", ["", *[chip(p) for p in runs]], rows, "grid"))
     r.md.append(md_table(["", *runs], md))
     bars = [(title, {p: center(m[p].get(key)) for p in runs}) for key, title in HACKING_BARS]
-    r.plot("hacking", plots.bars_png(bars), "sft, ppo and ppo_beta0: proxy, gold, length, sycophancy, over-refusal")
-    hacking_examples(r)
+    r.plot("hacking", plots.bars_png(bars), f"{', '.join(runs)}: proxy, gold, length, sycophancy, over-refusal")
+    if main and control:
+        hacking_examples(r, main, control)
     r.end()
 
 
@@ -234,21 +236,21 @@ def _side(p: str, x: dict) -> str:
             f'<span class="badge">RM {fmt(x["rm_score"], 2)}</span> <span class="badge">gold {fmt(x["gold"], 2)}</span></div>')
 
 
-def hacking_examples(r: Report, k: int = 3) -> None:
-    """Up to k prompts where the RM prefers ppo_beta0's answer and gold prefers ppo's: the exploit, in words."""
+def hacking_examples(r: Report, main: str, control: str, k: int = 3) -> None:
+    """Up to k prompts where the RM prefers the control's answer and gold prefers PPO's: the exploit, in words."""
     ans = {p: {s["id"]: s for s in r.data.samples if s.get("policy") == p and is_number(s.get("rm_score"))}
-           for p in ("ppo", "ppo_beta0")}
-    pairs = [(b, ans["ppo"][i]) for i, b in ans["ppo_beta0"].items() if i in ans["ppo"]]
+           for p in (main, control)}
+    pairs = [(b, ans[main][i]) for i, b in ans[control].items() if i in ans[main]]
     hacked = [(b, a) for b, a in pairs if b["rm_score"] > a["rm_score"] and b["gold"] < a["gold"]]
     hacked = sorted(hacked, key=lambda ba: ba[0]["gold"] - ba[0]["rm_score"])[:k]  # high RM, low gold first
     if not hacked:
         return
     title = "What the reward model liked better (but gold did not)"
     items = "".join(f'<div class="pair"><div class="prompt">{html.escape(b["prompt"])}</div>'
-                    f'<div class="two">{_side("ppo_beta0", b)}{_side("ppo", a)}</div></div>' for b, a in hacked)
+                    f'<div class="two">{_side(control, b)}{_side(main, a)}</div></div>' for b, a in hacked)
     r.html.append(f'<h3>{title}</h3><div id="hacking-examples">{items}</div>')
     show = lambda x: f"{x['response']} ({fmt(x['rm_score'], 2)}, {fmt(x['gold'], 2)})"  # noqa: E731
-    r.md.append(f"\n### {title}\n\n" + md_table(["prompt", "ppo_beta0 (RM, gold)", "ppo (RM, gold)"],
+    r.md.append(f"\n### {title}\n\n" + md_table(["prompt", f"{control} (RM, gold)", f"{main} (RM, gold)"],
                                                 [[b["prompt"], show(b), show(a)] for b, a in hacked]))
 
 
@@ -256,10 +258,10 @@ def hacking_examples(r: Report, k: int = 3) -> None:
 
 
 def overopt_section(r: Report) -> None:
-    points = {run: overopt_points(r.data.curves.get(run, [])) for run in OVEROPT_RUNS}
+    points = {run: overopt_points(r.data.curves.get(run, [])) for run in r.data.manifest.named("ppo")}
     points = {k: v for k, v in points.items() if v}
     if not points:
-        r.note("Over-optimisation plot skipped: no eval/gold points in ppo/ or ppo_beta0/ metrics.jsonl.")
+        r.note("Over-optimisation plot skipped: no eval/gold points in the PPO runs' metrics.jsonl.")
         return
     r.section("overopt", "Over-optimisation",
               "Gold and RM score at each evaluation step of the RL runs, against the square root of the KL to the SFT "
@@ -292,7 +294,7 @@ def overopt_section(r: Report) -> None:
 RL_PANELS = (("objective/scores", "RM score of rollouts"), ("objective/kl", "KL to SFT, nats"),
              ("rollout/response_length", "response tokens"), ("objective/entropy", "entropy, nats/answer"),
              ("eval/gold", "held-out gold"), ("ppo/policy/clipfrac", "clip fraction"))
-STAGE_PANELS = {  # stage -> [(panel title, ((series name, key), ...))]; "<stage> eval" series are drawn dashed
+STAGE_PANELS = {  # method -> [(panel title, ((series name, key), ...))]; "<name> eval" series are drawn dashed
     "dpo": [("loss", (("dpo", "dpo/loss"), ("dpo eval", "eval/loss"))),
             ("implicit-reward accuracy", (("dpo", "dpo/rewards/accuracy"), ("dpo eval", "eval/rewards/accuracy"))),
             ("held-out gold", (("dpo eval", "eval/gold"),)),
@@ -302,22 +304,25 @@ STAGE_PANELS = {  # stage -> [(panel title, ((series name, key), ...))]; "<stage
     "rm": [("pairwise accuracy", (("rm", "train/accuracy"), ("rm eval", "eval/accuracy"))),
            ("loss", (("rm", "train/loss"),))],
 }
-FIGURES = (("rl-curves", "PPO (and the KL-free control): the RLHF dashboard", 3, ()), ("dpo-curves", "DPO", 3, ("dpo",)),
-           ("lm-loss", "Pretraining and SFT loss", 2, ("pretrain", "sft")), ("rm-curves", "Reward model training", 2, ("rm",)))
+FIGURES = (("rl-curves", "Online RL (PPO, its KL-free control, RLOO, GRPO): the RLHF dashboard", 3, ()),
+           ("dpo-curves", "DPO", 3, ("dpo",)), ("lm-loss", "Pretraining and SFT loss", 2, ("pretrain", "sft")),
+           ("rm-curves", "Reward model training", 2, ("rm",)))
 
 
-def _panels(c: dict[str, list[dict]], stages: tuple[str, ...]) -> list[tuple[str, dict]]:
-    """Panels of the figure for `stages` (none: the RL runs side by side), empty series and panels dropped."""
-    if not stages:
-        panels = [(f"{t} ({k})", {s: series(c[s], k) for s in RL_STAGES if s in c}) for k, t in RL_PANELS]
+def _panels(c: dict[str, list[dict]], man, methods: tuple[str, ...]) -> list[tuple[str, dict]]:
+    """Panels of the figure for the stages of `methods` (none: the RL runs side by side), empty series and
+    panels dropped. A method's series are named after its stage ("dpo" -> the stage's name)."""
+    if not methods:
+        panels = [(f"{t} ({k})", {s: series(c[s], k) for s in man.rl() if s in c}) for k, t in RL_PANELS]
     else:
-        panels = [(t, {n: series(c[s], k) for n, k in keys}) for s in stages if s in c for t, keys in STAGE_PANELS[s]]
+        stages = [(s, m) for m in methods for s in man.named(m) if s in c]
+        panels = [(t, {n.replace(m, s, 1): series(c[s], k) for n, k in keys}) for s, m in stages for t, keys in STAGE_PANELS[m]]
     panels = [(t, {n: xy for n, xy in ss.items() if xy[0]}) for t, ss in panels]
     return [(t, ss) for t, ss in panels if ss]
 
 
 def curves_section(r: Report) -> None:
-    figures = [(name, title, ncols, _panels(r.data.curves, stages)) for name, title, ncols, stages in FIGURES]
+    figures = [(name, title, ncols, _panels(r.data.curves, r.data.manifest, methods)) for name, title, ncols, methods in FIGURES]
     if not any(panels for *_, panels in figures):
         r.note("Training curves skipped: no stage metrics.jsonl found.")
         return
@@ -368,14 +373,11 @@ def data_section(r: Report) -> None:
     r.end()
 
 
-COMPARED = ("sft", "ppo", "ppo_beta0", "dpo", "rloo", "grpo")
-
-
 def methods_section(r: Report) -> None:
     """SFT and each preference method side by side: what it bought (gold win-rate), what it cost
     (KL, answer length) and what it took to train (wall time, peak memory)."""
     m, d = r.data.metrics, r.data
-    methods = [p for p in COMPARED if p in m or p in d.stages]
+    methods = [p for p in d.manifest.named(policy=True) if p in m or p in d.stages]
     if len(methods) < 2:
         return
     r.section("methods", "Methods compared",

@@ -18,8 +18,7 @@ from typing import Any, Callable
 
 import yaml
 
-RL_STAGES = ("ppo", "ppo_beta0", "rloo", "grpo")
-PPO_STAGES = ("ppo", "ppo_beta0")
+RL_METHODS = ("ppo", "rloo", "grpo")  # online RL: the RLHF dashboard applies
 
 
 @dataclass(frozen=True)
@@ -57,8 +56,31 @@ METRICS = (
 
 
 @dataclass
+class Manifest:
+    """The stages of a run, as the pipeline wrote them to manifest.json: name, method, role, whether it is a policy."""
+
+    stages: list[dict] = field(default_factory=list)
+    baseline: str = "sft"
+
+    def named(self, method: str | None = None, role: str | None = None, policy: bool | None = None) -> list[str]:
+        return [s["name"] for s in self.stages if (method is None or s.get("method") == method)
+                and (role is None or s.get("role", "") == role) and (policy is None or bool(s.get("policy")) == policy)]
+
+    def rl(self) -> list[str]:
+        return [s["name"] for s in self.stages if s.get("method") in RL_METHODS]
+
+    def first(self, method: str, role: str = "") -> str | None:
+        return next(iter(self.named(method, role)), None)
+
+    def control(self) -> str | None:
+        """The reward-hacking control (a PPO run without the KL penalty), if the run has one."""
+        return next(iter(self.named(role="control")), None)
+
+
+@dataclass
 class RunData:
     run_dir: str
+    manifest: Manifest = field(default_factory=Manifest)  # which stage is which
     metrics: dict[str, dict] = field(default_factory=dict)  # policy -> eval summary
     samples: list[dict] = field(default_factory=list)  # eval/samples.jsonl rows
     curves: dict[str, list[dict]] = field(default_factory=dict)  # stage -> metrics.jsonl rows
@@ -86,14 +108,17 @@ def load_run(run_dir: str) -> RunData:
             data.notes.append(f"{rel} could not be read ({type(e).__name__}: {e}): skipped.")
         return None
 
+    found = read("manifest.json", json.load)
+    data.manifest = Manifest(found.get("stages", []), found.get("baseline", "sft")) if isinstance(found, dict) else Manifest()
     data.metrics = read("eval/metrics.json", json.load) or {}
     data.samples = read("eval/samples.jsonl", _jsonl) or []
     data.rm = read("rm/rm_metrics.json", json.load)
     data.feedback = read("feedback/feedback_stats.json", json.load)
-    for stage in ("pretrain", "sft", "rm", *RL_STAGES, "dpo"):
-        if os.path.isdir(os.path.join(run_dir, stage)):
+    for entry in data.manifest.stages:
+        stage = entry["name"]
+        if os.path.exists(os.path.join(run_dir, stage, "metrics.jsonl")):
             data.curves[stage] = read(f"{stage}/metrics.jsonl", _jsonl) or []
-            if stage in PPO_STAGES:
+            if entry.get("method") == "ppo":
                 data.configs[stage] = read(f"{stage}/config.yaml", yaml.safe_load) or {}
             if os.path.exists(os.path.join(run_dir, stage, "stage.json")):  # written by `rlhfkit pipeline` only
                 data.stages[stage] = read(f"{stage}/stage.json", json.load) or {}

@@ -1,8 +1,7 @@
 """`rlhfkit seeds`: one training stage run with several seeds, every seed judged against one baseline.
 
-A single RL run's gold win-rate moves by several points with the seed alone (PPO on the
-demo: 0.74 to 0.79 over seeds 0-3), so a claim about a method is a claim about the spread
-over seeds. This command makes that table reproducible:
+A single RL run's gold win-rate moves by several points with the seed alone
+(docs/results.md), so a claim about a method is a claim about the spread over seeds. This command makes that table reproducible:
 
 1. train the stage (ppo, dpo, rloo or grpo; its YAML and overrides as given) once per
    seed in `<out_dir>/seed_<S>/`, cached like a pipeline stage: a finished seed is
@@ -25,11 +24,12 @@ import time
 from dataclasses import dataclass, field
 
 from rlhfkit.config import ConfigError, load_config
-from rlhfkit.pipeline import fingerprint, run_cached, write_atomic
-from rlhfkit.stages import eval as eval_stage
+from rlhfkit.demo import eval as eval_stage
+from rlhfkit.demo.pipeline import fingerprint, run_cached
+from rlhfkit.files import write_atomic
 
-STAGES = {"ppo": "rlhfkit.stages.ppo", "dpo": "rlhfkit.stages.dpo", "rloo": "rlhfkit.stages.rloo",
-          "grpo": "rlhfkit.stages.grpo"}
+STAGES = {"ppo": ("rlhfkit.stages.ppo", "Config"), "dpo": ("rlhfkit.stages.dpo", "Config"),
+          "rloo": ("rlhfkit.stages.rloo", "Config"), "grpo": ("rlhfkit.stages.rloo", "GRPOConfig")}
 # (metrics.json key, column title, digits); the win-rate comes first, from gold_winrate
 COLUMNS = (("gold", "gold", 3), ("kl", "KL", 2), ("refusal_rate_harmful", "refuses harmful", 3),
            ("over_refusal_benign", "over-refusal", 3), ("correction_rate", "premise corrected", 3),
@@ -55,7 +55,8 @@ class Config:
 
 def stage_config(cfg: Config, seed: int):
     """The stage's config for one seed: its defaults, then `stage_config`, then `stage_args`, then out_dir and seed."""
-    cls = importlib.import_module(STAGES[cfg.stage]).Config
+    module, name = STAGES[cfg.stage]
+    cls = getattr(importlib.import_module(module), name)
     where = os.path.join(cfg.out_dir, f"seed_{seed}")
     return load_config(cls, cfg.stage_config, [*cfg.stage_args, f"out_dir={where}", f"seed={seed}"])
 
@@ -67,7 +68,7 @@ def stage_reward_model(scfg) -> str | None:
 
 def main(cfg: Config) -> dict:
     os.makedirs(cfg.out_dir, exist_ok=True)
-    train = importlib.import_module(STAGES[cfg.stage]).train
+    train = importlib.import_module(STAGES[cfg.stage][0]).train
     t0, prints, ran = time.time(), [], False
     n = len(cfg.seeds) + 1
 
@@ -83,8 +84,7 @@ def main(cfg: Config) -> dict:
         cfg.eval, out_dir=os.path.join(cfg.out_dir, "eval"), baseline="baseline",
         policies=[cfg.baseline] + [os.path.join(r.out_dir, "model") for r in runs],
         names=["baseline"] + [f"seed_{s}" for s in cfg.seeds],
-        reward_model=cfg.eval.reward_model or stage_reward_model(runs[0]),
-        world=getattr(runs[0], "world", cfg.eval.world))  # the prompts of the world the stage trained in
+        reward_model=cfg.eval.reward_model or stage_reward_model(runs[0]))
     ecfg.resolve()
     run_cached(f"[seeds {n}/{n} +{time.time() - t0:5.0f}s] eval", lambda: eval_stage.main(ecfg), ecfg.out_dir,
                fingerprint(ecfg, prints), stale=ran)

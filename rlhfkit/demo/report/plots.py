@@ -1,7 +1,7 @@
 """The report's figures: matplotlib (Agg, no pyplot state) drawn from numbers handed in, returned as PNG bytes.
 
 These functions only draw: every value comes from the caller, which read it from
-a run's metrics files (see `rlhfkit.evaluation.report`). One colour per policy
+a run's metrics files (see `rlhfkit.demo.report`). One colour per policy
 across every figure and the HTML tables (`color_of`).
 """
 

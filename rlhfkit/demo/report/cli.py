@@ -1,6 +1,6 @@
 """`rlhfkit report`: the HTML + Markdown report of a pipeline run directory.
 
-Reads what the stages wrote under `run_dir` (see `rlhfkit.evaluation.report`)
+Reads what the stages wrote under `run_dir` (see `rlhfkit.demo.report`)
 and writes `report.html`, `report.md` and `report_plots/` into `out_dir`.
 Runs nothing on a model: it only reads files, so it is cheap to rerun.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from rlhfkit.evaluation.report import write_report
+from rlhfkit.demo.report import write_report
 
 
 @dataclass

@@ -19,8 +19,8 @@ import html
 import os
 import time
 
-from rlhfkit.evaluation.report_data import load_run, markdown_metrics
-from rlhfkit.evaluation.report_sections import SECTIONS, Report, notes_section
+from rlhfkit.demo.report.data import load_run, markdown_metrics
+from rlhfkit.demo.report.sections import SECTIONS, Report, notes_section
 
 __all__ = ["write_report", "markdown_metrics", "load_run"]
 

@@ -1,0 +1,104 @@
+"""The demo's feedback stage: sample K answers per prompt, have the simulated panel rank them,
+export preference pairs.
+
+1. sample: K responses per world RL prompt from the policy at temperature 1 ->
+   `<out_dir>/queue.jsonl`; K may differ by prompt family (`num_samples_by_family`),
+   and `prefixed_samples` of them continue a forced refusal opener for the prompts
+   of `prefixed_families`, so the candidates include a refusal to be judged: a
+   policy that rarely refuses a harmless look-alike would otherwise leave the reward
+   model no comparison saying such a refusal is wrong (docs/results.md);
+2. label: the simulated panel ranks every item (rlhfkit.world.panel), writing
+   judgement rows to the feedback store (SQLite by default, any SQLAlchemy URL) —
+   the same rows people write in `rlhfkit label serve`;
+3. export: every ranking of K expands to K(K-1)/2 pairs -> `<out_dir>/pairs.jsonl`
+   (prompt / chosen / rejected + provenance), what `rm` and `dpo` read;
+4. report: inter-annotator agreement and label counts -> `<out_dir>/feedback_stats.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+from rlhfkit.data.loaders import write_jsonl
+from rlhfkit.models.load import load_causal_lm
+from rlhfkit.rollout import sample_groups
+from rlhfkit.stages.generate import REFUSAL_PREFIX
+from rlhfkit.tracking import seed_everything
+from rlhfkit.world import WorldConfig, build_world, check_families
+from rlhfkit.world.panel import PanelConfig, label_queue
+
+
+@dataclass
+class Config:
+    out_dir: str = "runs/feedback"  # queue.jsonl, pairs.jsonl, feedback.db, feedback_stats.json
+    seed: int = 0  # sampling and panel seed
+    policy: str = "runs/sft/model"  # the policy whose samples are ranked
+    db: str | None = None  # SQLAlchemy URL of the feedback store (None: sqlite in out_dir)
+    num_samples: int = 4  # K responses per prompt
+    num_samples_by_family: dict[str, int] = field(default_factory=dict)  # K for the prompts of these families
+    limit: int = 0  # rank only the first N RL prompts (0: all)
+    temperature: float = 1.0  # sampling temperature
+    max_new_tokens: int = 48  # response length limit
+    prefixed_samples: int = 0  # of the K samples, this many continue `prefix`: a refusal among the candidates
+    prefixed_families: list[str] = field(default_factory=list)  # only prompts of these families get them ([]: every prompt)
+    prefix: str = REFUSAL_PREFIX  # the forced opening of those samples
+    panel: PanelConfig = field(default_factory=PanelConfig)  # the simulated annotators
+    world: WorldConfig = field(default_factory=WorldConfig)  # prompts and the annotators' gold
+    batch_size: int = 64  # sequences per generation batch
+    device: str = "auto"  # auto | cpu | cuda
+
+    def resolve(self) -> None:
+        from rlhfkit.config import ConfigError
+
+        check_families("num_samples_by_family", self.num_samples_by_family)
+        check_families("prefixed_families", self.prefixed_families)
+        for fam in self.prefixed_families or [None, *self.num_samples_by_family]:  # the K of prompts that get prefixed samples
+            name = f"num_samples_by_family.{fam}" if fam in self.num_samples_by_family else "num_samples"
+            if not 0 <= self.prefixed_samples <= self.samples_for(fam):
+                raise ConfigError(f"prefixed_samples ({self.prefixed_samples}) must be in [0, {name} = {self.samples_for(fam)}]")
+
+    def samples_for(self, family: str | None) -> int:
+        """K for a prompt of this family."""
+        return self.num_samples_by_family.get(family, self.num_samples)
+
+    def prefixed_for(self, family: str | None) -> int:
+        """How many of a prompt's K samples continue the prefix."""
+        return self.prefixed_samples if not self.prefixed_families or family in self.prefixed_families else 0
+
+
+def main(cfg: Config) -> dict:
+    from rlhfkit.feedback.store import FeedbackStore
+
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    world = build_world(cfg.world)
+
+    # 1. Sample the queue: K - P free samples per prompt, then P continuing the refusal prefix.
+    seed_everything(cfg.seed)
+    model, tok = load_causal_lm(cfg.policy, device=cfg.device)
+    prompts = world.prompts("rl")[: cfg.limit or None]
+    n_pre = [cfg.prefixed_for(p.family) for p in prompts]
+    n_free = [cfg.samples_for(p.family) - k for p, k in zip(prompts, n_pre)]
+    groups = sample_groups(model, tok, [p.text for p in prompts], n_free, n_pre, cfg.prefix, max_new_tokens=cfg.max_new_tokens,
+                           temperature=cfg.temperature, batch_size=cfg.batch_size, seed=cfg.seed)
+    rows = [{"prompt": p.text, "responses": [g["response"] for g in group], "terminated": [g["terminated"] for g in group],
+             "policy": cfg.policy, "family": p.family} for p, group in zip(prompts, groups)]
+    queue = os.path.join(cfg.out_dir, "queue.jsonl")
+    write_jsonl(queue, rows)
+    print(f"[feedback] sampled {sum(map(len, groups))} responses to {len(rows)} prompts -> {queue}", flush=True)
+    del model
+
+    # 2. Label with the simulated panel into the store.
+    store = FeedbackStore(cfg.db or f"sqlite:///{os.path.abspath(os.path.join(cfg.out_dir, 'feedback.db'))}")
+    counts = label_queue(store, world, rows, cfg.panel)
+
+    # 3. Export preference pairs; 4. agreement statistics.
+    pairs_path = os.path.join(cfg.out_dir, "pairs.jsonl")
+    n_pairs = store.export_jsonl(pairs_path)
+    stats = {**counts, "pairs": n_pairs, "agreement": store.stats().get("agreement")}
+    with open(os.path.join(cfg.out_dir, "feedback_stats.json"), "w") as f:
+        json.dump(stats, f, indent=2, default=str)
+    print(f"[feedback] {counts['judgements']} rankings of {counts['items']} items -> {n_pairs} pairs; "
+          f"agreement {stats['agreement']}", flush=True)
+    return stats

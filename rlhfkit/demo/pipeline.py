@@ -1,0 +1,230 @@
+"""`rlhfkit pipeline`: the demo, stage after stage, with caching and resume.
+
+The built-in world is exported as ordinary files (`<out_dir>/world/`, see
+rlhfkit.world.export) and fed into the generic stages exactly as a user's data
+would be: pretrain on its corpus, SFT on its demonstrations, the simulated panel
+ranks SFT samples (the demo's feedback stage), the reward model trains on the
+pairs, PPO / DPO / RLOO / GRPO train on its prompts and log the world's gold on
+its held-out prompts through the evaluator callable (rlhfkit.world.evaluate),
+then the gold evaluation and the report.
+
+`PLAN` below is the one table of demo stages: what each runs, which method it is
+and what it reads. The pipeline writes it to `<out_dir>/manifest.json`, which the
+report reads instead of knowing stage names. The demo's world-tuned settings live
+in `configs/demo.yaml` (loaded under every run; `--config=demo_quick` adds the smoke
+profile in `configs/demo_quick.yaml`), not in the stage defaults.
+
+Each stage runs in `<out_dir>/<stage>/` and is fingerprinted by its resolved
+config, the code version of what it runs and the fingerprints of the stages it
+reads. A stage whose fingerprint matches a finished run is skipped (and says so);
+a stage that was interrupted resumes from its own last checkpoint; a stage whose
+config or inputs changed, or one of whose inputs was rebuilt in this invocation,
+is started afresh (so `force=[sft]` reruns SFT and everything downstream of it).
+The pipeline wires paths between stages itself: the `out_dir` / model / data /
+prompt fields of the stage sections are overwritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Sequence
+
+from rlhfkit.config import to_dict
+from rlhfkit.demo import eval as eval_stage
+from rlhfkit.demo import feedback, rm_eval
+from rlhfkit.demo.report import cli as report
+from rlhfkit.files import write_atomic
+from rlhfkit.stages import dpo, ppo, pretrain, rloo, rm, sft
+from rlhfkit.world import WorldConfig, build_world
+from rlhfkit.world import export as world_export
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+JUDGE = "rlhfkit.world.evaluate:judge"  # the world's gold, as the stages' evaluator callable
+
+
+@dataclass
+class Config:
+    # `rlhfkit pipeline` loads configs/demo.yaml first (the demo's settings), then --config, then overrides;
+    # `Config()` alone holds the stages' generic defaults, not the demo's.
+    BASE_CONFIGS: ClassVar[tuple[str, ...]] = (os.path.join(CONFIG_DIR, "demo.yaml"),)
+    CONFIG_DIR: ClassVar[str] = CONFIG_DIR
+
+    out_dir: str = "runs/demo"  # one directory per stage is created inside
+    seed: int = 0  # propagated to every stage
+    force: list[str] = field(default_factory=list)  # stages to rerun even if cached, e.g. force=[sft]
+    until: str | None = None  # stop after this stage (e.g. until=sft); None: run them all
+    critic_free: bool = False  # also run RLOO and GRPO
+    world: WorldConfig = field(default_factory=WorldConfig)  # the built-in world, shared by all stages
+    prompt_repeats: dict[str, int] = field(default_factory=dict)  # PPO's prompts: world RL prompts of these families listed this many times
+    pretrain: pretrain.Config = field(default_factory=pretrain.Config)  # stage settings (paths are wired)
+    sft: sft.Config = field(default_factory=sft.Config)
+    feedback: feedback.Config = field(default_factory=feedback.Config)
+    rm: rm.Config = field(default_factory=rm.Config)
+    ppo: ppo.Config = field(default_factory=ppo.Config)
+    ppo_beta0: ppo.Config = field(default_factory=lambda: ppo.Config())  # the reward-hacking control (demo.yaml: no KL penalty, longer)
+    dpo: dpo.Config = field(default_factory=dpo.Config)
+    rloo: rloo.Config = field(default_factory=rloo.Config)
+    grpo: rloo.GRPOConfig = field(default_factory=lambda: rloo.GRPOConfig())
+    eval: eval_stage.Config = field(default_factory=lambda: eval_stage.Config(policies=["<wired>"]))
+    report: report.Config = field(default_factory=report.Config)  # HTML + Markdown report of the whole run
+
+    def resolve(self) -> None:
+        from rlhfkit.config import ConfigError
+
+        if unknown := sorted(set(self.force) - set(PLAN)):
+            raise ConfigError(f"'force': unknown stages {unknown} (stages: {', '.join(PLAN)})")
+        if self.until is not None and self.until not in PLAN:
+            raise ConfigError(f"'until': unknown stage {self.until!r} (stages: {', '.join(PLAN)})")
+        out = lambda *p: os.path.join(self.out_dir, *p)  # noqa: E731
+        files = lambda name: out("world", name)  # noqa: E731
+        self.world_export = world_export.Config(out("world"), self.world, self.prompt_repeats)
+        for name in PLAN:
+            stage = self.stage(name)
+            if hasattr(stage, "seed"):
+                stage.seed = self.seed
+            stage.out_dir = out(name)
+        self.pretrain.corpus, self.pretrain.eval_corpus = files("corpus.jsonl"), files("eval_corpus.jsonl")
+        self.sft.model, self.sft.data = out("pretrain", "model"), files("sft.jsonl")
+        self.feedback.world, self.feedback.policy = self.world, out("sft", "model")
+        self.rm.model, self.rm.data, self.dpo.data = out("sft", "model"), out("feedback", "pairs.jsonl"), out("feedback", "pairs.jsonl")
+        self.pretrain.eval_prompts = files("eval_prompts.jsonl")
+        for name in ("ppo", "ppo_beta0", "dpo", "rloo", "grpo"):
+            stage = self.stage(name)
+            stage.policy, stage.eval_prompts = out("sft", "model"), files("eval_prompts.jsonl")
+            stage.evaluator, stage.evaluator_args = JUDGE, to_dict(self.world)
+            if name != "dpo":
+                stage.reward_model = out("rm", "model")
+                stage.prompts = files("ppo_prompts.jsonl" if name.startswith("ppo") else "rl_prompts.jsonl")
+        self.eval.world, self.eval.seed, self.eval.reward_model = self.world, self.seed, out("rm", "model")
+        self.eval.names = ["base"] + [n for n in self.enabled() if PLAN[n].policy]
+        self.eval.policies = [out("pretrain", "model")] + [out(n, "model") for n in self.eval.names[1:]]
+        self.report.out_dir, self.report.run_dir = out("report"), self.out_dir
+
+    def stage(self, name: str):
+        """The config a stage runs with."""
+        return self.world_export if name == "world" else getattr(self, name)
+
+    def enabled(self) -> list[str]:
+        names = list(PLAN)[: list(PLAN).index(self.until) + 1] if self.until else list(PLAN)
+        return [s for s in names if self.critic_free or not PLAN[s].optional]
+
+
+def train_rm(cfg: Config) -> None:
+    """The generic RM stage, then the diagnostics that need the world's gold (added to rm_metrics.json)."""
+    rm.train(cfg.rm)
+    if cfg.rm.evaluate:
+        rm_eval.run(cfg.rm.out_dir, build_world(cfg.world), cfg.rm.model, cfg.seed, cfg.rm.device)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One demo stage: what it runs, its method (what the report knows it by), and what it reads."""
+
+    run: Callable[[Config], Any]
+    method: str
+    inputs: tuple[str, ...] = ()
+    policy: bool = False  # writes <out_dir>/model, a policy the eval judges
+    role: str = ""  # "control": the reward-hacking control (no KL penalty)
+    optional: bool = False  # runs only with critic_free=true
+    code: tuple[str, ...] = ()  # modules whose source is part of the stage's fingerprint
+
+
+PLAN: dict[str, Step] = {
+    "world": Step(lambda c: world_export.main(c.world_export), "world", code=("rlhfkit.world",)),
+    "pretrain": Step(lambda c: pretrain.train(c.pretrain), "pretrain", ("world",), code=("rlhfkit.stages.pretrain",)),
+    "sft": Step(lambda c: sft.train(c.sft), "sft", ("pretrain", "world"), policy=True, code=("rlhfkit.stages.sft",)),
+    "feedback": Step(lambda c: feedback.main(c.feedback), "feedback", ("sft", "world"), code=("rlhfkit.demo.feedback", "rlhfkit.world")),
+    "rm": Step(train_rm, "rm", ("sft", "feedback"), code=("rlhfkit.stages.rm", "rlhfkit.demo.rm_eval")),
+    "ppo": Step(lambda c: ppo.train(c.ppo), "ppo", ("sft", "rm", "world"), policy=True, code=("rlhfkit.stages.ppo",)),
+    "ppo_beta0": Step(lambda c: ppo.train(c.ppo_beta0), "ppo", ("sft", "rm", "world"), policy=True, role="control",
+                      code=("rlhfkit.stages.ppo",)),
+    "dpo": Step(lambda c: dpo.train(c.dpo), "dpo", ("sft", "feedback", "world"), policy=True, code=("rlhfkit.stages.dpo",)),
+    "rloo": Step(lambda c: rloo.train(c.rloo), "rloo", ("sft", "rm", "world"), policy=True, optional=True, code=("rlhfkit.stages.rloo",)),
+    "grpo": Step(lambda c: rloo.train(c.grpo), "grpo", ("sft", "rm", "world"), policy=True, optional=True, code=("rlhfkit.stages.rloo",)),
+    "eval": Step(lambda c: eval_stage.main(c.eval), "eval", ("pretrain", "sft", "rm", "ppo", "ppo_beta0", "dpo", "rloo", "grpo"),
+                 code=("rlhfkit.demo.eval", "rlhfkit.world")),
+    "report": Step(lambda c: report.main(c.report), "report", ("world", "pretrain", "sft", "feedback", "rm", "ppo", "ppo_beta0",
+                                                                "dpo", "rloo", "grpo", "eval"), code=("rlhfkit.demo.report",)),
+}
+
+
+def manifest(cfg: Config) -> dict:
+    """What the report reads: every enabled stage with its method, role and directory."""
+    return {"out_dir": cfg.out_dir, "baseline": "sft", "stages": [
+        {"name": n, "method": PLAN[n].method, "policy": PLAN[n].policy, "role": PLAN[n].role, "dir": n} for n in cfg.enabled()]}
+
+
+def code_version(modules: Sequence[str]) -> str:
+    """Hash of the source of `modules` (a package: every .py file in it) and of the library they run on:
+    a cached stage reruns when the code that made it changed, not only its config."""
+    import importlib
+
+    h = hashlib.sha256()
+    for name in (*modules, "rlhfkit.losses", "rlhfkit.rl", "rlhfkit.rollout", "rlhfkit.models", "rlhfkit.data"):
+        mod = importlib.import_module(name)
+        root = os.path.dirname(mod.__file__) if mod.__file__.endswith("__init__.py") else None
+        paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if f.endswith(".py")) if root else [mod.__file__]
+        for path in paths:
+            with open(path, "rb") as f:
+                h.update(f.read())
+    return h.hexdigest()[:16]
+
+
+def fingerprint(cfg: Any, upstream: Sequence[str] = (), code: str = "") -> str:
+    """A stage's identity: its resolved config, its code version and the fingerprints of the stages it reads."""
+    blob = json.dumps({"cfg": to_dict(cfg), "after": list(upstream), "code": code}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def run_cached(head: str, run: Callable[[], Any], stage_dir: str, fp: str, stale: bool = False) -> bool:
+    """Run a stage in `stage_dir` unless a finished run with fingerprint `fp` is there (and it is not
+    `stale`); resume an interrupted run with the same fingerprint; otherwise clear the directory and
+    start afresh. `stage_dir/stage.json` records the fingerprint and whether the run finished.
+    Prints `<head>: <what happened>`; returns whether the stage ran."""
+    marker = _read_json(os.path.join(stage_dir, "stage.json"))
+    if marker.get("fingerprint") == fp and marker.get("done") and not stale:
+        print(f"{head}: up to date, skipped", flush=True)
+        return False
+    if marker.get("fingerprint") == fp and not stale:
+        print(f"{head}: resuming an interrupted run", flush=True)
+    else:
+        if os.path.exists(stage_dir):
+            shutil.rmtree(stage_dir)
+        print(f"{head}: running", flush=True)
+    os.makedirs(stage_dir, exist_ok=True)
+    write_atomic(os.path.join(stage_dir, "stage.json"), json.dumps({"fingerprint": fp, "done": False}))
+    started = time.time()
+    run()
+    write_atomic(os.path.join(stage_dir, "stage.json"), json.dumps({"fingerprint": fp, "done": True, "seconds": round(time.time() - started, 1)}))
+    return True
+
+
+def main(cfg: Config) -> dict[str, str]:
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    write_atomic(os.path.join(cfg.out_dir, "manifest.json"), json.dumps(manifest(cfg), indent=2))
+    enabled = cfg.enabled()
+    prints, ran, t0 = {}, set(), time.time()
+    for i, name in enumerate(enabled, 1):
+        step = PLAN[name]
+        after = [a for a in step.inputs if a in enabled]
+        fp = prints[name] = fingerprint(cfg.stage(name), [prints[a] for a in after], code_version(step.code))
+        head = f"[pipeline {i}/{len(enabled)} +{time.time() - t0:5.0f}s] {name}"
+        stale = name in cfg.force or any(a in ran for a in after)  # forced, or an input was just rebuilt
+        if run_cached(head, lambda: step.run(cfg), os.path.join(cfg.out_dir, name), fp, stale):
+            ran.add(name)
+    print(f"[pipeline] finished in {time.time() - t0:.0f}s; results in {cfg.out_dir}", flush=True)
+    return prints
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+

@@ -1,0 +1,140 @@
+"""The generic stages on a user's own model and data: nothing of the built-in world runs or is written.
+
+The model is not the world's: a WordLevel tokenizer over digits and words with its own special
+tokens and a ChatML-style chat template, and a Llama of a different shape. The data are small JSONL
+files of arithmetic. Every stage runs through the CLI in a process where importing `rlhfkit.world`
+or `rlhfkit.demo` fails, so a stage that reached for the world would crash; its outputs must hold
+no world metric.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import REPO, metrics
+
+pytestmark = pytest.mark.slow
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+BLOCKED = "import sys, runpy; sys.modules['rlhfkit.world'] = None; sys.modules['rlhfkit.demo'] = None; sys.argv[0] = 'rlhfkit'; runpy.run_module('rlhfkit', run_name='__main__')"
+WORLD_KEYS = ("gold", "refusal", "sycophancy", "spearman", "bias_", "fact_recall", "premise", "ceiling")
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    """`rlhfkit *args` with the built-in world and the demo made unimportable."""
+    env = {**os.environ, "RLHFKIT_NO_TENSORBOARD": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", BLOCKED, *args], cwd=REPO, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, f"rlhfkit {' '.join(args)}:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def user_model(path: str) -> None:
+    """A tokenizer and model of the user's own: word-level vocabulary, ChatML template, EOS <|im_end|>."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    words = [str(i) for i in range(40)] + "what is plus minus equals the answer sum of and ? . , = + - user assistant \n".split(" ")
+    special = ["<unk>", "<pad>", "<|im_start|>", "<|im_end|>"]
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(special + sorted(set(words)))}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Punctuation()])
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", pad_token="<pad>", eos_token="<|im_end|>",
+                                  additional_special_tokens=["<|im_start|>"], padding_side="left")
+    tok.chat_template = CHATML
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=40, intermediate_size=80, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
+                                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None))
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+
+
+def user_data(root: str) -> None:
+    rng = random.Random(0)
+    sums = [(a, b) for a in range(15) for b in range(15)]
+    rng.shuffle(sums)
+    rows = lambda fn: [json.dumps(fn(a, b)) + "\n" for a, b in sums[:120]]  # noqa: E731
+    files = {
+        "sft.jsonl": rows(lambda a, b: {"prompt": f"what is {a} plus {b} ?", "completion": f"{a + b} ."}),
+        "pairs.jsonl": rows(lambda a, b: {"prompt": f"what is {a} plus {b} ?", "chosen": f"{a + b} .",
+                                          "rejected": f"the answer is the sum of {a} and {b} , {a + b + 1} ."}),
+        "prompts.jsonl": rows(lambda a, b: {"prompt": f"what is {a} plus {b} ?"}),
+        "text.jsonl": rows(lambda a, b: {"text": f"{a} plus {b} equals {a + b} . {b} plus {a} equals {a + b} ."}),
+    }
+    for name, lines in files.items():
+        with open(os.path.join(root, name), "w") as f:
+            f.writelines(lines)
+
+
+def no_world_metric(run_dir: str) -> None:
+    keys = {k for m in metrics(run_dir) for k in m}
+    found = [k for k in keys if any(w in k for w in WORLD_KEYS)]
+    assert not found, (run_dir, found)
+
+
+@pytest.fixture(scope="module")
+def user(tmp_path_factory):
+    root = tmp_path_factory.mktemp("user")
+    user_model(str(root / "base"))
+    user_data(str(root))
+    run("sft", f"--out_dir={root}/sft", f"--model={root}/base", f"--data={root}/sft.jsonl", "--epochs=3", "--batch_size=16",
+        "--lr=3e-3", "--eval_every=5", "--sample_every=10")
+    return root
+
+
+def test_sft_trains_the_users_model_on_the_users_template(user):
+    evals = [m["eval/loss"] for m in metrics(f"{user}/sft") if "eval/loss" in m]
+    assert evals[-1] < 0.7 * evals[0], evals
+    samples = [json.loads(line) for line in open(f"{user}/sft/samples.jsonl")]
+    assert samples and "what is" in samples[0]["prompt"]  # its own held-out prompts, not the world's
+    no_world_metric(f"{user}/sft")
+
+
+def test_rm_writes_only_its_own_diagnostics(user):
+    run("rm", f"--out_dir={user}/rm", f"--model={user}/sft/model", f"--data={user}/pairs.jsonl", "--epochs=2",
+        "--batch_groups=8", "--lr=1e-3", "--eval_every=5")
+    saved = json.loads(open(f"{user}/rm/rm_metrics.json").read())
+    assert {"heldout_accuracy", "calibration", "score_offset"} <= set(saved)
+    assert not [k for k in saved if any(w in k for w in WORLD_KEYS)], saved.keys()
+    no_world_metric(f"{user}/rm")
+
+
+def test_dpo_on_the_users_pairs_with_the_users_evaluator(user):
+    run("dpo", f"--out_dir={user}/dpo", f"--policy={user}/sft/model", f"--data={user}/pairs.jsonl", "--epochs=1",
+        "--batch_size=16", "--lr=1e-4", "--eval_every=3", f"--eval_prompts={user}/prompts.jsonl",
+        "--evaluator=tests.helpers:exact_sum")
+    rows = [m for m in metrics(f"{user}/dpo") if "eval/score" in m]
+    assert rows and all(0.0 <= m["eval/score"] <= 1.0 for m in rows)  # the user's evaluator, logged as eval/<key>
+    no_world_metric(f"{user}/dpo")
+
+
+@pytest.mark.parametrize("stage", ["ppo", "rloo", "grpo"])
+def test_online_rl_on_the_users_prompts(user, stage):
+    extra = ["--rollout_batch_size=8", "--minibatch_size=8", "--micro_batch_size=8", "--ptx_coef=0.1",
+             f"--ptx_data={user}/text.jsonl"] if stage == "ppo" else ["--prompts_per_step=4", "--k=2", "--minibatch_size=8",
+                                                                      "--micro_batch_size=8"]
+    run(stage, f"--out_dir={user}/{stage}", f"--policy={user}/sft/model", f"--prompts={user}/prompts.jsonl",
+        "--reward=tests.helpers:exact_sum_reward", "--total_steps=3", "--max_new_tokens=6", "--eval_every=0",
+        "--sample_every=100", *extra)
+    rows = metrics(f"{user}/{stage}")
+    assert len([r for r in rows if "objective/scores" in r]) == 3
+    if stage == "ppo":
+        assert all(r["ppo/ptx_loss"] > 0 for r in rows if "objective/scores" in r)  # PPO-ptx trained on the user's text
+    no_world_metric(f"{user}/{stage}")
+
+
+def test_eval_on_the_users_prompts(user):
+    run("eval", f"--out_dir={user}/eval", f"--policies=[{user}/base, {user}/sft/model]", "--names=[base, sft]",
+        f"--prompts={user}/prompts.jsonl", "--evaluator=tests.helpers:exact_sum", "--num_samples=2", "--bootstrap=50",
+        "--max_new_tokens=6", f"--eval_corpus={user}/text.jsonl")
+    m = json.loads(open(f"{user}/eval/metrics.json").read())
+    assert m["sft"]["score"] > m["base"]["score"]  # SFT learned the sums; the base model knows nothing
+    assert m["sft"]["score_winrate"]["mean"] > 0.5 and m["sft"]["kl"] > 0 and m["sft"]["perplexity"] > 1
+    assert not [k for k in m["sft"] if any(w in k for w in WORLD_KEYS)]
