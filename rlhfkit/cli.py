@@ -33,6 +33,7 @@ def usage() -> str:
     lines = ["usage: rlhfkit <command> [--config FILE.yaml] [--key=value ...]", "", "commands:"]
     lines += [f"  {name:<{width}}  {spec[3]}" for name, spec in COMMANDS.items()]
     lines += [f"  {'label':<{width}}  the labelling web app and its admin commands (rlhfkit label --help)"]
+    lines += [f"  {'sweep':<{width}}  the whole demo pipeline once per seed, each method's spread (rlhfkit sweep --help)"]
     for group, subs in GROUPS.items():
         lines += [f"  {group + ' ' + sub:<{width}}  {spec[3]}" for sub, spec in subs.items()]
     lines += ["", "`rlhfkit <command> --help` lists a command's config fields."]
@@ -73,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         from rlhfkit.feedback.cli import main as label_main
 
         return run_reporting_errors(command, lambda: label_main(rest))
+    if command == "sweep":  # the demo's whole-pipeline seeds: pipeline overrides pass through
+        return run_reporting_errors(command, lambda: importlib.import_module("rlhfkit.demo.sweep").main(rest))
     table = COMMANDS
     if command in GROUPS:
         table = {f"{command} {sub}": spec for sub, spec in GROUPS[command].items()}

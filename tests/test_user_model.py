@@ -108,7 +108,7 @@ def test_rm_writes_only_its_own_diagnostics(user):
 
 def test_dpo_on_the_users_pairs_with_the_users_evaluator(user):
     run("dpo", f"--out_dir={user}/dpo", f"--policy={user}/sft/model", f"--data={user}/pairs.jsonl", "--epochs=1",
-        "--batch_size=16", "--lr=1e-4", "--eval_every=3", f"--eval_prompts={user}/prompts.jsonl",
+        "--batch_size=16", "--micro_batch_size=16", "--lr=1e-4", "--eval_every=3", f"--eval_prompts={user}/prompts.jsonl",
         "--evaluator=tests.helpers:exact_sum")
     rows = [m for m in metrics(f"{user}/dpo") if "eval/score" in m]
     assert rows and all(0.0 <= m["eval/score"] <= 1.0 for m in rows)  # the user's evaluator, logged as eval/<key>

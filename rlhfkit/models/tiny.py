@@ -31,7 +31,7 @@ CHAT_TEMPLATE = (
 @dataclass
 class TinyModelConfig:
     vocab_size: int = 1024  # BPE vocabulary, special tokens included
-    hidden_size: int = 128  # width; 128 x 4 layers is ~0.9M params (see shared MEASURED.md)
+    hidden_size: int = 128  # width; 128 x 4 layers is ~0.9M parameters
     num_layers: int = 4  # transformer blocks
     num_heads: int = 4  # attention heads (no GQA at this size)
     intermediate_size: int = 384  # MLP width (SwiGLU)

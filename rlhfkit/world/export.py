@@ -1,7 +1,7 @@
 """`rlhfkit world export`: the built-in world's splits as ordinary data files.
 
 Every generic stage reads these the way it reads a user's own data, so the demo can be
-rerun by hand, one stage at a time (README, "The demo by hand"):
+rerun by hand, one stage at a time (README, "Your own model and data"):
 
     corpus.jsonl         pretraining documents                     {"text"}
     eval_corpus.jsonl    held-out documents (pretrain eval loss)   {"text"}
