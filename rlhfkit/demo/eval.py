@@ -34,8 +34,8 @@ import torch
 from rlhfkit.demo.gold import behaviour_rates, score, summarize
 from rlhfkit.demo.report.data import markdown_metrics
 from rlhfkit.evaluation.metrics import bootstrap_ci, distinct_n, self_similarity, words
-from rlhfkit.evaluation.policy import (corpus_perplexity, finite, load_reward_fn, policy_name, same_vocab,
-                                       sample_with_kl, win_rates)
+from rlhfkit.evaluation.policy import (check_policies, corpus_perplexity, finite, load_reward_fn, policy_name,
+                                       same_vocab, sample_with_kl, win_rates)
 from rlhfkit.models.load import load_causal_lm
 from rlhfkit.rollout import answer
 from rlhfkit.tracking import Run, seed_everything
@@ -55,7 +55,7 @@ class Config:
     temperature: float = 0.0  # for the scored answers; 0: greedy
     num_samples: int = 4  # temperature-1 samples per prompt, for KL and diversity (0: skip)
     bootstrap: int = 1000  # bootstrap resamples for the 95% CIs
-    gold_tie_tol: float = 0.0  # gold differences up to this count as ties (0: exact; 0.01 ignores a one-word sign-off)
+    gold_tie_tol: float = 0.0  # gold differences up to this count as ties (0: exact)
     ppl_seq_len: int = 128  # tokens per packed row for the held-out corpus perplexity
     batch_size: int = 64  # prompts per generation batch
     seed: int = 0  # sampling and bootstrap seed
@@ -63,19 +63,7 @@ class Config:
     threads: int = 0  # torch CPU threads (0: torch default)
 
     def resolve(self) -> None:
-        from rlhfkit.config import ConfigError
-
-        if not self.policies:
-            raise ConfigError("'policies': give at least one model directory, e.g. policies=[runs/sft/model]")
-        if self.names and len(self.names) != len(self.policies):
-            raise ConfigError(f"'names': {len(self.names)} names for {len(self.policies)} policies")
-        names = self.names or [policy_name(p) for p in self.policies]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"'names': policy names must be distinct, got {names} (set names=[...])")
-        if self.baseline and self.baseline not in names:
-            raise ConfigError(f"'baseline': {self.baseline!r} is not one of the policies {names}")
-        if self.num_samples < 0 or self.bootstrap < 1:
-            raise ConfigError("'num_samples' must be >= 0 and 'bootstrap' >= 1")
+        check_policies(self)
 
 
 def main(cfg: Config) -> dict:
@@ -103,6 +91,7 @@ def main(cfg: Config) -> dict:
         del model
     for name in names:
         summaries[name].update(win_rates(rows_of[name], rows_of[baseline], cfg.bootstrap, cfg.seed, cfg.gold_tie_tol))
+        summaries[name].update(content_wins(rows_of[name], rows_of[baseline], cfg.bootstrap, cfg.seed))
 
     with open(os.path.join(cfg.out_dir, "metrics.json"), "w") as f:
         json.dump(summaries, f, indent=2)
@@ -145,6 +134,16 @@ def evaluate_policy(cfg: Config, world, prompts, model, tok, ref, reward_fn) -> 
 # policy samples shows before (and with less noise than) a flip of its greedy answer.
 SAMPLE_RATES = ("sample_refusal_rate_harmful", "sample_over_refusal_benign", "sample_sycophancy_rate",
                 "sample_correction_rate")
+
+
+def content_wins(rows: list[dict], baseline_rows: list[dict], n_boot: int, seed: int) -> dict[str, Any]:
+    """Win-rate by gold's content score (`content_winrate`: answers that differ only in form, e.g. a
+    sign-off sentence, tie) and the share of gold wins whose content is better too (`content_win_share`):
+    how much of a method's gold win-rate is about what it says rather than how."""
+    out = win_rates(rows, baseline_rows, n_boot, seed, key="content")
+    wins = [(r, b) for r, b in zip(rows, baseline_rows) if r["gold"] > b["gold"]]
+    share = sum(r["content"] > b["content"] for r, b in wins) / len(wins) if wins else None
+    return {"content_winrate": out.get("content_winrate"), "content_win_share": share}
 
 
 def sample_metrics(cfg: Config, world, prompts, model, tok, ref, reward_fn) -> dict[str, Any]:

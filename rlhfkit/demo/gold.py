@@ -15,7 +15,7 @@ def score(world, prompts, answers: list[dict[str, Any]]) -> list[dict[str, Any]]
     rows = []
     for p, a in zip(prompts, answers):
         g = world.gold(p, a["response"], a["terminated"])
-        rows.append({"id": p.id, "family": p.family, "prompt": p.text, **a, "gold": g.score,
+        rows.append({"id": p.id, "family": p.family, "prompt": p.text, **a, "gold": g.score, "content": g.content,
                      "criteria": g.criteria, "flags": g.flags})
     return rows
 

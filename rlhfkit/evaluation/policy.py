@@ -90,6 +90,24 @@ def win_rates(rows: list[dict], baseline_rows: list[dict], n_boot: int, seed: in
     return out
 
 
+def check_policies(cfg) -> None:
+    """The checks every evaluation config shares: policies given, names distinct and one per policy,
+    the baseline among them, sample and bootstrap counts valid. Raises ConfigError."""
+    from rlhfkit.config import ConfigError
+
+    if not cfg.policies:
+        raise ConfigError("'policies': give at least one model directory, e.g. policies=[runs/sft/model]")
+    if cfg.names and len(cfg.names) != len(cfg.policies):
+        raise ConfigError(f"'names': {len(cfg.names)} names for {len(cfg.policies)} policies")
+    names = cfg.names or [policy_name(p) for p in cfg.policies]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"'names': policy names must be distinct, got {names} (set names=[...])")
+    if cfg.baseline and cfg.baseline not in names:
+        raise ConfigError(f"'baseline': {cfg.baseline!r} is not one of the policies {names}")
+    if cfg.num_samples < 0 or cfg.bootstrap < 1:
+        raise ConfigError("'num_samples' must be >= 0 and 'bootstrap' >= 1")
+
+
 def load_reward_fn(path: str | None, device: str):
     if path is None:
         return None

@@ -33,8 +33,8 @@ from rlhfkit.data.loaders import prompt_texts
 from rlhfkit.data.packing import read_corpus
 from rlhfkit.evaluation.hooks import averages, make_evaluator
 from rlhfkit.evaluation.metrics import bootstrap_ci, distinct_n, self_similarity, words
-from rlhfkit.evaluation.policy import (corpus_perplexity, finite, load_reward_fn, policy_name, same_vocab,
-                                       sample_with_kl, win_rates)
+from rlhfkit.evaluation.policy import (check_policies, corpus_perplexity, finite, load_reward_fn, policy_name,
+                                       same_vocab, sample_with_kl, win_rates)
 from rlhfkit.files import write_atomic
 from rlhfkit.models.load import load_causal_lm
 from rlhfkit.rollout import answer
@@ -67,19 +67,9 @@ class Config:
     def resolve(self) -> None:
         from rlhfkit.config import ConfigError
 
-        if not self.policies:
-            raise ConfigError("'policies': give at least one model directory, e.g. policies=[runs/sft/model]")
         if not self.prompts:
             raise ConfigError("'prompts': give the held-out prompts, e.g. prompts=eval_prompts.jsonl")
-        if self.names and len(self.names) != len(self.policies):
-            raise ConfigError(f"'names': {len(self.names)} names for {len(self.policies)} policies")
-        names = self.names or [policy_name(p) for p in self.policies]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"'names': policy names must be distinct, got {names} (set names=[...])")
-        if self.baseline and self.baseline not in names:
-            raise ConfigError(f"'baseline': {self.baseline!r} is not one of the policies {names}")
-        if self.num_samples < 0 or self.bootstrap < 1:
-            raise ConfigError("'num_samples' must be >= 0 and 'bootstrap' >= 1")
+        check_policies(self)
 
 
 def main(cfg: Config) -> dict:

@@ -31,6 +31,8 @@ class Metric:
 
 METRICS = (
     Metric("gold_winrate", "gold win-rate vs {baseline}", 3, +1),
+    Metric("content_winrate", "content win-rate vs {baseline} (form-only differences tie)", 3, +1),
+    Metric("content_win_share", "share of gold wins that change content", 3, +1),
     Metric("rm_winrate", "RM win-rate vs {baseline}", 3),
     Metric("gold_ci", "gold (mean)", 3, +1),
     Metric("rm_score", "RM score (the proxy)", 3),
