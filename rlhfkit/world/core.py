@@ -4,11 +4,18 @@ Every random choice comes from `random.Random(f"{seed}:<purpose>")` (string seed
 are hashed with SHA-512, so the world is identical across processes), one stream
 per purpose, so that e.g. changing `n_rl` leaves the eval prompts untouched.
 
-Held-out eval: eval prompts are drawn first; sft and rl prompts are then drawn
-rejecting any eval prompt text, and for arithmetic any eval *problem* (a, op, b)
-in any phrasing. Fact questions in sft cover only the SFT countries; eval
-alternates SFT and non-SFT countries, so half of the fact eval measures knowledge
-only pretraining could teach (`meta["in_sft"]` tells which).
+Held-out eval: eval prompts are drawn first, and each holds out keys (`_heldout_keys`,
+from `tasks.prompt_keys`): its exact text; for arithmetic and arithmetic false premises
+the problem (a, op, b) in any phrasing, either operand order for +; for fact false
+premises the (country, attribute) question. Everything trained on is drawn rejecting
+those keys: sft and rl prompts (hence the SFT demonstrations) and every question in
+the pretraining corpus and the eval corpus. So no eval prompt occurs in training data,
+no eval sum is asked or corrected there in either order, and no eval false premise's
+underlying question is. A plain fact question is held out by its text only: the
+corpus states every fact, and sft asks about its countries' facts in other words.
+Fact questions in sft cover only the SFT countries; eval alternates SFT and non-SFT
+countries, so half of the fact eval measures knowledge only pretraining could teach
+(`meta["in_sft"]` tells which).
 """
 
 from __future__ import annotations
@@ -21,14 +28,13 @@ from rlhfkit.world.corpus import allocate, make_documents
 from rlhfkit.world.gold import Gold, gold_from_meta
 from rlhfkit.world.names import ATTRIBUTES, Tables, make_tables
 from rlhfkit.world.topics import HARMFUL, REFUSAL_OPENING, refusal
-from rlhfkit.world.tasks import FACT_TEMPLATES, FAMILIES, SAMPLERS, Prompt, ideal_from_meta, parse_prompt
+from rlhfkit.world.tasks import FACT_TEMPLATES, FAMILIES, Prompt, ideal_from_meta, parse_prompt, prompt_keys, sample_avoiding
 
 SPLITS = ("sft", "rl", "eval")
 SFT_WEIGHTS = {"arithmetic": 0.25, "facts": 0.30, "instructions": 0.15, "harmful": 0.10, "false_premise": 0.10, "benign": 0.10}
 RL_WEIGHTS = {"arithmetic": 0.20, "facts": 0.20, "instructions": 0.15, "harmful": 0.15, "false_premise": 0.15, "benign": 0.15}
 # one opening, so that a sign-off is the SFT model's single most likely continuation after the answer
 SIGN_OFFS = (" I hope this helps!", " I hope this is useful!", " I hope that answers your question.", " I hope this helps you!")
-_MAX_TRIES = 20_000
 
 
 @dataclass
@@ -66,20 +72,21 @@ def _family_counts(n: int, weights: dict[str, float]) -> dict[str, int]:
     return {k: c + 1 for k, c in allocate(n - len(FAMILIES), weights).items()}
 
 
-def _heldout_key(family: str, meta: dict[str, Any], text: str) -> str:
-    """What eval holds out: the problem for arithmetic (any phrasing), the exact text otherwise."""
-    return f"{meta['a']}{meta['op']}{meta['b']}" if family == "arithmetic" else text
+def _heldout_keys(p: Prompt) -> set[tuple]:
+    """What eval item `p` keeps out of training data: its `prompt_keys`, except that a plain fact
+    question holds out its text only (the model may know the fact; it must not have seen the question)."""
+    keys = prompt_keys(p.family, p.meta, p.text)
+    return {k for k in keys if k[0] == "text"} if p.family == "facts" else keys
 
 
-def _draw(rng: random.Random, tables: Tables, family: str, countries: list[str], banned: set[str]) -> Prompt:
-    """One prompt of `family` whose held-out key is not in `banned` (id left empty)."""
-    for _ in range(_MAX_TRIES):
-        text = SAMPLERS[family](rng, tables, countries)
-        fam, meta = parse_prompt(text, tables)
-        assert fam == family, (family, text)  # templates of different families must never overlap
-        if _heldout_key(family, meta, text) not in banned:
-            return Prompt("", family, text, meta)
-    raise ValueError(f"cannot draw a new {family} prompt: the family's prompt space is exhausted")
+def heldout_keys(eval_prompts: list[Prompt]) -> set[tuple]:
+    """The union of `_heldout_keys` over the eval prompts: what sft, rl and the corpora are drawn avoiding."""
+    return set().union(*(_heldout_keys(p) for p in eval_prompts))
+
+
+def _draw(rng: random.Random, tables: Tables, family: str, countries: list[str], banned: set[tuple]) -> Prompt:
+    """One prompt of `family` sharing no `prompt_keys` with `banned` (id left empty)."""
+    return Prompt("", family, *sample_avoiding(rng, tables, family, countries, banned))
 
 
 def _with_ids(split: str, prompts: list[Prompt]) -> list[Prompt]:
@@ -121,7 +128,8 @@ def _scope(family: str, scopes: list[list[str]], i: int) -> list[str]:
 
 
 def make_eval(cfg: WorldConfig, tables: Tables) -> list[Prompt]:
-    """n_eval_per_family distinct prompts per family, grouped by family; facts and harmful
+    """n_eval_per_family prompts per family, grouped by family, no two of a family sharing a held-out
+    key (so two false premises are never about the same sum or fact question); facts and harmful
     requests alternate SFT-covered and uncovered countries / topics."""
     scopes = _scopes(cfg, tables, "eval")
     prompts = []
@@ -129,7 +137,7 @@ def make_eval(cfg: WorldConfig, tables: Tables) -> list[Prompt]:
         rng, seen = random.Random(f"{cfg.seed}:eval:{family}"), set()
         for i in range(cfg.n_eval_per_family):
             p = _draw(rng, tables, family, _scope(family, scopes, i), seen)
-            seen.add(_heldout_key(family, p.meta, p.text))
+            seen |= _heldout_keys(p)
             prompts.append(p)
     return _with_ids("eval", prompts)
 
@@ -137,7 +145,7 @@ def make_eval(cfg: WorldConfig, tables: Tables) -> list[Prompt]:
 def make_split(cfg: WorldConfig, tables: Tables, split: str, n: int, eval_prompts: list[Prompt]) -> list[Prompt]:
     """`n` shuffled prompts avoiding every held-out eval key; sft covers SFT countries and topics only."""
     rng = random.Random(f"{cfg.seed}:{split}")
-    banned = {_heldout_key(p.family, p.meta, p.text) for p in eval_prompts}
+    banned = heldout_keys(eval_prompts)
     scopes = _scopes(cfg, tables, split)
     weights = SFT_WEIGHTS if split == "sft" else RL_WEIGHTS
     prompts = [_draw(rng, tables, f, _scope(f, scopes, 0), banned) for f, k in _family_counts(n, weights).items() for _ in range(k)]
@@ -190,17 +198,20 @@ class World:
         self._parsed: dict[str, tuple[str, dict[str, Any]]] = {}
 
     def corpus(self) -> list[str]:
-        """Pretraining documents (plain text, no special tokens), generated once on first use."""
+        """Pretraining documents (plain text, no special tokens), generated once on first use;
+        no question in them is about a held-out eval item (`heldout_keys`)."""
         if self._corpus is None:
-            self._corpus = make_documents(random.Random(f"{self.cfg.seed}:corpus"), self.tables, self.cfg.corpus_docs)
+            rng = random.Random(f"{self.cfg.seed}:corpus")
+            self._corpus = make_documents(rng, self.tables, self.cfg.corpus_docs, heldout_keys(self._splits["eval"]))
         return list(self._corpus)
 
     def eval_corpus(self) -> list[str]:
-        """Held-out corpus-style documents (none is in `corpus()`), max(50, corpus_docs // 25) drawn."""
+        """Held-out corpus-style documents (none is in `corpus()`), max(50, corpus_docs // 25) drawn;
+        like the corpus, they never ask a held-out eval question."""
         if self._eval_corpus is None:
             seen = set(self.corpus())
             rng = random.Random(f"{self.cfg.seed}:eval_corpus")
-            docs = make_documents(rng, self.tables, max(50, self.cfg.corpus_docs // 25))
+            docs = make_documents(rng, self.tables, max(50, self.cfg.corpus_docs // 25), heldout_keys(self._splits["eval"]))
             self._eval_corpus = [d for d in docs if d not in seen]
         return list(self._eval_corpus)
 

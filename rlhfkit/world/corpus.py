@@ -6,17 +6,22 @@ with wrong, rambling and sycophantic replies; harmful requests are met with
 compliance), not to answer it helpfully: that is what SFT and RLHF add.
 Threads use the plain markers "Question:" / "Reply:", never the chat tokens.
 
-Document types are allocated by DOC_WEIGHTS (exact counts, so the corpus scales
-linearly with `n_docs`) and shuffled.
+Document types are allocated by DOC_TYPES (exact counts, so the corpus scales
+linearly with `n_docs`) and shuffled. Every question a document asks avoids a set of
+`banned` keys (`tasks.prompt_keys`; the world passes the held-out eval items'): it is
+redrawn until it does, so the documents stay deterministic given the rng. Statements
+are never banned: the corpus states every fact and every sum, so a model can know the
+answer to an eval question without having seen the question.
 """
 
 from __future__ import annotations
 
+import functools
 import random
 from typing import Callable
 
 from rlhfkit.world.names import ATTRIBUTES, WORDS, Country, Tables
-from rlhfkit.world.tasks import SAMPLERS, ideal_from_meta, parse_prompt
+from rlhfkit.world.tasks import ideal_from_meta, prompt_keys, sample_avoiding
 from rlhfkit.world.topics import BENIGN, HARMFUL, REQUEST_TEMPLATES
 
 FACT_SENTENCES = {
@@ -53,7 +58,7 @@ def _fact_sentence(rng: random.Random, c: Country, attr: str) -> str:
     return _sentence(rng.choice(FACT_SENTENCES[attr]), c=c.name, v=getattr(c, attr))
 
 
-def doc_encyclopedia(rng: random.Random, tables: Tables) -> str:
+def doc_encyclopedia(rng: random.Random, tables: Tables, banned: set[tuple] = frozenset()) -> str:
     """One to three encyclopedic paragraphs, each stating 3-5 facts of a country."""
     paragraphs = []
     for c in rng.sample(tables.countries, rng.randint(1, 3)):
@@ -74,7 +79,7 @@ def _operands(rng: random.Random, n: int) -> tuple[int, str, int]:
     return (max(a, b), sign, min(a, b)) if sign == "-" else (a, sign, b)
 
 
-def doc_arithmetic(rng: random.Random, tables: Tables) -> str:
+def doc_arithmetic(rng: random.Random, tables: Tables, banned: set[tuple] = frozenset()) -> str:
     """An addition/subtraction table for one number, or a drill of random sums in varied wording."""
     n = tables.max_operand
     if rng.random() < 0.4:
@@ -93,35 +98,38 @@ def doc_arithmetic(rng: random.Random, tables: Tables) -> str:
     return " ".join(lines)
 
 
-def _questions(rng: random.Random, tables: Tables, k: int) -> list[str]:
-    names = [c.name for c in tables.countries]
+def _question(rng: random.Random, tables: Tables, family: str, banned: set[tuple]) -> tuple[str, dict]:
+    """(text, meta) of a `family` question about any country, about nothing in `banned`."""
+    return sample_avoiding(rng, tables, family, [c.name for c in tables.countries], banned)
+
+
+def _questions(rng: random.Random, tables: Tables, k: int, banned: set[tuple]) -> list[str]:
     families = ("arithmetic", "facts", "facts", "instructions", "benign")
-    return [SAMPLERS[rng.choice(families)](rng, tables, names) for _ in range(k)]
+    return [_question(rng, tables, rng.choice(families), banned)[0] for _ in range(k)]
 
 
-def doc_forum_questions(rng: random.Random, tables: Tables) -> str:
+def doc_forum_questions(rng: random.Random, tables: Tables, banned: set[tuple] = frozenset()) -> str:
     """A thread where questions are met with more questions, never an answer."""
-    lines = ["Question: " + rng.choice(_QUESTION_LEADS) + " ".join(_questions(rng, tables, rng.randint(2, 5)))]
+    lines = ["Question: " + rng.choice(_QUESTION_LEADS) + " ".join(_questions(rng, tables, rng.randint(2, 5), banned))]
     for _ in range(rng.randint(1, 3)):
         lead = rng.choice(("Same here. ", "Also, ", "", "I have another one. ", "Bump. "))
-        lines.append("Reply: " + lead + " ".join(_questions(rng, tables, rng.randint(1, 3))))
+        lines.append("Reply: " + lead + " ".join(_questions(rng, tables, rng.randint(1, 3), banned)))
     return "\n".join(lines)
 
 
-def doc_forum_answers(rng: random.Random, tables: Tables) -> str:
+def doc_forum_answers(rng: random.Random, tables: Tables, banned: set[tuple] = frozenset()) -> str:
     """A forum page of 2-4 threads with correct, rambling, wrong-then-corrected or sycophantic replies."""
-    return "\n\n".join(_answer_thread(rng, tables) for _ in range(rng.randint(2, 4)))
+    return "\n\n".join(_answer_thread(rng, tables, banned) for _ in range(rng.randint(2, 4)))
 
 
-def _answer_thread(rng: random.Random, tables: Tables) -> str:
-    names = [c.name for c in tables.countries]
+def _answer_thread(rng: random.Random, tables: Tables, banned: set[tuple]) -> str:
     kind = rng.choices(("correct", "ramble", "wrong", "sycophantic"), weights=(35, 20, 15, 30))[0]
     if kind == "sycophantic":
-        question = SAMPLERS["false_premise"](rng, tables, names)
+        question, _ = _question(rng, tables, "false_premise", banned)
         replies = [rng.choice(_AGREE)] + ([rng.choice(_RAMBLE)] if rng.random() < 0.3 else [])
     else:
-        question = SAMPLERS[rng.choice(("arithmetic", "facts", "facts"))](rng, tables, names)
-        family, meta = parse_prompt(question, tables)
+        family = rng.choice(("arithmetic", "facts", "facts"))
+        question, meta = _question(rng, tables, family, banned)
         right = ideal_from_meta(family, meta)
         if kind == "correct":
             replies = [right] + ([rng.choice(_RAMBLE)] if rng.random() < 0.3 else [])
@@ -140,28 +148,35 @@ def _wrong_answer(rng: random.Random, tables: Tables, family: str, meta: dict) -
     return f"I think it is {rng.choice(others)}."
 
 
-def doc_harmful(rng: random.Random, tables: Tables) -> str:
+@functools.lru_cache(maxsize=8)
+def _requests(family: str, banned: frozenset[tuple]) -> dict[str, list[str]]:
+    """Per topic of `family` (harmful or benign, sorted), every request text (template x action)
+    not in `banned`; topics left without one are dropped. Cached: the same for every document."""
+    topics, allowed = {"harmful": HARMFUL, "benign": BENIGN}[family], {}
+    for key in sorted(topics):
+        texts = [t.format(action=a) for t in REQUEST_TEMPLATES for a in topics[key].actions]
+        allowed[key] = [r for r in texts if not prompt_keys(family, {}, r) & banned]
+    return {k: v for k, v in allowed.items() if v}
+
+
+def doc_harmful(rng: random.Random, tables: Tables, banned: set[tuple] = frozenset()) -> str:
     """Harmful requests followed by compliant answers (so the base model complies, never refuses)."""
-    threads = []
-    for key in rng.sample(sorted(HARMFUL), rng.randint(1, 3)):
-        topic = HARMFUL[key]
-        request = rng.choice(REQUEST_TEMPLATES).format(action=rng.choice(topic.actions))
-        reply = rng.choice(("", "Easy. ", "Sure, here you go. ", "Here is how. ")) + topic.compliant
-        threads.append(f"Question: {request}\nReply: {reply}")
+    requests, threads = _requests("harmful", frozenset(banned)), []
+    for key in rng.sample(sorted(requests), min(len(requests), rng.randint(1, 3))):
+        reply = rng.choice(("", "Easy. ", "Sure, here you go. ", "Here is how. ")) + HARMFUL[key].compliant
+        threads.append(f"Question: {rng.choice(requests[key])}\nReply: {reply}")
     return "\n\n".join(threads)
 
 
-def doc_howto(rng: random.Random, tables: Tables) -> str:
+def doc_howto(rng: random.Random, tables: Tables, banned: set[tuple] = frozenset()) -> str:
     """Everyday how-to questions with their answers."""
-    lines = []
-    for key in rng.sample(sorted(BENIGN), rng.randint(1, 3)):
-        topic = BENIGN[key]
-        request = rng.choice(REQUEST_TEMPLATES).format(action=rng.choice(topic.actions))
-        lines.append(f"Question: {request}\nReply: {topic.answer}")
+    requests, lines = _requests("benign", frozenset(banned)), []
+    for key in rng.sample(sorted(requests), min(len(requests), rng.randint(1, 3))):
+        lines.append(f"Question: {rng.choice(requests[key])}\nReply: {BENIGN[key].answer}")
     return "\n\n".join(lines)
 
 
-def doc_word_lists(rng: random.Random, tables: Tables) -> str:
+def doc_word_lists(rng: random.Random, tables: Tables, banned: set[tuple] = frozenset()) -> str:
     """Word lists, sometimes shown sorted or reversed, in prose."""
     sentences = []
     for _ in range(rng.randint(3, 8)):
@@ -176,7 +191,7 @@ def doc_word_lists(rng: random.Random, tables: Tables) -> str:
     return " ".join(sentences)
 
 
-DOC_TYPES: dict[str, tuple[float, Callable[[random.Random, Tables], str]]] = {
+DOC_TYPES: dict[str, tuple[float, Callable[[random.Random, Tables, set[tuple]], str]]] = {
     "encyclopedia": (0.30, doc_encyclopedia),
     "arithmetic": (0.25, doc_arithmetic),
     "forum_questions": (0.12, doc_forum_questions),
@@ -197,10 +212,11 @@ def allocate(n: int, weights: dict[str, float]) -> dict[str, int]:
     return counts
 
 
-def make_documents(rng: random.Random, tables: Tables, n_docs: int) -> list[str]:
-    """`n_docs` shuffled documents, the mix of types fixed by DOC_TYPES."""
-    counts = allocate(n_docs, {k: w for k, (w, _) in DOC_TYPES.items()})
-    docs = [DOC_TYPES[k][1](rng, tables) for k, n in counts.items() for _ in range(n)]
+def make_documents(rng: random.Random, tables: Tables, n_docs: int, banned: set[tuple] = frozenset()) -> list[str]:
+    """`n_docs` shuffled documents, the mix of types fixed by DOC_TYPES, none asking a question
+    that shares a `tasks.prompt_keys` key with `banned` (the world passes the held-out eval keys)."""
+    counts, banned = allocate(n_docs, {k: w for k, (w, _) in DOC_TYPES.items()}), frozenset(banned)
+    docs = [DOC_TYPES[k][1](rng, tables, banned) for k, n in counts.items() for _ in range(n)]
     rng.shuffle(docs)
     return docs
 

@@ -255,3 +255,36 @@ SAMPLERS: dict[str, Callable[[random.Random, Tables, Sequence[str]], str]] = {
     "false_premise": sample_false_premise,
     "benign": lambda rng, tables, countries: _sample_request(rng, BENIGN),
 }
+
+
+# ---- what a prompt is about, so that held-out eval items can be kept out of training data
+
+def prompt_keys(family: str, meta: dict[str, Any], text: str) -> set[tuple]:
+    """The items a prompt is about: its text; for arithmetic and arithmetic false premises the
+    problem in any phrasing (operands sorted for the commutative +, so 3 + 5 is 5 + 3); for facts
+    and fact false premises the (country, attribute) question. A prompt sharing any key with a
+    held-out item is a leak of that item."""
+    keys: set[tuple] = {("text", normalize_text(text))}
+    kind = "arithmetic" if family == "arithmetic" else meta.get("kind") if family == "false_premise" else None
+    if kind == "arithmetic":
+        a, b = sorted((meta["a"], meta["b"])) if meta["op"] == "+" else (meta["a"], meta["b"])
+        keys.add(("problem", a, meta["op"], b))
+    if family == "facts" or kind == "facts":
+        keys.add(("fact", meta["country"], meta["attribute"]))
+    return keys
+
+
+_MAX_TRIES = 20_000
+
+
+def sample_avoiding(rng: random.Random, tables: Tables, family: str, countries: Sequence[str],
+                    banned: set[tuple]) -> tuple[str, dict[str, Any]]:
+    """(text, meta) of one sampled `family` prompt none of whose `prompt_keys` is in `banned`
+    (redrawn until so: deterministic given the rng); ValueError if the prompt space is exhausted."""
+    for _ in range(_MAX_TRIES):
+        text = SAMPLERS[family](rng, tables, countries)
+        fam, meta = parse_prompt(text, tables)
+        assert fam == family, (family, text)  # templates of different families must never overlap
+        if not prompt_keys(family, meta, text) & banned:
+            return text, meta
+    raise ValueError(f"cannot draw a new {family} prompt: the family's prompt space is exhausted")
