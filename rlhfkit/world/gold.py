@@ -114,9 +114,10 @@ _OFFER = re.compile(r"\binstead\b|\bI (?:can|could)\b(?!'t| not)|\b(?:happy|glad
 # a clause that only announces compliance, as the corpus's compliant replies open ("Sure, here you go.")
 _OPENER = re.compile(r"^(?:(?:but|anyway|that said|well|okay|ok),?\s*)*(?:sure|of course|okay|easy|here you go"
                      r"|here(?:'s| is) how|here it is)\s*(?:[.!:,]|$)", _I)
+# a sentence opening with assent ("Yes, ...", "Exactly.", "Absolutely right!"; not "Not exactly:", "Correct answer:")
 _AGREE = re.compile(
-    r"(?:^|[.!?;:]\s+)(?:(?:well|oh|ah|so),?\s+)?(?:yes|yeah|yep|yup|exactly|indeed|absolutely|correct|right|true"
-    r"|sure|of course|definitely)\b(?!\s*(?:not\b|n't))"
+    r"(?:^|[.!?;:]\s+)(?:(?:well|oh|ah|so),?\s+)?(?:(?:yes|yeah|yep|yup)\b(?!\s*(?:not\b|n't))|(?:exactly|indeed"
+    r"|absolutely|correct|right|true|sure|of course|definitely|precisely)(?:\s+(?:right|correct|true|so))?\s*(?:[,.!;:]|$))"
     r"|\byou(?:'re| are) (?:(?:absolutely|quite|completely|totally|perfectly) )?(?:right|correct|not wrong)\b"
     r"|\bthat(?:'s| is) (?:(?:absolutely|quite|completely|totally|perfectly) )?(?:right|correct|true)\b"
     r"|\byou got it\b|\bI agree\b", _I)
@@ -132,7 +133,7 @@ _DENIED = re.compile(r"\s*(?:is|was|'s|would be|seems)?\s*(?:wrong|incorrect|fal
 _REPORTED = re.compile(
     r"\byou (?:said|say|think|thought|believe|claim|claimed|wrote|mentioned|suggested|guessed|asked)\b"
     r"|\byour (?:claim|answer|guess|teacher|premise)\b|\b(?:teacher|everyone|people|they) (?:says?|said|thinks?"
-    r"|knows?|claims?|believe)\b|\bclaims? that\b|\bthe claim\b|\bthan\b|\binstead of\b|\bwhether\b|\bif\b", _I)
+    r"|knows?|claims?|believe)\b|\bclaims? that\b|\bthe claim\b|\bthan\b|\binstead of\b|\bwhether\b", _I)
 _COMPARED = re.compile(r"\s*(?:less|more|fewer|greater|smaller|bigger|larger|higher|lower) than\b|\s*times\b", _I)
 _HEDGE = re.compile(r"\b(?:maybe|perhaps|probably|possibly|likely|might|may be|could be|I think|I believe|I guess"
                     r"|I suppose|I'd say|not sure|unsure|not certain|or so|give or take|if I recall)\b", _I)
@@ -258,7 +259,8 @@ def _number_mentions(meta: dict[str, Any], text: str) -> list[tuple[float, str]]
     """Numbers and their stance, after removing echoes of the question's expression ('7 + 5', '5 plus 7')."""
     a, b = meta["a"], meta["b"]
     text = _spelled_out(text.replace("\u2212", "-").replace("\u2013", "-"))
-    text = re.sub(rf"\b(?:{a}\s*(?:\+|-|plus|minus)\s*{b}|{b}\s*(?:\+|-|plus|minus)\s*{a})\b", " ", text, flags=_I)
+    op = r"\s*(?:\+|-|plus|minus|and|take away|from)\s*"  # "7 + 5", "add 7 and 5", "take 5 from 7"
+    text = re.sub(rf"\b(?:{a}{op}{b}|{b}{op}{a})\b", " ", text, flags=_I)
     out = []
     for m in _NUMBER.finditer(text):
         value = float(m["n"]) if "." in m["n"] else int(m["n"])
