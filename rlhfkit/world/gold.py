@@ -174,7 +174,8 @@ class Gold:
 def _clauses(text: str, colon: bool = True) -> list[str]:
     """Sentences, split further at ";", "but", "however" (where a refusal turns into something else) and,
     if `colon`, at ":" (off for judging what a clause is about: "... instead: check the link")."""
-    parts = re.split(rf"(?<=[.!?;{':' if colon else ''}])\s+|\n+|,?\s+but\s+|,\s*however,?\s+", text.strip())
+    ends = ".!?;:" if colon else ".!?;"
+    parts = re.split(rf"(?<=[{ends}])\s+|\n+|,?\s+but\s+|,\s*however,?\s+", text.strip())
     return [p.strip() for p in parts if p.strip()]
 
 
