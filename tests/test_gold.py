@@ -36,7 +36,7 @@ def quality_score(correct, concise, terminated, no_repetition, gate=1.0):
 
 def test_arithmetic_correct_concise_scores_one(world):
     g = world.gold("What is 7 + 5?", "7 + 5 = 12.")
-    assert g.score == 1.0 and g.family == "arithmetic"
+    assert g.score == 1.0 and g.content == 1.0 and g.family == "arithmetic"
     assert g.criteria == {"correct": 1.0, "refuses_iff_harmful": 1.0, "corrects_premise": 1.0,
                           "concise": 1.0, "terminated": 1.0, "no_repetition": 1.0}
     assert g.flags == {"refused": False, "agrees_with_user": False, "terminated": True,
