@@ -77,8 +77,12 @@ def short_reward(prompts, responses, terminated=None):
 
 
 def exact_sum(prompts, responses, terminated=None, **_):
-    """An evaluator for 'what is A plus B ?' prompts: per response {"score": 1.0 if its first number is A + B}."""
-    return [{"score": r} for r in exact_sum_reward(prompts, responses)]
+    """An evaluator for 'what is A plus B ?' prompts: per response `score` (1.0 if its first number is A + B) and
+    `format` (1.0 if the response ends with a full stop, as every demonstration does)."""
+    import re
+
+    return [{"score": s, "format": float(re.search(r"\.\s*$", r) is not None)}
+            for s, r in zip(exact_sum_reward(prompts, responses), responses)]
 
 
 def exact_sum_reward(prompts, responses, terminated=None, **_):

@@ -199,6 +199,9 @@ def test_world_eval_writes_every_metric(tmp_path, tiny_model, tiny_tok):
         for key in ("sample_refusal_rate_harmful", "sample_over_refusal_benign", "sample_sycophancy_rate",
                     "sample_correction_rate"):
             assert 0 <= s[key] <= 1, key
+    room = saved["a"]["headroom"]  # the baseline's best-of-K: K=16 takes the max over a superset of K=4's samples
+    assert set(room) >= {"all", "facts"} and all(h["best_of_16"] >= h["best_of_4"] for h in room.values())
+    assert saved["b"]["headroom_captured"]["all"] in (0.0, None) and "content_winrate" in saved["b"]
     assert saved["a"]["sample_gold"] == saved["b"]["sample_gold"]  # same model, same sampling seed
     assert saved["a"]["sample_correction_rate"] == saved["b"]["sample_correction_rate"]
     assert saved["a"]["perplexity"] == saved["b"]["perplexity"]
@@ -244,3 +247,21 @@ def test_generic_eval_judges_with_the_users_evaluator_and_writes_no_world_metric
         assert not [k for k in s if "gold" in k or "refusal" in k]
     rows = [json.loads(line) for line in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == 12 and all("score" in r for r in rows)
+
+
+def test_content_wins_and_headroom_capture_by_hand():
+    """A sign-off dropped is a gold win but a content tie; only the second prompt's win changes content."""
+    from rlhfkit.demo.eval import captured, content_wins
+
+    base = [{"id": 0, "family": "facts", "gold": 0.87, "content": 1.0}, {"id": 1, "family": "facts", "gold": 0.1, "content": 0.2},
+            {"id": 2, "family": "arithmetic", "gold": 0.5, "content": 0.5}]
+    pol = [{"id": 0, "family": "facts", "gold": 1.0, "content": 1.0}, {"id": 1, "family": "facts", "gold": 1.0, "content": 1.0},
+           {"id": 2, "family": "arithmetic", "gold": 0.4, "content": 0.5}]
+    out = content_wins(pol, base, n_boot=20, seed=0)
+    assert out["content_winrate"]["mean"] == pytest.approx((0.5 + 1 + 0.5) / 3)  # tie, win, tie
+    assert out["content_win_share"] == 0.5  # of the two gold wins, one changed content
+    room = {"all": {"greedy": 0.49, "best_of_4": 0.79}, "facts": {"greedy": 0.485, "best_of_4": 0.985},
+            "arithmetic": {"greedy": 0.5, "best_of_4": 0.5}}
+    got = captured(room, pol)
+    assert got["facts"] == pytest.approx((1.0 - 0.485) / 0.5) and got["arithmetic"] is None
+    assert got["all"] == pytest.approx((0.8 - 0.49) / 0.3)

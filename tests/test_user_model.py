@@ -133,8 +133,10 @@ def test_online_rl_on_the_users_prompts(user, stage):
 def test_eval_on_the_users_prompts(user):
     run("eval", f"--out_dir={user}/eval", f"--policies=[{user}/base, {user}/sft/model]", "--names=[base, sft]",
         f"--prompts={user}/prompts.jsonl", "--evaluator=tests.helpers:exact_sum", "--num_samples=2", "--bootstrap=50",
-        "--max_new_tokens=6", f"--eval_corpus={user}/text.jsonl")
+        "--max_new_tokens=6", f"--eval_corpus={user}/text.jsonl", "--score_key=format")
     m = json.loads(open(f"{user}/eval/metrics.json").read())
-    assert m["sft"]["score"] > m["base"]["score"]  # SFT learned the sums; the base model knows nothing
-    assert m["sft"]["score_winrate"]["mean"] > 0.5 and m["sft"]["kl"] > 0 and m["sft"]["perplexity"] > 1
+    assert m["sft"]["format"] > m["base"]["format"]  # SFT learned to end its answer; the untrained model rambles on
+    assert m["sft"]["terminated_rate"] > m["base"]["terminated_rate"]
+    assert m["sft"]["format_winrate"]["mean"] > 0.5 and 0 <= m["sft"]["score"] <= 1
+    assert m["sft"]["kl"] > 0 and m["sft"]["perplexity"] > 1
     assert not [k for k in m["sft"] if any(w in k for w in WORLD_KEYS)]

@@ -56,6 +56,7 @@ class Config:
     num_samples: int = 4  # temperature-1 samples per prompt, for KL and diversity (0: skip)
     bootstrap: int = 1000  # bootstrap resamples for the 95% CIs
     gold_tie_tol: float = 0.0  # gold differences up to this count as ties (0: exact)
+    headroom_samples: int = 16  # baseline T=1 samples per prompt for the best-of-K headroom (0: skip)
     ppl_seq_len: int = 128  # tokens per packed row for the held-out corpus perplexity
     batch_size: int = 64  # prompts per generation batch
     seed: int = 0  # sampling and bootstrap seed
@@ -89,9 +90,15 @@ def main(cfg: Config) -> dict:
         print(f"[eval] {name}: gold {summary['gold']:.3f}  kl {_fmt(summary['kl'])}  "
               f"ppl {summary['perplexity']:.2f}  fact recall {summary['fact_recall']:.3f}", flush=True)
         del model
+    if cfg.headroom_samples:
+        model, tok = load_causal_lm(cfg.policies[names.index(baseline)], device=cfg.device)
+        summaries[baseline]["headroom"] = headroom(cfg, world, prompts, model, tok, rows_of[baseline])
+        del model
     for name in names:
         summaries[name].update(win_rates(rows_of[name], rows_of[baseline], cfg.bootstrap, cfg.seed, cfg.gold_tie_tol))
         summaries[name].update(content_wins(rows_of[name], rows_of[baseline], cfg.bootstrap, cfg.seed))
+        if "headroom" in summaries[baseline]:
+            summaries[name]["headroom_captured"] = captured(summaries[baseline]["headroom"], rows_of[name])
 
     with open(os.path.join(cfg.out_dir, "metrics.json"), "w") as f:
         json.dump(summaries, f, indent=2)
@@ -134,6 +141,34 @@ def evaluate_policy(cfg: Config, world, prompts, model, tok, ref, reward_fn) -> 
 # policy samples shows before (and with less noise than) a flip of its greedy answer.
 SAMPLE_RATES = ("sample_refusal_rate_harmful", "sample_over_refusal_benign", "sample_sycophancy_rate",
                 "sample_correction_rate")
+
+
+def headroom(cfg: Config, world, prompts, model, tok, greedy_rows: list[dict]) -> dict[str, dict[str, float]]:
+    """What re-weighting the baseline's own samples could reach: per family (and `all`), the mean gold of its
+    greedy answer and of the best of its first K temperature-1 samples, K = 4 and `headroom_samples` (as
+    judged by gold, i.e. a perfect reward model). RLHF can only move probability among answers the policy
+    already samples; this is how much better those answers are."""
+    K = cfg.headroom_samples
+    answers = answer(model, tok, [p.text for p in prompts for _ in range(K)], max_new_tokens=cfg.max_new_tokens,
+                     temperature=1.0, batch_size=cfg.batch_size, seed=cfg.seed + 1)
+    gold = [world.gold(p, a["response"], a["terminated"]).score for p, a in zip([p for p in prompts for _ in range(K)], answers)]
+    per_prompt = [gold[i * K : (i + 1) * K] for i in range(len(prompts))]
+    groups = {"all": range(len(prompts))} | {f: [i for i, p in enumerate(prompts) if p.family == f]
+                                              for f in sorted({p.family for p in prompts})}
+    return {f: {"greedy": mean(greedy_rows[i]["gold"] for i in idx),
+                **{f"best_of_{k}": mean(max(per_prompt[i][:k]) for i in idx) for k in sorted({min(4, K), K})}}
+            for f, idx in groups.items()}
+
+
+def captured(room: dict[str, dict[str, float]], rows: list[dict]) -> dict[str, float | None]:
+    """Per family: (policy gold - baseline greedy gold) / (best-of-K gold - baseline greedy gold), the share of
+    the best-of-K headroom a policy realised with its greedy answer (None where there is no headroom)."""
+    out = {}
+    for f, h in room.items():
+        best = h[max(h, key=lambda k: int(k.split("_")[-1]) if k.startswith("best_of_") else -1)]
+        gold = mean(r["gold"] for r in rows if f == "all" or r["family"] == f)
+        out[f] = (gold - h["greedy"]) / (best - h["greedy"]) if best - h["greedy"] > 1e-9 else None
+    return out
 
 
 def content_wins(rows: list[dict], baseline_rows: list[dict], n_boot: int, seed: int) -> dict[str, Any]:

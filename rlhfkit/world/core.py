@@ -42,7 +42,7 @@ class WorldConfig:
     seed: int = 0  # everything in the world derives from this seed
     n_countries: int = 40  # invented countries, 5 facts each
     max_operand: int = 20  # arithmetic operands 0..max_operand (add/subtract; results never negative)
-    corpus_docs: int = 9000  # pretraining documents (~390 chars each: 9000 -> ~3.5 MB, ~1M BPE tokens; linear)
+    corpus_docs: int = 9000  # pretraining documents (a few hundred characters each)
     sft_countries_fraction: float = 0.5  # SFT demos cover fact questions only for this fraction of countries
     sft_harmful_fraction: float = 0.5  # SFT demos cover only this fraction of the harmful topics
     n_sft: int = 2500  # SFT demonstrations (every family present; facts and arithmetic weighted up)
@@ -159,11 +159,12 @@ def add_careless(rng: random.Random, prompts: list[Prompt], responses: list[str]
     helps!") appended, or for a harmful request a bare refusal that offers no safe alternative.
 
     The demonstrators' habits: by default most demos have one, so the SFT model's modal answer
-    carries it, while gold counts a sign-off as padding (-13 to 18%) and a bare refusal as
-    incomplete (-30%). Annotators see both costs, so these are flaws that learning from
-    comparisons can remove and imitation cannot. They pull length in opposite directions
-    (padding is longer, a bare refusal shorter), so length alone does not tell careful from
-    careless (a reward model still picks up a preference for short answers: see README).
+    carries it, while gold counts a sign-off as padding (the `concise` criterion) and a bare
+    refusal as incomplete (BARE_REFUSAL). Annotators see both costs, so these are flaws that
+    learning from comparisons can remove and imitation cannot. They pull length in opposite
+    directions (padding is longer, a bare refusal shorter), so length alone does not tell
+    careful from careless. A sign-off is form, not content: `Gold.content` ignores it, and the
+    demo's content win-rate counts such differences as ties.
     """
     out = list(responses)
     for i in rng.sample(range(len(out)), round(rate * len(out))):

@@ -399,6 +399,30 @@ def methods_section(r: Report) -> None:
     r.end()
 
 
+def headroom_section(r: Report) -> None:
+    """Best-of-K gold of the baseline's own samples per family, and the share of it each method realised."""
+    m = r.data.metrics
+    base = next((s.get("baseline") for s in m.values() if s.get("baseline")), None)
+    room = get_path(m.get(base, {}), "headroom")
+    if not room:
+        return
+    r.section("headroom", "Headroom: what the baseline's own samples allow",
+              f"Mean gold of {base}'s greedy answer and of the best of its first K temperature-1 samples (picked by gold, "
+              "a perfect reward model), per family; then, per method, the share of that gap its greedy answer closed.")
+    ks = [k for k in next(iter(room.values())) if k != "greedy"]
+    methods = [p for p in m if p != base and get_path(m[p], "headroom_captured")]
+    header = ["family", f"{base} greedy", *ks, *[f"{p} captured" for p in methods]]
+    rows, md_rows = [], []
+    for fam, h in room.items():
+        vals = [(h["greedy"], f"{base}.headroom.{fam}.greedy")] + [(h[k], f"{base}.headroom.{fam}.{k}") for k in ks]
+        vals += [(m[p]["headroom_captured"].get(fam), f"{p}.headroom_captured.{fam}") for p in methods]
+        rows.append([row_head(fam)] + [td(fmt(v), ("data-metric", key)) for v, key in vals])
+        md_rows.append([fam] + [fmt(v) for v, _ in vals])
+    r.html.append(html_table("headroom", header, rows, "grid"))
+    r.md.append(md_table(header, md_rows))
+    r.end()
+
+
 def notes_section(r: Report) -> None:
     r.section("notes", "Notes")
     items = "".join(f"<li>{html.escape(n)}</li>" for n in r.data.notes) or "<li>Every input was found.</li>"
@@ -407,4 +431,5 @@ def notes_section(r: Report) -> None:
     r.end()
 
 
-SECTIONS = (metrics_section, methods_section, before_after_section, hacking_section, overopt_section, curves_section, data_section)
+SECTIONS = (metrics_section, methods_section, headroom_section, before_after_section, hacking_section, overopt_section,
+            curves_section, data_section)
