@@ -40,11 +40,11 @@ from rlhfkit.data.packing import epoch_batches, pack_documents, read_corpus
 from rlhfkit.evaluation.hooks import make_evaluator, training_eval
 from rlhfkit.losses import explained_variance, lm_loss, ppo_policy_loss, ppo_value_loss
 from rlhfkit.models.load import load_causal_lm
+from rlhfkit.models.logprobs import response_logprobs
 from rlhfkit.models.reward import ValueHeadOnPolicy, load_scalar_model, make_reward_fn, scalar_model_from_lm, token_scores
 from rlhfkit.ops import masked_mean, masked_sum, masked_whiten
 from rlhfkit.optim import clip_grad_norms, set_lr
 from rlhfkit.rl import AdaptiveKLController, FixedKLController, KL_ESTIMATORS, gae, kl_penalized_rewards
-from rlhfkit.models.logprobs import response_logprobs
 from rlhfkit.rollout import collect_experience
 from rlhfkit.tracking import Run, Stopwatch, seed_everything
 

@@ -28,11 +28,11 @@ from rlhfkit.data.packing import epoch_batches
 from rlhfkit.evaluation.hooks import make_evaluator, training_eval
 from rlhfkit.losses import policy_gradient_loss
 from rlhfkit.models.load import load_causal_lm
+from rlhfkit.models.logprobs import response_logprobs
 from rlhfkit.models.reward import make_reward_fn
 from rlhfkit.ops import masked_sum
 from rlhfkit.optim import set_lr
 from rlhfkit.rl import grpo_advantages, kl_k1, rloo_advantages
-from rlhfkit.models.logprobs import response_logprobs
 from rlhfkit.rollout import collect_experience
 from rlhfkit.tracking import Run, seed_everything
 
