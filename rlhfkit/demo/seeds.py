@@ -27,9 +27,9 @@ from rlhfkit.config import ConfigError, load_config
 from rlhfkit.demo import eval as eval_stage
 from rlhfkit.demo.pipeline import fingerprint, run_cached
 from rlhfkit.files import write_atomic
+from rlhfkit.stages import STAGES as STAGE_TABLE
 
-STAGES = {"ppo": ("rlhfkit.stages.ppo", "Config"), "dpo": ("rlhfkit.stages.dpo", "Config"),
-          "rloo": ("rlhfkit.stages.rloo", "Config"), "grpo": ("rlhfkit.stages.rloo", "GRPOConfig")}
+STAGES = {name: (STAGE_TABLE[name].module, STAGE_TABLE[name].config) for name in ("ppo", "dpo", "rloo", "grpo")}
 # (metrics.json key, column title, digits); the win-rate comes first, from gold_winrate
 COLUMNS = (("gold", "gold", 3), ("kl", "KL", 2), ("refusal_rate_harmful", "refuses harmful", 3),
            ("over_refusal_benign", "over-refusal", 3), ("correction_rate", "premise corrected", 3),
