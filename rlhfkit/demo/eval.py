@@ -36,6 +36,7 @@ from rlhfkit.demo.report.data import markdown_metrics
 from rlhfkit.evaluation.metrics import bootstrap_ci, distinct_n, self_similarity, words
 from rlhfkit.evaluation.policy import (check_policies, corpus_perplexity, finite, load_reward_fn, policy_name,
                                        same_vocab, sample_with_kl, win_rates)
+from rlhfkit.files import write_atomic
 from rlhfkit.models.load import load_causal_lm
 from rlhfkit.rollout import answer
 from rlhfkit.tracking import Run, seed_everything
@@ -100,13 +101,12 @@ def main(cfg: Config) -> dict:
         if "headroom" in summaries[baseline]:
             summaries[name]["headroom_captured"] = captured(summaries[baseline]["headroom"], rows_of[name])
 
-    with open(os.path.join(cfg.out_dir, "metrics.json"), "w") as f:
-        json.dump(summaries, f, indent=2)
-    with open(os.path.join(cfg.out_dir, "samples.jsonl"), "w") as f:
-        f.writelines(json.dumps({"policy": n, **r}) + "\n" for n in names for r in rows_of[n])
+    write_atomic(os.path.join(cfg.out_dir, "metrics.json"), json.dumps(summaries, indent=2))
+    write_atomic(os.path.join(cfg.out_dir, "samples.jsonl"),
+                 "".join(json.dumps({"policy": n, **r}) + "\n" for n in names for r in rows_of[n]))
     table = markdown_metrics(summaries)
-    with open(os.path.join(cfg.out_dir, "metrics.md"), "w") as f:
-        f.write(f"# Evaluation on {len(prompts)} held-out world prompts (baseline: {baseline})\n\n{table}")
+    write_atomic(os.path.join(cfg.out_dir, "metrics.md"),
+                 f"# Evaluation on {len(prompts)} held-out world prompts (baseline: {baseline})\n\n{table}")
     print(table, flush=True)
     run.close()
     return summaries
