@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from rlhfkit.files import write_atomic
+from rlhfkit.optim import DivergedError
 
 
 def rng_state() -> dict[str, Any]:
@@ -41,8 +42,24 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def check_finite_weights(what: str, model) -> None:
+    """DivergedError naming the first parameter of `model` holding a NaN or an infinity."""
+    for name, p in unwrap(model).named_parameters():
+        if not torch.isfinite(p).all():
+            raise DivergedError(f"{what}: parameter {name} is not finite; the run diverged and nothing is saved")
+
+
+def save_model(stage: str, model, tokenizer, out: str) -> None:
+    """A stage's final model (and tokenizer) in Hugging Face form at `out`, after checking every weight is finite."""
+    check_finite_weights(stage, model)
+    unwrap(model).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
 def save_checkpoint(out_dir: str, step: int, models: dict[str, Any], state: dict[str, Any], tokenizer=None, keep: int = 2) -> str:
-    """Save `models` (name -> HF model) and `state` (anything torch.save takes) for `step`."""
+    """Save `models` (name -> HF model) and `state` (anything torch.save takes) for `step`; refuses non-finite weights."""
+    for name, model in models.items():
+        check_finite_weights(f"checkpoint {name} at step {step}", model)
     root = os.path.join(out_dir, "checkpoints")
     final = os.path.join(root, f"step_{step:06d}")
     tmp = final + ".tmp"

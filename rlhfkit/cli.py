@@ -108,12 +108,16 @@ def run_reporting_errors(command: str, fn) -> int:
     """Bad input (malformed data, a missing file, an invalid config) is a message, not a traceback."""
     from rlhfkit.config import ConfigError
     from rlhfkit.data.loaders import DataError
+    from rlhfkit.optim import DivergedError
 
     try:
         return fn() or 0
     except (DataError, ConfigError, FileNotFoundError) as e:
         print(f"rlhfkit {command}: error: {e}", file=sys.stderr)
         return 2
+    except DivergedError as e:
+        print(f"rlhfkit {command}: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

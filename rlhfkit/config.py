@@ -12,7 +12,9 @@ dotted key, e.g. `unknown key 'ppo.kl_coeff' (did you mean 'kl_coef'?)`. After
 loading, every `resolve()` method in the tree is called once, parents before
 their sections, so a parent may rewire a section and the section still
 validates the final values. Mappings merge into sections and `dict` fields;
-every other value is replaced whole.
+every other value is replaced whole. Numeric fields are range-checked by name
+(`RANGES`: one rule per name in every section, e.g. `lr > 0`, `eval_every >= 0`)
+before their section's `resolve()`. A YAML file with a key given twice is an error.
 """
 
 from __future__ import annotations
@@ -47,6 +49,36 @@ class _Typed:
 
     text: str
     parsed: Any
+
+
+# Ranges of numeric fields by name, the same in every section that has the field. A stage's own
+# resolve() adds the rules a name alone cannot say (batch_size a multiple of micro_batch_size).
+_POSITIVE = ("lr", "batch_size", "micro_batch_size", "minibatch_size", "batch_groups", "rollout_batch_size",
+             "prompts_per_step", "ptx_batch_size", "max_steps", "total_steps", "epochs", "grad_clip", "ckpt_every",
+             "max_len", "max_new_tokens", "seq_len", "ppl_seq_len", "ppo_epochs", "k", "hidden_size",
+             "intermediate_size", "num_heads", "num_layers", "vocab_size", "max_position_embeddings", "kl_horizon",
+             "clip_range", "clip_range_value", "beta", "kl_target", "top_p")
+_NON_NEGATIVE = ("eval_every", "sample_every", "warmup_steps", "weight_decay", "kl_coef", "ptx_coef", "vf_coef",
+                 "nll_coef", "accept_coef", "label_smoothing", "threads", "limit", "num_samples", "headroom_samples",
+                 "prefixed_samples", "heldout_docs", "gold_tie_tol", "tie_tol", "temperature", "bootstrap", "margin",
+                 "score_clip")
+_AT_MOST_ONE = ("heldout_fraction", "min_lr_ratio", "gamma", "lam", "top_p", "label_smoothing")
+RANGES: dict[str, tuple[str, Any]] = {}  # name -> (what it must be, test)
+for _n in _POSITIVE:
+    RANGES[_n] = ("> 0", lambda v: v > 0)
+for _n in _NON_NEGATIVE:
+    RANGES[_n] = (">= 0", lambda v: v >= 0)
+for _n in _AT_MOST_ONE:
+    _rule, _test = RANGES.get(_n, (">= 0", lambda v: v >= 0))
+    RANGES[_n] = (f"{_rule} and <= 1", lambda v, _t=_test: _t(v) and v <= 1)
+
+
+def check_ranges(cfg: Any, prefix: str = "") -> None:
+    """ConfigError naming the dotted key of the first numeric field of `cfg` (not its sections) out of `RANGES`."""
+    for f in dataclasses.fields(cfg):
+        value, rule = getattr(cfg, f.name), RANGES.get(f.name)
+        if rule and isinstance(value, (int, float)) and not isinstance(value, bool) and not rule[1](value):
+            raise ConfigError(f"'{prefix}{f.name}' must be {rule[0]}, got {value!r}")
 
 
 # ---------------------------------------------------------------- public API
@@ -119,7 +151,7 @@ def read_yaml(path: str) -> dict:
     """The top-level mapping of a YAML file (an empty file is an empty mapping)."""
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            data = yaml.load(f, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except FileNotFoundError:
         raise ConfigError("config file not found") from None
     except yaml.YAMLError as e:
@@ -129,6 +161,19 @@ def read_yaml(path: str) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"expected a mapping of keys at the top level, got {type(data).__name__}")
     return data
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects a mapping key given twice (plain YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def parse_overrides(args: Sequence[str]) -> list[tuple[str, Any]]:
@@ -160,8 +205,8 @@ def parse_overrides(args: Sequence[str]) -> list[tuple[str, Any]]:
     return out
 
 
-def resolve_all(cfg: Any, _seen: set[int] | None = None) -> None:
-    """Call `resolve()` on `cfg` and then on each nested dataclass, each object once.
+def resolve_all(cfg: Any, _seen: set[int] | None = None, _prefix: str = "") -> None:
+    """Check the ranges of, then call `resolve()` on, `cfg` and then each nested dataclass, each object once.
 
     Parents go first: a parent's resolve() may rewrite its sections (the
     pipeline wires paths into its stages), and the sections then check the
@@ -171,10 +216,11 @@ def resolve_all(cfg: Any, _seen: set[int] | None = None) -> None:
     if not dataclasses.is_dataclass(cfg) or id(cfg) in seen:
         return
     seen.add(id(cfg))
+    check_ranges(cfg, _prefix)
     if callable(getattr(cfg, "resolve", None)):
         cfg.resolve()
     for f in dataclasses.fields(cfg):
-        resolve_all(getattr(cfg, f.name), seen)
+        resolve_all(getattr(cfg, f.name), seen, f"{_prefix}{f.name}.")
 
 
 # ---------------------------------------------------------------- merging

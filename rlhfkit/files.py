@@ -31,6 +31,28 @@ def atomic_open(path: str, mode: str = "w") -> Iterator[IO]:
         raise
 
 
+def content_hash(paths: list[str], *objects) -> str:
+    """SHA-256 (hex, 16 chars) of the bytes of `paths` (files; a directory: its files, recursively, in sorted
+    order, names included) and of `objects` as JSON: the key of a cache that depends on exactly these."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    files = []  # (name hashed, path)
+    for p in paths:
+        if os.path.isdir(p):
+            files += sorted((os.path.relpath(os.path.join(d, f), p), os.path.join(d, f)) for d, _, fs in os.walk(p) for f in fs)
+        else:
+            files.append((os.path.basename(p), p))
+    for name, path in files:
+        h.update(name.encode() + b"\0")
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    h.update(json.dumps(objects, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
 def write_atomic(path: str, text: str) -> None:
     """Write `text` to `path` atomically."""
     with atomic_open(path) as f:

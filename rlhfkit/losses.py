@@ -50,7 +50,9 @@ def _clipped_surrogate(
     approxkl is 0.5 * mean((logprobs - old_logprobs)^2), the OpenAI baselines /
     lm-human-preferences convention (k2 of Schulman 2020), not k3.
     """
-    log_ratio = logprobs - old_logprobs  # (B, T)
+    # masked before exp: a padded column's log-ratio may be anything (a policy's log p(PAD) of -120
+    # against a stored 0); exp of it would overflow, and 0 * inf in the backward is NaN
+    log_ratio = torch.where(mask, logprobs - old_logprobs, torch.zeros((), dtype=logprobs.dtype, device=logprobs.device))
     ratio = torch.exp(log_ratio)
     pg_losses = -advantages * ratio
     pg_losses_clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
@@ -112,7 +114,9 @@ def policy_gradient_loss(
         logprobs, old_logprobs, advantages[:, None], mask, clip_range, normalizer
     )
     if ref_logprobs is not None:
-        kl = kl_k3(logprobs, ref_logprobs)  # (B, T)
+        # k3 only where the mask holds: exp(log ref - log pi) overflows at padded columns once the policy's
+        # log p(PAD) < -88.7 against a stored reference of 0, and the masked sum's backward is then 0 * inf
+        kl = kl_k3(torch.where(mask, logprobs, ref_logprobs), ref_logprobs)  # (B, T), 0 off the mask
         kl_loss = kl_coef * token_mean(kl, mask, normalizer)
         loss = loss + kl_loss
         metrics["objective/kl"] = masked_mean(kl, mask).detach()

@@ -30,6 +30,24 @@ def set_lr(optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
+class DivergedError(RuntimeError):
+    """Training produced a non-finite loss or gradient norm; the run stopped before applying it."""
+
+
+def check_finite(stage: str, step: int | None, **values) -> None:
+    """Raise DivergedError if any of `values` (the step's loss, its gradient norm, ...) is NaN or infinite.
+
+    Called between the backward and `optimizer.step()`: a diverged step is never applied, so no
+    non-finite weight reaches a checkpoint or a saved model, and the stage exits non-zero (a pipeline
+    never marks it done). A rerun resumes from the last checkpoint, which holds finite weights.
+    """
+    bad = {k: float(v) for k, v in values.items() if not math.isfinite(float(v))}
+    if bad:
+        shown = ", ".join(f"{k}={v}" for k, v in bad.items())
+        raise DivergedError(f"{stage}: training diverged{f' at step {step}' if step is not None else ''} ({shown}); stopped before the update, "
+                            "no model saved. Lower the learning rate or check the data; a rerun resumes from the last checkpoint.")
+
+
 def clip_grad_norms(groups: list[list[torch.nn.Parameter]], max_norm: float, separately: bool = True) -> list[float]:
     """Clip the gradients of each parameter group to `max_norm`; returns each group's norm before clipping.
 

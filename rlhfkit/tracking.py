@@ -41,6 +41,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def due(step: int, every: int) -> bool:
+    """Whether the periodic action of a loop at 0-based `step` is due: every `every` steps; never if `every` is 0."""
+    return every > 0 and (step + 1) % every == 0
+
+
 class Run:
     """Opens (or reopens, when resuming) a run directory and logs metrics to JSONL + TensorBoard."""
 

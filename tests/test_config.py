@@ -246,3 +246,46 @@ def test_ppo_config_errors_name_the_setting(overrides, message):
 
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(ppo.Config, overrides=["--prompts=p.jsonl", *overrides])
+
+
+# ---------------------------------------------------------------- ranges and duplicate keys
+BAD_VALUES = [  # (stage, override, dotted key in the message); each once trained silently or crashed deep inside
+    ("sft", "grad_clip=-1", "grad_clip"),  # gradient ascent
+    ("sft", "grad_clip=0", "grad_clip"),  # no learning at all
+    ("sft", "batch_size=-4", "batch_size"),  # a 566-row batch
+    ("sft", "epochs=-1", "epochs"),  # one step
+    ("sft", "eval_every=-5", "eval_every"),
+    ("dpo", "lr=-0.001", "lr"),
+    ("dpo", "beta=0", "beta"),
+    ("rm", "batch_groups=0", "batch_groups"),
+    ("ppo", "ckpt_every=0", "ckpt_every"),  # a ZeroDivisionError after the first iteration
+    ("ppo", "lam=1.5", "lam"),
+    ("grpo", "k=0", "k"),
+    ("pipeline", "sft.lr=-1", "sft.lr"),  # a section's key, named in full
+]
+
+
+@pytest.mark.parametrize("stage,override,key", BAD_VALUES, ids=[f"{s}:{o}" for s, o, _ in BAD_VALUES])
+def test_out_of_range_values_are_one_line_config_errors(stage, override, key):
+    import importlib
+
+    from rlhfkit.cli import COMMANDS
+
+    module, cls = COMMANDS[stage][:2]
+    with pytest.raises(ConfigError) as e:
+        parse_cli(getattr(importlib.import_module(module), cls), [f"--{override}"])
+    assert f"'{key}' must be" in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_in_range_edges_are_accepted():
+    from rlhfkit.stages import ppo, sft
+
+    assert parse_cli(sft.Config, ["--data=x.jsonl", "--eval_every=0", "--warmup_steps=0"]).eval_every == 0  # 0: off
+    assert parse_cli(ppo.Config, ["--prompts=p.jsonl", "--kl_coef=0", "--lam=1", "--gamma=1"]).lam == 1.0
+
+
+def test_yaml_key_given_twice_is_an_error(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("seed: 1\nsft:\n  lr: 0.1\n  lr: 0.2\n")
+    with pytest.raises(ConfigError, match="'lr' given twice"):
+        load_config(Cfg, str(path))

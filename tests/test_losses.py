@@ -212,6 +212,26 @@ def test_policy_gradient_loss_kl_term_by_hand():
     assert logprobs.grad[0].tolist() == pytest.approx(expected_grad)
 
 
+@pytest.mark.parametrize("kl_coef", [0.0, 0.05])
+def test_policy_gradient_loss_finite_with_very_unlikely_padding(kl_coef):
+    """RLOO/GRPO: at padded columns the policy's own log p(PAD) (here -123.7, below float32's exp range)
+    meets stored old/reference log-probs of 0. The gradient must be finite and equal to the one with the
+    padded columns zero-filled; before masking the inputs, k3 there was inf and its backward 0 * inf = NaN."""
+    mask = torch.tensor([[True, True, False, False], [True, True, True, False]])
+    real = torch.tensor([[-1.0, -2.0, -123.7, -150.0], [-0.5, -1.5, -0.7, -123.7]])
+    stored = torch.where(mask, real - 0.1, torch.zeros(()))  # what the rollout stored: 0 at padding
+    grads = []
+    for lp0 in (real, torch.where(mask, real, torch.zeros(()))):
+        lp = lp0.clone().requires_grad_()
+        loss, _ = policy_gradient_loss(lp, stored, torch.tensor([1.0, -0.5]), mask, 0.2, kl_coef=kl_coef,
+                                       ref_logprobs=stored)
+        loss.backward()
+        assert torch.isfinite(loss)
+        grads.append((loss.detach(), lp.grad))
+    assert torch.isfinite(grads[0][1]).all()
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+
+
 def test_policy_gradient_loss_needs_ref_for_kl():
     x = torch.zeros(1, 2)
     with pytest.raises(ValueError):

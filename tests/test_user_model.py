@@ -140,3 +140,46 @@ def test_eval_on_the_users_prompts(user):
     assert m["sft"]["format_winrate"]["mean"] > 0.5 and 0 <= m["sft"]["score"] <= 1
     assert m["sft"]["kl"] > 0 and m["sft"]["perplexity"] > 1
     assert not [k for k in m["sft"] if any(w in k for w in WORLD_KEYS)]
+
+
+DIVERGING = {  # a learning rate no run survives: weights overflow within a step or two
+    "sft": ["--model={u}/base", "--data={u}/sft.jsonl", "--epochs=1", "--batch_size=16"],
+    "rm": ["--model={u}/sft/model", "--data={u}/pairs.jsonl", "--epochs=1", "--batch_groups=8"],
+    "dpo": ["--policy={u}/sft/model", "--data={u}/pairs.jsonl", "--epochs=1", "--batch_size=16", "--micro_batch_size=16"],
+    "grpo": ["--policy={u}/sft/model", "--prompts={u}/prompts.jsonl", "--reward=tests.helpers:exact_sum_reward",
+             "--total_steps=3", "--max_new_tokens=6", "--eval_every=0", "--prompts_per_step=4", "--k=2",
+             "--minibatch_size=8", "--micro_batch_size=8"],
+}
+
+
+@pytest.mark.parametrize("stage", sorted(DIVERGING))
+def test_a_diverged_run_fails_loudly_and_saves_no_model(user, stage):
+    """lr=1e30: the loss or gradient goes non-finite; the stage stops before applying the update, says
+    so in one line, exits non-zero, and writes no model (before the guard: exit 0 and an all-NaN model)."""
+    env = {**os.environ, "RLHFKIT_NO_TENSORBOARD": "1", "OMP_NUM_THREADS": "1"}
+    out = f"{user}/diverged-{stage}"
+    args = [a.format(u=user) for a in DIVERGING[stage]]
+    proc = subprocess.run([sys.executable, "-c", BLOCKED, stage, f"--out_dir={out}", "--lr=1e30", *args], cwd=REPO,
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-3000:])
+    assert "diverged" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert not os.path.exists(f"{out}/model")
+
+
+def test_dpo_reference_cache_is_keyed_by_the_pairs(user):
+    """A second DPO run in the same out_dir on the same pairs with chosen and rejected swapped: its
+    cached reference log-probs belong to the first run's pairs, so they must be recomputed. At step 1
+    the policy is the reference, so the loss is ln 2 exactly (a stale cache gave a far larger one)."""
+    import math
+
+    swapped = f"{user}/pairs_swapped.jsonl"
+    with open(f"{user}/pairs.jsonl") as f, open(swapped, "w") as g:
+        for line in f:
+            row = json.loads(line)
+            g.write(json.dumps({**row, "chosen": row["rejected"], "rejected": row["chosen"]}) + "\n")
+    out = f"{user}/dpo-cache"
+    common = ["--epochs=0.3", "--batch_size=16", "--micro_batch_size=16", "--lr=1e-3", "--ckpt_every=1000", "--eval_every=1000"]
+    run("dpo", f"--out_dir={out}", f"--policy={user}/sft/model", f"--data={user}/pairs.jsonl", *common)
+    run("dpo", f"--out_dir={out}", f"--policy={user}/sft/model", f"--data={swapped}", *common)
+    first_steps = [m for m in metrics(out) if m["step"] == 1]  # the second run's is the last
+    assert first_steps[-1]["dpo/loss"] == pytest.approx(math.log(2), abs=1e-4)

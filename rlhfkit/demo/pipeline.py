@@ -183,24 +183,31 @@ def fingerprint(cfg: Any, upstream: Sequence[str] = (), code: str = "") -> str:
 
 def run_cached(head: str, run: Callable[[], Any], stage_dir: str, fp: str, stale: bool = False) -> bool:
     """Run a stage in `stage_dir` unless a finished run with fingerprint `fp` is there (and it is not
-    `stale`); resume an interrupted run with the same fingerprint; otherwise clear the directory and
-    start afresh. `stage_dir/stage.json` records the fingerprint and whether the run finished.
+    `stale`); resume an interrupted run with the same fingerprint; otherwise clear what earlier runs
+    wrote there and start afresh. `stage_dir/stage.json` records the fingerprint, whether the run
+    finished, and the entries that were in the folder before the pipeline first ran there (`foreign`):
+    those are never deleted, so a user's notes in a stage folder survive a rerun.
     Prints `<head>: <what happened>`; returns whether the stage ran."""
     marker = _read_json(os.path.join(stage_dir, "stage.json"))
     if marker.get("fingerprint") == fp and marker.get("done") and not stale:
         print(f"{head}: up to date, skipped", flush=True)
         return False
+    present = set(os.listdir(stage_dir)) - {"stage.json"} if os.path.isdir(stage_dir) else set()
+    # no marker: the pipeline never ran here, none of it is ours; an older marker without the list: all of it was
+    foreign = set(marker.get("foreign", ())) & present if marker else present
     if marker.get("fingerprint") == fp and not stale:
         print(f"{head}: resuming an interrupted run", flush=True)
     else:
-        if os.path.exists(stage_dir):
-            shutil.rmtree(stage_dir)
-        print(f"{head}: running", flush=True)
+        for entry in present - foreign:
+            path = os.path.join(stage_dir, entry)
+            shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.unlink(path)
+        print(f"{head}: running" + (f" (leaving {len(foreign)} entries it did not write)" if foreign else ""), flush=True)
     os.makedirs(stage_dir, exist_ok=True)
-    write_atomic(os.path.join(stage_dir, "stage.json"), json.dumps({"fingerprint": fp, "done": False}))
+    record = {"fingerprint": fp, "foreign": sorted(foreign)}
+    write_atomic(os.path.join(stage_dir, "stage.json"), json.dumps({**record, "done": False}))
     started = time.time()
     run()
-    write_atomic(os.path.join(stage_dir, "stage.json"), json.dumps({"fingerprint": fp, "done": True, "seconds": round(time.time() - started, 1)}))
+    write_atomic(os.path.join(stage_dir, "stage.json"), json.dumps({**record, "done": True, "seconds": round(time.time() - started, 1)}))
     return True
 
 

@@ -6,7 +6,9 @@ selectable by `loss_type` / `label_smoothing` (a dict lookup in rlhfkit.losses),
 RPO's chosen-NLL term (Pang et al. 2024) added with weight `nll_coef`.
 Sequence logprobs are summed over response tokens. The reference model is the
 initial policy; its logprobs are computed once before training and cached in
-`<out_dir>/ref_logprobs.pt`, so the reference need not stay in memory.
+`<out_dir>/ref_logprobs.pt`, so the reference need not stay in memory. The cache is keyed by
+the content it depends on (the reference model's files and the rendered pairs): other data
+or another reference in the same out_dir recomputes it.
 Trains on the same preference pairs (store export / JSONL) as the reward model; with
 `eval_prompts` (and an `evaluator`) it also answers held-out prompts every eval_every steps.
 """
@@ -26,11 +28,12 @@ from rlhfkit.data.chat import render_example
 from rlhfkit.data.loaders import prompt_texts
 from rlhfkit.data.packing import epoch_batches
 from rlhfkit.evaluation.hooks import make_evaluator, training_eval
+from rlhfkit.files import content_hash
 from rlhfkit.losses import PREFERENCE_LOSSES, chosen_nll_loss
 from rlhfkit.models.load import load_causal_lm
-from rlhfkit.optim import adamw, cosine_lr, set_lr
+from rlhfkit.optim import adamw, check_finite, cosine_lr, set_lr
 from rlhfkit.models.logprobs import scored_tokens, sequence_logprobs
-from rlhfkit.tracking import Run, seed_everything
+from rlhfkit.tracking import Run, due, seed_everything
 
 
 @dataclass
@@ -97,13 +100,16 @@ def train(cfg: Config) -> str:
     chosen_tokens = torch.tensor([scored_tokens(row) for row in chosen], dtype=torch.float)
 
     # 2. Reference logprobs, computed once and cached; the reference model is then freed.
-    cache = os.path.join(cfg.out_dir, "ref_logprobs.pt")
-    if os.path.exists(cache):
-        ref_c, ref_r = torch.load(cache)
+    cache, key = os.path.join(cfg.out_dir, "ref_logprobs.pt"), content_hash([cfg.policy], chosen, rejected)
+    cached = torch.load(cache) if os.path.exists(cache) else None
+    if isinstance(cached, dict) and cached.get("key") == key:
+        ref_c, ref_r = cached["chosen"], cached["rejected"]
     else:
+        if cached is not None:
+            print(f"[dpo] {cache} was computed for another reference model or other pairs; recomputing", flush=True)
         ref, _ = load_causal_lm(cfg.policy, device=cfg.device)
         ref_c, ref_r = reference_logprobs(ref, chosen, tok.pad_token_id), reference_logprobs(ref, rejected, tok.pad_token_id)
-        torch.save((ref_c, ref_r), cache)
+        torch.save({"key": key, "chosen": ref_c, "rejected": ref_r}, cache)
         del ref
     held, train_idx = list(range(n_held)), list(range(n_held, len(pairs)))
     max_steps = max(1, int(cfg.epochs * len(train_idx) / cfg.batch_size))
@@ -137,11 +143,12 @@ def train(cfg: Config) -> str:
             for name, v in m.items():
                 stats[name] = stats.get(name, 0.0) + v.item() * len(micro) / len(idx)
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+        check_finite("dpo", step, loss=loss, grad_norm=grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
         metrics = {**stats, "train/lr": lr, "train/grad_norm": grad_norm.item()}
-        if (step + 1) % cfg.eval_every == 0 or step + 1 == max_steps:
+        if due(step, cfg.eval_every) or step + 1 == max_steps:
             with torch.no_grad():
                 policy.eval()
                 _, held_stats = batch_loss(held)
@@ -153,8 +160,7 @@ def train(cfg: Config) -> str:
             checkpoint.save_checkpoint(cfg.out_dir, step + 1, {"policy": policy}, {"optimizer": optimizer.state_dict()}, tok)
 
     out = os.path.join(cfg.out_dir, "model")
-    policy.save_pretrained(out)
-    tok.save_pretrained(out)
+    checkpoint.save_model('dpo', policy, tok, out)
     print(f"[dpo] held-out implicit-reward accuracy {metrics.get('eval/rewards/accuracy', float('nan')):.3f}; saved {out}", flush=True)
     run.close()
     return out

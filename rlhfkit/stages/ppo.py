@@ -43,10 +43,10 @@ from rlhfkit.models.load import load_causal_lm
 from rlhfkit.models.logprobs import response_logprobs
 from rlhfkit.models.reward import ValueHeadOnPolicy, load_scalar_model, make_reward_fn, scalar_model_from_lm, token_scores
 from rlhfkit.ops import masked_mean, masked_sum, masked_whiten
-from rlhfkit.optim import clip_grad_norms, set_lr
+from rlhfkit.optim import check_finite, clip_grad_norms, set_lr
 from rlhfkit.rl import AdaptiveKLController, FixedKLController, KL_ESTIMATORS, gae, kl_penalized_rewards
 from rlhfkit.rollout import collect_experience
-from rlhfkit.tracking import Run, Stopwatch, seed_everything
+from rlhfkit.tracking import Run, Stopwatch, due, seed_everything
 
 
 @dataclass
@@ -208,10 +208,10 @@ def train(cfg: Config) -> str:
             "objective/entropy": metrics.pop("objective/entropy_token") * mask.sum(1).float().mean().item(),
         })
         kl_ctl.update(seq_kl.mean().item(), len(batch_prompts))
-        if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.total_steps):
+        if cfg.eval_every and (due(step, cfg.eval_every) or step + 1 == cfg.total_steps):
             metrics.update(training_eval(policy, tok, eval_prompts, rm_fn, evaluator))
         run.log(step + 1, metrics)
-        if (step + 1) % cfg.sample_every == 0:
+        if due(step, cfg.sample_every):
             run.log_samples(step + 1, [{"prompt": p, "response": r, "score": float(s), "kl": float(k)}
                                        for p, r, s, k in zip(exp.prompts[:4], exp.responses[:4], exp.scores[:4], seq_kl[:4])])
         if (step + 1) % cfg.ckpt_every == 0 and step + 1 < cfg.total_steps:
@@ -221,8 +221,7 @@ def train(cfg: Config) -> str:
                                         **({"value_head": critic.score.state_dict()} if shared else {})}, tok)
 
     out = os.path.join(cfg.out_dir, "model")
-    policy.save_pretrained(out)
-    tok.save_pretrained(out)
+    checkpoint.save_model('ppo', policy, tok, out)
     if start < cfg.total_steps:
         target = f" (target {cfg.kl_target:g}, beta now {kl_ctl.value:.3f})" if cfg.adaptive_kl else f" (fixed beta {kl_ctl.value:g})"
         print(f"[ppo] final KL to the reference {metrics['objective/kl']:.3f} nats/sequence{target}", flush=True)
@@ -264,6 +263,7 @@ def ppo_epochs(cfg: Config, policy, critic, optimizer, exp, values, advantages, 
                 for k, v in {**pg_stats, **vf_stats}.items():
                     stats.setdefault(k, []).append(float(v))
             policy_norm, critic_norm = clip_grad_norms(groups, cfg.grad_clip, separately)
+            check_finite("ppo", None, loss=loss, policy_grad_norm=policy_norm, critic_grad_norm=critic_norm)
             stats.setdefault("ppo/policy/grad_norm", []).append(policy_norm)
             stats.setdefault("ppo/val/grad_norm", []).append(critic_norm)  # value_head=policy: the head's alone
             optimizer.step()

@@ -24,8 +24,8 @@ from rlhfkit.data.packing import epoch_batches, pack_documents, read_corpus
 from rlhfkit.evaluation.hooks import log_samples
 from rlhfkit.losses import lm_loss
 from rlhfkit.models.tiny import TinyModelConfig, build_model, train_tokenizer
-from rlhfkit.optim import adamw, cosine_lr, set_lr
-from rlhfkit.tracking import Run, seed_everything
+from rlhfkit.optim import adamw, check_finite, cosine_lr, set_lr
+from rlhfkit.tracking import Run, due, seed_everything
 
 
 @dataclass
@@ -106,15 +106,16 @@ def train(cfg: Config) -> str:
         loss, _ = lm_loss(logits[:, :-1], batch[:, 1:], normalizer=n_tokens)
         (loss * d.world_size).backward()  # DDP averages over ranks; undo it so the loss is the global mean
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        check_finite("pretrain", step, loss=loss, grad_norm=grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
         # 3. Log, evaluate, sample, checkpoint.
         metrics = {"train/loss": distributed.global_sum(loss.detach(), d).item(), "train/lr": lr, "train/grad_norm": grad_norm.item()}
-        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.max_steps:
+        if due(step, cfg.eval_every) or step + 1 == cfg.max_steps:
             metrics["eval/loss"] = heldout_loss(model, heldout.to(d.device))
         run.log(step + 1, metrics)
-        if d.is_main and (step + 1) % cfg.sample_every == 0:
+        if d.is_main and due(step, cfg.sample_every):
             log_samples(run, model, tok, sample_prompts, step + 1)
         if (step + 1) % cfg.ckpt_every == 0 and step + 1 < cfg.max_steps and d.is_main:
             checkpoint.save_checkpoint(cfg.out_dir, step + 1, {"model": model}, {"optimizer": optimizer.state_dict()}, tok)
@@ -122,8 +123,7 @@ def train(cfg: Config) -> str:
 
     out = os.path.join(cfg.out_dir, "model")
     if d.is_main:
-        model.save_pretrained(out)
-        tok.save_pretrained(out)
+        checkpoint.save_model("pretrain", model, tok, out)
         print(f"[pretrain] saved {out}", flush=True)
     run.close()
     distributed.close(d)

@@ -31,10 +31,10 @@ from rlhfkit.models.load import load_causal_lm
 from rlhfkit.models.logprobs import response_logprobs
 from rlhfkit.models.reward import make_reward_fn
 from rlhfkit.ops import masked_sum
-from rlhfkit.optim import set_lr
+from rlhfkit.optim import check_finite, set_lr
 from rlhfkit.rl import grpo_advantages, kl_k1, rloo_advantages
 from rlhfkit.rollout import collect_experience
-from rlhfkit.tracking import Run, seed_everything
+from rlhfkit.tracking import Run, due, seed_everything
 
 ADVANTAGES = {"rloo": rloo_advantages, "grpo": grpo_advantages}
 
@@ -148,7 +148,8 @@ def train(cfg: Config) -> str:
                     loss.backward()
                     for name, v in m.items():
                         stats.setdefault(name, []).append(float(v))
-                torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+                grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+                check_finite(cfg.estimator, step, loss=loss, grad_norm=grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
 
@@ -159,18 +160,17 @@ def train(cfg: Config) -> str:
                         "rollout/response_length": mask.sum(1).float().mean().item(),
                         "rollout/eos_rate": exp.terminated.float().mean().item(),
                         "rollout/zero_advantage_frac": (advantages == 0).float().mean().item()})
-        if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.total_steps):
+        if cfg.eval_every and (due(step, cfg.eval_every) or step + 1 == cfg.total_steps):
             metrics.update(training_eval(policy, tok, eval_prompts, rm_fn, evaluator))
         run.log(step + 1, metrics)
-        if (step + 1) % cfg.sample_every == 0:
+        if due(step, cfg.sample_every):
             run.log_samples(step + 1, [{"prompt": p, "response": r, "score": float(s)}
                                        for p, r, s in zip(exp.prompts[:: cfg.k][:3], exp.responses[:: cfg.k][:3], exp.scores[:: cfg.k][:3])])
         if (step + 1) % cfg.ckpt_every == 0 and step + 1 < cfg.total_steps:
             checkpoint.save_checkpoint(cfg.out_dir, step + 1, {"policy": policy}, {"optimizer": optimizer.state_dict()}, tok)
 
     out = os.path.join(cfg.out_dir, "model")
-    policy.save_pretrained(out)
-    tok.save_pretrained(out)
+    checkpoint.save_model(cfg.estimator, policy, tok, out)
     print(f"[{cfg.estimator}] saved {out}", flush=True)
     run.close()
     return out

@@ -41,8 +41,8 @@ from rlhfkit.data.records import Comparison
 from rlhfkit.losses import acceptability_loss, bradley_terry_loss
 from rlhfkit.models.load import pick_device
 from rlhfkit.models.reward import load_scalar_model, scalar_model_from_lm, sequence_scores
-from rlhfkit.optim import adamw, cosine_lr, set_lr
-from rlhfkit.tracking import Run, seed_everything
+from rlhfkit.optim import adamw, check_finite, cosine_lr, set_lr
+from rlhfkit.tracking import Run, due, seed_everything
 
 
 @dataclass
@@ -187,13 +187,14 @@ def train(cfg: Config) -> str:
                               pair_weights(batch, cfg.pair_weight))
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        check_finite("rm", step, loss=loss, grad_norm=grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         metrics = {"train/loss": loss.item(), "train/accuracy": stats["rm/accuracy"].item(),
                    "train/margin": stats["rm/margin"].item(), "train/lr": lr, "train/grad_norm": grad_norm.item()}
         if "rm/accept_loss" in stats:
             metrics["train/accept_loss"] = stats["rm/accept_loss"].item()
-        if (step + 1) % cfg.eval_every == 0 or step + 1 == max_steps:
+        if due(step, cfg.eval_every) or step + 1 == max_steps:
             metrics.update(accuracy(model, tok, heldout, cfg.max_len, device))
         run.log(step + 1, metrics)
         if (step + 1) % cfg.ckpt_every == 0 and step + 1 < max_steps:
@@ -203,8 +204,7 @@ def train(cfg: Config) -> str:
     offset, std = normalisation(model, tok, [p for g in train_groups for p in g], cfg.max_len, device)
     model.config.rlhfkit_score_offset, model.config.rlhfkit_score_std = offset, std
     out = os.path.join(cfg.out_dir, "model")
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+    checkpoint.save_model('rm', model, tok, out)
     final = {"heldout_accuracy": metrics["eval/accuracy"], "heldout_accept_accuracy": metrics.get("eval/accept_accuracy"),
              "score_offset": offset, "score_std": std,
              "train_pairs": n_pairs, "heldout_pairs": sum(map(len, heldout))}

@@ -27,8 +27,8 @@ from rlhfkit.data.loaders import load_sft
 from rlhfkit.evaluation.hooks import log_samples
 from rlhfkit.losses import lm_loss
 from rlhfkit.models.load import load_causal_lm
-from rlhfkit.optim import adamw, cosine_lr, set_lr
-from rlhfkit.tracking import Run, seed_everything
+from rlhfkit.optim import adamw, check_finite, cosine_lr, set_lr
+from rlhfkit.tracking import Run, due, seed_everything
 
 
 @dataclass
@@ -95,15 +95,16 @@ def train(cfg: Config) -> str:
         loss, _ = lm_loss(logits[:, :-1], labels[:, 1:], normalizer=n_tokens)
         (loss * d.world_size).backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        check_finite("sft", step, loss=loss, grad_norm=grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
         # 3. Log, evaluate, sample, checkpoint.
         metrics = {"train/loss": distributed.global_sum(loss.detach(), d).item(), "train/lr": lr, "train/grad_norm": grad_norm.item()}
-        if (step + 1) % cfg.eval_every == 0 or step + 1 == max_steps:
+        if due(step, cfg.eval_every) or step + 1 == max_steps:
             metrics["eval/loss"] = heldout_loss(model, heldout, tok.pad_token_id, d.device)
         run.log(step + 1, metrics)
-        if d.is_main and (step + 1) % cfg.sample_every == 0:
+        if d.is_main and due(step, cfg.sample_every):
             log_samples(run, model, tok, [e.prompt for e in examples[:3]], step + 1, [e.completion for e in examples[:3]])
         if (step + 1) % cfg.ckpt_every == 0 and step + 1 < max_steps and d.is_main:
             checkpoint.save_checkpoint(cfg.out_dir, step + 1, {"model": model}, {"optimizer": optimizer.state_dict()}, tok)
@@ -111,8 +112,7 @@ def train(cfg: Config) -> str:
 
     out = os.path.join(cfg.out_dir, "model")
     if d.is_main:
-        model.save_pretrained(out)
-        tok.save_pretrained(out)
+        checkpoint.save_model("sft", model, tok, out)
         print(f"[sft] held-out loss {first_loss:.3f} -> {metrics.get('eval/loss', float('nan')):.3f}; saved {out}", flush=True)
     run.close()
     distributed.close(d)
