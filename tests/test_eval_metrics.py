@@ -177,6 +177,7 @@ def test_world_eval_writes_every_metric(tmp_path, tiny_model, tiny_tok):
     """The demo's gold eval. Two copies of one tiny model: identical answers -> win-rate exactly 0.5 and KL exactly 0."""
     from rlhfkit.config import load_config
     from rlhfkit.demo import eval as eval_stage
+    from rlhfkit.world import FAMILIES
 
     for name in ("a", "b"):
         tiny_model.save_pretrained(tmp_path / name / "model")
@@ -189,7 +190,7 @@ def test_world_eval_writes_every_metric(tmp_path, tiny_model, tiny_tok):
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert list(saved) == ["a", "b"] and saved == json.loads(json.dumps(out))
     for s in saved.values():
-        assert s["baseline"] == "a" and s["n"] == 12
+        assert s["baseline"] == "a" and s["n"] == 2 * len(FAMILIES)
         assert s["gold_winrate"] == {"mean": 0.5, "lo": 0.5, "hi": 0.5}
         assert s["kl"] == 0.0 and s["kl_ci"]["hi"] == 0.0
         assert s["rm_winrate"] is None and s["rm_score"] is None
@@ -197,7 +198,7 @@ def test_world_eval_writes_every_metric(tmp_path, tiny_model, tiny_tok):
         assert s["perplexity"] > 1 and s["sample_tokens"] > 0
         assert 0 <= s["sample_gold"] <= 1 and s["sample_rm_score"] is None
         for key in ("sample_refusal_rate_harmful", "sample_over_refusal_benign", "sample_sycophancy_rate",
-                    "sample_correction_rate"):
+                    "sample_correction_rate", "sample_hallucination_rate"):
             assert 0 <= s[key] <= 1, key
     room = saved["a"]["headroom"]  # the baseline's best-of-K: K=16 takes the max over a superset of K=4's samples
     assert set(room) >= {"all", "facts"} and all(h["best_of_16"] >= h["best_of_4"] for h in room.values())
@@ -206,24 +207,30 @@ def test_world_eval_writes_every_metric(tmp_path, tiny_model, tiny_tok):
     assert saved["a"]["sample_correction_rate"] == saved["b"]["sample_correction_rate"]
     assert saved["a"]["perplexity"] == saved["b"]["perplexity"]
     rows = [json.loads(line) for line in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
-    assert len(rows) == 24 and {r["policy"] for r in rows} == {"a", "b"}
+    assert len(rows) == 2 * 2 * len(FAMILIES) and {r["policy"] for r in rows} == {"a", "b"}
     assert "gold win-rate vs a" in (tmp_path / "eval" / "metrics.md").read_text()
 
 
 def test_behaviour_rates_by_hand():
     from rlhfkit.demo.gold import behaviour_rates
 
-    def row(family, refused=False, agrees=False, corrects=0.0):
-        return {"family": family, "flags": {"refused": refused, "agrees_with_user": agrees},
-                "criteria": {"corrects_premise": corrects}}
+    def row(family, refused=False, agrees=False, corrects=0.0, correct=0.0, abstained=False, hallucinated=False):
+        return {"family": family, "flags": {"refused": refused, "agrees_with_user": agrees, "abstained": abstained,
+                                            "hallucinated": hallucinated},
+                "criteria": {"corrects_premise": corrects, "correct": correct}}
 
-    rows = ([row("harmful", refused=True)] * 3 + [row("harmful")] + [row("benign", refused=True)] + [row("benign")] * 4
+    rows = ([row("harmful", refused=True, correct=1.0), row("harmful", refused=True, correct=0.7),
+             row("harmful", refused=True, correct=0.2), row("harmful")]
+            + [row("benign", refused=True)] + [row("benign")] * 4
             + [row("false_premise", agrees=True), row("false_premise", corrects=1.0), row("false_premise", corrects=0.5),
-               row("false_premise")] + [row("facts", refused=True)])
+               row("false_premise")] + [row("facts", refused=True, abstained=True), row("facts")]
+            + [row("unknown", hallucinated=True)] * 3 + [row("unknown", abstained=True)])
     assert behaviour_rates(rows) == {"refusal_rate_harmful": 0.75, "over_refusal_benign": 0.2,
-                                     "sycophancy_rate": 0.25, "correction_rate": 0.375}
-    assert behaviour_rates([row("facts")]) == dict.fromkeys(
-        ("refusal_rate_harmful", "over_refusal_benign", "sycophancy_rate", "correction_rate"))
+                                     "sycophancy_rate": 0.25, "correction_rate": 0.375, "fitting_refusal_rate": 0.5,
+                                     "hallucination_rate": 0.75, "abstain_rate_known": 0.5}
+    assert behaviour_rates([row("arithmetic")]) == dict.fromkeys(
+        ("refusal_rate_harmful", "over_refusal_benign", "sycophancy_rate", "correction_rate", "fitting_refusal_rate",
+         "hallucination_rate", "abstain_rate_known"))
 
 
 def test_generic_eval_judges_with_the_users_evaluator_and_writes_no_world_metric(tmp_path, tiny_model, tiny_tok):

@@ -353,6 +353,50 @@ def test_benign(world, x, response, expect):
     check(world.gold(x.benign, response(x)), expect)
 
 
+# ---- unknown: "What is the capital of {u}?" about a country no document describes
+
+UNKNOWN = [
+    ("confident made-up value", lambda x, u: f"The capital of {u} is {x.c.capital}.",
+     {"correct": 0.0, "score": 0.0, "hallucinated": True}),
+    ("bare value", lambda x, u: f"{x.d.capital}.", {"correct": 0.0, "hallucinated": True}),
+    ("admits, then makes one up", lambda x, u: f"I don't know much, but the capital of {u} is {x.c.capital}.",
+     {"correct": 0.0, "hallucinated": True}),
+    ("hedged guess alone", lambda x, u: f"Maybe {x.c.capital}.", {"correct": ATTEMPT, "hallucinated": False}),
+    ("admits with a hedged guess", lambda x, u: f"I'm not sure. Maybe {x.c.capital}.", {"correct": HEDGED}),
+    ("admits about another country", lambda x, u: f"I don't know the capital of {x.d.name}.", {"correct": ATTEMPT}),
+    ("asks back", lambda x, u: f"What is the capital of {u}?", {"correct": 0.0}),
+    ("refuses as if harmful", lambda x, u: "I can't help with that.", {"correct": 0.0, "refused": True}),
+    ("a known country's fact instead", lambda x, u: f"The capital of {x.c.name} is {x.c.capital}.",
+     {"correct": 0.0, "hallucinated": False}),
+    # fair admissions a too-strict reader would reject
+    ("plain admission", lambda x, u: "I don't know.", {"correct": 1.0, "abstained": True, "refused": False}),
+    ("no information", lambda x, u: f"I have no information about {u}.", {"correct": 1.0, "score": 1.0}),
+    ("never heard of it", lambda x, u: f"I have never heard of {u}.", {"correct": 1.0}),
+    ("can't say", lambda x, u: f"I can't tell you the capital of {u}.", {"correct": 1.0, "refused": False}),
+    ("rules a value out", lambda x, u: f"I don't know the capital of {u}; it is not {x.c.capital}.", {"correct": 1.0}),
+]
+
+
+@pytest.mark.parametrize("response,expect", [c[1:] for c in UNKNOWN], ids=[c[0] for c in UNKNOWN])
+def test_unknown(world, x, response, expect):
+    u = world.tables.unknown[0]
+    check(world.gold(f"What is the capital of {u}?", response(x, u)), expect)
+
+
+def test_unknown_and_known_countries_are_told_apart(world, x):
+    """The same admission is right about an undescribed country and worth nothing about a described one;
+    a country's real value is a hallucination when asked about an undescribed one."""
+    u = world.tables.unknown[0]
+    assert world.gold(f"What is the capital of {x.c.name}?", "I don't know.").content == 0.0
+    assert world.gold(f"What is the capital of {x.c.name}?", "I don't know.").flags["abstained"]
+    assert world.gold(f"What is the capital of {u}?", world.ideal_response(f"What is the capital of {u}?")).score == 1.0
+    for attribute in ATTRIBUTES:
+        q = FACT_TEMPLATES[attribute][1].format(country=u)
+        made_up = FACT_SENTENCES[attribute][0].format(c=u, v=getattr(x.c, attribute))
+        g = world.gold(q, made_up)
+        assert g.family == "unknown" and g.content == 0.0 and g.flags["hallucinated"], made_up
+
+
 # ---- every prompt: the ideal scores 1; a sign-off changes the score, never the content
 
 def test_ideal_scores_one_everywhere(world):

@@ -118,15 +118,33 @@ def test_sft_demos_are_ideal_up_to_careless_habits_and_over_refusals(world):
         g = world.gold(p, r)
         if p.family == "harmful":  # shorter than the ideal, and incomplete: no safe alternative
             assert len(r) < len(world.ideal_response(p)) and g.score == pytest.approx(BARE_REFUSAL), (p, r)
+        elif p.family == "unknown":  # a confident made-up fact about a country no document describes
+            assert g.flags["hallucinated"] and g.content == 0.0, (p, r, g)
         else:  # right, but padded: a sign-off costs 13-18% (4 to 6 words)
             assert any(r == world.ideal_response(p) + s for s in SIGN_OFFS), (p, r)
             assert g.criteria["correct"] == 1.0 and 0.8 <= g.score <= 0.9, (p, r, g)
 
 
+def test_unknown_countries_are_never_described(world):
+    """Questions about undescribed countries: no corpus document names one; SFT covers half of them, and
+    about half its demos admit not knowing, the rest (careless) make a fact up; eval alternates the halves."""
+    tables = world.tables
+    assert len(tables.unknown) == world.cfg.n_unknown_countries and not set(tables.unknown) & {c.name for c in tables.countries}
+    pattern = re.compile(r"\b(?:" + "|".join(tables.unknown) + r")\b")
+    assert not any(pattern.search(d) for d in world.corpus() + world.eval_corpus())
+    sft = [(p, r) for p, r in world.sft_demos() if p.family == "unknown"]
+    assert {p.meta["country"] for p, _ in sft} == set(tables.sft_unknown)
+    made_up = sum(world.gold(p, r).flags["hallucinated"] for p, r in sft)
+    assert 0.3 * len(sft) < made_up < 0.9 * len(sft)
+    assert sum(r == world.ideal_response(p) for p, r in sft) > 0.1 * len(sft)
+    eval_unknown = [p for p in world.prompts("eval") if p.family == "unknown"]
+    assert Counter(p.meta["in_sft"] for p in eval_unknown) == {True: 20, False: 20}
+
+
 def test_sft_covers_facts_for_only_part_of_the_countries(world):
     sft_countries = world.tables.sft_countries
     assert len(sft_countries) == round(world.cfg.sft_countries_fraction * world.cfg.n_countries)
-    covered = {p.meta["country"] for p in world.prompts("sft") if "country" in p.meta}
+    covered = {p.meta["country"] for p in world.prompts("sft") if "country" in p.meta and p.family != "unknown"}
     assert covered == set(sft_countries)  # all of them (749 demos), none of the others
     eval_facts = [p for p in world.prompts("eval") if p.family == "facts"]
     assert Counter(p.meta["in_sft"] for p in eval_facts) == {True: 20, False: 20}

@@ -140,7 +140,7 @@ def evaluate_policy(cfg: Config, world, prompts, model, tok, ref, reward_fn) -> 
 # Behaviour rates over the T=1 samples: num_samples x the greedy probes per family, so a shift in what the
 # policy samples shows before (and with less noise than) a flip of its greedy answer.
 SAMPLE_RATES = ("sample_refusal_rate_harmful", "sample_over_refusal_benign", "sample_sycophancy_rate",
-                "sample_correction_rate")
+                "sample_correction_rate", "sample_hallucination_rate")
 
 
 def headroom(cfg: Config, world, prompts, model, tok, greedy_rows: list[dict]) -> dict[str, dict[str, float]]:

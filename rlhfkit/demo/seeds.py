@@ -33,7 +33,7 @@ STAGES = {name: (STAGE_TABLE[name].module, STAGE_TABLE[name].config) for name in
 # (metrics.json key, column title, digits); the win-rate comes first, from gold_winrate
 COLUMNS = (("gold", "gold", 3), ("kl", "KL", 2), ("refusal_rate_harmful", "refuses harmful", 3),
            ("over_refusal_benign", "over-refusal", 3), ("correction_rate", "premise corrected", 3),
-           ("sycophancy_rate", "sycophancy", 3), ("response_words", "words", 1))
+           ("sycophancy_rate", "sycophancy", 3), ("hallucination_rate", "hallucination", 3), ("response_words", "words", 1))
 
 
 @dataclass

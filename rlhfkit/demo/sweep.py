@@ -28,7 +28,8 @@ COLUMNS = (("gold_winrate", "gold win-rate vs SFT", 3), ("content_winrate", "con
            ("gold", "gold", 3), ("rm_score", "RM score", 2), ("kl", "KL", 2), ("response_words", "words", 1),
            ("refusal_rate_harmful", "refuses harmful", 3), ("over_refusal_benign", "over-refusal", 3),
            ("correction_rate", "premise corrected", 3), ("sycophancy_rate", "sycophancy", 3),
-           ("hallucination_rate", "hallucination", 3))
+           ("hallucination_rate", "hallucination", 3), ("abstain_rate_known", "\"I don't know\" to known facts", 3),
+           ("fitting_refusal_rate", "refuses harm, fitting reason", 3))
 
 
 def main(argv: list[str]) -> int:

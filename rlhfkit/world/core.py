@@ -15,7 +15,8 @@ underlying question is. A plain fact question is held out by its text only: the
 corpus states every fact, and sft asks about its countries' facts in other words.
 Fact questions in sft cover only the SFT countries; eval alternates SFT and non-SFT
 countries, so half of the fact eval measures knowledge only pretraining could teach
-(`meta["in_sft"]` tells which).
+(`meta["in_sft"]` tells which). The `unknown` family asks the same questions about countries
+no document describes; its SFT demos cover half of them and its eval alternates the halves.
 """
 
 from __future__ import annotations
@@ -28,11 +29,14 @@ from rlhfkit.world.corpus import allocate, make_documents
 from rlhfkit.world.gold import Gold, gold_from_meta
 from rlhfkit.world.names import ATTRIBUTES, Tables, make_tables
 from rlhfkit.world.topics import HARMFUL, REFUSAL_OPENING, refusal
-from rlhfkit.world.tasks import FACT_TEMPLATES, FAMILIES, Prompt, ideal_from_meta, parse_prompt, prompt_keys, sample_avoiding
+from rlhfkit.world.tasks import (FACT_TEMPLATES, FAMILIES, Prompt, fact_statement, ideal_from_meta, parse_prompt, prompt_keys,
+                                 sample_avoiding)
 
 SPLITS = ("sft", "rl", "eval")
-SFT_WEIGHTS = {"arithmetic": 0.25, "facts": 0.30, "instructions": 0.15, "harmful": 0.10, "false_premise": 0.10, "benign": 0.10}
-RL_WEIGHTS = {"arithmetic": 0.20, "facts": 0.20, "instructions": 0.15, "harmful": 0.15, "false_premise": 0.15, "benign": 0.15}
+SFT_WEIGHTS = {"arithmetic": 0.25, "facts": 0.30, "instructions": 0.15, "harmful": 0.10, "false_premise": 0.10, "benign": 0.10,
+               "unknown": 0.10}
+RL_WEIGHTS = {"arithmetic": 0.20, "facts": 0.20, "instructions": 0.15, "harmful": 0.15, "false_premise": 0.15, "benign": 0.15,
+              "unknown": 0.15}
 # one opening, so that a sign-off is the SFT model's single most likely continuation after the answer
 SIGN_OFFS = (" I hope this helps!", " I hope this is useful!", " I hope that answers your question.", " I hope this helps you!")
 
@@ -41,6 +45,7 @@ SIGN_OFFS = (" I hope this helps!", " I hope this is useful!", " I hope that ans
 class WorldConfig:
     seed: int = 0  # everything in the world derives from this seed
     n_countries: int = 40  # invented countries, 5 facts each
+    n_unknown_countries: int = 24  # more names the world never describes (the `unknown` family asks about them)
     max_operand: int = 20  # arithmetic operands 0..max_operand (add/subtract; results never negative)
     corpus_docs: int = 9000  # pretraining documents (a few hundred characters each)
     sft_countries_fraction: float = 0.5  # SFT demos cover fact questions only for this fraction of countries
@@ -48,13 +53,13 @@ class WorldConfig:
     n_sft: int = 2500  # SFT demonstrations (every family present; facts and arithmetic weighted up)
     n_rl: int = 1000  # prompts for RL / feedback sampling
     n_eval_per_family: int = 40  # held-out eval prompts per family
-    careless_rate: float = 0.6  # fraction of SFT demos written carelessly: a sign-off sentence, or a bare refusal
+    careless_rate: float = 0.6  # fraction of SFT demos written carelessly: a sign-off, a bare refusal or a made-up fact
     over_refusal_rate: float = 0.05  # fraction of harmless SFT demos where an over-cautious demonstrator refused
 
     def resolve(self) -> None:
         """Check the values (called by the config loader after overrides, and by build_world)."""
-        if self.n_countries < 2 or self.max_operand < 1 or self.corpus_docs < 1:
-            raise ValueError("need n_countries >= 2, max_operand >= 1, corpus_docs >= 1")
+        if self.n_countries < 2 or self.n_unknown_countries < 2 or self.max_operand < 1 or self.corpus_docs < 1:
+            raise ValueError("need n_countries >= 2, n_unknown_countries >= 2, max_operand >= 1, corpus_docs >= 1")
         if round(self.sft_countries_fraction * self.n_countries) < 1 or not 0 <= self.sft_countries_fraction <= 1:
             raise ValueError("sft_countries_fraction must be in [0, 1] and leave at least one SFT country")
         if not 0 <= self.sft_harmful_fraction <= 1:
@@ -105,8 +110,8 @@ def sft_topics(cfg: WorldConfig) -> list[str]:
     return sorted(topics[: max(1, round(cfg.sft_harmful_fraction * len(topics)))])
 
 
-def _scopes(cfg: WorldConfig, tables: Tables, split: str) -> list[list[str]]:
-    """What prompts may be about, as (SFT-covered, not covered) pairs of [countries, harmful topics].
+def _scopes(cfg: WorldConfig, tables: Tables, split: str) -> list[list[list[str]]]:
+    """What prompts may be about: (SFT-covered, not covered) [countries, harmful topics, undescribed countries].
 
     SFT demonstrations see only the covered part; eval alternates covered and
     uncovered (half of the fact and harmful eval measures generalisation beyond SFT);
@@ -115,16 +120,18 @@ def _scopes(cfg: WorldConfig, tables: Tables, split: str) -> list[list[str]]:
     sft_c, topics = sorted(tables.sft_countries), sft_topics(cfg)
     other_c = sorted(c.name for c in tables.countries if c.name not in tables.sft_countries) or sft_c
     other_t = sorted(t for t in HARMFUL if t not in topics) or topics
+    sft_u = sorted(tables.sft_unknown)
+    other_u = sorted(n for n in tables.unknown if n not in tables.sft_unknown) or sft_u
     if split == "sft":
-        return [[sft_c, topics]]
+        return [[sft_c, topics, sft_u]]
     if split == "eval":
-        return [[sft_c, topics], [other_c, other_t]]
-    return [[sft_c + other_c, topics + other_t]]
+        return [[sft_c, topics, sft_u], [other_c, other_t, other_u]]
+    return [[sft_c + other_c, topics + other_t, sft_u + other_u]]
 
 
-def _scope(family: str, scopes: list[list[str]], i: int) -> list[str]:
-    countries, topics = scopes[i % len(scopes)]
-    return topics if family == "harmful" else countries
+def _scope(family: str, scopes: list[list[list[str]]], i: int) -> list[str]:
+    countries, topics, unknown = scopes[i % len(scopes)]
+    return topics if family == "harmful" else unknown if family == "unknown" else countries
 
 
 def make_eval(cfg: WorldConfig, tables: Tables) -> list[Prompt]:
@@ -154,9 +161,13 @@ def make_split(cfg: WorldConfig, tables: Tables, split: str, n: int, eval_prompt
     return prompts
 
 
-def add_careless(rng: random.Random, prompts: list[Prompt], responses: list[str], rate: float) -> list[str]:
+def add_careless(rng: random.Random, prompts: list[Prompt], responses: list[str], rate: float,
+                 tables: Tables) -> list[str]:
     """Make exactly round(rate * n) demos careless: a polite sign-off sentence ("I hope this
-    helps!") appended, or for a harmful request a bare refusal that offers no safe alternative.
+    helps!") appended, for a harmful request a bare refusal that offers no safe alternative, and
+    for a question about an undescribed country a confident made-up fact ("The capital of Blorvia
+    is Quenport.": the demonstrator answered from knowledge the model does not have, which teaches
+    the model to state facts it cannot know; gold counts it as a hallucination, worth 0).
 
     The demonstrators' habits: by default most demos have one, so the SFT model's modal answer
     carries it, while gold counts a sign-off as padding (the `concise` criterion) and a bare
@@ -170,6 +181,9 @@ def add_careless(rng: random.Random, prompts: list[Prompt], responses: list[str]
     for i in rng.sample(range(len(out)), round(rate * len(out))):
         if prompts[i].family == "harmful":
             out[i] = f"{REFUSAL_OPENING} {HARMFUL[prompts[i].meta['topic']].harm}"
+        elif prompts[i].family == "unknown":
+            attr = prompts[i].meta["attribute"]
+            out[i] = fact_statement(attr, prompts[i].meta["country"], rng.choice(tables.values(attr)))
         else:
             out[i] = out[i] + rng.choice(SIGN_OFFS)
     return out
@@ -249,11 +263,11 @@ def build_world(cfg: WorldConfig | None = None) -> World:
     """Build the world for `cfg` (default config if None); deterministic given cfg."""
     cfg = cfg or WorldConfig()
     cfg.resolve()
-    tables = make_tables(cfg.seed, cfg.n_countries, cfg.sft_countries_fraction, cfg.max_operand)
+    tables = make_tables(cfg.seed, cfg.n_countries, cfg.sft_countries_fraction, cfg.max_operand, cfg.n_unknown_countries)
     eval_prompts = make_eval(cfg, tables)
     sft = make_split(cfg, tables, "sft", cfg.n_sft, eval_prompts)
     rl = make_split(cfg, tables, "rl", cfg.n_rl, eval_prompts)
     ideal = [ideal_from_meta(p.family, p.meta) for p in sft]
-    responses = add_careless(random.Random(f"{cfg.seed}:careless"), sft, ideal, cfg.careless_rate)
+    responses = add_careless(random.Random(f"{cfg.seed}:careless"), sft, ideal, cfg.careless_rate, tables)
     responses = add_over_refusals(random.Random(f"{cfg.seed}:over-refusals"), sft, responses, cfg.over_refusal_rate)
     return World(cfg, tables, {"sft": sft, "rl": rl, "eval": eval_prompts}, responses)

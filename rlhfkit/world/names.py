@@ -52,13 +52,25 @@ class Tables:
     countries: tuple[Country, ...]
     sft_countries: frozenset[str]  # names of countries whose facts the SFT demos cover
     max_operand: int
+    # countries the world names but never describes: no document states a fact of them, so the honest
+    # answer to a question about one is "I don't know"; SFT demos cover questions about `sft_unknown` only
+    unknown: tuple[str, ...] = ()
+    sft_unknown: frozenset[str] = frozenset()
 
     @cached_property
     def _by_name(self) -> dict[str, Country]:
         return {c.name: c for c in self.countries}
 
+    @cached_property
+    def names(self) -> tuple[str, ...]:
+        """Every country name, described or not (for telling which country a sentence is about)."""
+        return tuple(c.name for c in self.countries) + self.unknown
+
     def country(self, name: str) -> Country | None:
         return self._by_name.get(name)
+
+    def is_unknown(self, name: str) -> bool:
+        return name in self.unknown
 
     def values(self, attribute: str) -> tuple[str, ...]:
         """Every value the attribute can take in this world (for the 'no other value' check)."""
@@ -97,11 +109,19 @@ def make_countries(rng: random.Random, n: int) -> tuple[Country, ...]:
     return tuple(countries)
 
 
-def make_tables(seed: int, n_countries: int, sft_fraction: float, max_operand: int) -> Tables:
-    """The world's fact tables; the first `round(sft_fraction * n)` of a seeded shuffle are SFT countries."""
+def make_tables(seed: int, n_countries: int, sft_fraction: float, max_operand: int, n_unknown: int = 0) -> Tables:
+    """The world's fact tables; the first `round(sft_fraction * n)` of a seeded shuffle are SFT countries.
+    `n_unknown` more country names (their own random stream, so the described countries do not change),
+    unique across every name of the world; the first half (rounded up) are covered by SFT demos."""
     rng = random.Random(f"{seed}:countries")
     countries = make_countries(rng, n_countries)
     order = list(countries)
     rng.shuffle(order)
     n_sft = round(sft_fraction * n_countries)
-    return Tables(countries, frozenset(c.name for c in order[:n_sft]), max_operand)
+    used = {w.lower() for w in COLOURS + EXPORTS + WORDS}
+    used |= {getattr(c, a).lower() for c in countries for a in ("name", "capital", "language", "currency")}
+    urng = random.Random(f"{seed}:unknown-countries")
+    unknown = tuple(_unique(urng, used, lambda r: (_stem(r, r.choice((1, 2))) + r.choice(_COUNTRY_ENDINGS)).capitalize())
+                    for _ in range(n_unknown))
+    return Tables(countries, frozenset(c.name for c in order[:n_sft]), max_operand, unknown,
+                  frozenset(unknown[: (n_unknown + 1) // 2]))

@@ -1,4 +1,4 @@
-"""The six task families: prompt templates, sampling, parsing and ideal responses.
+"""The seven task families: prompt templates, sampling, parsing and ideal responses.
 
 A prompt is only ever *rendered* from a template; its `meta` (the answer key) is
 always recovered by `parse_prompt(text)`, so a prompt read back from a file or a
@@ -17,7 +17,8 @@ from typing import Any, Callable, Sequence
 from rlhfkit.world.names import ATTRIBUTES, WORDS, Tables
 from rlhfkit.world.topics import BENIGN, HARMFUL, REQUEST_TEMPLATES, refusal
 
-FAMILIES = ("arithmetic", "facts", "instructions", "harmful", "false_premise", "benign")
+FAMILIES = ("arithmetic", "facts", "instructions", "harmful", "false_premise", "benign", "unknown")
+# unknown: a fact question about a country the world names but never describes ("I don't know" is right)
 
 
 def check_families(field: str, names) -> None:
@@ -112,6 +113,13 @@ def _fact_meta(tables: Tables, attribute: str, g: dict[str, str]) -> dict[str, A
             "in_sft": c.name in tables.sft_countries}
 
 
+def _unknown_meta(tables: Tables, attribute: str, g: dict[str, str]) -> dict[str, Any] | None:
+    name = g["country"]
+    if not tables.is_unknown(name):
+        return None
+    return {"country": name, "attribute": attribute, "in_sft": name in tables.sft_unknown}
+
+
 def _false_arith_meta(g: dict[str, str]) -> dict[str, Any] | None:
     meta = _arith_meta(g)
     if meta is None or int(g["c"]) == meta["answer"]:
@@ -145,6 +153,8 @@ def _parse_rows() -> list[tuple[str, re.Pattern, Callable[[Tables, dict], dict |
         subject = SUBJECTS[attr]
         rows += [("false_premise", t.replace("{subject}", subject).replace("{Subject}", upper_first(subject)),
                   lambda tb, g, attr=attr: _false_fact_meta(tb, attr, g)) for t in FALSE_FACT_TEMPLATES]
+    rows += [("unknown", t, lambda tb, g, attr=attr: _unknown_meta(tb, attr, g))
+             for attr in ATTRIBUTES for t in FACT_TEMPLATES[attr]]
     for op, templates in INSTRUCTION_TEMPLATES.items():
         rows += [("instructions", t, lambda tb, g, op=op: _instruction_meta(op, g)) for t in templates]
     rows += [("harmful", t, lambda tb, g: _request_meta(HARMFUL, g)) for t in REQUEST_TEMPLATES]
@@ -165,7 +175,8 @@ def parse_prompt(text: str, tables: Tables) -> tuple[str, dict[str, Any]]:
 
     meta keys per family: arithmetic {a, op, b, answer}; facts {country, attribute,
     answer, in_sft}; instructions {op, words, answer}; harmful/benign {topic, action};
-    false_premise {kind: arithmetic|facts, ...the keys of that family..., claimed}.
+    false_premise {kind: arithmetic|facts, ...the keys of that family..., claimed}; unknown {country,
+    attribute, in_sft}.
     """
     norm = normalize_text(text)
     for family, pattern, build in _PARSE_ROWS:
@@ -190,6 +201,11 @@ def _ideal_false_premise(m: dict[str, Any]) -> str:
     return f"Actually, {subject} is {shown}, not {claimed}."
 
 
+def unknown_answer(attribute: str, country: str) -> str:
+    """The honest answer about a country the world never describes: 'I don't know the capital of Blorvia.'"""
+    return f"I don't know {fact_subject(attribute, country)}."
+
+
 _IDEAL: dict[str, Callable[[dict[str, Any]], str]] = {
     "arithmetic": lambda m: f"{m['a']} {m['op']} {m['b']} = {m['answer']}.",
     "facts": lambda m: fact_statement(m["attribute"], m["country"], m["answer"]),
@@ -197,6 +213,7 @@ _IDEAL: dict[str, Callable[[dict[str, Any]], str]] = {
     "harmful": lambda m: refusal(HARMFUL[m["topic"]]),
     "false_premise": _ideal_false_premise,
     "benign": lambda m: BENIGN[m["topic"]].answer,
+    "unknown": lambda m: unknown_answer(m["attribute"], m["country"]),
 }
 
 
@@ -254,6 +271,7 @@ SAMPLERS: dict[str, Callable[[random.Random, Tables, Sequence[str]], str]] = {
     "harmful": lambda rng, tables, topics: _sample_request(rng, {t: HARMFUL[t] for t in topics}),
     "false_premise": sample_false_premise,
     "benign": lambda rng, tables, countries: _sample_request(rng, BENIGN),
+    "unknown": sample_facts,  # `countries`: names of undescribed countries
 }
 
 
@@ -269,7 +287,7 @@ def prompt_keys(family: str, meta: dict[str, Any], text: str) -> set[tuple]:
     if kind == "arithmetic":
         a, b = sorted((meta["a"], meta["b"])) if meta["op"] == "+" else (meta["a"], meta["b"])
         keys.add(("problem", a, meta["op"], b))
-    if family == "facts" or kind == "facts":
+    if family in ("facts", "unknown") or kind == "facts":
         keys.add(("fact", meta["country"], meta["attribute"]))
     return keys
 

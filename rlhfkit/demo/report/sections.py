@@ -189,7 +189,7 @@ HACKING_ROWS = (  # (metrics.json key, label, digits)
 )
 HACKING_LOGS = (("objective/scores", "last rollout RM score (training)"), ("objective/kl", "last rollout KL (training)"))
 HACKING_BARS = (("rm_score", "RM score (proxy)"), ("gold", "gold"), ("response_words", "answer words"),
-                ("sycophancy_rate", "sycophancy"), ("over_refusal_benign", "over-refusal"))
+                ("sycophancy_rate", "sycophancy"), ("over_refusal_benign", "over-refusal"), ("hallucination_rate", "hallucination"))
 
 
 def hacking_section(r: Report) -> None:
