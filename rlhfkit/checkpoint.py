@@ -7,11 +7,16 @@
 
 A checkpoint is written to a temporary directory and renamed into place, and
 `latest` is replaced atomically afterwards, so a SIGKILL at any moment leaves
-either the old or the new checkpoint, never half of one.
+either the old or the new checkpoint, never half of one. Its last file,
+`MANIFEST.json`, holds the SHA-256 of every other file; `latest_checkpoint`
+verifies it, and a damaged newest checkpoint (flipped bytes, a truncated or
+missing file) is skipped with a warning for the newest intact one.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
 import shutil
@@ -70,6 +75,8 @@ def save_checkpoint(out_dir: str, step: int, models: dict[str, Any], state: dict
         if tokenizer is not None:
             tokenizer.save_pretrained(os.path.join(tmp, name))
     torch.save({"step": step, "rng": rng_state(), **state}, os.path.join(tmp, "state.pt"))
+    with open(os.path.join(tmp, MANIFEST), "w") as f:  # written last: its presence means every file above is complete
+        json.dump(_digests(tmp), f, indent=1)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     write_atomic(os.path.join(root, "latest"), os.path.basename(final))
@@ -78,13 +85,68 @@ def save_checkpoint(out_dir: str, step: int, models: dict[str, Any], state: dict
     return final
 
 
+MANIFEST = "MANIFEST.json"
+
+
+class CheckpointError(RuntimeError):
+    """Checkpoints exist but none is intact: resuming is impossible and starting afresh silently would be wrong."""
+
+
+def _digests(folder: str) -> dict[str, str]:
+    """SHA-256 of every file under `folder` but the manifest, by path relative to it."""
+    out = {}
+    for d, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(d, name)
+            rel = os.path.relpath(path, folder)
+            if rel != MANIFEST:
+                h = hashlib.sha256()
+                with open(path, "rb") as f:
+                    for chunk in iter(lambda: f.read(1 << 20), b""):
+                        h.update(chunk)
+                out[rel] = h.hexdigest()
+    return dict(sorted(out.items()))
+
+
+def damage(ckpt: str) -> str | None:
+    """Why checkpoint `ckpt` cannot be trusted (no manifest, a file missing, changed or added), or None if intact."""
+    try:
+        with open(os.path.join(ckpt, MANIFEST)) as f:
+            expected = json.load(f)
+    except (OSError, ValueError):
+        return "no readable manifest"
+    found = _digests(ckpt)
+    if diff := sorted(set(expected) ^ set(found)):
+        return f"files missing or unexpected: {', '.join(diff)}"
+    if changed := [k for k in expected if expected[k] != found[k]]:
+        return f"content changed: {', '.join(changed)}"
+    return None
+
+
 def latest_checkpoint(out_dir: str) -> str | None:
-    path = os.path.join(out_dir, "checkpoints", "latest")
-    if not os.path.exists(path):
+    """The newest intact checkpoint of `out_dir` (the one `latest` names, else the newest step folder that verifies);
+    None if there is none at all. A damaged newer one is skipped with a warning; CheckpointError if every one is."""
+    root = os.path.join(out_dir, "checkpoints")
+    if not os.path.isdir(root):
         return None
-    with open(path) as f:
-        ckpt = os.path.join(out_dir, "checkpoints", f.read().strip())
-    return ckpt if os.path.exists(os.path.join(ckpt, "state.pt")) else None
+    steps = sorted((d for d in os.listdir(root) if d.startswith("step_") and not d.endswith(".tmp")), reverse=True)
+    pointer = os.path.join(root, "latest")
+    if os.path.exists(pointer):
+        with open(pointer) as f:
+            named = f.read().strip()
+        steps = [named] + [d for d in steps if d != named]
+    problems = []
+    for name in steps:
+        ckpt = os.path.join(root, name)
+        if (why := damage(ckpt)) is None:
+            for bad in problems:
+                print(f"[checkpoint] warning: skipping {bad}", flush=True)
+            return ckpt
+        problems.append(f"{ckpt} ({why})")
+    if problems:
+        raise CheckpointError(f"no intact checkpoint in {root}: {'; '.join(problems)}. Move the folder away to start "
+                              "afresh, or use another out_dir.")
+    return None
 
 
 def load_state(ckpt: str) -> dict[str, Any]:

@@ -106,13 +106,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_reporting_errors(command: str, fn) -> int:
     """Bad input (malformed data, a missing file, an invalid config) is a message, not a traceback."""
+    from rlhfkit.checkpoint import CheckpointError
     from rlhfkit.config import ConfigError
     from rlhfkit.data.loaders import DataError
     from rlhfkit.optim import DivergedError
 
     try:
         return fn() or 0
-    except (DataError, ConfigError, FileNotFoundError) as e:
+    except (DataError, ConfigError, CheckpointError, FileNotFoundError) as e:
         print(f"rlhfkit {command}: error: {e}", file=sys.stderr)
         return 2
     except DivergedError as e:

@@ -41,7 +41,8 @@ def check_finite(stage: str, step: int | None, **values) -> None:
     non-finite weight reaches a checkpoint or a saved model, and the stage exits non-zero (a pipeline
     never marks it done). A rerun resumes from the last checkpoint, which holds finite weights.
     """
-    bad = {k: float(v) for k, v in values.items() if not math.isfinite(float(v))}
+    numbers = {k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for k, v in values.items()}
+    bad = {k: v for k, v in numbers.items() if not math.isfinite(v)}
     if bad:
         shown = ", ".join(f"{k}={v}" for k, v in bad.items())
         raise DivergedError(f"{stage}: training diverged{f' at step {step}' if step is not None else ''} ({shown}); stopped before the update, "
