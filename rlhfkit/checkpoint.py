@@ -158,26 +158,35 @@ def load_state(ckpt: str) -> dict[str, Any]:
 
 def resume(ckpt: str | None, out_dir: str, optimizer, stage: str) -> tuple[int, dict[str, Any]]:
     """Continue a run from `ckpt` (None: a fresh start): restore the optimiser and the RNG, drop log rows
-    written after the checkpoint, and return (the step to start from, the saved state for whatever else
-    the stage keeps in it)."""
+    written after the checkpoint (a fresh start drops them all, so no step is logged twice), and return
+    (the step to start from, the saved state for whatever else the stage keeps in it)."""
     if not ckpt:
+        for log in ("metrics.jsonl", "samples.jsonl"):
+            truncate_log(out_dir, -1, log)
         return 0, {}
     state = load_state(ckpt)
     optimizer.load_state_dict(state["optimizer"])
-    truncate_log(out_dir, state["step"])
+    for log in ("metrics.jsonl", "samples.jsonl"):
+        truncate_log(out_dir, state["step"], log)
     print(f"[{stage}] resumed from {ckpt} at step {state['step']}", flush=True)
     return state["step"], state
 
 
 def truncate_log(out_dir: str, step: int, name: str = "metrics.jsonl") -> None:
-    """Drop log rows written after `step` by a run that died after its last checkpoint."""
-    import json
-
+    """Drop log rows written after `step` by a run that died after its last checkpoint, and a torn last
+    line (the row being written when it was killed)."""
     path = os.path.join(out_dir, name)
     if not os.path.exists(path):
         return
+    rows = []
     with open(path) as f:
-        rows = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+        for line in f:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # torn by a kill mid-write
+            if isinstance(row, dict) and row.get("step", 0) <= step:
+                rows.append(line if line.endswith("\n") else line + "\n")
     write_atomic(path, "".join(rows))
 
 

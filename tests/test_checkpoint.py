@@ -65,3 +65,18 @@ def test_non_finite_weights_are_never_saved(tmp_path, tiny_model, tiny_tok):
     with pytest.raises(DivergedError):
         checkpoint.save_model("sft", tiny_model, tiny_tok, str(tmp_path / "model"))
     assert not os.path.exists(tmp_path / "model") and not os.path.exists(tmp_path / "checkpoints" / "latest")
+
+
+def test_resume_drops_later_rows_and_a_torn_line_and_a_fresh_start_drops_all(tmp_path, tiny_model, tiny_tok):
+    import json
+
+    (old, _) = save_two(tmp_path, tiny_model, tiny_tok)
+    log = tmp_path / "metrics.jsonl"
+    log.write_text("".join(json.dumps({"step": s, "loss": 1.0 / (s + 1)}) + "\n" for s in range(4)) + '{"step": 4, "lo')
+    opt = torch.optim.SGD(tiny_model.parameters(), lr=0.1)
+    opt.load_state_dict = lambda state: None  # the saved stand-in state is not an SGD state
+    start, _ = checkpoint.resume(old, str(tmp_path), opt, "test")
+    assert start == 1 and [json.loads(x)["step"] for x in log.read_text().splitlines()] == [0, 1]
+    log.write_text('{"step": 0}\n{"step": 1}\n')
+    assert checkpoint.resume(None, str(tmp_path), opt, "test")[0] == 0
+    assert log.read_text() == ""  # a run restarted from 0 logs every step once
