@@ -7,6 +7,12 @@
       tb/              TensorBoard events with the same names
       samples.jsonl    decoded samples logged during training
       checkpoints/     see rlhfkit.checkpoint
+      identity.json    the settings and the inputs' content hashes the run started with
+
+A run directory resumes only the run that made it: starting a stage in an `out_dir` that already holds a run
+(checkpoints, a model or logs) compares the new settings and the content of every input file or folder named
+in them with `identity.json`; any difference is an error naming it, unless `resume=never`, which clears the
+old run's checkpoints, model and logs and starts afresh. Only `IDENTITY_FREE` fields may differ on resume.
 """
 
 from __future__ import annotations
@@ -41,6 +47,65 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+IDENTITY_FREE = ("out_dir", "threads", "device", "resume")  # may change between a run and its resumption
+RUN_OUTPUTS = ("checkpoints", "model", "metrics.jsonl", "samples.jsonl", "tb")  # what `resume=never` clears
+
+
+def _strings(obj: Any) -> list[str]:
+    if isinstance(obj, str):
+        return [obj]
+    if isinstance(obj, dict):
+        return [s for v in obj.values() for s in _strings(v)]
+    if isinstance(obj, (list, tuple)):
+        return [s for v in obj for s in _strings(v)]
+    return []
+
+
+def run_identity(cfg: Any) -> dict[str, Any]:
+    """What a run is: its settings (all but IDENTITY_FREE) and the content hash of every existing path they name."""
+    from rlhfkit.config import to_dict
+    from rlhfkit.files import content_hash
+
+    settings = {k: v for k, v in to_dict(cfg).items() if k not in IDENTITY_FREE}
+    inputs = sorted({p for p in _strings(settings) if p and os.path.exists(p)})
+    return {"settings": settings, "inputs": {p: content_hash([p]) for p in inputs}}
+
+
+def _differences(old: dict, new: dict) -> list[str]:
+    out = [f"{k}: {old['settings'].get(k)!r} -> {new['settings'].get(k)!r}"
+           for k in sorted(set(old["settings"]) | set(new["settings"])) if old["settings"].get(k) != new["settings"].get(k)]
+    out += [f"content of {p} changed" for p in sorted(set(old["inputs"]) & set(new["inputs"])) if old["inputs"][p] != new["inputs"][p]]
+    return out
+
+
+def claim_run_dir(out_dir: str, cfg: Any, stage: str) -> None:
+    """Check that `out_dir` holds no run or this very run (see the module docstring); record the identity."""
+    from rlhfkit.config import ConfigError
+    from rlhfkit.files import write_atomic
+
+    path, new = os.path.join(out_dir, "identity.json"), run_identity(cfg)
+    started = [x for x in RUN_OUTPUTS if os.path.exists(os.path.join(out_dir, x))]
+    if started and getattr(cfg, "resume", "auto") == "never":
+        import shutil
+
+        for x in started:
+            target = os.path.join(out_dir, x)
+            shutil.rmtree(target) if os.path.isdir(target) else os.unlink(target)
+        print(f"[{stage}] resume=never: cleared the earlier run's {', '.join(started)} in {out_dir}", flush=True)
+    elif started:
+        try:
+            with open(path) as f:
+                old = json.load(f)
+        except (OSError, ValueError):
+            raise ConfigError(f"out_dir {out_dir} holds a run ({', '.join(started)}) with no readable identity.json: cannot "
+                              "tell whether it is this one. Use a new out_dir, or resume=never to start afresh.") from None
+        if diff := _differences(old, new) if old.get("stage", stage) == stage else [f"stage: {old.get('stage')} -> {stage}"]:
+            raise ConfigError(f"out_dir {out_dir} holds another run ({'; '.join(diff[:5])}{'; ...' if len(diff) > 5 else ''}). "
+                              "Rerun with its settings to resume it, use a new out_dir, or resume=never to start afresh.")
+        return
+    write_atomic(path, json.dumps({"stage": stage, **new}, indent=1, default=str))
+
+
 def due(step: int, every: int) -> bool:
     """Whether the periodic action of a loop at 0-based `step` is due: every `every` steps; never if `every` is 0."""
     return every > 0 and (step + 1) % every == 0
@@ -57,6 +122,8 @@ class Run:
         if rank != 0:
             return
         os.makedirs(out_dir, exist_ok=True)
+        if hasattr(cfg, "resume"):  # a resumable training stage (an eval rewrites its outputs whole)
+            claim_run_dir(out_dir, cfg, stage)
         dump_yaml(cfg, os.path.join(out_dir, "config.yaml"))
         import torch
         import transformers

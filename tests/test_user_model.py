@@ -167,8 +167,8 @@ def test_a_diverged_run_fails_loudly_and_saves_no_model(user, stage):
 
 
 def test_dpo_reference_cache_is_keyed_by_the_pairs(user):
-    """A second DPO run in the same out_dir on the same pairs with chosen and rejected swapped: its
-    cached reference log-probs belong to the first run's pairs, so they must be recomputed. At step 1
+    """A second DPO run started afresh (resume=never) in the same out_dir on the same pairs with chosen and
+    rejected swapped: the cached reference log-probs belong to the first run's pairs, so they must be recomputed. At step 1
     the policy is the reference, so the loss is ln 2 exactly (a stale cache gave a far larger one)."""
     import math
 
@@ -180,6 +180,34 @@ def test_dpo_reference_cache_is_keyed_by_the_pairs(user):
     out = f"{user}/dpo-cache"
     common = ["--epochs=0.3", "--batch_size=16", "--micro_batch_size=16", "--lr=1e-3", "--ckpt_every=1000", "--eval_every=1000"]
     run("dpo", f"--out_dir={out}", f"--policy={user}/sft/model", f"--data={user}/pairs.jsonl", *common)
-    run("dpo", f"--out_dir={out}", f"--policy={user}/sft/model", f"--data={swapped}", *common)
+    run("dpo", f"--out_dir={out}", f"--policy={user}/sft/model", f"--data={swapped}", "--resume=never", *common)
     first_steps = [m for m in metrics(out) if m["step"] == 1]  # the second run's is the last
     assert first_steps[-1]["dpo/loss"] == pytest.approx(math.log(2), abs=1e-4)
+
+
+def test_a_run_dir_resumes_only_the_run_that_made_it(user):
+    """A changed setting, or changed content behind the same data path, into an existing SFT run dir is refused
+    with a one-line error naming it; resume=never starts afresh; the same command continues the same run."""
+    env = {**os.environ, "RLHFKIT_NO_TENSORBOARD": "1", "OMP_NUM_THREADS": "1"}
+    out, data = f"{user}/sft-identity", f"{user}/sft-identity.jsonl"
+    with open(f"{user}/sft.jsonl") as f:
+        rows = f.readlines()
+    with open(data, "w") as f:
+        f.writelines(rows)
+    args = ["sft", f"--out_dir={out}", f"--model={user}/base", f"--data={data}", "--epochs=0.5", "--batch_size=16",
+            "--ckpt_every=2", "--sample_every=100"]
+
+    def sft(*extra):
+        return subprocess.run([sys.executable, "-c", BLOCKED, *args, *extra], cwd=REPO, capture_output=True, text=True, env=env)
+
+    assert sft().returncode == 0
+    refused = sft("--lr=0.01")
+    assert refused.returncode == 2 and "lr: 0.001 -> 0.01" in refused.stderr and "Traceback" not in refused.stderr
+    with open(data, "w") as f:
+        f.writelines(rows[::-1])  # same path, other content
+    refused = sft()
+    assert refused.returncode == 2 and f"content of {data} changed" in refused.stderr, refused.stderr[-2000:]
+    fresh = sft("--resume=never", "--lr=0.01")
+    assert fresh.returncode == 0 and "resume=never: cleared" in fresh.stdout, fresh.stdout[-2000:]
+    again = sft("--lr=0.01", "--threads=1")  # threads may differ: the same run, resumed from its last checkpoint
+    assert again.returncode == 0 and "resumed from" in again.stdout, (again.stdout[-2000:], again.stderr[-2000:])

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from tqdm import tqdm
@@ -40,6 +40,7 @@ from rlhfkit.tracking import Run, due, seed_everything
 class Config:
     out_dir: str = "runs/dpo"  # run directory; final policy in <out_dir>/model
     seed: int = 0  # seeds split and batch order
+    resume: Literal["auto", "never"] = "auto"  # auto: continue out_dir's run if its settings and inputs match (else an error); never: start afresh
     policy: str = "runs/sft/model"  # initial policy and reference
     data: str = "runs/feedback/pairs.jsonl"  # preference pairs file/dir
     loss_type: str = "sigmoid"  # sigmoid (DPO) | ipo

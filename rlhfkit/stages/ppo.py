@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from tqdm import tqdm
@@ -53,6 +53,7 @@ from rlhfkit.tracking import Run, Stopwatch, due, seed_everything
 class Config:
     out_dir: str = "runs/ppo"  # run directory; final policy in <out_dir>/model
     seed: int = 0  # seeds sampling and minibatch order
+    resume: Literal["auto", "never"] = "auto"  # auto: continue out_dir's run if its settings and inputs match (else an error); never: start afresh
     policy: str = "runs/sft/model"  # initial policy, also the frozen reference
     reward: str = "rm"  # rm | package.module:function (fn(prompts, responses, terminated, **reward_args) -> scores)
     reward_model: str = "runs/rm/model"  # frozen reward model (reward=rm)

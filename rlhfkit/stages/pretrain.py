@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from tqdm import tqdm
@@ -32,6 +33,7 @@ from rlhfkit.tracking import Run, due, seed_everything
 class Config:
     out_dir: str = "runs/pretrain"  # run directory; the final model lands in <out_dir>/model
     seed: int = 0  # seeds init, data order and sampling
+    resume: Literal["auto", "never"] = "auto"  # auto: continue out_dir's run if its settings and inputs match (else an error); never: start afresh
     corpus: str | None = None  # training text: .txt (blank-line separated) or JSONL/Parquet/HF dataset with `text`; required
     eval_corpus: str | None = None  # held-out text for the eval loss (None: hold back heldout_docs documents of corpus)
     heldout_docs: int = 200  # documents held back from corpus when there is no eval_corpus

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from tqdm import tqdm
@@ -43,6 +43,7 @@ ADVANTAGES = {"rloo": rloo_advantages, "grpo": grpo_advantages}
 class Config:
     out_dir: str = "runs/rloo"  # run directory; final policy in <out_dir>/model
     seed: int = 0  # seeds sampling and minibatch order
+    resume: Literal["auto", "never"] = "auto"  # auto: continue out_dir's run if its settings and inputs match (else an error); never: start afresh
     estimator: str = "rloo"  # advantage baseline: rloo | grpo
     policy: str = "runs/sft/model"  # initial policy, also the frozen reference
     reward: str = "rm"  # rm | package.module:function (fn(prompts, responses, terminated, **reward_args) -> scores)

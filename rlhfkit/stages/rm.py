@@ -49,6 +49,7 @@ from rlhfkit.tracking import Run, due, seed_everything
 class Config:
     out_dir: str = "runs/rm"  # run directory; the reward model lands in <out_dir>/model
     seed: int = 0  # seeds head init, split and batch order
+    resume: Literal["auto", "never"] = "auto"  # auto: continue out_dir's run if its settings and inputs match (else an error); never: start afresh
     model: str = "runs/sft/model"  # backbone initialisation (a causal LM directory)
     data: str = "runs/feedback/pairs.jsonl"  # preference pairs file/dir
     heldout_fraction: float = 0.1  # groups (rankings) kept out for held-out accuracy

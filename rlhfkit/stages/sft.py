@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from tqdm import tqdm
@@ -35,6 +36,7 @@ from rlhfkit.tracking import Run, due, seed_everything
 class Config:
     out_dir: str = "runs/sft"  # run directory; the final model lands in <out_dir>/model
     seed: int = 0  # seeds data order and the held-out split
+    resume: Literal["auto", "never"] = "auto"  # auto: continue out_dir's run if its settings and inputs match (else an error); never: start afresh
     model: str = "runs/pretrain/model"  # local HF causal LM directory to fine-tune
     data: str | None = None  # demonstrations file/dir (prompt+completion or messages); required
     max_len: int = 256  # longest rendered example (prompt is cut from the left)
