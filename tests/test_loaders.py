@@ -240,3 +240,81 @@ def test_write_jsonl_is_atomic(tmp_path):
         write_jsonl(str(path), rows())
     assert path.read_text() == '{"a": 1}\n'  # the old file is intact
     assert os.listdir(tmp_path) == ["out.jsonl"]  # and no temp file is left behind
+
+
+# ---------------------------------------------------------------- rows that were accepted silently or crashed deep inside
+PAIR = {"prompt": "Say hi.", "chosen": "Hi!", "rejected": "No."}
+BAD_LINES = [  # (line 2 of a file, what the error must say)
+    ('{"prompt": "Say hi.", "chosen": "Hi!", "chosen": "Hello", "rejected": "No."}', "key 'chosen' given twice"),
+    ('{"prompt": "Say hi.", "chosen": "Hi \\ud800", "rejected": "No."}', "field 'chosen': contains a lone surrogate"),
+    ('{"prompt": "Say hi.", "chosen": "Hi!", "rejected": "Hi!"}', "field 'rejected': identical to 'chosen'"),
+    ('{"prompt": "Say hi.", "messages": [{"role": "user", "content": "x"}], "chosen": "a", "rejected": "b"}', None),
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+]
+
+
+@pytest.mark.parametrize("line,message", BAD_LINES, ids=["duplicate key", "lone surrogate", "chosen == rejected",
+                                                         "prompt and messages", "deep nesting"])
+def test_bad_rows_name_file_and_line(tmp_path, line, message):
+    path = write_lines(tmp_path / "p.jsonl", [json.dumps(PAIR), line])
+    with pytest.raises(DataError) as e:
+        load_preferences(path)
+    assert str(e.value).startswith(f"{path}:2:"), str(e.value)[:300]
+    if message:
+        assert message in str(e.value), str(e.value)[:300]
+
+
+def test_both_messages_and_prompt_is_an_error_for_sft_and_prompts(tmp_path):
+    row = {"prompt": "x", "messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}],
+           "completion": "y"}
+    for load in (load_sft, load_prompts):
+        with pytest.raises(DataError, match=r":1: both 'messages' and 'prompt' given"):
+            load(write_rows(tmp_path / "x.jsonl", [row]))
+
+
+def test_a_damaged_parquet_page_names_the_file(tmp_path):
+    path = tmp_path / "p.parquet"
+    pq.write_table(pa.Table.from_pylist([{**PAIR, "chosen": f"Hi {i}!" * 50} for i in range(2000)]), str(path),
+                   row_group_size=500, compression="none")
+    data = bytearray(path.read_bytes())
+    for i in range(len(data) // 2, len(data) // 2 + 2000):  # the middle of the data pages, footer intact
+        data[i] = 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=str(path)):
+        load_preferences(str(path))
+
+
+def test_fuzzed_jsonl_rows_load_or_fail_naming_the_file(tmp_path):
+    """Random byte-level mutations of valid rows: every outcome is a load or a DataError naming the file and
+    line; never another exception, never a record with a field the row did not have right."""
+    import random
+
+    rng = random.Random(0)
+    good = [json.dumps({**PAIR, "chosen": f"Hi {i}!"}) for i in range(5)]
+    alphabet = list('{}[]":,\\ue0x01nulltrue') + ["\\ud800", "\\u00e9", "\x00", "\xff"]
+    outcomes = {"loaded": 0, "error": 0}
+    for trial in range(300):
+        lines = list(good)
+        i = rng.randrange(len(lines))
+        chars = list(lines[i])
+        for _ in range(rng.randint(1, 4)):
+            op, at = rng.random(), rng.randrange(len(chars) + 1)
+            if op < 0.4:
+                chars.insert(at, rng.choice(alphabet))
+            elif op < 0.8 and chars:
+                del chars[min(at, len(chars) - 1)]
+            elif chars:
+                chars[min(at, len(chars) - 1)] = rng.choice(alphabet)
+        lines[i] = "".join(chars)
+        path = tmp_path / f"f{trial}.jsonl"
+        path.write_bytes("\n".join(lines).encode("utf-8", "surrogatepass") + b"\n")
+        try:
+            pairs = load_preferences(str(path))
+        except DataError as e:
+            assert str(e).startswith(str(path)), str(e)[:200]
+            outcomes["error"] += 1
+            continue
+        assert all(isinstance(p.chosen, str) and isinstance(p.rejected, str) and p.chosen != p.rejected for p in pairs)
+        assert all(c.encode("utf-8") for p in pairs for c in (p.chosen, p.rejected))
+        outcomes["loaded"] += 1
+    assert outcomes["loaded"] > 10 and outcomes["error"] > 100, outcomes

@@ -104,8 +104,15 @@ def write_jsonl(path: str, rows: Iterable[Any]) -> int:
 # ---------------------------------------------------------------- rows -> records
 
 
+def _one_form(row: dict[str, Any], loc: str) -> None:
+    """A row gives `messages` or `prompt`, not both: which would win is a guess."""
+    if _has(row, "messages") and _has(row, "prompt"):
+        raise DataError(f"{loc}: both 'messages' and 'prompt' given; keep one")
+
+
 def parse_example(row: dict[str, Any], loc: str) -> Example:
     """One SFT row -> `Example`: `prompt` + `completion`, or `messages`."""
+    _one_form(row, loc)
     if _has(row, "completion") or not _has(row, "messages"):
         if "completion" not in row:
             raise DataError(f"{loc}: missing field 'completion' (or give 'messages')")
@@ -125,6 +132,7 @@ ACCEPTABLE_FIELDS = ("chosen_acceptable", "rejected_acceptable")
 
 def parse_comparison(row: dict[str, Any], loc: str) -> Comparison:
     """One preference row -> `Comparison` (explicit prompt, conversational, or implicit-prompt form)."""
+    _one_form(row, loc)
     chosen, rejected = _required(row, "chosen", loc), _required(row, "rejected", loc)
     if isinstance(chosen, (list, tuple)) != isinstance(rejected, (list, tuple)):
         want = "a list of messages" if isinstance(chosen, (list, tuple)) else "a string"
@@ -134,6 +142,8 @@ def parse_comparison(row: dict[str, Any], loc: str) -> Comparison:
     else:
         prompt = _single_turn(_prompt(_required(row, "prompt", loc), loc, "prompt"), loc, "prompt")
         chosen, rejected = _text(chosen, loc, "chosen", True), _text(rejected, loc, "rejected", True)
+    if chosen == rejected:
+        raise _field_error(loc, "rejected", "identical to 'chosen': a pair of equal answers prefers nothing")
     provenance = {name: _optional_str(row, name, loc) for name in ("source", "annotator", "group")}
     if provenance["source"] is not None and provenance["source"] not in SOURCES:
         raise _field_error(loc, "source", f"expected one of {', '.join(SOURCES)}, got {provenance['source']!r}")
@@ -148,6 +158,7 @@ def parse_comparison(row: dict[str, Any], loc: str) -> Comparison:
 
 def parse_prompt(row: dict[str, Any], loc: str) -> tuple[Message, ...]:
     """One prompt row -> conversation: `prompt` (string or messages) or `messages` minus a final reply."""
+    _one_form(row, loc)
     if _has(row, "prompt") or not _has(row, "messages"):
         return _prompt(_required(row, "prompt", loc), loc, "prompt")
     messages = _messages(row["messages"], loc, "messages")
@@ -318,12 +329,45 @@ def _read_jsonl(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json.loads(line, object_pairs_hook=_unique_keys)
             except json.JSONDecodeError as e:
                 raise DataError(f"{loc}: invalid JSON ({e.msg} at column {e.colno})") from None
+            except RecursionError:
+                raise DataError(f"{loc}: invalid JSON (nested too deeply)") from None
+            except _DuplicateKey as e:
+                raise DataError(f"{loc}: invalid JSON (key {e.args[0]!r} given twice in one object)") from None
             if not isinstance(row, dict):
                 raise DataError(f"{loc}: expected a JSON object, got {_kind(row)}")
+            _check_text(row, loc, "")
             yield loc, row
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def _check_text(value: Any, loc: str, field: str) -> None:
+    """Every string in a row must be encodable text: a lone surrogate ("\\ud800") is valid JSON but no text."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _field_error(loc, field or "(row)", "contains a lone surrogate (\\ud800-\\udfff), which is not text") from None
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_text(v, loc, f"{field}.{k}" if field else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_text(v, loc, f"{field}[{i}]")
 
 
 def _read_parquet(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -335,7 +379,13 @@ def _read_parquet(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
     except (pa.ArrowException, OSError) as e:
         raise DataError(f"{path}: not a readable Parquet file ({e})") from None
     i = 0
-    for batch in batches:
+    while True:
+        try:
+            batch = next(batches, None)
+        except (pa.ArrowException, OSError, ValueError) as e:  # a damaged page shows only when it is read
+            raise DataError(f"{path}: not a readable Parquet file after row {i} ({e})") from None
+        if batch is None:
+            return
         for row in batch.to_pylist():
             yield f"{path}:row {i}", row
             i += 1
