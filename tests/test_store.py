@@ -116,7 +116,8 @@ def test_idempotency_key(store):
     b, _ = store.add_annotator("b", "simulated")
     first = store.add_ranking(pid, rids, a, "simulated", key="k1")
     assert store.add_ranking(pid, rids, a, "simulated", key="k1") == first
-    assert store.add_ranking(pid, list(reversed(rids)), a, "simulated", key="k1") == first  # no-op, first kept
+    with pytest.raises(Conflict, match="different judgement"):  # the same key with other content: refused, first kept
+        store.add_ranking(pid, list(reversed(rids)), a, "simulated", key="k1")
     assert store.judgement_count() == 1
     with pytest.raises(Conflict):
         store.add_ranking(pid, rids, b, "simulated", key="k1")  # someone else's key

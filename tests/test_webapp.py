@@ -267,3 +267,42 @@ def test_acceptability_marks_from_json_and_form(annotator):
     assert r.status_code == 303
     marked = [(p.meta["chosen_acceptable"], p.meta["rejected_acceptable"]) for p in store.preference_pairs()[1:]]
     assert marked and marked[0] == (True, False) and all(not rej for _, rej in marked)
+
+
+# ---------------------------------------------------------------- limits: each once a 500, a silent drop or unbounded
+
+
+def test_hostile_requests_get_4xx_and_the_server_stays_up(annotator):
+    client, csrf, store = annotator
+    item = client.get("/api/next").json()["item"]
+    good = pairwise_fields(item, "a", "k-limits")
+    h = {"X-CSRF-Token": csrf, "content-type": "application/json"}
+    r = api_judge(client, csrf, **{**good, "item_id": 2**63})  # was an SQL overflow: 500
+    assert r.status_code == 422 and "out of range" in r.json()["detail"]
+    r = client.post("/api/judgements", content=b"[" * 5_000 + b"]" * 5_000, headers=h)  # was a RecursionError: 500
+    assert r.status_code == 400
+    r = client.post("/login", content=b"x" * (2 * 1024 * 1024), headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 413  # an unauthenticated 2 MB post is refused, not read whole
+    chunks = (b"a" * 65536 for _ in range(8))  # no Content-Length: counted as it streams in
+    r = client.post("/login", content=chunks, headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 413
+    # an idempotency key reused with other content: 409, and the first judgement stands (was 200, new label dropped)
+    assert api_judge(client, csrf, **good).status_code == 200
+    r = api_judge(client, csrf, **{**good, "choice": "b"})
+    assert r.status_code == 409 and "different judgement" in r.json()["detail"]
+    assert api_judge(client, csrf, **good).status_code == 200  # the same content again: still idempotent
+    assert store.judgement_count() == 1 and store.preference_pairs()[0].chosen == item["responses"][0]["text"]
+    assert client.get("/api/me").status_code == 200  # still serving
+
+
+def test_failed_logins_are_rate_limited(env):
+    from rlhfkit.feedback.webapp import LOGIN_FAILURES
+
+    app, _ = env
+    client = TestClient(app)
+    token = new_annotator(client, "rl")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', client.get("/login").text).group(1)
+    codes = [client.post("/login", data={"csrf": csrf, "token": f"wrong-{i}"}).status_code for i in range(LOGIN_FAILURES + 2)]
+    assert codes[:LOGIN_FAILURES] == [401] * LOGIN_FAILURES and codes[LOGIN_FAILURES:] == [429, 429]
+    r = client.post("/login", data={"csrf": csrf, "token": token}, follow_redirects=False)
+    assert r.status_code == 429  # even the right token waits: guessing gains nothing by succeeding late

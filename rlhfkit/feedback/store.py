@@ -317,11 +317,14 @@ class FeedbackStore:
     def _insert_judgement(self, c: Connection, row: dict, response_ids: list[int]) -> int:
         aid, item_id, now = row["annotator_id"], row["item_id"], self.clock()
         if row["key"] is not None:
-            old = c.execute(select(judgements.c.id, judgements.c.annotator_id)
+            same = ("prompt_id", "item_id", "kind", "ranking", "a_id", "b_id", "choice")
+            old = c.execute(select(judgements.c.id, judgements.c.annotator_id, *(judgements.c[k] for k in same))
                             .where(judgements.c.key == row["key"])).first()
             if old is not None:
                 if old.annotator_id != aid:
                     raise Conflict("this idempotency key belongs to another annotator's judgement")
+                if any(getattr(old, k) != row.get(k) for k in same):
+                    raise Conflict("this idempotency key was used for a different judgement; the first one stands")
                 return old.id
         if c.scalar(select(annotators.c.id).where(annotators.c.id == aid)) is None:
             raise LookupError(f"no annotator with id {aid}")

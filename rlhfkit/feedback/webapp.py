@@ -52,6 +52,9 @@ from rlhfkit.feedback.store import MAX_NOTE, Annotator, Conflict, FeedbackStore,
 
 WEB = Path(__file__).parent / "web"
 COOKIE = "rlhfkit_session"
+MAX_BODY = 64 * 1024  # bytes: a judgement with a full note is a few KiB; anything larger is refused unread
+MAX_ID = 2**63 - 1  # ids are SQL BIGINT-sized; larger ones are refused (422) before they reach the database
+LOGIN_FAILURES, LOGIN_WINDOW = 10, 60.0  # failed logins per client per window before 429
 SESSION_SECONDS = 7 * 24 * 3600
 MAX_QUEUE_UPLOAD = 64 * 1024 * 1024  # bytes of JSONL accepted by POST /admin/queue
 MESSAGES = {"saved": "Saved.", "skipped": "Skipped.", "nothing": "Nothing to undo.",
@@ -113,11 +116,20 @@ class Who:
 async def payload(request: Request) -> dict[str, Any]:
     """The request body as a dict: a JSON object, or form fields; {} when there is none."""
     ctype = request.headers.get("content-type", "")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY:
+        raise HTTPException(413, f"the body is larger than {MAX_BODY} bytes")
+    body = b""
+    async for chunk in request.stream():  # counted as it arrives: a missing or false length is no way around the cap
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise HTTPException(413, f"the body is larger than {MAX_BODY} bytes")
+    request._body = body  # what request.form() reads
     if ctype.startswith("application/json"):
         try:
-            data = await request.json()
-        except ValueError:
-            raise HTTPException(400, "the body is not valid JSON") from None
+            data = json.loads(body)
+        except (ValueError, RecursionError):
+            raise HTTPException(400, "the body is not valid JSON (or nested too deeply)") from None
         if not isinstance(data, dict):
             raise HTTPException(400, "the JSON body must be an object")
         return data
@@ -134,6 +146,8 @@ def int_field(data: dict[str, Any], name: str) -> int:
     value = data.get(name)
     if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit())):
         raise HTTPException(400, f"field {name!r} must be an integer, got {value!r}")
+    if int(value) > MAX_ID:
+        raise HTTPException(422, f"field {name!r} is out of range (at most {MAX_ID})")
     return int(value)
 
 
@@ -312,12 +326,19 @@ def create_app(db_url: str, admin_token: str, lease_minutes: float = 30.0) -> Fa
         s = session_of(request) or new_session()
         return with_session(page("login.html", csrf=s["csrf"]), s)
 
+    failures: dict[str, list[float]] = {}  # client -> times of recent failed logins
+
     @app.post("/login")
     def login(request: Request, data: dict = Depends(payload)) -> Response:
+        client, now = request.client.host if request.client else "?", time.time()
+        recent = failures[client] = [t for t in failures.get(client, []) if now - t < LOGIN_WINDOW]
+        if len(recent) >= LOGIN_FAILURES:
+            raise HTTPException(429, "too many failed logins: wait a minute", headers={"Retry-After": str(int(LOGIN_WINDOW))})
         s = session_of(request)
         check_csrf(request, s, data)
         a = store.authenticate(str(data.get("token") or ""))
         if a is None or a.kind != "human":
+            recent.append(now)
             return page("login.html", 401, csrf=s["csrf"], error="Unknown token.")
         # A fresh session (and CSRF token) at login: a cookie planted before login is worth nothing after it.
         return with_session(RedirectResponse("/label", status_code=303),
