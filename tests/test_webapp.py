@@ -306,3 +306,17 @@ def test_failed_logins_are_rate_limited(env):
     assert codes[:LOGIN_FAILURES] == [401] * LOGIN_FAILURES and codes[LOGIN_FAILURES:] == [429, 429]
     r = client.post("/login", data={"csrf": csrf, "token": token}, follow_redirects=False)
     assert r.status_code == 429  # even the right token waits: guessing gains nothing by succeeding late
+
+
+def test_logout_revokes_a_copied_cookie_and_the_database_is_private(annotator, env):
+    import os
+    import stat
+
+    client, csrf, _ = annotator
+    copied = TestClient(client.app, cookies={"rlhfkit_session": client.cookies.get("rlhfkit_session")})
+    assert copied.get("/api/me").status_code == 200
+    assert client.post("/logout", data={"csrf": csrf}, follow_redirects=False).status_code == 303
+    assert copied.get("/api/me").status_code == 401  # the copy was good for 7 days after logout before
+    _, url = env
+    path = url.removeprefix("sqlite:///")
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600  # tokens' hashes and the signing key: owner only

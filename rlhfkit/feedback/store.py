@@ -26,6 +26,7 @@ The queue's SQL (enqueue, open slots, loading an item) is in `rlhfkit.feedback.q
 
 from __future__ import annotations
 
+import os
 import secrets
 import time
 from contextlib import contextmanager
@@ -68,6 +69,10 @@ class FeedbackStore:
         self.clock = clock
         with self._write() as c:  # serialised, so processes opening a new database together do not race
             metadata.create_all(c)
+        path = self.engine.url.database if self.engine.url.get_backend_name() == "sqlite" else None
+        for f in ([path, path + "-wal", path + "-shm"] if path and path != ":memory:" else []):
+            if os.path.exists(f):  # labels, tokens' hashes and the session-signing key: owner only
+                os.chmod(f, 0o600)
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
@@ -166,6 +171,17 @@ class FeedbackStore:
         with self._read() as c:
             row = c.execute(select(annotators).where(annotators.c.id == annotator_id)).first()
         return Annotator(row.id, row.name, row.kind, row.token_sha, row.meta) if row else None
+
+    def setting(self, name: str) -> str | None:
+        with self._read() as c:
+            return c.scalar(select(settings.c.value).where(settings.c.name == name))
+
+    def set_setting(self, name: str, value: str) -> None:
+        def write(c: Connection) -> None:
+            if c.execute(update(settings).where(settings.c.name == name).values(value=value)).rowcount == 0:
+                c.execute(insert(settings).values(name=name, value=value))
+
+        self._retrying(write)
 
     def secret(self, name: str) -> str:
         """A random secret kept in the database (created on first use), e.g. the session-signing key."""

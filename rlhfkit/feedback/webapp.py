@@ -264,6 +264,9 @@ def create_app(db_url: str, admin_token: str, lease_minutes: float = 30.0) -> Fa
         a = store.annotator(s["aid"]) if isinstance(s.get("aid"), int) else None
         if a is None or a.kind != "human" or not a.token_sha or s.get("tag") != a.token_sha[:16]:
             raise LoginRequired()
+        logged_out = store.setting(f"logout:{a.id}")  # a logout revokes every session issued before it
+        if logged_out is not None and float(s.get("iat", 0)) <= float(logged_out):
+            raise LoginRequired()
         return Who(a, s)
 
     def check_csrf(request: Request, session: dict[str, Any] | None, data: dict[str, Any]) -> None:
@@ -347,6 +350,7 @@ def create_app(db_url: str, admin_token: str, lease_minutes: float = 30.0) -> Fa
     @app.post("/logout")
     def logout(request: Request, who: Who = Depends(annotator), data: dict = Depends(payload)) -> Response:
         check_csrf(request, who.session, data)
+        store.set_setting(f"logout:{who.annotator.id}", repr(time.time()))
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(COOKIE, path="/")
         return response
