@@ -320,3 +320,10 @@ def test_logout_revokes_a_copied_cookie_and_the_database_is_private(annotator, e
     _, url = env
     path = url.removeprefix("sqlite:///")
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600  # tokens' hashes and the signing key: owner only
+
+
+def test_a_short_admin_token_is_refused(tmp_path):
+    from rlhfkit.feedback.webapp import MIN_ADMIN_TOKEN
+
+    with pytest.raises(ValueError, match=f"at least {MIN_ADMIN_TOKEN}"):
+        create_app(f"sqlite:///{tmp_path / 'x.db'}", "8charsOK")

@@ -1,6 +1,6 @@
 """`rlhfkit label <action>`: the human-feedback web app and its admin commands.
 
-    rlhfkit label serve --db sqlite:///labels.db [--host 127.0.0.1] [--port 8000] [--admin-token T]
+    rlhfkit label serve --db sqlite:///labels.db [--host 127.0.0.1] [--port 8000] [--admin-token-file F]
     rlhfkit label add-annotator NAME --db URL          prints the annotator's secret login token
     rlhfkit label load QUEUE.jsonl --db URL [--overlap 2]   the output of `rlhfkit sample`
     rlhfkit label export OUT.jsonl --db URL [--source human]   preference pairs for `rm` / `dpo`
@@ -26,7 +26,9 @@ def parser() -> argparse.ArgumentParser:
     s = add("serve", "run the labelling web app")
     s.add_argument("--host", default="127.0.0.1", help="bind address (loopback unless told otherwise)")
     s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--admin-token", default=None, help="admin token (default: $RLHFKIT_ADMIN_TOKEN or a printed random one)")
+    s.add_argument("--admin-token", default=None, help="admin token (visible in `ps`: prefer --admin-token-file or "
+                   "$RLHFKIT_ADMIN_TOKEN; default: a printed random one)")
+    s.add_argument("--admin-token-file", default=None, help="read the admin token from this file (first line)")
     add("add-annotator", "create an annotator and print their login token").add_argument("name")
     ld = add("load", "enqueue prompts with responses (JSONL from `rlhfkit sample`)")
     ld.add_argument("path")
@@ -43,7 +45,11 @@ def main(argv: list[str]) -> int:
 
     args = parser().parse_args(argv)
     if args.action == "serve":
-        admin.serve(args.db, args.host, args.port, args.admin_token)
+        token = args.admin_token
+        if args.admin_token_file:
+            with open(args.admin_token_file, encoding="utf-8") as f:
+                token = f.readline().strip()
+        admin.serve(args.db, args.host, args.port, token)
     elif args.action == "add-annotator":
         print(admin.add_annotator(args.db, args.name))
     elif args.action == "load":

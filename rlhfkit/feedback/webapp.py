@@ -52,6 +52,7 @@ from rlhfkit.feedback.store import MAX_NOTE, Annotator, Conflict, FeedbackStore,
 
 WEB = Path(__file__).parent / "web"
 COOKIE = "rlhfkit_session"
+MIN_ADMIN_TOKEN = 16  # characters; guessing a shorter one online is not out of reach
 MAX_BODY = 64 * 1024  # bytes: a judgement with a full note is a few KiB; anything larger is refused unread
 MAX_ID = 2**63 - 1  # ids are SQL BIGINT-sized; larger ones are refused (422) before they reach the database
 LOGIN_FAILURES, LOGIN_WINDOW = 10, 60.0  # failed logins per client per window before 429
@@ -238,8 +239,8 @@ def submit(store: FeedbackStore, who: Who, data: dict[str, Any]) -> int:
 
 def create_app(db_url: str, admin_token: str, lease_minutes: float = 30.0) -> FastAPI:
     """The labelling app over the store at `db_url`; admin routes accept `admin_token` only."""
-    if not admin_token or len(admin_token) < 8:
-        raise ValueError("the admin token must be at least 8 characters")
+    if not admin_token or len(admin_token) < MIN_ADMIN_TOKEN:
+        raise ValueError(f"the admin token must be at least {MIN_ADMIN_TOKEN} characters")
     store = FeedbackStore(db_url, lease_minutes=lease_minutes)
     key = store.secret("session_key").encode()
     templates = Environment(loader=FileSystemLoader(WEB / "templates"), autoescape=True)
