@@ -222,3 +222,34 @@ def test_world_export_lists_a_familys_prompts_that_many_times_for_ppo(tmp_path):
     for bad, msg in (("{false_premise: 0}", "integers >= 1"), ("{false_premises: 3}", "unknown world families ['false_premises']")):
         proc = rlhfkit("world", "export", f"--out_dir={tmp_path}/x", f"--prompt_repeats={bad}", check=False)
         assert proc.returncode == 2 and msg in proc.stderr
+
+
+def resumable(stage: str, root, name: str) -> tuple[str, ...]:
+    """Short runs of each stage that checkpoint early (every 2-4 steps), for the kill-and-resume test."""
+    from tests.helpers import MODEL
+
+    w = f"{root}/world"
+    return {
+        "pretrain": ("pretrain", f"--out_dir={root}/{name}", f"--corpus={w}/corpus.jsonl", "--max_steps=16",
+                     "--batch_size=16", "--seq_len=64", "--eval_every=4", "--ckpt_every=4", "--sample_every=1000", *MODEL),
+        "sft": ("sft", f"--out_dir={root}/{name}", f"--model={root}/pretrain/model", f"--data={w}/sft.jsonl",
+                "--epochs=1", "--batch_size=16", "--eval_every=3", "--ckpt_every=3", "--sample_every=1000"),
+        "dpo": ("dpo", f"--out_dir={root}/{name}", f"--policy={root}/sft/model", f"--data={w}/pairs.jsonl",
+                "--epochs=1", "--batch_size=8", "--micro_batch_size=8", "--eval_every=3", "--ckpt_every=3"),
+        "grpo": ("grpo", f"--out_dir={root}/{name}", f"--policy={root}/sft/model", f"--prompts={w}/rl_prompts.jsonl",
+                 "--reward=tests.helpers:short_reward", "--total_steps=6", "--prompts_per_step=4", "--k=4",
+                 "--minibatch_size=16", "--micro_batch_size=8", "--max_new_tokens=12", "--eval_every=0",
+                 "--sample_every=1000", "--ckpt_every=2"),
+    }[stage]
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "sft", "dpo", "grpo"])
+def test_kill_and_resume_is_bit_identical(tiny_runs, stage):
+    """SIGKILL at the first checkpoint, rerun the same command: it resumes and logs exactly what an
+    uninterrupted run logs (rm and ppo: their own tests above)."""
+    rlhfkit(*resumable(stage, tiny_runs, f"{stage}_full"))
+    killed = resumable(stage, tiny_runs, f"{stage}_killed")
+    kill_at_first_checkpoint(killed, str(tiny_runs / f"{stage}_killed" / "checkpoints" / "latest"))
+    assert not (tiny_runs / f"{stage}_killed" / "model").exists(), "the run finished before it could be killed"
+    assert "resumed from" in rlhfkit(*killed).stdout
+    assert_same_metrics(metrics(f"{tiny_runs}/{stage}_full"), metrics(f"{tiny_runs}/{stage}_killed"))

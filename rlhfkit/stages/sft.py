@@ -86,7 +86,8 @@ def train(cfg: Config) -> str:
     # 2. Train on response tokens only.
     model.train()
     first_loss = heldout_loss(model, heldout, tok.pad_token_id, d.device)
-    run.log(start, {"eval/loss": first_loss})
+    if start == 0:  # a resumed run logged its steps up to `start` already
+        run.log(0, {"eval/loss": first_loss})
     for step in tqdm(range(start, max_steps), desc="sft", disable=not d.is_main, initial=start, total=max_steps):
         lr = cosine_lr(step, max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
         set_lr(optimizer, lr)
