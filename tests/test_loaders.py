@@ -318,3 +318,20 @@ def test_fuzzed_jsonl_rows_load_or_fail_naming_the_file(tmp_path):
         assert all(c.encode("utf-8") for p in pairs for c in (p.chosen, p.rejected))
         outcomes["loaded"] += 1
     assert outcomes["loaded"] > 10 and outcomes["error"] > 100, outcomes
+
+
+@pytest.mark.parametrize("stage,args,what", [
+    ("sft", ["--model=unused"], "demonstrations"),
+    ("rm", ["--model=unused"], "rankings"),
+    ("dpo", ["--policy=unused"], "pairs"),
+])
+def test_too_few_rows_is_an_error_before_any_model_loads(tmp_path, capsys, stage, args, what):
+    """One row leaves nothing to train on once one is held out (was `max() arg is an empty sequence` after
+    the model loaded). The model path does not even exist: the data is checked first."""
+    from rlhfkit.cli import main
+
+    row = {"prompt": "Say hi.", "completion": "Hi!"} if stage == "sft" else PAIR
+    path = write_rows(tmp_path / "one.jsonl", [row])
+    assert main([stage, f"--data={path}", f"--out_dir={tmp_path / 'out'}", *args]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: 1 {what}" in err and "too few" in err and "Traceback" not in err, err

@@ -69,6 +69,13 @@ def prompt_texts(path: str, split: str = "train") -> list[str]:
     return [conv[-1].content for conv in load_prompts(path, split)]
 
 
+def check_enough(path: str, n: int, n_held: int, what: str) -> None:
+    """DataError if `n` records leave nothing to train on once `n_held` are held out (before any model loads)."""
+    if n - n_held < 1:
+        raise DataError(f"{path}: {n} {what}: too few to hold out {n_held} and train on the rest "
+                        f"(need at least {n_held + 1})")
+
+
 def read_records(path: str, split: str = "train") -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield `(location, row)` for every record under `path`.
 

@@ -81,7 +81,7 @@ def reference_logprobs(ref, rows, pad_id: int, batch_size: int = 64) -> torch.Te
 
 
 def train(cfg: Config) -> str:
-    from rlhfkit.data.loaders import load_preferences
+    from rlhfkit.data.loaders import check_enough, load_preferences
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -93,6 +93,7 @@ def train(cfg: Config) -> str:
     pairs = load_preferences(cfg.data)
     random.Random(cfg.seed).shuffle(pairs)
     n_held = max(1, int(len(pairs) * cfg.heldout_fraction))
+    check_enough(cfg.data, len(pairs), n_held, "pairs")
     ckpt = checkpoint.latest_checkpoint(cfg.out_dir)
     policy, tok = load_causal_lm(os.path.join(ckpt, "policy") if ckpt else cfg.policy, device=cfg.device)
     device = next(policy.parameters()).device

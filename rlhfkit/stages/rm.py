@@ -150,7 +150,7 @@ def accuracy(model, tok, groups: list[list[Comparison]], max_len: int, device) -
 
 
 def train(cfg: Config) -> str:
-    from rlhfkit.data.loaders import load_preferences
+    from rlhfkit.data.loaders import check_enough, load_preferences
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -159,6 +159,7 @@ def train(cfg: Config) -> str:
 
     # 1. Data: pairs grouped by ranking; held-out split by group.
     heldout, train_groups = split_groups(load_preferences(cfg.data), cfg.heldout_fraction, cfg.seed)
+    check_enough(cfg.data, len(heldout) + len(train_groups), len(heldout), "rankings (pair groups)")
     n_held = len(heldout)
     max_steps = max(1, int(cfg.epochs * len(train_groups) / cfg.batch_groups))
     n_pairs = sum(map(len, train_groups))

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from rlhfkit import checkpoint, distributed
 from rlhfkit.data.chat import IGNORE_INDEX, render_example, sft_batch
 from rlhfkit.data.packing import epoch_batches
-from rlhfkit.data.loaders import load_sft
+from rlhfkit.data.loaders import check_enough, load_sft
 from rlhfkit.evaluation.hooks import log_samples
 from rlhfkit.losses import lm_loss
 from rlhfkit.models.load import load_causal_lm
@@ -70,6 +70,7 @@ def train(cfg: Config) -> str:
 
     # 1. Model and data: render every demonstration once to (ids, mask).
     examples = load_sft(cfg.data)  # validate the data before loading any model
+    check_enough(cfg.data, len(examples), max(1, int(len(examples) * cfg.heldout_fraction)), "demonstrations")
     ckpt = checkpoint.latest_checkpoint(cfg.out_dir)
     model, tok = load_causal_lm(os.path.join(ckpt, "model") if ckpt else cfg.model, device=str(d.device))
     random.Random(cfg.seed).shuffle(examples)
