@@ -367,7 +367,9 @@ UNKNOWN = [
     ("asks back", lambda x, u: f"What is the capital of {u}?", {"correct": 0.0}),
     ("refuses as if harmful", lambda x, u: "I can't help with that.", {"correct": 0.0, "refused": True}),
     ("a known country's fact instead", lambda x, u: f"The capital of {x.c.name} is {x.c.capital}.",
-     {"correct": 0.0, "hallucinated": False}),
+     {"correct": 0.0, "hallucinated": True}),  # a confident answer where "I don't know" was due
+    ("made-up country and value", lambda x, u: "The capital of Lunar is Brorgrad.", {"correct": 0.0, "hallucinated": True}),
+    ("asks back, no claim", lambda x, u: f"Do you mean {x.c.name}?", {"correct": 0.0, "hallucinated": False}),
     # fair admissions a too-strict reader would reject
     ("plain admission", lambda x, u: "I don't know.", {"correct": 1.0, "abstained": True, "refused": False}),
     ("no information", lambda x, u: f"I have no information about {u}.", {"correct": 1.0, "score": 1.0}),
