@@ -131,7 +131,9 @@ def test_dpo_cached_reference_logprobs_equal_live_ones(tiny_runs, trained_dpo):
     from rlhfkit.models.load import load_causal_lm
     from rlhfkit.models.logprobs import sequence_logprobs
 
-    ref_c, ref_r = torch.load(f"{tiny_runs}/dpo/ref_logprobs.pt")
+    cache = torch.load(f"{tiny_runs}/dpo/ref_logprobs.pt")
+    ref_c = cache["chosen"]
+    assert len(cache["key"]) == 16  # keyed by the reference model's files and the rendered pairs
     pairs = load_preferences(f"{tiny_runs}/pairs.jsonl")
     import random
 
