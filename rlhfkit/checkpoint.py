@@ -15,7 +15,6 @@ missing file) is skipped with a warning for the newest intact one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -24,7 +23,7 @@ from typing import Any
 
 import torch
 
-from rlhfkit.files import write_atomic
+from rlhfkit.files import sha256_file, write_atomic
 from rlhfkit.optim import DivergedError
 
 
@@ -100,11 +99,7 @@ def _digests(folder: str) -> dict[str, str]:
             path = os.path.join(d, name)
             rel = os.path.relpath(path, folder)
             if rel != MANIFEST:
-                h = hashlib.sha256()
-                with open(path, "rb") as f:
-                    for chunk in iter(lambda: f.read(1 << 20), b""):
-                        h.update(chunk)
-                out[rel] = h.hexdigest()
+                out[rel] = sha256_file(path)
     return dict(sorted(out.items()))
 
 

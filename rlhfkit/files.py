@@ -31,6 +31,17 @@ def atomic_open(path: str, mode: str = "w") -> Iterator[IO]:
         raise
 
 
+def sha256_file(path: str) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def content_hash(paths: list[str], *objects) -> str:
     """SHA-256 (hex, 16 chars) of the bytes of `paths` (files; a directory: its files, recursively, in sorted
     order, names included) and of `objects` as JSON: the key of a cache that depends on exactly these."""
@@ -45,10 +56,7 @@ def content_hash(paths: list[str], *objects) -> str:
         else:
             files.append((os.path.basename(p), p))
     for name, path in files:
-        h.update(name.encode() + b"\0")
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+        h.update(name.encode() + b"\0" + sha256_file(path).encode())
     h.update(json.dumps(objects, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
 
