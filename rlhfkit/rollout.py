@@ -21,6 +21,7 @@ from typing import Sequence
 import torch
 
 from rlhfkit.data.chat import pad_batch, render_prompt
+from rlhfkit.models import decode
 from rlhfkit.models.logprobs import position_ids_from_mask, response_logprobs
 
 
@@ -56,7 +57,10 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generato
         drop = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest set reaching top_p
         sorted_p = sorted_p.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-    tokens = torch.multinomial(probs, 1, generator=generator)[:, 0]
+    # inverse-CDF draw: one uniform per row (torch.multinomial draws an exponential per vocabulary entry)
+    cdf = probs.cumsum(-1)  # (B, V)
+    u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device, dtype=cdf.dtype) * cdf[:, -1:]
+    tokens = torch.searchsorted(cdf, u, right=True)[:, 0].clamp(max=cdf.shape[-1] - 1)  # zero-mass tokens never drawn
     return tokens, logp.gather(-1, tokens[:, None])[:, 0]
 
 
@@ -71,17 +75,19 @@ def generate(
     temperature: float = 1.0,
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
+    engine: str = "auto",
 ) -> Generation:
-    """Sample one response per prompt (a list of token-id lists) in a single batch."""
+    """Sample one response per prompt (a list of token-id lists) in a single batch.
+
+    `engine="auto"` decodes Llama-family models with `LlamaDecoder` (same math, a fraction of the
+    per-token overhead) and anything else with the model's own forward and cache; `"hf"` forces the latter.
+    """
     assert pad_id != eos_id, "PAD must differ from EOS, or padding looks like a finished response"
     device = next(model.parameters()).device
     prompt_ids, prompt_mask = pad_batch(prompts, pad_id, side="left")
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
     B = prompt_ids.shape[0]
-    attn = prompt_mask.long()
-    out = model(input_ids=prompt_ids, attention_mask=attn, position_ids=position_ids_from_mask(prompt_mask), use_cache=True)
-    past, logits = out.past_key_values, out.logits[:, -1]
-    next_pos = prompt_mask.long().sum(-1, keepdim=True)  # (B, 1)
+    logits, step = _decoder(model, prompt_ids, prompt_mask, max_new_tokens, engine)
     tokens, logps = [], []
     done = torch.zeros(B, dtype=torch.bool, device=device)
     for _ in range(max_new_tokens):
@@ -92,10 +98,7 @@ def generate(
         done = done | (tok == eos_id)
         if bool(done.all()):
             break
-        attn = torch.cat([attn, torch.ones((B, 1), dtype=attn.dtype, device=device)], 1)
-        out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos, past_key_values=past, use_cache=True)
-        past, logits = out.past_key_values, out.logits[:, -1]
-        next_pos = next_pos + 1
+        logits = step(tok)
     response_ids = torch.stack(tokens, 1)  # (B, R)
     response_mask = truncate_after_eos(response_ids, eos_id)
     return Generation(
@@ -106,6 +109,27 @@ def generate(
         logprobs=torch.stack(logps, 1).masked_fill(~response_mask, 0.0),
         terminated=(response_ids == eos_id).any(-1),
     )
+
+
+def _decoder(model, prompt_ids, prompt_mask, max_new_tokens: int, engine: str):
+    """`(logits of the first response token (B, V), step(tokens (B,)) -> logits of the next)`."""
+    if engine not in ("auto", "hf"):
+        raise ValueError(f"engine must be 'auto' or 'hf', got {engine!r}")
+    if engine == "auto" and decode.supports(model):
+        dec = decode.LlamaDecoder(model, prompt_ids.shape[0], prompt_ids.shape[1] + max_new_tokens)
+        return dec.prefill(prompt_ids, prompt_mask), dec.step
+    attn = prompt_mask.long()
+    out = model(input_ids=prompt_ids, attention_mask=attn, position_ids=position_ids_from_mask(prompt_mask), use_cache=True)
+    state = {"past": out.past_key_values, "attn": attn, "pos": attn.sum(-1, keepdim=True)}
+
+    def step(tok):
+        state["attn"] = torch.cat([state["attn"], torch.ones_like(state["attn"][:, :1])], 1)
+        out = model(input_ids=tok[:, None], attention_mask=state["attn"], position_ids=state["pos"],
+                    past_key_values=state["past"], use_cache=True)
+        state["past"], state["pos"] = out.past_key_values, state["pos"] + 1
+        return out.logits[:, -1]
+
+    return out.logits[:, -1], step
 
 
 def truncate_after_eos(response_ids: torch.Tensor, eos_id: int) -> torch.Tensor:

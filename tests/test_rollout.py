@@ -78,3 +78,25 @@ def test_pad_after_eos_and_terminated_flag(tiny_model, tiny_tok):
     assert gen.response_ids[0, 2].item() == eos
     assert (gen.response_ids[0, 3:] == pad).all()
     assert (gen.logprobs[0, 3:] == 0).all()
+
+
+def test_sample_next_draws_from_the_tempered_distribution():
+    from rlhfkit.rollout import sample_next
+
+    probs = torch.tensor([0.5, 0.0, 0.3, 0.0, 0.2])
+    logits = probs.clamp(min=1e-30).log().repeat(40_000, 1)  # (N, V): zero-mass entries at -69
+    logits[:, [1, 3]] = float("-inf")
+    g = torch.Generator().manual_seed(0)
+    tokens, logps = sample_next(logits, 1.0, 1.0, g)
+    freq = torch.bincount(tokens, minlength=5).float() / len(tokens)
+    assert freq[1] == 0 and freq[3] == 0  # never a token without mass
+    assert torch.allclose(freq, probs, atol=0.01)
+    assert torch.allclose(logps, probs.log()[tokens])
+    # temperature 0.5 squares and renormalises: 0.25 / 0.09 / 0.04 of 0.38
+    tokens, _ = sample_next(logits, 0.5, 1.0, g)
+    freq = torch.bincount(tokens, minlength=5).float() / len(tokens)
+    assert torch.allclose(freq[[0, 2, 4]], torch.tensor([0.25, 0.09, 0.04]) / 0.38, atol=0.01)
+    # top-p 0.6 keeps the smallest set reaching 0.6: tokens 0 and 2, renormalised to 0.625 / 0.375
+    tokens, _ = sample_next(logits, 1.0, 0.6, g)
+    freq = torch.bincount(tokens, minlength=5).float() / len(tokens)
+    assert freq[4] == 0 and abs(freq[0] - 0.625) < 0.01
