@@ -61,7 +61,7 @@ _POSITIVE = ("lr", "batch_size", "micro_batch_size", "minibatch_size", "batch_gr
 _NON_NEGATIVE = ("eval_every", "sample_every", "warmup_steps", "weight_decay", "kl_coef", "ptx_coef", "vf_coef",
                  "nll_coef", "accept_coef", "label_smoothing", "threads", "limit", "num_samples", "headroom_samples",
                  "prefixed_samples", "heldout_docs", "gold_tie_tol", "tie_tol", "temperature", "bootstrap", "margin",
-                 "score_clip")
+                 "score_clip", "skip_nonfinite")
 _AT_MOST_ONE = ("heldout_fraction", "min_lr_ratio", "gamma", "lam", "top_p", "label_smoothing")
 RANGES: dict[str, tuple[str, Any]] = {}  # name -> (what it must be, test)
 for _n in _POSITIVE:

@@ -34,19 +34,52 @@ class DivergedError(RuntimeError):
     """Training produced a non-finite loss or gradient norm; the run stopped before applying it."""
 
 
-def check_finite(stage: str, step: int | None, **values) -> None:
-    """Raise DivergedError if any of `values` (the step's loss, its gradient norm, ...) is NaN or infinite.
-
-    Called between the backward and `optimizer.step()`: a diverged step is never applied, so no
-    non-finite weight reaches a checkpoint or a saved model, and the stage exits non-zero (a pipeline
-    never marks it done). A rerun resumes from the last checkpoint, which holds finite weights.
-    """
+def _non_finite(values: dict) -> dict[str, float]:
     numbers = {k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for k, v in values.items()}
-    bad = {k: v for k, v in numbers.items() if not math.isfinite(v)}
-    if bad:
-        shown = ", ".join(f"{k}={v}" for k, v in bad.items())
-        raise DivergedError(f"{stage}: training diverged{f' at step {step}' if step is not None else ''} ({shown}); stopped before the update, "
-                            "no model saved. Lower the learning rate or check the data; a rerun resumes from the last checkpoint.")
+    return {k: v for k, v in numbers.items() if not math.isfinite(v)}
+
+
+def _diverged(stage: str, step, bad: dict[str, float], why: str = "") -> DivergedError:
+    shown = ", ".join(f"{k}={v}" for k, v in bad.items())
+    return DivergedError(f"{stage}: training diverged{f' at step {step}' if step is not None else ''} ({shown}){why}; "
+                         "stopped before the update, no model saved. Lower the learning rate or check the data; "
+                         "a rerun resumes from the last checkpoint.")
+
+
+class NonFiniteGuard:
+    """Skips the odd non-finite step and stops a run that diverged.
+
+    `ok(step, loss=..., grad_norm=...)` is called between the backward and `optimizer.step()`: a step
+    whose values are all finite returns True (apply it); a non-finite one returns False (drop its
+    gradients, no update, counted in `skipped`), and the `max_skips + 1`-th in a row raises
+    DivergedError. `finish()` before saving raises if the run ended inside such a streak. A skipped step
+    changes no weight and no optimiser state, so no non-finite weight reaches a checkpoint or a saved
+    model, and a stopped stage exits non-zero (a pipeline never marks it done).
+    """
+
+    def __init__(self, stage: str, max_skips: int = 0):
+        self.stage, self.max_skips, self.skipped, self.streak, self.last = stage, max_skips, 0, 0, {}
+
+    def ok(self, step: int | None, **values) -> bool:
+        bad = _non_finite(values)
+        if not bad:
+            self.streak = 0
+            return True
+        self.skipped, self.streak, self.last = self.skipped + 1, self.streak + 1, bad
+        if self.streak > self.max_skips:
+            why = f" on {self.streak} steps in a row" if self.streak > 1 else ""
+            raise _diverged(self.stage, step, bad, why)
+        print(f"[{self.stage}] non-finite step{f' {step}' if step is not None else ''} skipped "
+              f"({', '.join(f'{k}={v}' for k, v in bad.items())}); {self.skipped} so far", flush=True)
+        return False
+
+    def metrics(self) -> dict[str, int]:
+        """`{"train/skipped_steps": n}` once a step was skipped (nothing before, so clean runs log as before)."""
+        return {"train/skipped_steps": self.skipped} if self.skipped else {}
+
+    def finish(self) -> None:
+        if self.streak:
+            raise _diverged(self.stage, None, self.last, f" on the last {self.streak} step(s), none applied")
 
 
 def clip_grad_norms(groups: list[list[torch.nn.Parameter]], max_norm: float, separately: bool = True) -> list[float]:

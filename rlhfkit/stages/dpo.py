@@ -31,7 +31,7 @@ from rlhfkit.evaluation.hooks import make_evaluator, training_eval
 from rlhfkit.files import content_hash
 from rlhfkit.losses import PREFERENCE_LOSSES, chosen_nll_loss
 from rlhfkit.models.load import load_causal_lm
-from rlhfkit.optim import adamw, check_finite, cosine_lr, set_lr
+from rlhfkit.optim import NonFiniteGuard, adamw, cosine_lr, set_lr
 from rlhfkit.models.logprobs import scored_tokens, sequence_logprobs
 from rlhfkit.tracking import Run, due, seed_everything
 
@@ -54,6 +54,7 @@ class Config:
     warmup_steps: int = 10  # linear warmup
     min_lr_ratio: float = 0.1  # cosine floor
     grad_clip: float = 1.0  # max gradient norm
+    skip_nonfinite: int = 3  # non-finite steps in a row skipped (no update, counted) before the run stops with an error; 0: stop at the first
     max_len: int = 256  # longest rendered prompt + response
     heldout_fraction: float = 0.05  # pairs kept out for implicit-reward accuracy
     eval_every: int = 50  # held-out pair metrics (and the eval_prompts eval) every N steps
@@ -133,6 +134,7 @@ def train(cfg: Config) -> str:
 
     # 3. Train: mean loss over the pairs of a step, accumulated over micro-batches.
     policy.train()
+    guard = NonFiniteGuard("dpo", cfg.skip_nonfinite)
     for step in tqdm(range(start, max_steps), desc="dpo", initial=start, total=max_steps):
         lr = cosine_lr(step, max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
         set_lr(optimizer, lr)
@@ -145,11 +147,11 @@ def train(cfg: Config) -> str:
             for name, v in m.items():
                 stats[name] = stats.get(name, 0.0) + v.item() * len(micro) / len(idx)
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
-        check_finite("dpo", step, loss=loss, grad_norm=grad_norm)
-        optimizer.step()
+        if guard.ok(step, loss=loss, grad_norm=grad_norm):
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-        metrics = {**stats, "train/lr": lr, "train/grad_norm": grad_norm.item()}
+        metrics = {**stats, "train/lr": lr, "train/grad_norm": grad_norm.item(), **guard.metrics()}
         if due(step, cfg.eval_every) or step + 1 == max_steps:
             with torch.no_grad():
                 policy.eval()
@@ -161,6 +163,7 @@ def train(cfg: Config) -> str:
         if (step + 1) % cfg.ckpt_every == 0 and step + 1 < max_steps:
             checkpoint.save_checkpoint(cfg.out_dir, step + 1, {"policy": policy}, {"optimizer": optimizer.state_dict()}, tok)
 
+    guard.finish()
     out = os.path.join(cfg.out_dir, "model")
     checkpoint.save_model('dpo', policy, tok, out)
     print(f"[dpo] held-out implicit-reward accuracy {metrics.get('eval/rewards/accuracy', float('nan')):.3f}; saved {out}", flush=True)

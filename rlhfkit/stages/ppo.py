@@ -43,7 +43,7 @@ from rlhfkit.models.load import load_causal_lm
 from rlhfkit.models.logprobs import response_logprobs
 from rlhfkit.models.reward import ValueHeadOnPolicy, load_scalar_model, make_reward_fn, scalar_model_from_lm, token_scores
 from rlhfkit.ops import masked_mean, masked_sum, masked_whiten
-from rlhfkit.optim import check_finite, clip_grad_norms, set_lr
+from rlhfkit.optim import NonFiniteGuard, clip_grad_norms, set_lr
 from rlhfkit.rl import AdaptiveKLController, FixedKLController, KL_ESTIMATORS, gae, kl_penalized_rewards
 from rlhfkit.rollout import collect_experience
 from rlhfkit.tracking import Run, Stopwatch, due, seed_everything
@@ -88,6 +88,7 @@ class Config:
     lr: float = 2e-5  # Adam learning rate (constant after warmup)
     warmup_steps: int = 5  # iterations of linear warmup
     grad_clip: float = 1.0  # max gradient norm
+    skip_nonfinite: int = 3  # non-finite steps in a row skipped (no update, counted) before the run stops with an error; 0: stop at the first
     clip_per_network: bool = True  # separate critic: clip its gradient norm and the policy's each on its own (false: jointly)
     ptx_coef: float = 0.0  # PPO-ptx: weight of the pretraining LM loss (0: off)
     ptx_data: str | None = None  # PPO-ptx text corpus (.txt, or JSONL/Parquet/HF dataset with `text`)
@@ -159,6 +160,7 @@ def train(cfg: Config) -> str:
             critic.score.load_state_dict(state["value_head"])
 
     sw = Stopwatch()
+    guard = NonFiniteGuard("ppo", cfg.skip_nonfinite)
     rm_fn = reward_fn if cfg.reward == "rm" else None
     if start == 0 and cfg.eval_every and eval_prompts:  # the SFT starting point: KL 0 on the over-optimisation curve
         run.log(0, training_eval(policy, tok, eval_prompts, rm_fn, evaluator))
@@ -190,11 +192,11 @@ def train(cfg: Config) -> str:
 
         # 6. PPO epochs over shuffled minibatches, with gradient accumulation over micro-batches.
         with sw("train"):
-            stats = ppo_epochs(cfg, policy, critic, optimizer, exp, values, advantages, returns, ptx_rows)
+            stats = ppo_epochs(cfg, policy, critic, optimizer, guard, exp, values, advantages, returns, ptx_rows)
 
         # 7. Log the RLHF dashboard; adapt beta; evaluate, sample, checkpoint.
         seq_kl = masked_sum(kl, mask, dim=1)  # (B,) KL of each sequence to the reference
-        metrics = {k: sum(v) / len(v) for k, v in stats.items()}
+        metrics = {k: sum(v) / len(v) for k, v in stats.items()} | guard.metrics()
         metrics.update(sw.pop())
         metrics.update({
             "objective/scores": exp.scores.mean().item(),
@@ -221,6 +223,7 @@ def train(cfg: Config) -> str:
                                        {"optimizer": optimizer.state_dict(), "kl_ctl": kl_ctl.state_dict(),
                                         **({"value_head": critic.score.state_dict()} if shared else {})}, tok)
 
+    guard.finish()
     out = os.path.join(cfg.out_dir, "model")
     checkpoint.save_model('ppo', policy, tok, out)
     if start < cfg.total_steps:
@@ -231,7 +234,7 @@ def train(cfg: Config) -> str:
     return out
 
 
-def ppo_epochs(cfg: Config, policy, critic, optimizer, exp, values, advantages, returns, ptx_rows) -> dict[str, list[float]]:
+def ppo_epochs(cfg: Config, policy, critic, optimizer, guard, exp, values, advantages, returns, ptx_rows) -> dict[str, list[float]]:
     """Step 6: `ppo_epochs` passes of clipped policy + value updates over one rollout batch.
 
     Each optimiser step covers a minibatch; its micro-batches accumulate gradients,
@@ -264,10 +267,10 @@ def ppo_epochs(cfg: Config, policy, critic, optimizer, exp, values, advantages, 
                 for k, v in {**pg_stats, **vf_stats}.items():
                     stats.setdefault(k, []).append(float(v))
             policy_norm, critic_norm = clip_grad_norms(groups, cfg.grad_clip, separately)
-            check_finite("ppo", None, loss=loss, policy_grad_norm=policy_norm, critic_grad_norm=critic_norm)
             stats.setdefault("ppo/policy/grad_norm", []).append(policy_norm)
             stats.setdefault("ppo/val/grad_norm", []).append(critic_norm)  # value_head=policy: the head's alone
-            optimizer.step()
+            if guard.ok(None, loss=loss, policy_grad_norm=policy_norm, critic_grad_norm=critic_norm):
+                optimizer.step()
             optimizer.zero_grad(set_to_none=True)
     return stats
 

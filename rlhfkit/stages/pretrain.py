@@ -25,7 +25,7 @@ from rlhfkit.data.packing import epoch_batches, pack_documents, read_corpus
 from rlhfkit.evaluation.hooks import log_samples
 from rlhfkit.losses import lm_loss
 from rlhfkit.models.tiny import TinyModelConfig, build_model, train_tokenizer
-from rlhfkit.optim import adamw, check_finite, cosine_lr, set_lr
+from rlhfkit.optim import adamw, NonFiniteGuard, cosine_lr, set_lr
 from rlhfkit.tracking import Run, due, seed_everything
 
 
@@ -48,6 +48,7 @@ class Config:
     min_lr_ratio: float = 0.1  # cosine floor as a fraction of lr
     weight_decay: float = 0.1  # AdamW decay on matrices
     grad_clip: float = 1.0  # max gradient norm
+    skip_nonfinite: int = 3  # non-finite steps in a row skipped (no update, counted) before the run stops with an error; 0: stop at the first
     eval_every: int = 100  # held-out loss every N steps
     sample_every: int = 200  # print decoded samples every N steps
     ckpt_every: int = 200  # checkpoint every N steps (resume with the same out_dir)
@@ -94,6 +95,7 @@ def train(cfg: Config) -> str:
     optimizer = adamw(model, cfg.lr, cfg.weight_decay)
     start, _ = checkpoint.resume(ckpt, cfg.out_dir, optimizer, "pretrain")
     ddp_model = distributed.wrap(model, d)
+    guard = NonFiniteGuard("pretrain", cfg.skip_nonfinite)
 
     # 2. Train: one packed batch per step; every token is a target.
     model.train()
@@ -108,12 +110,13 @@ def train(cfg: Config) -> str:
         loss, _ = lm_loss(logits[:, :-1], batch[:, 1:], normalizer=n_tokens)
         (loss * d.world_size).backward()  # DDP averages over ranks; undo it so the loss is the global mean
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        check_finite("pretrain", step, loss=loss, grad_norm=grad_norm)
-        optimizer.step()
+        global_loss = distributed.global_sum(loss.detach(), d)  # the same on every rank: all ranks skip or stop together
+        if guard.ok(step, loss=global_loss, grad_norm=grad_norm):
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
         # 3. Log, evaluate, sample, checkpoint.
-        metrics = {"train/loss": distributed.global_sum(loss.detach(), d).item(), "train/lr": lr, "train/grad_norm": grad_norm.item()}
+        metrics = {"train/loss": global_loss.item(), "train/lr": lr, "train/grad_norm": grad_norm.item(), **guard.metrics()}
         if due(step, cfg.eval_every) or step + 1 == cfg.max_steps:
             metrics["eval/loss"] = heldout_loss(model, heldout.to(d.device))
         run.log(step + 1, metrics)
@@ -124,6 +127,7 @@ def train(cfg: Config) -> str:
         distributed.barrier(d)
 
     out = os.path.join(cfg.out_dir, "model")
+    guard.finish()
     if d.is_main:
         checkpoint.save_model("pretrain", model, tok, out)
         print(f"[pretrain] saved {out}", flush=True)

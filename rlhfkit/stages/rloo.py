@@ -31,7 +31,7 @@ from rlhfkit.models.load import load_causal_lm
 from rlhfkit.models.logprobs import response_logprobs
 from rlhfkit.models.reward import make_reward_fn
 from rlhfkit.ops import masked_sum
-from rlhfkit.optim import check_finite, set_lr
+from rlhfkit.optim import NonFiniteGuard, set_lr
 from rlhfkit.rl import grpo_advantages, kl_k1, rloo_advantages
 from rlhfkit.rollout import collect_experience
 from rlhfkit.tracking import Run, due, seed_everything
@@ -68,6 +68,7 @@ class Config:
     lr: float = 2e-5  # Adam learning rate (constant after warmup)
     warmup_steps: int = 5  # iterations of linear warmup
     grad_clip: float = 1.0  # max gradient norm
+    skip_nonfinite: int = 3  # non-finite steps in a row skipped (no update, counted) before the run stops with an error; 0: stop at the first
     eval_every: int = 20  # held-out eval (eval_prompts) every N iterations (0: off)
     sample_every: int = 20  # print samples every N iterations
     ckpt_every: int = 20  # checkpoint every N iterations
@@ -120,6 +121,7 @@ def train(cfg: Config) -> str:
 
     if start == 0 and cfg.eval_every and eval_prompts:
         run.log(0, training_eval(policy, tok, eval_prompts, rm_fn, evaluator))
+    guard = NonFiniteGuard(cfg.estimator, cfg.skip_nonfinite)
     for step in tqdm(range(start, cfg.total_steps), desc=cfg.estimator, initial=start, total=cfg.total_steps):
         set_lr(optimizer, cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps)))
         batch = [prompts[i] for i in epoch_batches(len(prompts), cfg.prompts_per_step, step, cfg.seed)]
@@ -150,12 +152,12 @@ def train(cfg: Config) -> str:
                     for name, v in m.items():
                         stats.setdefault(name, []).append(float(v))
                 grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
-                check_finite(cfg.estimator, step, loss=loss, grad_norm=grad_norm)
-                optimizer.step()
+                if guard.ok(step, loss=loss, grad_norm=grad_norm):
+                    optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
 
         # 4. Log, evaluate, checkpoint.
-        metrics = {k: sum(v) / len(v) for k, v in stats.items()}
+        metrics = {k: sum(v) / len(v) for k, v in stats.items()} | guard.metrics()
         metrics.update({"objective/scores": exp.scores.mean().item(), "objective/kl": seq_kl.mean().item(),
                         "objective/rlhf_reward": (exp.scores - cfg.kl_coef * seq_kl).mean().item(),
                         "rollout/response_length": mask.sum(1).float().mean().item(),
@@ -170,6 +172,7 @@ def train(cfg: Config) -> str:
         if (step + 1) % cfg.ckpt_every == 0 and step + 1 < cfg.total_steps:
             checkpoint.save_checkpoint(cfg.out_dir, step + 1, {"policy": policy}, {"optimizer": optimizer.state_dict()}, tok)
 
+    guard.finish()
     out = os.path.join(cfg.out_dir, "model")
     checkpoint.save_model(cfg.estimator, policy, tok, out)
     print(f"[{cfg.estimator}] saved {out}", flush=True)

@@ -41,7 +41,7 @@ from rlhfkit.data.records import Comparison
 from rlhfkit.losses import acceptability_loss, bradley_terry_loss
 from rlhfkit.models.load import pick_device
 from rlhfkit.models.reward import load_scalar_model, scalar_model_from_lm, sequence_scores
-from rlhfkit.optim import adamw, check_finite, cosine_lr, set_lr
+from rlhfkit.optim import NonFiniteGuard, adamw, cosine_lr, set_lr
 from rlhfkit.tracking import Run, due, seed_everything
 
 
@@ -60,6 +60,7 @@ class Config:
     min_lr_ratio: float = 0.1  # cosine floor
     weight_decay: float = 0.0  # AdamW decay on matrices
     grad_clip: float = 1.0  # max gradient norm
+    skip_nonfinite: int = 3  # non-finite steps in a row skipped (no update, counted) before the run stops with an error; 0: stop at the first
     margin: float | None = None  # optional BT margin (Llama 2 style), subtracted from r_c - r_r
     pair_weight: Literal["pair", "ranking"] = "pair"  # pair: every pair counts once | ranking: every ranking once (its pairs 1/C(K,2), InstructGPT)
     accept_coef: float = 1.0  # weight of the acceptability loss on pairs with acceptable marks (0: off)
@@ -179,6 +180,7 @@ def train(cfg: Config) -> str:
 
     # 3. Train: all pairs of a few rankings per step.
     model.train()
+    guard = NonFiniteGuard("rm", cfg.skip_nonfinite)
     for step in tqdm(range(start, max_steps), desc="rm", initial=start, total=max_steps):
         lr = cosine_lr(step, max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
         set_lr(optimizer, lr)
@@ -189,11 +191,12 @@ def train(cfg: Config) -> str:
                               pair_weights(batch, cfg.pair_weight))
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        check_finite("rm", step, loss=loss, grad_norm=grad_norm)
-        optimizer.step()
+        if guard.ok(step, loss=loss, grad_norm=grad_norm):
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         metrics = {"train/loss": loss.item(), "train/accuracy": stats["rm/accuracy"].item(),
-                   "train/margin": stats["rm/margin"].item(), "train/lr": lr, "train/grad_norm": grad_norm.item()}
+                   "train/margin": stats["rm/margin"].item(), "train/lr": lr, "train/grad_norm": grad_norm.item(),
+                   **guard.metrics()}
         if "rm/accept_loss" in stats:
             metrics["train/accept_loss"] = stats["rm/accept_loss"].item()
         if due(step, cfg.eval_every) or step + 1 == max_steps:
@@ -202,6 +205,7 @@ def train(cfg: Config) -> str:
         if (step + 1) % cfg.ckpt_every == 0 and step + 1 < max_steps:
             checkpoint.save_checkpoint(cfg.out_dir, step + 1, {"rm": model}, {"optimizer": optimizer.state_dict()}, tok)
 
+    guard.finish()
     # 4. Normalise: mean score 0 over the (SFT-sampled) responses of the training data.
     offset, std = normalisation(model, tok, [p for g in train_groups for p in g], cfg.max_len, device)
     model.config.rlhfkit_score_offset, model.config.rlhfkit_score_std = offset, std

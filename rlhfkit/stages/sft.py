@@ -28,7 +28,7 @@ from rlhfkit.data.loaders import check_enough, load_sft
 from rlhfkit.evaluation.hooks import log_samples
 from rlhfkit.losses import lm_loss
 from rlhfkit.models.load import load_causal_lm
-from rlhfkit.optim import adamw, check_finite, cosine_lr, set_lr
+from rlhfkit.optim import adamw, NonFiniteGuard, cosine_lr, set_lr
 from rlhfkit.tracking import Run, due, seed_everything
 
 
@@ -47,6 +47,7 @@ class Config:
     min_lr_ratio: float = 0.1  # cosine floor
     weight_decay: float = 0.0  # AdamW decay on matrices
     grad_clip: float = 1.0  # max gradient norm
+    skip_nonfinite: int = 3  # non-finite steps in a row skipped (no update, counted) before the run stops with an error; 0: stop at the first
     heldout_fraction: float = 0.05  # demonstrations kept out for the held-out loss
     eval_every: int = 50  # held-out loss every N steps
     sample_every: int = 100  # print decoded samples every N steps
@@ -83,6 +84,7 @@ def train(cfg: Config) -> str:
     optimizer = adamw(model, cfg.lr, cfg.weight_decay)
     start, _ = checkpoint.resume(ckpt, cfg.out_dir, optimizer, "sft")
     ddp_model = distributed.wrap(model, d)
+    guard = NonFiniteGuard("sft", cfg.skip_nonfinite)
 
     # 2. Train on response tokens only.
     model.train()
@@ -99,12 +101,13 @@ def train(cfg: Config) -> str:
         loss, _ = lm_loss(logits[:, :-1], labels[:, 1:], normalizer=n_tokens)
         (loss * d.world_size).backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        check_finite("sft", step, loss=loss, grad_norm=grad_norm)
-        optimizer.step()
+        global_loss = distributed.global_sum(loss.detach(), d)  # the same on every rank: all ranks skip or stop together
+        if guard.ok(step, loss=global_loss, grad_norm=grad_norm):
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
         # 3. Log, evaluate, sample, checkpoint.
-        metrics = {"train/loss": distributed.global_sum(loss.detach(), d).item(), "train/lr": lr, "train/grad_norm": grad_norm.item()}
+        metrics = {"train/loss": global_loss.item(), "train/lr": lr, "train/grad_norm": grad_norm.item(), **guard.metrics()}
         if due(step, cfg.eval_every) or step + 1 == max_steps:
             metrics["eval/loss"] = heldout_loss(model, heldout, tok.pad_token_id, d.device)
         run.log(step + 1, metrics)
@@ -115,6 +118,7 @@ def train(cfg: Config) -> str:
         distributed.barrier(d)
 
     out = os.path.join(cfg.out_dir, "model")
+    guard.finish()
     if d.is_main:
         checkpoint.save_model("sft", model, tok, out)
         print(f"[sft] held-out loss {first_loss:.3f} -> {metrics.get('eval/loss', float('nan')):.3f}; saved {out}", flush=True)
