@@ -40,6 +40,21 @@ def test_overlong_example_keeps_the_response(tiny_tok):
     assert tiny_tok.decode(response) == "7 + 5 = 12.<|eos|>"
 
 
+def test_cut_examples_are_counted_aloud(tiny_tok, capsys):
+    from rlhfkit.data.chat import render_examples
+
+    items = [("What is 7 + 5?", "7 + 5 = 12."), ("What is 7 + 5? " * 20, "7 + 5 = 12."), ("Hi", "cat, dog, " * 30)]
+    n = len(render_example(tiny_tok, *items[0])[0])  # the first fits exactly
+    rows = render_examples(tiny_tok, items, n, "sft")
+    assert rows == [render_example(tiny_tok, p, c, n) for p, c in items]
+    assert len(rows[2][0]) == n and rows[2][0][-1] != tiny_tok.eos_token_id  # the long completion lost its EOS
+    out = capsys.readouterr().out
+    assert f"[sft] warning: 2 of 3 examples are longer than max_len={n}" in out
+    assert "1 lost the start of their prompt, 1 lost the end of their completion" in out
+    render_examples(tiny_tok, items[:1], n, "sft")
+    assert capsys.readouterr().out == ""  # nothing cut, nothing said
+
+
 def test_pad_differs_from_eos(tiny_tok):
     assert tiny_tok.pad_token_id != tiny_tok.eos_token_id
     assert isinstance(torch.tensor(tiny_tok.pad_token_id), torch.Tensor)

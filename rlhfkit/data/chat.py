@@ -45,11 +45,33 @@ def render_example(tokenizer, prompt, completion: str, max_len: int | None = Non
     Over-long examples are cut from the left of the prompt so the completion
     survives; if even the completion does not fit it is truncated (and loses its EOS).
     """
-    p, r = render_prompt(tokenizer, prompt), render_response(tokenizer, completion)
-    if max_len is not None and len(p) + len(r) > max_len:
-        r = r[:max_len]
-        p = p[len(p) - (max_len - len(r)) :] if max_len > len(r) else []
+    p, r, _ = _fit(render_prompt(tokenizer, prompt), render_response(tokenizer, completion), max_len)
     return p + r, [False] * len(p) + [True] * len(r)
+
+
+def _fit(p: list[int], r: list[int], max_len: int | None) -> tuple[list[int], list[int], str]:
+    """Prompt and response ids cut to `max_len` in all, and what was cut: "" | "prompt" | "completion"."""
+    if max_len is None or len(p) + len(r) <= max_len:
+        return p, r, ""
+    if len(r) >= max_len:
+        return [], r[:max_len], "completion"
+    return p[len(p) - (max_len - len(r)) :], r, "prompt"
+
+
+def render_examples(tokenizer, items: Sequence[tuple], max_len: int | None, what: str) -> list[tuple[list[int], list[bool]]]:
+    """`render_example` of every `(prompt, completion)`; says once, with counts, how many were cut to `max_len`
+    (a silent cut trains on a different example than the data holds)."""
+    out, cut = [], {"prompt": 0, "completion": 0}
+    for prompt, completion in items:
+        p, r, where = _fit(render_prompt(tokenizer, prompt), render_response(tokenizer, completion), max_len)
+        out.append((p + r, [False] * len(p) + [True] * len(r)))
+        if where:
+            cut[where] += 1
+    if cut["prompt"] or cut["completion"]:
+        print(f"[{what}] warning: {cut['prompt'] + cut['completion']} of {len(items)} examples are longer than "
+              f"max_len={max_len} tokens: {cut['prompt']} lost the start of their prompt, {cut['completion']} lost "
+              "the end of their completion and its end-of-turn token; raise max_len to keep them whole", flush=True)
+    return out
 
 
 def pad_batch(rows: Sequence[Sequence[int]], pad_id: int, side: str = "right", dtype=None):

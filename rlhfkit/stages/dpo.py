@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from rlhfkit import checkpoint
-from rlhfkit.data.chat import render_example
+from rlhfkit.data.chat import render_examples
 from rlhfkit.data.loaders import prompt_texts
 from rlhfkit.data.packing import epoch_batches
 from rlhfkit.evaluation.hooks import make_evaluator, training_eval
@@ -98,8 +98,9 @@ def train(cfg: Config) -> str:
     ckpt = checkpoint.latest_checkpoint(cfg.out_dir)
     policy, tok = load_causal_lm(os.path.join(ckpt, "policy") if ckpt else cfg.policy, device=cfg.device)
     device = next(policy.parameters()).device
-    chosen = [render_example(tok, p.prompt, p.chosen, cfg.max_len) for p in pairs]
-    rejected = [render_example(tok, p.prompt, p.rejected, cfg.max_len) for p in pairs]
+    rendered = render_examples(tok, [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs],
+                               cfg.max_len, "dpo")
+    chosen, rejected = rendered[: len(pairs)], rendered[len(pairs) :]
     chosen_tokens = torch.tensor([scored_tokens(row) for row in chosen], dtype=torch.float)
 
     # 2. Reference logprobs, computed once and cached; the reference model is then freed.

@@ -34,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from rlhfkit import checkpoint
-from rlhfkit.data.chat import pad_batch, render_example
+from rlhfkit.data.chat import pad_batch, render_example, render_examples
 from rlhfkit.data.loaders import ACCEPTABLE_FIELDS
 from rlhfkit.data.packing import epoch_batches
 from rlhfkit.data.records import Comparison
@@ -164,6 +164,7 @@ def train(cfg: Config) -> str:
     n_held = len(heldout)
     max_steps = max(1, int(cfg.epochs * len(train_groups) / cfg.batch_groups))
     n_pairs = sum(map(len, train_groups))
+    distinct = dict.fromkeys((p.prompt, r) for g in heldout + train_groups for p in g for r in (p.chosen, p.rejected))
     print(f"[rm] {n_pairs} pairs in {len(train_groups)} rankings (+{n_held} held out), {max_steps} steps", flush=True)
 
     # 2. Model: SFT backbone + fresh scalar head (or the last checkpoint's, when resuming).
@@ -173,6 +174,7 @@ def train(cfg: Config) -> str:
     else:
         model, tok = scalar_model_from_lm(cfg.model, device=pick_device(cfg.device), seed=cfg.seed)
     device = next(model.parameters()).device
+    render_examples(tok, list(distinct), cfg.max_len, "rm")  # says how many answers max_len cuts (batches render their own)
     optimizer = adamw(model, cfg.lr, cfg.weight_decay)
     start, _ = checkpoint.resume(ckpt, cfg.out_dir, optimizer, "rm")
     if not start:

@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from rlhfkit import checkpoint, distributed
-from rlhfkit.data.chat import IGNORE_INDEX, render_example, sft_batch
+from rlhfkit.data.chat import IGNORE_INDEX, render_examples, sft_batch
 from rlhfkit.data.packing import epoch_batches
 from rlhfkit.data.loaders import check_enough, load_sft
 from rlhfkit.evaluation.hooks import log_samples
@@ -76,7 +76,7 @@ def train(cfg: Config) -> str:
     model, tok = load_causal_lm(os.path.join(ckpt, "model") if ckpt else cfg.model, device=str(d.device))
     random.Random(cfg.seed).shuffle(examples)
     n_held = max(1, int(len(examples) * cfg.heldout_fraction))
-    rendered = [render_example(tok, e.prompt, e.completion, cfg.max_len) for e in examples]
+    rendered = render_examples(tok, [(e.prompt, e.completion) for e in examples], cfg.max_len, "sft")
     heldout, train_rows = rendered[:n_held], rendered[n_held:]
     max_steps = max(1, int(cfg.epochs * len(train_rows) / cfg.batch_size))
     print(f"[sft] {len(train_rows)} demonstrations ({n_held} held out), {max_steps} steps of {cfg.batch_size}", flush=True)
