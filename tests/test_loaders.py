@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 
 import pyarrow as pa
@@ -318,6 +319,53 @@ def test_fuzzed_jsonl_rows_load_or_fail_naming_the_file(tmp_path):
         assert all(c.encode("utf-8") for p in pairs for c in (p.chosen, p.rejected))
         outcomes["loaded"] += 1
     assert outcomes["loaded"] > 10 and outcomes["error"] > 100, outcomes
+
+
+@pytest.mark.parametrize("content,message", [
+    ("{not json", "not a readable dataset_dict.json"),
+    ('["train"]', "expected a JSON object with a 'splits' list, got list"),
+    ('{"splits": "train"}', "field 'splits': expected a list of split names, got str"),
+    ('{"splits": [1, 2]}', "field 'splits': expected a list of split names"),
+    (b"\xff\xfe{}", "not a readable dataset_dict.json"),
+])
+def test_a_malformed_dataset_dict_json_names_the_file(tmp_path, content, message):
+    import datasets
+
+    saved = tmp_path / "saved_dict"
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(SFT_ROWS)}).save_to_disk(str(saved))
+    (saved / "dataset_dict.json").write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(DataError, match=re.escape(f"{saved / 'dataset_dict.json'}: {message}")):
+        load_sft(str(saved))
+
+
+def test_fuzzed_parquet_files_load_or_fail_naming_the_file(tmp_path):
+    """Random byte flips and cuts anywhere in a valid Parquet file (footer, page headers, data): every
+    outcome is a load of well-formed records or a DataError naming the file, never another exception."""
+    import random
+
+    rng = random.Random(1)
+    clean = tmp_path / "clean.parquet"
+    pq.write_table(pa.Table.from_pylist([{**PAIR, "chosen": f"Hi {i}!"} for i in range(40)]), str(clean), row_group_size=10)
+    good = clean.read_bytes()
+    outcomes = {"loaded": 0, "error": 0}
+    for trial in range(150):
+        data = bytearray(good)
+        if rng.random() < 0.2:
+            data = data[: rng.randrange(len(data))]  # truncated
+        for _ in range(rng.randint(1, 8)):
+            if data:
+                data[rng.randrange(len(data))] = rng.randrange(256)
+        path = tmp_path / f"f{trial}.parquet"
+        path.write_bytes(bytes(data))
+        try:
+            pairs = load_preferences(str(path))
+        except DataError as e:
+            assert str(e).startswith(str(path)), str(e)[:300]
+            outcomes["error"] += 1
+            continue
+        assert all(isinstance(p.chosen, str) and isinstance(p.rejected, str) and p.chosen != p.rejected for p in pairs)
+        outcomes["loaded"] += 1
+    assert outcomes["error"] > 20, outcomes
 
 
 @pytest.mark.parametrize("stage,args,what", [

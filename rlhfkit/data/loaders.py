@@ -413,8 +413,16 @@ def _read_saved_dataset(path: str, split: str) -> Iterator[tuple[str, dict[str, 
     """Rows of a `save_to_disk` directory (a Dataset, or one split of a DatasetDict)."""
     dict_file = os.path.join(path, "dataset_dict.json")
     if os.path.exists(dict_file):
-        with open(dict_file, encoding="utf-8") as f:
-            splits = json.load(f).get("splits", [])
+        try:
+            with open(dict_file, encoding="utf-8") as f:
+                info = json.load(f)
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise DataError(f"{dict_file}: not a readable dataset_dict.json ({e})") from None
+        if not isinstance(info, dict):
+            raise DataError(f"{dict_file}: expected a JSON object with a 'splits' list, got {_kind(info)}")
+        splits = info.get("splits")
+        if not isinstance(splits, list) or not all(isinstance(x, str) for x in splits):
+            raise DataError(f"{dict_file}: field 'splits': expected a list of split names, got {_kind(splits)}")
         if split not in splits:
             raise DataError(f"{path}: no split {split!r} (splits: {', '.join(splits)})")
         path = os.path.join(path, split)
