@@ -186,3 +186,26 @@ def test_server_killed_mid_load_loses_and_duplicates_nothing(tmp_path):
     assert "/api/next" in RETRIED or "/api/judgements" in RETRIED  # the kill really hit clients mid-load
     assert len(acked) == len(set(acked)) == 300
     check_db(url, acked, 10, 30)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["stats", "--db", "sqlite:////nonexistent-dir/x.db"], "database 'sqlite:////nonexistent-dir/x.db': unable to open database file"),
+    (["stats", "--db", "postgresql://u@localhost:1/x"], "needs the Python package"),
+    (["stats", "--db", "mysql+nodriver://x"], "Can't load plugin"),
+    (["load", "QUEUE", "--overlap", "0"], "argument --overlap: expected a whole number >= 1, got '0'"),
+    (["load", "missing.jsonl"], "missing.jsonl: no such file or directory"),
+    (["serve", "--port", "99999"], "argument --port: expected a port number 1-65535, got '99999'"),
+    (["serve", "--admin-token-file", "missing-token"], "No such file or directory: 'missing-token'"),
+    (["export", "/nonexistent-dir/out.jsonl"], "No such file or directory"),
+])
+def test_label_misuse_is_one_line_not_a_traceback(tmp_path, args, message):
+    queue = tmp_path / "q.jsonl"
+    queue.write_text(json.dumps({"prompt": "x", "responses": ["a", "b"]}) + "\n")
+    args = [str(queue) if a == "QUEUE" else a for a in args]
+    if "--db" not in args:
+        args += ["--db", f"sqlite:///{tmp_path}/f.db"]
+    proc = subprocess.run([sys.executable, "-m", "rlhfkit", "label", *args], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr and message in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "missing.jsonl").exists()

@@ -14,6 +14,18 @@ import json
 import sys
 
 
+def _positive(text: str) -> int:
+    if not text.lstrip("-").isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 1-65535, got {text!r}")
+    return int(text)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rlhfkit label", description="labelling web app and its admin commands")
     sub = p.add_subparsers(dest="action", required=True)
@@ -25,14 +37,14 @@ def parser() -> argparse.ArgumentParser:
 
     s = add("serve", "run the labelling web app")
     s.add_argument("--host", default="127.0.0.1", help="bind address (loopback unless told otherwise)")
-    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--port", type=_port, default=8000)
     s.add_argument("--admin-token", default=None, help="admin token (visible in `ps`: prefer --admin-token-file or "
                    "$RLHFKIT_ADMIN_TOKEN; default: a printed random one)")
     s.add_argument("--admin-token-file", default=None, help="read the admin token from this file (first line)")
     add("add-annotator", "create an annotator and print their login token").add_argument("name")
     ld = add("load", "enqueue prompts with responses (JSONL from `rlhfkit sample`)")
     ld.add_argument("path")
-    ld.add_argument("--overlap", type=int, default=1, help="annotators per item (>= 2 measures agreement)")
+    ld.add_argument("--overlap", type=_positive, default=1, help="annotators per item (>= 2 measures agreement)")
     ex = add("export", "write preference pairs as JSONL")
     ex.add_argument("out")
     ex.add_argument("--source", default=None, choices=["human", "simulated", "ai"])
@@ -41,9 +53,28 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    from rlhfkit.feedback import admin
+    from sqlalchemy.exc import SQLAlchemyError
 
     args = parser().parse_args(argv)
+    try:
+        run(args)
+    except SQLAlchemyError as e:  # a bad URL, an unreachable server, a file SQLite cannot open
+        cause = getattr(e, "orig", None) or e
+        print(f"rlhfkit label: error: database {args.db!r}: {str(cause).splitlines()[0]}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:  # the URL names a driver that is not installed (postgresql://, mysql://)
+        print(f"rlhfkit label: error: database {args.db!r} needs the Python package {e.name!r}: pip install it",
+              file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as e:  # a file that cannot be read or written, a port in use
+        print(f"rlhfkit label: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run(args) -> None:
+    from rlhfkit.feedback import admin
+
     if args.action == "serve":
         token = args.admin_token
         if args.admin_token_file:
@@ -58,7 +89,6 @@ def main(argv: list[str]) -> int:
         print(f"wrote {admin.export(args.db, args.out, args.source)} pairs to {args.out}")
     elif args.action == "stats":
         print(json.dumps(admin.stats(args.db), indent=2, default=str))
-    return 0
 
 
 if __name__ == "__main__":
