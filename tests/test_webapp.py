@@ -319,7 +319,34 @@ def test_logout_revokes_a_copied_cookie_and_the_database_is_private(annotator, e
     assert copied.get("/api/me").status_code == 401  # the copy was good for 7 days after logout before
     _, url = env
     path = url.removeprefix("sqlite:///")
-    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600  # tokens' hashes and the signing key: owner only
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600  # tokens' hashes: owner only
+
+
+def test_the_session_key_lives_in_a_private_file_not_the_database(env, tmp_path):
+    """Whoever can read the labels database must not be able to forge a login: the signing key is in its own
+    0600 file, the same across restarts (sessions survive), and a key file others can read is refused."""
+    import os
+    import stat
+
+    from rlhfkit.feedback.webapp import default_key_file, load_session_key
+
+    _, url = env
+    key_file = default_key_file(url)
+    assert key_file == url.removeprefix("sqlite:///") + ".session-key"
+    assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
+    key = load_session_key(key_file)
+    assert len(key) == 64 and FeedbackStore(url).setting("session_key") is None
+    create_app(url, ADMIN)  # a restart reads the same key
+    assert load_session_key(key_file) == key
+    other = tmp_path / "other.key"
+    assert load_session_key(str(other)) != key  # a new file gets a new random key
+    os.chmod(other, 0o644)
+    with pytest.raises(ValueError, match="readable by others"):
+        load_session_key(str(other))
+    store = FeedbackStore(url)  # a key left in the database by an earlier version is removed
+    store.set_setting("session_key", "old")
+    create_app(url, ADMIN)
+    assert store.setting("session_key") is None
 
 
 def test_a_short_admin_token_is_refused(tmp_path):

@@ -15,7 +15,8 @@ from typing import Any
 from rlhfkit.feedback.store import FeedbackStore
 
 
-def serve(db: str, host: str = "127.0.0.1", port: int = 8000, admin_token: str | None = None) -> None:
+def serve(db: str, host: str = "127.0.0.1", port: int = 8000, admin_token: str | None = None,
+          key_file: str | None = None) -> None:
     """Run the labelling app. The admin token comes from the argument, else $RLHFKIT_ADMIN_TOKEN, else a
     fresh random one printed once. Binds loopback unless `host` says otherwise."""
     import uvicorn
@@ -27,7 +28,7 @@ def serve(db: str, host: str = "127.0.0.1", port: int = 8000, admin_token: str |
         token = secrets.token_urlsafe(24)
         print(f"[label] admin token for this run: {token}", flush=True)
     print(f"[label] serving {db} on http://{host}:{port}/", flush=True)
-    uvicorn.run(create_app(db, token), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(db, token, key_file=key_file), host=host, port=port, log_level="warning")
 
 
 def add_annotator(db: str, name: str) -> str:

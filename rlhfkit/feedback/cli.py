@@ -1,6 +1,6 @@
 """`rlhfkit label <action>`: the human-feedback web app and its admin commands.
 
-    rlhfkit label serve --db sqlite:///labels.db [--host 127.0.0.1] [--port 8000] [--admin-token-file F]
+    rlhfkit label serve --db sqlite:///labels.db [--host 127.0.0.1] [--port 8000] [--admin-token-file F] [--session-key-file K]
     rlhfkit label add-annotator NAME --db URL          prints the annotator's secret login token
     rlhfkit label load QUEUE.jsonl --db URL [--overlap 2]   the output of `rlhfkit sample`
     rlhfkit label export OUT.jsonl --db URL [--source human]   preference pairs for `rm` / `dpo`
@@ -41,6 +41,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--admin-token", default=None, help="admin token (visible in `ps`: prefer --admin-token-file or "
                    "$RLHFKIT_ADMIN_TOKEN; default: a printed random one)")
     s.add_argument("--admin-token-file", default=None, help="read the admin token from this file (first line)")
+    s.add_argument("--session-key-file", default=None, help="session-signing key, created (mode 0600) if missing "
+                   "(default: beside an SQLite database, else ./rlhfkit-session.key)")
     add("add-annotator", "create an annotator and print their login token").add_argument("name")
     ld = add("load", "enqueue prompts with responses (JSONL from `rlhfkit sample`)")
     ld.add_argument("path")
@@ -80,7 +82,7 @@ def run(args) -> None:
         if args.admin_token_file:
             with open(args.admin_token_file, encoding="utf-8") as f:
                 token = f.readline().strip()
-        admin.serve(args.db, args.host, args.port, token)
+        admin.serve(args.db, args.host, args.port, token, args.session_key_file)
     elif args.action == "add-annotator":
         print(admin.add_annotator(args.db, args.name))
     elif args.action == "load":

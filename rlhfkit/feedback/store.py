@@ -183,16 +183,8 @@ class FeedbackStore:
 
         self._retrying(write)
 
-    def secret(self, name: str) -> str:
-        """A random secret kept in the database (created on first use), e.g. the session-signing key."""
-        def write(c: Connection) -> str:
-            value = c.scalar(select(settings.c.value).where(settings.c.name == name))
-            if value is None:
-                value = secrets.token_hex(32)
-                c.execute(insert(settings).values(name=name, value=value))
-            return value
-
-        return self._retrying(write)
+    def drop_setting(self, name: str) -> None:
+        self._retrying(lambda c: c.execute(delete(settings).where(settings.c.name == name)))
 
     # -- the queue
 
