@@ -55,8 +55,12 @@ def check_finite_weights(what: str, model) -> None:
 
 def save_model(stage: str, model, tokenizer, out: str) -> None:
     """A stage's final model (and tokenizer) in Hugging Face form at `out`, after checking every weight is finite."""
+    from rlhfkit.data.chat import chat_template
+
     check_finite_weights(stage, model)
     unwrap(model).save_pretrained(out)
+    if not tokenizer.chat_template:  # trained on the plain-dialogue fallback: save it, so the model prompts as trained
+        tokenizer.chat_template = chat_template(tokenizer)
     tokenizer.save_pretrained(out)
 
 

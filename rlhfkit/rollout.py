@@ -20,7 +20,7 @@ from typing import Sequence
 
 import torch
 
-from rlhfkit.data.chat import pad_batch, render_prompt
+from rlhfkit.data.chat import pad_batch, render_prompt, stop_ids
 from rlhfkit.models import decode
 from rlhfkit.models.logprobs import position_ids_from_mask, response_logprobs
 
@@ -69,7 +69,7 @@ def generate(
     model,
     prompts: Sequence[Sequence[int]],
     *,
-    eos_id: int,
+    eos_id: int | Sequence[int],
     pad_id: int,
     max_new_tokens: int = 48,
     temperature: float = 1.0,
@@ -82,8 +82,9 @@ def generate(
     `engine="auto"` decodes Llama-family models with `LlamaDecoder` (same math, a fraction of the
     per-token overhead) and anything else with the model's own forward and cache; `"hf"` forces the latter.
     """
-    assert pad_id != eos_id, "PAD must differ from EOS, or padding looks like a finished response"
     device = next(model.parameters()).device
+    stops = _stops(eos_id, device)
+    assert not bool((stops == pad_id).any()), "PAD must differ from EOS, or padding looks like a finished response"
     prompt_ids, prompt_mask = pad_batch(prompts, pad_id, side="left")
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
     B = prompt_ids.shape[0]
@@ -95,19 +96,19 @@ def generate(
         tok = torch.where(done, torch.full_like(tok, pad_id), tok)
         tokens.append(tok)
         logps.append(torch.where(done, torch.zeros_like(lp), lp))
-        done = done | (tok == eos_id)
+        done = done | torch.isin(tok, stops)
         if bool(done.all()):
             break
         logits = step(tok)
     response_ids = torch.stack(tokens, 1)  # (B, R)
-    response_mask = truncate_after_eos(response_ids, eos_id)
+    response_mask = truncate_after_eos(response_ids, stops)
     return Generation(
         prompt_ids=prompt_ids,
         prompt_mask=prompt_mask,
         response_ids=response_ids.masked_fill(~response_mask, pad_id),
         response_mask=response_mask,
         logprobs=torch.stack(logps, 1).masked_fill(~response_mask, 0.0),
-        terminated=(response_ids == eos_id).any(-1),
+        terminated=torch.isin(response_ids, stops).any(-1),
     )
 
 
@@ -132,9 +133,13 @@ def _decoder(model, prompt_ids, prompt_mask, max_new_tokens: int, engine: str):
     return out.logits[:, -1], step
 
 
-def truncate_after_eos(response_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
-    """Bool mask (B, R): True up to and including the first EOS (all True if there is none)."""
-    is_eos = (response_ids == eos_id).long()
+def _stops(eos_id, device) -> torch.Tensor:
+    return torch.as_tensor([eos_id] if isinstance(eos_id, int) else list(eos_id), dtype=torch.long, device=device)
+
+
+def truncate_after_eos(response_ids: torch.Tensor, eos_id) -> torch.Tensor:
+    """Bool mask (B, R): True up to and including the first EOS (any of `eos_id`, an id or several); all True if none."""
+    is_eos = torch.isin(response_ids, _stops(eos_id, response_ids.device)).long()
     eos_seen_before = is_eos.cumsum(-1) - is_eos  # EOS strictly before this position
     return eos_seen_before == 0
 
@@ -149,12 +154,12 @@ def generate_batched(model, prompts, *, batch_size: int = 64, **kwargs) -> list[
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         gen = generate(model, [prompts[i] for i in idx], **kwargs)
-        eos = kwargs["eos_id"]
+        eos = set(_stops(kwargs["eos_id"], "cpu").tolist())
         for row, i in enumerate(idx):
             m = gen.response_mask[row]
             ids = gen.response_ids[row][m].tolist()
             lps = gen.logprobs[row][m].tolist()
-            if ids and ids[-1] == eos:
+            if ids and ids[-1] in eos:
                 ids, lps = ids[:-1], lps[:-1]
             results[i] = (ids, bool(gen.terminated[row]), lps)
     return results
@@ -192,11 +197,12 @@ def collect_experience(policy, ref, tok, prompts: Sequence[str], reward_fn, *, m
     timed = stopwatch or (lambda name: contextlib.nullcontext())
     policy.eval()
     with timed("generate"):
-        gen = generate(policy, [render_prompt(tok, p) for p in prompts], eos_id=tok.eos_token_id,
+        stops = stop_ids(tok, policy)
+        gen = generate(policy, [render_prompt(tok, p) for p in prompts], eos_id=stops,
                        pad_id=tok.pad_token_id, max_new_tokens=max_new_tokens, temperature=temperature)
     input_ids, attn = gen.sequences()
     P = gen.prompt_ids.shape[1]
-    texts = [tok.decode(r[m & (r != tok.eos_token_id)].tolist(), skip_special_tokens=True)
+    texts = [tok.decode(r[m & ~torch.isin(r, _stops(stops, r.device))].tolist(), skip_special_tokens=True)
              for r, m in zip(gen.response_ids, gen.response_mask)]
     with timed("score"):
         scores = reward_fn(list(prompts), texts, gen.terminated.tolist()).float().to(input_ids.device)
@@ -228,7 +234,7 @@ def answer(model, tok, prompts: Sequence, *, max_new_tokens: int = 48, temperatu
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     forced = tok(prefix, add_special_tokens=False)["input_ids"] if prefix else []
     outs = generate_batched(model, [render_prompt(tok, p) + forced for p in prompts], batch_size=batch_size,
-                            eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, max_new_tokens=max_new_tokens,
+                            eos_id=stop_ids(tok, model), pad_id=tok.pad_token_id, max_new_tokens=max_new_tokens,
                             temperature=temperature, top_p=top_p, generator=gen)
     model.train(was_training)
     return [{"response": tok.decode(forced + ids, skip_special_tokens=True), "terminated": term, "n_tokens": len(ids)}

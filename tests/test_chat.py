@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from rlhfkit.data.chat import IGNORE_INDEX, render_example, render_prompt, sft_batch
@@ -58,3 +59,87 @@ def test_cut_examples_are_counted_aloud(tiny_tok, capsys):
 def test_pad_differs_from_eos(tiny_tok):
     assert tiny_tok.pad_token_id != tiny_tok.eos_token_id
     assert isinstance(torch.tensor(tiny_tok.pad_token_id), torch.Tensor)
+
+
+# ---------------------------------------------------------------- chat fidelity: turn ends, stops, fallback
+
+
+def _word_tokenizer(template: str | None, eos: str, bos_processor: bool = False):
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = "what is 7 plus 5 ? 12 . hi user assistant system : answer in french".split()
+    special = ["<unk>", "<pad>", "<s>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(special + sorted(set(words)) + ["User", "Assistant", "System"])},
+                                      unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Punctuation()])
+    if bos_processor:  # Llama-style: the tokenizer puts BOS in front of text itself
+        core.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 2)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", pad_token="<pad>", eos_token=eos, bos_token="<s>",
+                                  additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+    tok.chat_template = template
+    return tok
+
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def test_turns_end_with_the_templates_token_and_generation_stops_on_every_end(tmp_path, capsys):
+    from rlhfkit.data.chat import end_of_turn_id, render_response, stop_ids
+    from rlhfkit.models.load import load_tokenizer
+
+    tok = _word_tokenizer(CHATML, eos="<|endoftext|>")  # a Qwen-style base: eos differs from the turn end
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert end_of_turn_id(tok) == im_end != tok.eos_token_id
+    assert render_response(tok, "12 .")[-1] == im_end  # trained to end the turn as the template does
+    tok.save_pretrained(tmp_path / "tok")
+    load_tokenizer(str(tmp_path / "tok"))
+    assert "ends assistant turns with '<|im_end|>', not eos_token '<|endoftext|>'" in capsys.readouterr().out
+
+    class Model:  # Llama-3.1 style: generation_config lists several end ids
+        class generation_config:
+            eos_token_id = [tok.eos_token_id, 7, im_end]
+
+    assert stop_ids(tok, Model()) == [im_end, tok.eos_token_id, 7]
+    same = _word_tokenizer(CHATML, eos="<|im_end|>")
+    assert stop_ids(same) == [same.eos_token_id]
+    load_tokenizer(str(tmp_path / "tok"))  # no warning when they agree
+    same.save_pretrained(tmp_path / "same")
+    capsys.readouterr()
+    load_tokenizer(str(tmp_path / "same"))
+    assert "ends assistant turns" not in capsys.readouterr().out
+
+
+def test_generation_stops_at_the_first_of_several_end_ids(tiny_model, tiny_tok):
+    from rlhfkit.rollout import generate
+
+    prompts = [render_prompt(tiny_tok, "What is 7 + 5?")]
+    kw = dict(pad_id=tiny_tok.pad_token_id, max_new_tokens=10, temperature=0.0)
+    free = generate(tiny_model.eval(), prompts, eos_id=tiny_tok.eos_token_id, **kw)
+    ids = free.response_ids[0].tolist()
+    stop = ids[2]  # a token it emits (first at index ids.index(stop))
+    assert tiny_tok.eos_token_id not in ids[:3]
+    cut = generate(tiny_model, prompts, eos_id=[tiny_tok.eos_token_id, stop], **kw)
+    n = ids.index(stop) + 1
+    assert cut.response_mask[0].sum() == n and cut.response_ids[0, :n].tolist() == ids[:n]
+    assert bool(cut.terminated[0])
+
+
+@pytest.mark.parametrize("bos", [False, True])
+def test_a_model_without_a_template_is_saved_with_the_format_it_was_trained_on(tmp_path, bos):
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from rlhfkit.checkpoint import save_model
+
+    tok = _word_tokenizer(None, eos="<|endoftext|>", bos_processor=bos)
+    conv = [{"role": "system", "content": "answer in french"}, {"role": "user", "content": "what is 7 plus 5 ?"}]
+    ids = render_prompt(tok, conv)
+    text = "System: answer in french\nUser: what is 7 plus 5 ?\nAssistant:"
+    assert ids == ([tok.bos_token_id] if bos else []) + tok(text, add_special_tokens=False)["input_ids"]
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2))
+    save_model("sft", model, tok, str(tmp_path / "model"))
+    loaded = AutoTokenizer.from_pretrained(tmp_path / "model")
+    again = loaded.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
+    assert loaded(again, add_special_tokens=False)["input_ids"] == ids  # exactly the training-time prompt

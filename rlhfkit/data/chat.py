@@ -24,19 +24,77 @@ def as_messages(prompt: str | Sequence[Message] | Sequence[dict]) -> list[dict]:
     return [m if isinstance(m, dict) else {"role": m.role, "content": m.content} for m in prompt]
 
 
+# Models without a chat template are prompted in this plain dialogue format; a model trained so gets it
+# saved as its `chat_template`, so `apply_chat_template(..., add_generation_prompt=True)` gives exactly
+# the text it was trained on. BOS only where the tokenizer adds one itself (Llama's does, GPT-2's does not).
+FALLBACK_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] | capitalize }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+_SENTINEL = "\u2063rlhfkit-turn\u2063"
+
+
+def chat_template(tokenizer) -> str:
+    """The tokenizer's chat template, or the plain-dialogue fallback (with BOS in front where the tokenizer adds it)."""
+    if tokenizer.chat_template:
+        return tokenizer.chat_template
+    cached = getattr(tokenizer, "_rlhfkit_fallback", None)
+    if cached is None:
+        bos = tokenizer.bos_token_id
+        adds_bos = bos is not None and tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [bos]
+        cached = ("{{ bos_token }}" if adds_bos else "") + FALLBACK_TEMPLATE
+        _memo(tokenizer, "_rlhfkit_fallback", cached)
+    return cached
+
+
+def _memo(tokenizer, name: str, value) -> None:
+    try:
+        setattr(tokenizer, name, value)
+    except AttributeError:
+        pass
+
+
 def render_prompt(tokenizer, prompt) -> list[int]:
     """Token ids of `prompt` rendered with the chat template, ending with the assistant cue."""
-    if tokenizer.chat_template is None:
-        # Base models without a template: a plain-text dialogue format.
-        text = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in as_messages(prompt))
-        return tokenizer(text + "Assistant:", add_special_tokens=False)["input_ids"]
-    text = tokenizer.apply_chat_template(as_messages(prompt), tokenize=False, add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(as_messages(prompt), chat_template=chat_template(tokenizer), tokenize=False,
+                                         add_generation_prompt=True)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def end_of_turn_id(tokenizer) -> int:
+    """The token that ends an assistant turn: the special token the chat template writes right after the
+    assistant's text (`<|im_end|>`, `<|eot_id|>`, `<end_of_turn>` ...), else `eos_token`. A model whose
+    template ends turns with another token than `eos_token` must learn to end them with the template's."""
+    cached = getattr(tokenizer, "_rlhfkit_turn_end", None)
+    if cached is not None:
+        return cached
+    turn_end = tokenizer.eos_token_id
+    if tokenizer.chat_template:
+        try:
+            text = tokenizer.apply_chat_template([{"role": "user", "content": "x"}, {"role": "assistant", "content": _SENTINEL}],
+                                                 tokenize=False)
+        except Exception:  # a template that cannot render a plain exchange (e.g. needs extra variables)
+            text = ""
+        if _SENTINEL in text:
+            after = tokenizer(text.split(_SENTINEL, 1)[1].lstrip(" "), add_special_tokens=False)["input_ids"][:1]
+            if after and after[0] in set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder):
+                turn_end = after[0]
+    _memo(tokenizer, "_rlhfkit_turn_end", turn_end)
+    return turn_end
+
+
+def stop_ids(tokenizer, model=None) -> list[int]:
+    """Every token that ends a response: the template's end of turn, `eos_token`, and each id of the
+    model's `generation_config.eos_token_id` (an int or, as in Llama 3.1, a list)."""
+    ids = [end_of_turn_id(tokenizer), tokenizer.eos_token_id]
+    extra = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids += extra if isinstance(extra, (list, tuple)) else [extra]
+    return list(dict.fromkeys(i for i in ids if i is not None))
+
+
 def render_response(tokenizer, response: str) -> list[int]:
-    """Ids of a response followed by EOS (the end of the assistant turn)."""
-    return tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    """Ids of a response followed by the end-of-turn token."""
+    return tokenizer(response, add_special_tokens=False)["input_ids"] + [end_of_turn_id(tokenizer)]
 
 
 def render_example(tokenizer, prompt, completion: str, max_len: int | None = None) -> tuple[list[int], list[bool]]:

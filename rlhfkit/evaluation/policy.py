@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import torch
 
-from rlhfkit.data.chat import render_prompt
+from rlhfkit.data.chat import render_prompt, stop_ids
 from rlhfkit.data.packing import pack_documents
 from rlhfkit.evaluation.metrics import bootstrap_ci, kl_from_logprobs, outcomes, perplexity
 from rlhfkit.models.load import pick_device
@@ -38,10 +38,11 @@ def sample_with_kl(policy, ref, tok, prompts: Sequence[str], *, num_samples: int
     gen = torch.Generator(device=device).manual_seed(seed)
     rendered = [render_prompt(tok, p) for p in prompts for _ in range(num_samples)]
     responses, n_tokens, terminated, kls = [], [], [], []
+    stops = stop_ids(tok, policy)
     for start in range(0, len(rendered), batch_size):
-        g = generate(policy, rendered[start : start + batch_size], eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
+        g = generate(policy, rendered[start : start + batch_size], eos_id=stops, pad_id=tok.pad_token_id,
                      max_new_tokens=max_new_tokens, temperature=1.0, generator=gen)
-        keep = g.response_mask & (g.response_ids != tok.eos_token_id)  # (B, R) text tokens
+        keep = g.response_mask & ~torch.isin(g.response_ids, torch.tensor(stops, device=g.response_ids.device))  # (B, R) text tokens
         responses += [tok.decode(r[m].tolist(), skip_special_tokens=True) for r, m in zip(g.response_ids, keep)]
         n_tokens += keep.sum(1).tolist()
         terminated += g.terminated.tolist()

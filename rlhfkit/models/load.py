@@ -52,6 +52,12 @@ def load_tokenizer(path: str):
         tok.add_special_tokens({"pad_token": PAD_FALLBACK})
     if tok.eos_token_id is None:
         raise ValueError(f"tokenizer at {path} has no eos_token; set one in its tokenizer_config.json")
+    from rlhfkit.data.chat import end_of_turn_id
+
+    if (turn_end := end_of_turn_id(tok)) != tok.eos_token_id:
+        print(f"[rlhfkit] {path}: the chat template ends assistant turns with {tok.convert_ids_to_tokens(turn_end)!r}, "
+              f"not eos_token {tok.eos_token!r}: responses are trained to end with the template's token, and "
+              "generation stops on either", flush=True)
     return tok
 
 
