@@ -64,15 +64,17 @@ def test_pad_differs_from_eos(tiny_tok):
 # ---------------------------------------------------------------- chat fidelity: turn ends, stops, fallback
 
 
-def _word_tokenizer(template: str | None, eos: str, bos_processor: bool = False):
+def _word_tokenizer(template: str | None, eos: str, bos_processor: bool = False, newline: bool = False):
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     words = "what is 7 plus 5 ? 12 . hi user assistant system : answer in french".split()
     special = ["<unk>", "<pad>", "<s>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(special + sorted(set(words)) + ["User", "Assistant", "System"])},
-                                      unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Punctuation()])
+    vocab = special + sorted(set(words)) + ["User", "Assistant", "System"] + (["\n"] if newline else [])
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
+    split = ([pre_tokenizers.Split(" ", "removed"), pre_tokenizers.Split("\n", "isolated")] if newline
+             else [pre_tokenizers.Whitespace()])  # with `newline`, "\n" is a token (as in BPE vocabularies)
+    core.pre_tokenizer = pre_tokenizers.Sequence([*split, pre_tokenizers.Punctuation()])
     if bos_processor:  # Llama-style: the tokenizer puts BOS in front of text itself
         core.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 2)])
     tok = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", pad_token="<pad>", eos_token=eos, bos_token="<s>",
@@ -143,3 +145,16 @@ def test_a_model_without_a_template_is_saved_with_the_format_it_was_trained_on(t
     loaded = AutoTokenizer.from_pretrained(tmp_path / "model")
     again = loaded.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
     assert loaded(again, add_special_tokens=False)["input_ids"] == ids  # exactly the training-time prompt
+
+
+def test_an_example_is_the_templates_own_rendering_of_the_conversation():
+    """ChatML writes a newline after <|im_end|>: a reward model trained on rlhfkit's rendering and scored
+    through `apply_chat_template` must see the same last token (it used to read 2.21 vs -0.46)."""
+    tok = _word_tokenizer(CHATML, eos="<|im_end|>", newline=True)
+    conv = [{"role": "system", "content": "answer in french"}, {"role": "user", "content": "what is 7 plus 5 ?"}]
+    ids, mask = render_example(tok, conv, "12 .")
+    full = tok.apply_chat_template(conv + [{"role": "assistant", "content": "12 ."}], tokenize=False)
+    assert ids == tok(full, add_special_tokens=False)["input_ids"]
+    trained = [i for i, m in zip(ids, mask) if m]
+    assert tok.convert_ids_to_tokens(trained) == ["12", ".", "<|im_end|>", "\n"]
+    assert ids[: mask.index(True)] == render_prompt(tok, conv)  # the boundary is the generation prompt's end

@@ -56,9 +56,31 @@ def _memo(tokenizer, name: str, value) -> None:
 
 def render_prompt(tokenizer, prompt) -> list[int]:
     """Token ids of `prompt` rendered with the chat template, ending with the assistant cue."""
-    text = tokenizer.apply_chat_template(as_messages(prompt), chat_template=chat_template(tokenizer), tokenize=False,
+    return tokenizer(_prompt_text(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+
+
+def _prompt_text(tokenizer, prompt) -> str:
+    return tokenizer.apply_chat_template(as_messages(prompt), chat_template=chat_template(tokenizer), tokenize=False,
                                          add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def render_turn(tokenizer, prompt, completion: str) -> list[int]:
+    """Ids of the assistant turn that answers `prompt` with `completion`, exactly as the chat template writes
+    it after the generation prompt: the text, the end-of-turn token and whatever the template puts after
+    it (ChatML's newline), so a reward model scores the same last token as `apply_chat_template` gives.
+    Templates that do not write the turn after their generation prompt get text + end-of-turn token."""
+    template, messages = chat_template(tokenizer), as_messages(prompt)
+    head = _prompt_text(tokenizer, messages)
+    try:
+        full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": completion}],
+                                             chat_template=template, tokenize=False)
+    except Exception:  # e.g. a template that only renders user-ending conversations
+        full = ""
+    if full.startswith(head) and full[len(head):].startswith(completion):
+        ids = tokenizer(full[len(head):], add_special_tokens=False)["input_ids"]
+        if end_of_turn_id(tokenizer) in ids:
+            return ids
+    return render_response(tokenizer, completion)
 
 
 def end_of_turn_id(tokenizer) -> int:
@@ -103,7 +125,7 @@ def render_example(tokenizer, prompt, completion: str, max_len: int | None = Non
     Over-long examples are cut from the left of the prompt so the completion
     survives; if even the completion does not fit it is truncated (and loses its EOS).
     """
-    p, r, _ = _fit(render_prompt(tokenizer, prompt), render_response(tokenizer, completion), max_len)
+    p, r, _ = _fit(render_prompt(tokenizer, prompt), render_turn(tokenizer, prompt, completion), max_len)
     return p + r, [False] * len(p) + [True] * len(r)
 
 
@@ -121,7 +143,7 @@ def render_examples(tokenizer, items: Sequence[tuple], max_len: int | None, what
     (a silent cut trains on a different example than the data holds)."""
     out, cut = [], {"prompt": 0, "completion": 0}
     for prompt, completion in items:
-        p, r, where = _fit(render_prompt(tokenizer, prompt), render_response(tokenizer, completion), max_len)
+        p, r, where = _fit(render_prompt(tokenizer, prompt), render_turn(tokenizer, prompt, completion), max_len)
         out.append((p + r, [False] * len(p) + [True] * len(r)))
         if where:
             cut[where] += 1
