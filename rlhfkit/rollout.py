@@ -15,6 +15,7 @@ top_p=1.0 for on-policy RL.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -119,15 +120,17 @@ def _decoder(model, prompt_ids, prompt_mask, max_new_tokens: int, engine: str):
     if engine == "auto" and decode.supports(model):
         dec = decode.LlamaDecoder(model, prompt_ids.shape[0], prompt_ids.shape[1] + max_new_tokens)
         return dec.prefill(prompt_ids, prompt_mask), dec.step
+    # transformers 5.25 renamed `past_key_values` to `cache` (the old name warns, and goes in 5.40)
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     attn = prompt_mask.long()
     out = model(input_ids=prompt_ids, attention_mask=attn, position_ids=position_ids_from_mask(prompt_mask), use_cache=True)
-    state = {"past": out.past_key_values, "attn": attn, "pos": attn.sum(-1, keepdim=True)}
+    state = {"past": out.get(name, out.get("past_key_values")), "attn": attn, "pos": attn.sum(-1, keepdim=True)}
 
     def step(tok):
         state["attn"] = torch.cat([state["attn"], torch.ones_like(state["attn"][:, :1])], 1)
         out = model(input_ids=tok[:, None], attention_mask=state["attn"], position_ids=state["pos"],
-                    past_key_values=state["past"], use_cache=True)
-        state["past"], state["pos"] = out.past_key_values, state["pos"] + 1
+                    use_cache=True, **{name: state["past"]})
+        state["past"], state["pos"] = out.get(name, out.get("past_key_values")), state["pos"] + 1
         return out.logits[:, -1]
 
     return out.logits[:, -1], step
