@@ -162,7 +162,7 @@ class Run:
             return
         with open(os.path.join(self.dir, "samples.jsonl"), "a") as f:
             for s in samples:
-                f.write(json.dumps({"step": step, **s}) + "\n")
+                f.write(json.dumps({"step": step, **s}, default=_plain) + "\n")  # a conversation prompt holds Messages
         for s in samples[:show]:
             extra = "  ".join(f"{k}={v:.3f}" for k, v in s.items() if isinstance(v, float))
             print(f"  step {step} | {s.get('prompt', '')!r} -> {s.get('response', '')!r}  {extra}", flush=True)
@@ -238,3 +238,12 @@ class Stopwatch:
         out = {f"time/{k}": v for k, v in self.totals.items()}
         self.totals = {}
         return out
+
+
+def _plain(value):
+    """JSON form of record dataclasses (a conversation's Messages)."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")

@@ -210,17 +210,17 @@ def test_world_export_lists_a_familys_prompts_that_many_times_for_ppo(tmp_path):
     rl_prompts.jsonl lists each once; a bad repeat is a config error."""
     from collections import Counter
 
-    from rlhfkit.data.loaders import prompt_texts
+    from rlhfkit.data.loaders import prompt_list
 
     rlhfkit("world", "export", f"--out_dir={tmp_path}", *(f"--world.{k}={v}" for k, v in WORLD_ARGS.items()),
             "--prompt_repeats={false_premise: 3}")
     rl = [json.loads(line) for line in open(tmp_path / "rl_prompts.jsonl")]
     n_fp = sum(p["family"] == "false_premise" for p in rl)
     assert n_fp >= 2
-    got = Counter(prompt_texts(str(tmp_path / "ppo_prompts.jsonl")))
+    got = Counter(prompt_list(str(tmp_path / "ppo_prompts.jsonl")))
     assert sum(got.values()) == len(rl) + 2 * n_fp
     assert all(got[p["prompt"]] == (3 if p["family"] == "false_premise" else 1) for p in rl)
-    assert prompt_texts(str(tmp_path / "rl_prompts.jsonl")) == [p["prompt"] for p in rl]
+    assert prompt_list(str(tmp_path / "rl_prompts.jsonl")) == [p["prompt"] for p in rl]
     for bad, msg in (("{false_premise: 0}", "integers >= 1"), ("{false_premises: 3}", "unknown world families ['false_premises']")):
         proc = rlhfkit("world", "export", f"--out_dir={tmp_path}/x", f"--prompt_repeats={bad}", check=False)
         assert proc.returncode == 2 and msg in proc.stderr

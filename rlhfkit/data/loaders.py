@@ -18,6 +18,8 @@ Schemas, in the field names of TRL and the Hugging Face hub:
     prompt"). Optional `source`, `annotator`, `group`, `meta`.
   * Prompts: `prompt` (string or messages) or `messages` (a final assistant
     reply, if any, is not part of the prompt).
+A prompt given as messages keeps all of them (system turn, earlier turns): every
+stage renders the whole conversation (`rlhfkit.data.records.Prompt`).
 Columns a schema does not use go into the record's `meta`. A null counts as an
 absent field (columnar formats fill missing columns with nulls).
 
@@ -34,7 +36,7 @@ import os
 import re
 from typing import Any, Callable, Iterable, Iterator
 
-from rlhfkit.data.records import SOURCES, Comparison, Example, Message
+from rlhfkit.data.records import SOURCES, Comparison, Example, Message, Prompt, as_prompt
 from rlhfkit.files import atomic_open
 
 ROLES = ("user", "assistant", "system")
@@ -64,9 +66,10 @@ def load_prompts(path: str, split: str = "train") -> list[tuple[Message, ...]]:
     return [parse_prompt(row, loc) for loc, row in read_records(path, split)]
 
 
-def prompt_texts(path: str, split: str = "train") -> list[str]:
-    """The prompts of `path` as the text of their last user message, in file order."""
-    return [conv[-1].content for conv in load_prompts(path, split)]
+def prompt_list(path: str, split: str = "train") -> list[Prompt]:
+    """The prompts of `path` in file order, as policies answer them: a user string, or the whole conversation
+    (system turn and earlier turns kept) where there is more than one user message."""
+    return [as_prompt(conv) for conv in load_prompts(path, split)]
 
 
 def check_enough(path: str, n: int, n_held: int, what: str) -> None:
@@ -147,7 +150,7 @@ def parse_comparison(row: dict[str, Any], loc: str) -> Comparison:
     if isinstance(chosen, (list, tuple)):
         prompt, chosen, rejected = _split_conversations(row, chosen, rejected, loc)
     else:
-        prompt = _single_turn(_prompt(_required(row, "prompt", loc), loc, "prompt"), loc, "prompt")
+        prompt = as_prompt(_prompt(_required(row, "prompt", loc), loc, "prompt"))
         chosen, rejected = _text(chosen, loc, "chosen", True), _text(rejected, loc, "rejected", True)
     if chosen == rejected:
         raise _field_error(loc, "rejected", "identical to 'chosen': a pair of equal answers prefers nothing")
@@ -258,14 +261,7 @@ def _one_reply(messages: tuple[Message, ...], loc: str, field: str, offset: int)
     return messages[0].content
 
 
-def _single_turn(prompt: tuple[Message, ...], loc: str, field: str) -> str:
-    # Comparison.prompt is one user string; silently flattening a longer conversation would change the task.
-    if len(prompt) != 1:
-        raise _field_error(loc, field, f"preference prompts must be a single user message, got {len(prompt)} messages")
-    return prompt[0].content
-
-
-def _split_conversations(row: dict, chosen: list, rejected: list, loc: str) -> tuple[str, str, str]:
+def _split_conversations(row: dict, chosen: list, rejected: list, loc: str) -> tuple[Prompt, str, str]:
     """Conversational pairs -> (prompt, chosen reply, rejected reply).
 
     With `prompt`, a chosen/rejected list that repeats it (hub datasets such as
@@ -275,7 +271,6 @@ def _split_conversations(row: dict, chosen: list, rejected: list, loc: str) -> t
     c, r = _messages(chosen, loc, "chosen"), _messages(rejected, loc, "rejected")
     if _has(row, "prompt"):
         prompt = _prompt(row["prompt"], loc, "prompt")
-        field = "prompt"
         n_c = len(prompt) if c[: len(prompt)] == prompt else 0
         n_r = len(prompt) if r[: len(prompt)] == prompt else 0
     else:
@@ -284,9 +279,8 @@ def _split_conversations(row: dict, chosen: list, rejected: list, loc: str) -> t
         n_c = n_r = next((i for i, (a, b) in enumerate(zip(c, r)) if a != b), min(len(c), len(r)))
         if n_c == 0:
             raise _field_error(loc, "chosen", "no prompt: give 'prompt', or chosen and rejected conversations that start alike")
-        prompt, field = _prompt_end(c[:n_c], loc, "chosen"), "chosen"
-    return (_single_turn(prompt, loc, field),
-            _one_reply(c[n_c:], loc, "chosen", n_c), _one_reply(r[n_r:], loc, "rejected", n_r))
+        prompt = _prompt_end(c[:n_c], loc, "chosen")
+    return as_prompt(prompt), _one_reply(c[n_c:], loc, "chosen", n_c), _one_reply(r[n_r:], loc, "rejected", n_r)
 
 
 def _optional_str(row: dict, name: str, loc: str) -> str | None:

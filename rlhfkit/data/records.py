@@ -11,7 +11,7 @@ They serialise to the field names the Hugging Face hub and TRL use
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Union
 
 SOURCES = ("human", "simulated", "ai")
 
@@ -20,6 +20,27 @@ SOURCES = ("human", "simulated", "ai")
 class Message:
     role: str  # "system" | "user" | "assistant"
     content: str
+
+
+# What a policy answers: a user string, or a whole conversation (messages ending with a user turn, system
+# turn and history kept). A conversation of one user message is always given as its string, so the two
+# forms of the same prompt never differ (one key, one store row).
+Prompt = Union[str, tuple[Message, ...]]
+
+
+def as_prompt(messages: tuple[Message, ...]) -> Prompt:
+    """A conversation as a `Prompt`: the string when it is one user message, else the messages."""
+    return messages[0].content if len(messages) == 1 and messages[0].role == "user" else tuple(messages)
+
+
+def prompt_json(prompt: Prompt) -> str | list[dict[str, str]]:
+    """A prompt in the JSON form the loaders read back: a string, or a list of {role, content}."""
+    return prompt if isinstance(prompt, str) else [{"role": m.role, "content": m.content} for m in prompt]
+
+
+def prompt_line(prompt: Prompt) -> str:
+    """A prompt as one line of text for logs: a string as is, a conversation as its last user message."""
+    return prompt if isinstance(prompt, str) else prompt[-1].content
 
 
 @dataclass(frozen=True)
@@ -45,7 +66,7 @@ class Comparison:
     correlated pairs). `source` says who judged: human | simulated | ai.
     """
 
-    prompt: str
+    prompt: Prompt  # a user string, or the conversation (system turn and history kept)
     chosen: str
     rejected: str
     source: str = "human"
@@ -54,7 +75,7 @@ class Comparison:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "prompt": prompt_json(self.prompt)}
 
 
 @dataclass(frozen=True)

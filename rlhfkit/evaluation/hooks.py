@@ -11,7 +11,10 @@ A stage never knows where its prompts came from. Every N steps it answers its
 An evaluator is any Python callable named `package.module:function` (the same
 convention as a custom reward), called as
 
-    fn(prompts: list[str], responses: list[str], terminated: list[bool], **evaluator_args) -> list[dict]
+    fn(prompts: list[Prompt], responses: list[str], terminated: list[bool], **evaluator_args) -> list[dict]
+
+(a prompt is its user string, or a tuple of `Message(role, content)` for a conversation of more
+than one user turn or with a system turn: `rlhfkit.data.records.Prompt`)
 
 with one dict per answer of numbers / booleans / None (None: not applicable to
 this answer, left out of that key's mean). Key `score` is the answer's overall
@@ -27,6 +30,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from rlhfkit.data.records import prompt_json
 from rlhfkit.rollout import answer
 
 Evaluator = Callable[[list[str], list[str], list[bool]], list[dict[str, Any]]]
@@ -97,12 +101,7 @@ def log_samples(run, model, tok, prompts: Sequence, step: int, references: Seque
     if not prompts:
         return
     answers = answer(model, tok, list(prompts), max_new_tokens=max_new_tokens)
-    rows = [{"prompt": _text(p), "response": a["response"]} for p, a in zip(prompts, answers)]
+    rows = [{"prompt": prompt_json(p), "response": a["response"]} for p, a in zip(prompts, answers)]
     for row, ref in zip(rows, references or []):
         row["reference"] = ref
     run.log_samples(step, rows)
-
-
-def _text(prompt) -> str:
-    """A prompt as one line of text: a string as is, a conversation as its last message."""
-    return prompt if isinstance(prompt, str) else prompt[-1].content

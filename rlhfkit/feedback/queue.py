@@ -11,7 +11,7 @@ import json
 from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
-from rlhfkit.feedback.schema import Item, Response, _sha, assignments, prompts, queue_items, responses
+from rlhfkit.feedback.schema import Item, Response, _sha, assignments, prompt_of, prompts, queue_items, responses
 
 
 def enqueue_item(c: Connection, prompt_id: int, response_ids: list[int], overlap: int, now: float) -> int:
@@ -45,11 +45,11 @@ def open_items(annotator_id: int, now: float):
 
 def load_item(c: Connection, item_id: int) -> Item | None:
     """The item with its prompt and responses (in the item's order), or None if there is no such item."""
-    row = c.execute(select(queue_items, prompts.c.text, prompts.c.family)
+    row = c.execute(select(queue_items, prompts.c.text, prompts.c.messages, prompts.c.family)
                     .join(prompts, prompts.c.id == queue_items.c.prompt_id)
                     .where(queue_items.c.id == item_id)).first()
     if row is None:
         return None
     found = {r.id: Response(r.id, r.text, r.policy)
              for r in c.execute(select(responses).where(responses.c.id.in_(row.response_ids)))}
-    return Item(row.id, row.prompt_id, row.text, row.family, tuple(found[i] for i in row.response_ids), row.overlap)
+    return Item(row.id, row.prompt_id, prompt_of(row), row.family, tuple(found[i] for i in row.response_ids), row.overlap)

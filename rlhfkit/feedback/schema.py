@@ -19,8 +19,8 @@ from sqlalchemy import (JSON, Boolean, Column, Float, ForeignKey, Index, Integer
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 
-from rlhfkit.data.loaders import ACCEPTABLE_FIELDS, DataError, parse_comparison
-from rlhfkit.data.records import Comparison
+from rlhfkit.data.loaders import ACCEPTABLE_FIELDS, DataError, _prompt, parse_comparison
+from rlhfkit.data.records import Comparison, Message, Prompt, as_prompt, prompt_json, prompt_line
 
 # ---------------------------------------------------------------- schema
 
@@ -29,9 +29,10 @@ metadata = MetaData()
 prompts = Table(
     "prompts", metadata,
     Column("id", Integer, primary_key=True),
-    Column("text", Text, nullable=False),
-    Column("text_sha", String(64), nullable=False, unique=True),  # unique by text; a hash indexes on any backend
+    Column("text", Text, nullable=False),  # the user string; for a conversation, its last user message
+    Column("text_sha", String(64), nullable=False, unique=True),  # unique by prompt; a hash indexes on any backend
     Column("family", String(64)),
+    Column("messages", JSON),  # a conversation (system turn, history) as [{role, content}]; null for a user string
     Column("meta", JSON, nullable=False),
     Column("created_at", Float, nullable=False),
 )
@@ -120,7 +121,7 @@ class Item:
 
     id: int
     prompt_id: int
-    prompt: str
+    prompt: Prompt  # the user string, or the conversation
     family: str | None
     responses: tuple[Response, ...]
     overlap: int
@@ -192,6 +193,22 @@ def judgement_pairs(row: Any) -> list[tuple[int, int]]:
     return {"a": [(row.a_id, row.b_id)], "b": [(row.b_id, row.a_id)]}.get(row.choice, [])
 
 
+def prompt_key(prompt: Prompt) -> tuple[str, str, list | None]:
+    """`(text, text_sha, messages)` of a prompt's row: a user string keyed by its text (as always), a
+    conversation by its messages, so two conversations ending with the same question stay two prompts."""
+    if isinstance(prompt, str):
+        return prompt, _sha(prompt), None
+    messages = prompt_json(prompt)
+    return prompt_line(prompt), _sha("conversation:" + json.dumps(messages, ensure_ascii=False)), messages
+
+
+def prompt_of(row: Any) -> Prompt:
+    """The prompt a prompts row (with `text` and `messages`) holds."""
+    if row.messages:
+        return as_prompt(tuple(Message(m["role"], m["content"]) for m in row.messages))
+    return row.text
+
+
 def judgement_comparisons(row: Any, prompt: Any, texts: dict[int, Any]) -> list[Comparison]:
     """One judgement row (joined with its annotator's name) as `Comparison`s; `prompt` is its prompts row,
     `texts` maps response id -> responses row. `group` = the judgement id (or an imported group).
@@ -209,7 +226,7 @@ def judgement_comparisons(row: Any, prompt: Any, texts: dict[int, Any]) -> list[
             meta.update(zip(ACCEPTABLE_FIELDS, (better in ok, worse in ok)))
         if row.note:
             meta["note"] = row.note
-        out.append(Comparison(prompt.text, texts[better].text, texts[worse].text, source=row.source,
+        out.append(Comparison(prompt_of(prompt), texts[better].text, texts[worse].text, source=row.source,
                               annotator=row.annotator, group=row.group_key or str(row.id), meta={**meta, **extra}))
     return out
 
@@ -227,7 +244,7 @@ def parse_import_record(row: dict[str, Any], loc: str, source: str | None) -> tu
     return comp, row.get("source") or source or "human", key
 
 
-def parse_queue_row(row: dict[str, Any], loc: str) -> tuple[str, list[tuple[str, str, dict]], str | None]:
+def parse_queue_row(row: dict[str, Any], loc: str) -> tuple[Prompt, list[tuple[str, str, dict]], str | None]:
     """One queue row -> (prompt, [(response, policy, meta)], family).
 
     Accepts `rlhfkit sample` rows `{"prompt", "responses": [...], "policy"?, "terminated"?: [...], "family"?}`
@@ -245,7 +262,8 @@ def parse_queue_row(row: dict[str, Any], loc: str) -> tuple[str, list[tuple[str,
 
     if "prompt" not in row:
         raise DataError(f"{loc}: missing field 'prompt'")
-    prompt = text(row["prompt"], "prompt", empty_ok=False)
+    prompt = text(row["prompt"], "prompt", empty_ok=False) if not isinstance(row["prompt"], list) \
+        else as_prompt(_prompt(row["prompt"], loc, "prompt"))  # a conversation: `rlhfkit sample` on multi-turn prompts
     policy = row.get("policy") or ""
     if not isinstance(policy, str):
         raise bad("policy", f"expected a string, got {type(policy).__name__}")
@@ -268,9 +286,9 @@ def parse_queue_row(row: dict[str, Any], loc: str) -> tuple[str, list[tuple[str,
     return prompt, out, family
 
 
-def group_queue(parsed: Iterable[tuple[str, list[tuple[str, str, dict]], str | None]]) -> list[dict]:
+def group_queue(parsed: Iterable[tuple[Prompt, list[tuple[str, str, dict]], str | None]]) -> list[dict]:
     """Merge parsed rows by prompt (first-appearance order); identical response texts are kept once."""
-    groups: dict[str, dict] = {}
+    groups: dict[Prompt, dict] = {}
     for prompt, resps, family in parsed:
         g = groups.setdefault(prompt, {"prompt": prompt, "family": family, "responses": {}})
         g["family"] = g["family"] or family

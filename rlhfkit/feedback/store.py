@@ -32,17 +32,17 @@ import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, inspect, select, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from rlhfkit.data.loaders import DataError, read_records, write_jsonl
-from rlhfkit.data.records import SOURCES, Comparison
+from rlhfkit.data.records import SOURCES, Comparison, Prompt
 from rlhfkit.feedback.agreement import judgement_stats
 from rlhfkit.feedback.queue import enqueue_item, load_item, open_items
 from rlhfkit.feedback.schema import (Annotator, Item, _sha, annotators, assignments, group_queue,
                                      judgement_comparisons, judgements, make_engine, metadata, parse_import_record,
-                                     parse_queue_row, prompts, queue_items, responses, settings)
+                                     parse_queue_row, prompt_key, prompts, queue_items, responses, settings)
 
 KINDS = ("human", "simulated", "ai")  # annotator kinds
 CHOICES = ("a", "b", "tie", "both_bad")  # pairwise verdicts
@@ -69,6 +69,8 @@ class FeedbackStore:
         self.clock = clock
         with self._write() as c:  # serialised, so processes opening a new database together do not race
             metadata.create_all(c)
+            if "messages" not in {col["name"] for col in inspect(c).get_columns("prompts")}:  # a store made before conversations
+                c.execute(text("ALTER TABLE prompts ADD COLUMN messages JSON"))
         path = self.engine.url.database if self.engine.url.get_backend_name() == "sqlite" else None
         for f in ([path, path + "-wal", path + "-shm"] if path and path != ":memory:" else []):
             if os.path.exists(f):  # labels, tokens' hashes and the session-signing key: owner only
@@ -101,16 +103,16 @@ class FeedbackStore:
 
     # -- prompts, responses, annotators
 
-    def add_prompt(self, text: str, family: str | None = None, meta: dict | None = None) -> int:
-        """The id of the prompt with this text, created if new."""
-        return self._retrying(lambda c: self._prompt_id(c, text, family, meta))
+    def add_prompt(self, prompt: Prompt, family: str | None = None, meta: dict | None = None) -> int:
+        """The id of this prompt (a user string or a conversation), created if new."""
+        return self._retrying(lambda c: self._prompt_id(c, prompt, family, meta))
 
-    def _prompt_id(self, c: Connection, text: str, family: str | None = None, meta: dict | None = None) -> int:
-        sha = _sha(text)
+    def _prompt_id(self, c: Connection, prompt: Prompt, family: str | None = None, meta: dict | None = None) -> int:
+        text, sha, messages = prompt_key(prompt)
         pid = c.scalar(select(prompts.c.id).where(prompts.c.text_sha == sha))
         if pid is None:
-            pid = c.execute(insert(prompts).values(text=text, text_sha=sha, family=family, meta=meta or {},
-                                                   created_at=self.clock())).inserted_primary_key[0]
+            pid = c.execute(insert(prompts).values(text=text, text_sha=sha, family=family, messages=messages,
+                                                   meta=meta or {}, created_at=self.clock())).inserted_primary_key[0]
         return pid
 
     def add_responses(self, prompt_id: int, texts: list[str], policy: str = "", meta: dict | list[dict] | None = None
@@ -402,7 +404,7 @@ class FeedbackStore:
         rows = self.judgements(source)
         with self._read() as c:
             texts = {r.id: r for r in c.execute(select(responses.c.id, responses.c.text, responses.c.policy))}
-            prompt_rows = {r.id: r for r in c.execute(select(prompts.c.id, prompts.c.text, prompts.c.family))}
+            prompt_rows = {r.id: r for r in c.execute(select(prompts.c.id, prompts.c.text, prompts.c.messages, prompts.c.family))}
         return [comp for j in rows for comp in judgement_comparisons(j, prompt_rows[j.prompt_id], texts)]
 
     def export_jsonl(self, path: str, source: str | None = None) -> int:

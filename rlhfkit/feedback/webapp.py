@@ -48,6 +48,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from jinja2 import Environment, FileSystemLoader
 
 from rlhfkit.data.loaders import DataError
+from rlhfkit.data.records import prompt_json
 from rlhfkit.feedback.store import MAX_NOTE, Annotator, Conflict, FeedbackStore, Item
 
 WEB = Path(__file__).parent / "web"
@@ -203,7 +204,7 @@ def shown(item: Item, annotator_id: int) -> list:
 
 def item_json(item: Item, annotator_id: int) -> dict[str, Any]:
     order = shown(item, annotator_id)
-    return {"id": item.id, "prompt": item.prompt, "family": item.family,
+    return {"id": item.id, "prompt": prompt_json(item.prompt), "family": item.family,
             "mode": "pairwise" if len(order) == 2 else "ranking",
             "responses": [{"id": r.id, "text": r.text} for r in order]}
 

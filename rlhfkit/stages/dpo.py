@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from rlhfkit import checkpoint
 from rlhfkit.data.chat import render_examples
-from rlhfkit.data.loaders import prompt_texts
+from rlhfkit.data.loaders import prompt_list
 from rlhfkit.data.packing import epoch_batches
 from rlhfkit.evaluation.hooks import make_evaluator, training_eval
 from rlhfkit.files import content_hash
@@ -121,7 +121,7 @@ def train(cfg: Config) -> str:
 
     optimizer = adamw(policy, cfg.lr, 0.0)
     start, _ = checkpoint.resume(ckpt, cfg.out_dir, optimizer, "dpo")
-    eval_prompts = prompt_texts(cfg.eval_prompts) if cfg.eval_prompts else []
+    eval_prompts = prompt_list(cfg.eval_prompts) if cfg.eval_prompts else []
     evaluator = make_evaluator(cfg.evaluator, cfg.evaluator_args)
 
     def batch_loss(idx: list[int]):

@@ -29,7 +29,8 @@ from typing import Any
 
 import torch
 
-from rlhfkit.data.loaders import prompt_texts
+from rlhfkit.data.loaders import prompt_list
+from rlhfkit.data.records import Prompt, prompt_json
 from rlhfkit.data.packing import read_corpus
 from rlhfkit.evaluation.hooks import averages, make_evaluator
 from rlhfkit.evaluation.metrics import bootstrap_ci, distinct_n, self_similarity, words
@@ -77,7 +78,7 @@ def main(cfg: Config) -> dict:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     run = Run(cfg.out_dir, cfg, cfg.seed, "eval")
-    prompts = prompt_texts(cfg.prompts)
+    prompts = prompt_list(cfg.prompts)
     corpus = read_corpus(cfg.eval_corpus) if cfg.eval_corpus else None
     evaluator = make_evaluator(cfg.evaluator, cfg.evaluator_args)
     names = cfg.names or [policy_name(p) for p in cfg.policies]
@@ -108,11 +109,11 @@ def main(cfg: Config) -> dict:
     return summaries
 
 
-def evaluate_policy(cfg: Config, prompts: list[str], model, tok, ref, reward_fn, evaluator, corpus):
+def evaluate_policy(cfg: Config, prompts: list[Prompt], model, tok, ref, reward_fn, evaluator, corpus):
     """Per-prompt rows of the greedy answers and the policy's summary (everything but win-rates)."""
     answers = answer(model, tok, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed)
     responses = [a["response"] for a in answers]
-    rows = [{"id": i, "prompt": p, **a} for i, (p, a) in enumerate(zip(prompts, answers))]
+    rows = [{"id": i, "prompt": prompt_json(p), **a} for i, (p, a) in enumerate(zip(prompts, answers))]
     summary: dict[str, Any] = {"n": len(rows), "response_tokens": mean(a["n_tokens"] for a in answers),
                                "response_words": mean(len(words(r)) for r in responses),
                                "terminated_rate": mean(float(a["terminated"]) for a in answers)}

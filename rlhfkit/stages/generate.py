@@ -14,6 +14,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from rlhfkit.data.records import Prompt, prompt_json
 from rlhfkit.models.load import load_causal_lm
 from rlhfkit.rollout import sample_groups
 from rlhfkit.tracking import seed_everything
@@ -54,13 +55,13 @@ class SampleConfig(Config):
     out: str | None = "runs/samples.jsonl"
 
 
-def collect_prompts(cfg: Config) -> list[str]:
+def collect_prompts(cfg: Config) -> list[Prompt]:
     if cfg.prompt:
         texts = list(cfg.prompt)
     else:
-        from rlhfkit.data.loaders import prompt_texts
+        from rlhfkit.data.loaders import prompt_list
 
-        texts = prompt_texts(cfg.prompts)
+        texts = prompt_list(cfg.prompts)
     return texts[: cfg.limit] if cfg.limit else texts
 
 
@@ -71,7 +72,7 @@ def main(cfg: Config) -> list[dict]:
     groups = sample_groups(model, tok, texts, [cfg.num_samples - cfg.prefixed_samples] * len(texts),
                            [cfg.prefixed_samples] * len(texts), cfg.prefix, max_new_tokens=cfg.max_new_tokens,
                            temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.batch_size, seed=cfg.seed)
-    rows = [{"prompt": t, "responses": [g["response"] for g in group], "terminated": [g["terminated"] for g in group],
+    rows = [{"prompt": prompt_json(t), "responses": [g["response"] for g in group], "terminated": [g["terminated"] for g in group],
              "policy": cfg.model} for t, group in zip(texts, groups)]
     if cfg.out:
         from rlhfkit.data.loaders import write_jsonl

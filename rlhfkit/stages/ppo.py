@@ -35,7 +35,7 @@ import torch
 from tqdm import tqdm
 
 from rlhfkit import checkpoint
-from rlhfkit.data.loaders import prompt_texts
+from rlhfkit.data.loaders import prompt_list
 from rlhfkit.data.packing import epoch_batches, pack_documents, read_corpus
 from rlhfkit.evaluation.hooks import make_evaluator, training_eval
 from rlhfkit.losses import explained_variance, lm_loss, ppo_policy_loss, ppo_value_loss
@@ -131,8 +131,8 @@ def train(cfg: Config) -> str:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     run = Run(cfg.out_dir, cfg, cfg.seed, "ppo")
-    prompts = prompt_texts(cfg.prompts)
-    eval_prompts = prompt_texts(cfg.eval_prompts) if cfg.eval_prompts else []
+    prompts = prompt_list(cfg.prompts)
+    eval_prompts = prompt_list(cfg.eval_prompts) if cfg.eval_prompts else []
     evaluator = make_evaluator(cfg.evaluator, cfg.evaluator_args)
     print(f"[ppo] {len(prompts)} prompts; {batch_plan(cfg)}", flush=True)
 

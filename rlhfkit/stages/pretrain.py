@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from rlhfkit import checkpoint, distributed
-from rlhfkit.data.loaders import prompt_texts
+from rlhfkit.data.loaders import prompt_list
 from rlhfkit.data.packing import epoch_batches, pack_documents, read_corpus
 from rlhfkit.evaluation.hooks import log_samples
 from rlhfkit.losses import lm_loss
@@ -76,7 +76,7 @@ def train(cfg: Config) -> str:
     else:  # hold back the last documents (at most half of them)
         n_held = min(cfg.heldout_docs, len(docs) // 2)
         docs, heldout_docs = docs[: len(docs) - n_held], docs[len(docs) - n_held :]
-    prompts = prompt_texts(cfg.eval_prompts) if cfg.eval_prompts else []
+    prompts = prompt_list(cfg.eval_prompts) if cfg.eval_prompts else []
     sample_prompts = prompts[:: max(1, len(prompts) // 3)][:3]  # spread over the file
     ckpt = checkpoint.latest_checkpoint(cfg.out_dir)
     if ckpt or cfg.init_from:

@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from rlhfkit import checkpoint
-from rlhfkit.data.loaders import prompt_texts
+from rlhfkit.data.loaders import prompt_list
 from rlhfkit.data.packing import epoch_batches
 from rlhfkit.evaluation.hooks import make_evaluator, training_eval
 from rlhfkit.losses import policy_gradient_loss
@@ -104,8 +104,8 @@ def train(cfg: Config) -> str:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     run = Run(cfg.out_dir, cfg, cfg.seed, cfg.estimator)
-    prompts = prompt_texts(cfg.prompts)
-    eval_prompts = prompt_texts(cfg.eval_prompts) if cfg.eval_prompts else []
+    prompts = prompt_list(cfg.prompts)
+    eval_prompts = prompt_list(cfg.eval_prompts) if cfg.eval_prompts else []
     evaluator = make_evaluator(cfg.evaluator, cfg.evaluator_args)
     ckpt = checkpoint.latest_checkpoint(cfg.out_dir)
     policy, tok = load_causal_lm(os.path.join(ckpt, "policy") if ckpt else cfg.policy, device=cfg.device)

@@ -1,0 +1,105 @@
+"""Conversations (a system turn, earlier turns) survive every step: loaders, sampling, the labelling queue,
+the store, the labelling page and the exported pairs. Before, only the last user message was kept."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from fastapi.testclient import TestClient
+
+from rlhfkit.data.chat import render_prompt
+from rlhfkit.data.loaders import load_preferences, prompt_list, write_jsonl
+from rlhfkit.data.records import Comparison, Message
+from rlhfkit.feedback.store import FeedbackStore
+
+SYSTEM = {"role": "system", "content": "Answer in French."}
+CONV = [SYSTEM, {"role": "user", "content": "What is 7 + 5?"}, {"role": "assistant", "content": "12."},
+        {"role": "user", "content": "And 9 - 4?"}]
+AS_MESSAGES = tuple(Message(m["role"], m["content"]) for m in CONV)
+
+
+def write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_prompts_and_pairs_keep_the_whole_conversation(tmp_path, tiny_tok):
+    prompts = prompt_list(write(tmp_path / "p.jsonl", [{"prompt": CONV}, {"prompt": "Hi"},
+                                                      {"prompt": [{"role": "user", "content": "Hi"}]}]))
+    assert prompts == [AS_MESSAGES, "Hi", "Hi"]  # one user message is its string: one prompt, one form
+    assert tiny_tok.decode(render_prompt(tiny_tok, prompts[0])).startswith("<|system|>Answer in French.<|user|>What is 7 + 5?")
+    pairs = load_preferences(write(tmp_path / "pairs.jsonl", [
+        {"prompt": CONV, "chosen": "5.", "rejected": "6."},
+        {"chosen": CONV + [{"role": "assistant", "content": "Cinq."}],
+         "rejected": CONV + [{"role": "assistant", "content": "Five."}]}]))  # implicit prompt
+    assert [p.prompt for p in pairs] == [AS_MESSAGES, AS_MESSAGES]
+    write_jsonl(str(tmp_path / "again.jsonl"), pairs)  # what export and the feedback stage write reads back the same
+    assert load_preferences(str(tmp_path / "again.jsonl")) == pairs
+    assert Comparison(AS_MESSAGES, "a", "b").to_json()["prompt"] == CONV
+
+
+def test_the_queue_store_page_and_export_keep_the_conversation(tmp_path):
+    from rlhfkit.feedback.webapp import create_app
+
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    other = [{"role": "system", "content": "Answer in German."}] + CONV[1:]  # same last question, other system turn
+    queue = write(tmp_path / "q.jsonl", [{"prompt": CONV, "responses": ["Cinq.", "Five."]},
+                                         {"prompt": other, "responses": ["Fünf.", "Five."]}])
+    store = FeedbackStore(url)
+    assert store.load_queue_jsonl(queue)["items"] == 2  # two prompts, though their last user turn is the same
+    app = create_app(url, "admin-token-for-tests")
+    client = TestClient(app)
+    token = client.post("/admin/annotators", json={"name": "ann"}, headers={"X-Admin-Token": "admin-token-for-tests"}).json()["token"]
+    page = client.get("/login")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+    client.post("/login", data={"csrf": csrf, "token": token})
+    html = client.get("/label").text
+    shown = re.search(r'<ol id="prompt" class="conversation">(.*?)</ol>', html, re.S).group(1)
+    assert [r for r in re.findall(r'<span class="role">(\w+)</span>', shown)] == ["system", "user", "assistant", "user"]
+    assert "Answer in French." in shown and "And 9 - 4?" in shown
+    csrf = client.get("/api/me").json()["csrf"]
+    item = client.get("/api/next", headers={"X-CSRF-Token": csrf}).json()["item"]
+    assert item["prompt"] == CONV
+    ids = [r["id"] for r in item["responses"]]
+    r = client.post("/api/judgements", json={"item_id": item["id"], "a_id": ids[0], "b_id": ids[1], "choice": "a"},
+                    headers={"X-CSRF-Token": csrf})
+    assert r.status_code == 200, r.text
+    out = tmp_path / "pairs.jsonl"
+    assert store.export_jsonl(str(out)) == 1
+    (pair,) = load_preferences(str(out))
+    assert pair.prompt == AS_MESSAGES
+
+
+def test_a_store_made_before_conversations_gains_the_column(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    store = FeedbackStore(f"sqlite:///{path}")
+    pid = store.add_prompt("What is 7 + 5?")
+    store.engine.dispose()
+    with sqlite3.connect(path) as db:  # as an earlier version created it
+        db.execute("ALTER TABLE prompts DROP COLUMN messages")
+    store = FeedbackStore(f"sqlite:///{path}")
+    assert store.add_prompt("What is 7 + 5?") == pid  # the old row is still found by its text
+    assert store.add_prompt(AS_MESSAGES) != pid
+
+
+def test_sampling_writes_the_conversation_into_the_labelling_queue(tmp_path, tiny_model, tiny_tok):
+    from rlhfkit.config import load_config
+    from rlhfkit.stages import generate
+
+    tiny_model.save_pretrained(tmp_path / "model")
+    tiny_tok.save_pretrained(tmp_path / "model")
+    prompts = write(tmp_path / "p.jsonl", [{"messages": CONV + [{"role": "assistant", "content": "5."}]}, {"prompt": "Hi"}])
+    cfg = load_config(generate.SampleConfig, None, [f"--model={tmp_path / 'model'}", f"--prompts={prompts}", "--num_samples=2",
+                                                     "--max_new_tokens=4", f"--out={tmp_path / 'queue.jsonl'}"])
+    generate.main(cfg)
+    rows = [json.loads(line) for line in open(tmp_path / "queue.jsonl")]
+    assert [r["prompt"] for r in rows] == [CONV, "Hi"]  # the final reply of `messages` is not part of the prompt
+    rows[0]["responses"] = ["Cinq.", "Five."]  # two distinct answers, so the item is queued whatever the tiny model said
+    write(tmp_path / "queue.jsonl", rows)
+    store = FeedbackStore(f"sqlite:///{tmp_path / 'f.db'}")
+    store.load_queue_jsonl(str(tmp_path / "queue.jsonl"))
+    ann, _ = store.add_annotator("ann")
+    assert store.next_item(ann).prompt == AS_MESSAGES
