@@ -380,3 +380,47 @@ def test_too_few_rows_is_an_error_before_any_model_loads(tmp_path, capsys, stage
     assert main([stage, f"--data={path}", f"--out_dir={tmp_path / 'out'}", *args]) == 2
     err = capsys.readouterr().err
     assert f"{path}: 1 {what}" in err and "too few" in err and "Traceback" not in err, err
+
+
+# ---------------------------------------------------------------- formats people have: HH-RLHF, KTO rows, margins
+
+
+HH = "\n\nHuman: What is 2 + 2?\n\nAssistant: 4.\n\nHuman: And 3 + 3?\n\nAssistant:"
+
+
+def test_hh_rlhf_transcripts_become_conversations_not_one_user_message(tmp_path):
+    from rlhfkit.data.records import Message
+
+    turns = (Message("user", "What is 2 + 2?"), Message("assistant", "4."), Message("user", "And 3 + 3?"))
+    assert load_prompts(write_rows(tmp_path / "p.jsonl", [{"prompt": HH}])) == [turns]
+    (pair,) = load_preferences(write_rows(tmp_path / "hh.jsonl", [{"chosen": HH + " 6.", "rejected": HH + " 7."}]))
+    assert (pair.prompt, pair.chosen, pair.rejected) == (turns, "6.", "7.")  # the hub's implicit-prompt strings
+    (ex,) = load_sft(write_rows(tmp_path / "sft.jsonl", [{"prompt": HH, "completion": "6."}]))
+    assert ex.prompt == turns
+    plain = "What is\n\nHuman nature?"  # not a transcript: stays one user message
+    assert load_prompts(write_rows(tmp_path / "q.jsonl", [{"prompt": plain}]))[0][0].content == plain
+
+
+def test_unpaired_kto_rows_are_not_trained_as_demonstrations(tmp_path):
+    path = write_rows(tmp_path / "kto.jsonl", [{"prompt": "q", "completion": "a", "label": True},
+                                               {"prompt": "q", "completion": "bad", "label": False}])
+    with pytest.raises(DataError, match=r"kto.jsonl:1: field 'label': a \(prompt, completion, label\) row is an unpaired preference"):
+        load_sft(path)
+
+
+def test_a_margin_column_reaches_the_reward_model_loss(tmp_path):
+    import torch
+
+    from rlhfkit.stages.rm import pair_margins
+
+    pairs = load_preferences(write_rows(tmp_path / "m.jsonl", [{**PAIR, "margin": 2}, {**PAIR, "chosen": "Hey"}]))
+    assert [p.meta.get("margin") for p in pairs] == [2, None]
+    assert pair_margins(pairs, None).tolist() == [2.0, 0.0]
+    assert pair_margins(pairs, 0.5).tolist() == [2.0, 0.5]
+    assert pair_margins(pairs[1:], None) is None  # no margins anywhere: the plain Bradley-Terry loss
+    assert isinstance(pair_margins(pairs, None), torch.Tensor)
+    for bad in ("2", True, float("nan")):
+        path = tmp_path / "bad.jsonl"
+        path.write_text(json.dumps({**PAIR, "margin": bad}) + "\n")
+        with pytest.raises(DataError, match=r"bad.jsonl:1: field 'margin': expected a finite number"):
+            load_preferences(str(path))

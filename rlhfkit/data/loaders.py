@@ -123,6 +123,10 @@ def _one_form(row: dict[str, Any], loc: str) -> None:
 def parse_example(row: dict[str, Any], loc: str) -> Example:
     """One SFT row -> `Example`: `prompt` + `completion`, or `messages`."""
     _one_form(row, loc)
+    if _has(row, "label") and isinstance(row["label"], bool):  # TRL's unpaired preference format
+        raise DataError(f"{loc}: field 'label': a (prompt, completion, label) row is an unpaired preference "
+                        "(KTO's format: the completion is desirable or not), not a demonstration; SFT would imitate "
+                        "the undesirable ones too. Train on the desirable rows only, or on pairs with `rm`/`dpo`")
     if _has(row, "completion") or not _has(row, "messages"):
         if "completion" not in row:
             raise DataError(f"{loc}: missing field 'completion' (or give 'messages')")
@@ -147,6 +151,9 @@ def parse_comparison(row: dict[str, Any], loc: str) -> Comparison:
     if isinstance(chosen, (list, tuple)) != isinstance(rejected, (list, tuple)):
         want = "a list of messages" if isinstance(chosen, (list, tuple)) else "a string"
         raise _field_error(loc, "rejected", f"expected {want} like 'chosen', got {_kind(rejected)}")
+    if not _has(row, "prompt") and isinstance(chosen, str) and isinstance(rejected, str) \
+            and _hh_turns(chosen) and _hh_turns(rejected):  # HH-RLHF: two whole transcripts, the prompt implicit
+        chosen, rejected = ([{"role": m.role, "content": m.content} for m in _hh_turns(t)] for t in (chosen, rejected))
     if isinstance(chosen, (list, tuple)):
         prompt, chosen, rejected = _split_conversations(row, chosen, rejected, loc)
     else:
@@ -162,6 +169,10 @@ def parse_comparison(row: dict[str, Any], loc: str) -> Comparison:
     for name in ACCEPTABLE_FIELDS:  # optional absolute marks (rlhfkit.world.panel: the demo panel gives them): true / false
         if meta.get(name) is not None and not isinstance(meta[name], bool):
             raise _field_error(loc, f"meta.{name}", f"expected true or false, got {_kind(meta[name])}")
+    margin = meta.get("margin")  # how much better chosen is (Llama 2's margin; the reward model subtracts it)
+    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float)) or margin != margin
+                               or abs(margin) == float("inf")):
+        raise _field_error(loc, "margin", f"expected a finite number, got {margin!r}")
     return Comparison(prompt, chosen, rejected, meta=meta,
                       **{k: v for k, v in provenance.items() if v is not None})
 
@@ -229,10 +240,29 @@ def _messages(value: Any, loc: str, field: str) -> tuple[Message, ...]:
 
 
 def _prompt(value: Any, loc: str, field: str) -> tuple[Message, ...]:
-    """A prompt given as a user string or as messages ending with a user turn."""
+    """A prompt given as a user string, an Anthropic HH transcript ("\\n\\nHuman: ...\\n\\nAssistant:"), or
+    messages ending with a user turn."""
     if not isinstance(value, (list, tuple)):
-        return (Message("user", _text(value, loc, field)),)
+        turns = _hh_turns(_text(value, loc, field))
+        if turns is None:
+            return (Message("user", value),)
+        if turns[-1] == Message("assistant", ""):  # the open assistant cue ends an HH prompt
+            turns = turns[:-1]
+        return _prompt_end(turns, loc, field)
     return _prompt_end(_messages(value, loc, field), loc, field)
+
+
+_HH_TURN = re.compile(r"\n\n(Human|Assistant): ?")
+
+
+def _hh_turns(text: str) -> tuple[Message, ...] | None:
+    """The turns of an Anthropic HH-RLHF transcript, or None if `text` is not one. Such a string wrapped as
+    one user message would reach the model in two chat formats at once."""
+    if not text.startswith("\n\nHuman:") or "\n\nAssistant:" not in text:
+        return None
+    parts = _HH_TURN.split(text)[1:]  # [role, content, role, content, ...]
+    return tuple(Message("user" if role == "Human" else "assistant", content.strip())
+                 for role, content in zip(parts[::2], parts[1::2]))
 
 
 def _prompt_end(messages: tuple[Message, ...], loc: str, field: str) -> tuple[Message, ...]:

@@ -61,7 +61,7 @@ class Config:
     weight_decay: float = 0.0  # AdamW decay on matrices
     grad_clip: float = 1.0  # max gradient norm
     skip_nonfinite: int = 3  # non-finite steps in a row skipped (no update, counted) before the run stops with an error; 0: stop at the first
-    margin: float | None = None  # optional BT margin (Llama 2 style), subtracted from r_c - r_r
+    margin: float | None = None  # BT margin (Llama 2 style) subtracted from r_c - r_r; a pair's own `margin` column wins
     pair_weight: Literal["pair", "ranking"] = "pair"  # pair: every pair counts once | ranking: every ranking once (its pairs 1/C(K,2), InstructGPT)
     accept_coef: float = 1.0  # weight of the acceptability loss on pairs with acceptable marks (0: off)
     max_len: int = 256  # longest rendered prompt + response
@@ -106,6 +106,15 @@ def acceptable_marks(pairs: list[Comparison]) -> torch.Tensor:
     """(2N,) acceptability marks of the chosen then the rejected sides, 1. / 0., NaN where a pair has none."""
     mark = lambda v: float("nan") if v is None else float(v)  # noqa: E731
     return torch.tensor([mark(p.meta.get(name)) for name in ACCEPTABLE_FIELDS for p in pairs])
+
+
+def pair_margins(pairs: list[Comparison], default: float | None, device=None) -> torch.Tensor | None:
+    """(N,) Bradley-Terry margins: a pair's own `margin` column where it has one, else `default` (0 when
+    unset); None when no pair has one and there is no default (the plain loss)."""
+    own = [p.meta.get("margin") for p in pairs]
+    if default is None and all(m is None for m in own):
+        return None
+    return torch.tensor([float(default or 0.0) if m is None else float(m) for m in own], device=device)
 
 
 def pair_weights(groups: list[list[Comparison]], how: str) -> torch.Tensor | None:
@@ -189,7 +198,7 @@ def train(cfg: Config) -> str:
         batch = [train_groups[i] for i in epoch_batches(len(train_groups), cfg.batch_groups, step, cfg.seed)]
         pairs = [p for g in batch for p in g]
         chosen, rejected = score_pairs(model, tok, pairs, cfg.max_len, device)
-        loss, stats = rm_loss(chosen, rejected, acceptable_marks(pairs), cfg.margin, cfg.accept_coef,
+        loss, stats = rm_loss(chosen, rejected, acceptable_marks(pairs), pair_margins(pairs, cfg.margin, device), cfg.accept_coef,
                               pair_weights(batch, cfg.pair_weight))
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
