@@ -185,13 +185,13 @@ class Experience:
 
 
 @torch.no_grad()
-def collect_experience(policy, ref, tok, prompts: Sequence[str], reward_fn, *, max_new_tokens: int,
+def collect_experience(policy, ref, tok, prompts: Sequence, reward_fn, *, max_new_tokens: int,
                        temperature: float, missing_eos_penalty: float | None = None,
-                       forward_batch_size: int = 64, stopwatch=None) -> Experience:
+                       forward_batch_size: int = 64, stopwatch=None, columns: dict[str, list] | None = None) -> Experience:
     """Generate, decode, score, and compute policy/reference logprobs for `prompts`.
 
-    `reward_fn(prompts, responses, terminated) -> (B,) tensor` is a reward model or
-    any Python callable. A response that hit the length limit without EOS gets
+    `reward_fn(prompts, responses, terminated, **columns) -> (B,) tensor` is a reward model or
+    any Python callable; `columns` are the prompts' dataset columns, lists aligned with `prompts`. A response that hit the length limit without EOS gets
     `missing_eos_penalty` added to its score (Huang et al. 2024: without it the
     policy learns to ramble past the limit).
     """
@@ -208,7 +208,7 @@ def collect_experience(policy, ref, tok, prompts: Sequence[str], reward_fn, *, m
     texts = [tok.decode(r[m & ~torch.isin(r, _stops(stops, r.device))].tolist(), skip_special_tokens=True)
              for r, m in zip(gen.response_ids, gen.response_mask)]
     with timed("score"):
-        scores = reward_fn(list(prompts), texts, gen.terminated.tolist()).float().to(input_ids.device)
+        scores = reward_fn(list(prompts), texts, gen.terminated.tolist(), **(columns or {})).float().to(input_ids.device)
     if missing_eos_penalty is not None:
         scores = scores + missing_eos_penalty * (~gen.terminated).float()
 

@@ -95,3 +95,12 @@ def exact_sum_reward(prompts, responses, terminated=None, **_):
         got = re.findall(r"\d+", r)
         out.append(float(bool(got) and int(got[0]) == a + b))
     return out
+
+
+def answer_reward(prompts, responses, terminated, answer):
+    """A verifiable reward that reads the dataset's `answer` column: 1.0 where the response contains it."""
+    return [float(str(a) in r) for r, a in zip(responses, answer)]
+
+
+def wrong_length_reward(prompts, responses, terminated=None):
+    return [1.0]

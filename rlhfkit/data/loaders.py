@@ -72,6 +72,16 @@ def prompt_list(path: str, split: str = "train") -> list[Prompt]:
     return [as_prompt(conv) for conv in load_prompts(path, split)]
 
 
+def prompts_and_columns(path: str, split: str = "train") -> tuple[list[Prompt], dict[str, list]]:
+    """`prompt_list(path)` and the rows' other columns (e.g. a reference `answer`), each a list aligned
+    with the prompts (None where a row has no such column): what a custom reward receives."""
+    prompts, rows = [], []
+    for loc, row in read_records(path, split):
+        prompts.append(as_prompt(parse_prompt(row, loc)))
+        rows.append(_meta(row, ("prompt", "messages"), loc))
+    return prompts, {k: [r.get(k) for r in rows] for k in dict.fromkeys(k for r in rows for k in r)}
+
+
 def check_enough(path: str, n: int, n_held: int, what: str) -> None:
     """DataError if `n` records leave nothing to train on once `n_held` are held out (before any model loads)."""
     if n - n_held < 1:

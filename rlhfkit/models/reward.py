@@ -134,19 +134,105 @@ def reward_fn_from_model(model, tok, batch_size: int = 64, normalized: bool = Tr
     return fn
 
 
-def make_reward_fn(spec: str, reward_model: str, device, args: dict | None = None):
-    """`fn(prompts, responses, terminated) -> (B,) tensor` from a config's `reward` field.
+def make_reward_fn(spec: str, reward_model: str, device, args: dict | None = None, weights: list[float] | None = None,
+                   timeout: float = 30.0, retries: int = 3):
+    """`fn(prompts, responses, terminated=None, **columns) -> (B,) tensor` from a config's `reward` field.
 
-    "rm": the reward model at `reward_model`; "package.module:function": any Python
-    callable `fn(prompts, responses, terminated, **args)` returning one number per
-    response (e.g. a verifiable reward that checks an answer).
+    "rm": the reward model at `reward_model`. "package.module:function": any Python callable
+    `fn(prompts, responses, terminated, **args, **columns)` returning one number per response; it gets
+    the prompts' dataset columns (e.g. `answer`, for a verifiable reward) as lists aligned with the
+    batch, those its signature names (all with `**kwargs`). "http://..." / "https://...": an endpoint
+    that takes a POST of JSON `{prompts, responses, terminated, **columns}` and answers `{"scores": [...]}`
+    (`timeout` seconds a try, `retries` tries). Several specs joined by "+" are summed with `weights`
+    (default 1 each), e.g. `rm+mypkg.rewards:format_ok`.
     """
+    specs = [x.strip() for x in spec.split("+")]
+    weights = list(weights) if weights else [1.0] * len(specs)
+    if len(weights) != len(specs) or not all(specs):
+        raise ValueError(f"reward {spec!r}: {len(specs)} reward(s) but {len(weights)} weight(s)")
+    parts = [_one_reward(x, reward_model, device, args, timeout, retries) for x in specs]
+    if len(parts) == 1 and weights == [1.0]:
+        return parts[0]
+
+    def total(prompts, responses, terminated=None, **columns) -> torch.Tensor:
+        return sum(w * f(prompts, responses, terminated, **columns) for w, f in zip(weights, parts))
+
+    return total
+
+
+def _one_reward(spec: str, reward_model: str, device, args: dict | None, timeout: float, retries: int):
     if spec == "rm":
         rm, rm_tok = load_scalar_model(reward_model, device=device)
         rm.requires_grad_(False)
-        return reward_fn_from_model(rm, rm_tok)
-    from rlhfkit.evaluation.hooks import load_callable
+        score = reward_fn_from_model(rm, rm_tok)
+        return lambda ps, rs, term=None, **_: score(ps, rs, term)  # a reward model reads text only
+    if spec.startswith(("http://", "https://")):
+        fn, kwargs = _http_reward(spec, timeout, retries), {}
+    else:
+        from rlhfkit.evaluation.hooks import load_callable
 
-    fn, kwargs = load_callable(spec, "reward"), dict(args or {})
-    return lambda ps, rs, term=None: torch.as_tensor(
-        fn(ps, rs, term if term is not None else [True] * len(ps), **kwargs), dtype=torch.float32)
+        fn, kwargs = load_callable(spec, "reward"), dict(args or {})
+    accepts = _accepted(fn)
+
+    def call(ps, rs, term=None, **columns) -> torch.Tensor:
+        term = term if term is not None else [True] * len(ps)
+        cols = {k: v for k, v in columns.items() if accepts is None or k in accepts}
+        out = torch.as_tensor(fn(list(ps), list(rs), list(term), **kwargs, **cols), dtype=torch.float32).reshape(-1)
+        if len(out) != len(rs) or not torch.isfinite(out).all():
+            raise ValueError(f"reward {spec!r}: expected {len(rs)} finite scores, got {out.tolist()[:8]}"
+                             f"{' ...' if len(out) > 8 else ''} ({len(out)} values)")
+        return out
+
+    return call
+
+
+def _accepted(fn) -> set[str] | None:
+    """Keyword names `fn` takes (None: any, it has **kwargs)."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind == p.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params}
+
+
+def _http_reward(url: str, timeout: float, retries: int):
+    """A reward served over HTTP: POST JSON, read `{"scores": [...]}` (or a bare list); retried on network
+    errors and 5xx answers with backoff; any other failure is a ValueError naming the URL and what came back."""
+    import json
+    import time
+    import urllib.error
+    import urllib.request
+
+    from rlhfkit.data.records import prompt_json
+
+    def fn(prompts, responses, terminated, **columns):
+        body = json.dumps({"prompts": [prompt_json(p) for p in prompts], "responses": responses,
+                           "terminated": terminated, **columns}, default=str).encode()
+        for attempt in range(1, retries + 1):
+            request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=timeout) as r:
+                    text = r.read().decode("utf-8", "replace")
+                break
+            except urllib.error.HTTPError as e:
+                detail = e.read().decode("utf-8", "replace")[:200]
+                if e.code < 500 or attempt == retries:
+                    raise ValueError(f"reward {url}: HTTP {e.code}: {detail}") from None
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+                if attempt == retries:
+                    raise ValueError(f"reward {url}: no answer after {retries} tries ({getattr(e, 'reason', e)})") from None
+            time.sleep(0.5 * 2 ** (attempt - 1))
+        try:
+            data = json.loads(text)
+        except ValueError:
+            raise ValueError(f"reward {url}: the answer is not JSON: {text[:200]!r}") from None
+        scores = data.get("scores") if isinstance(data, dict) else data
+        if not isinstance(scores, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in scores):
+            raise ValueError(f"reward {url}: expected {{\"scores\": [numbers]}}, got {text[:200]!r}")
+        return scores
+
+    return fn

@@ -35,7 +35,7 @@ import torch
 from tqdm import tqdm
 
 from rlhfkit import checkpoint
-from rlhfkit.data.loaders import prompt_list
+from rlhfkit.data.loaders import prompt_list, prompts_and_columns
 from rlhfkit.data.packing import epoch_batches, pack_documents, read_corpus
 from rlhfkit.evaluation.hooks import make_evaluator, training_eval
 from rlhfkit.losses import explained_variance, lm_loss, ppo_policy_loss, ppo_value_loss
@@ -55,7 +55,8 @@ class Config:
     seed: int = 0  # seeds sampling and minibatch order
     resume: Literal["auto", "never"] = "auto"  # auto: continue out_dir's run if its settings and inputs match (else an error); never: start afresh
     policy: str = "runs/sft/model"  # initial policy, also the frozen reference
-    reward: str = "rm"  # rm | package.module:function (fn(prompts, responses, terminated, **reward_args) -> scores)
+    reward: str = "rm"  # rm | package.module:function | http(s)://endpoint, or several joined by + (models.reward.make_reward_fn)
+    reward_weights: list[float] = field(default_factory=list)  # one weight per reward of a "+" list (default: 1 each)
     reward_model: str = "runs/rm/model"  # frozen reward model (reward=rm)
     reward_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of a reward callable
     value_model: str | None = None  # critic init (None: the reward model, or the policy when reward != rm)
@@ -131,7 +132,7 @@ def train(cfg: Config) -> str:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     run = Run(cfg.out_dir, cfg, cfg.seed, "ppo")
-    prompts = prompt_list(cfg.prompts)
+    prompts, columns = prompts_and_columns(cfg.prompts)
     eval_prompts = prompt_list(cfg.eval_prompts) if cfg.eval_prompts else []
     evaluator = make_evaluator(cfg.evaluator, cfg.evaluator_args)
     print(f"[ppo] {len(prompts)} prompts; {batch_plan(cfg)}", flush=True)
@@ -142,7 +143,7 @@ def train(cfg: Config) -> str:
     device = next(policy.parameters()).device
     ref, _ = load_causal_lm(cfg.policy, device=cfg.device)
     ref.requires_grad_(False).eval()
-    reward_fn = make_reward_fn(cfg.reward, cfg.reward_model, device, cfg.reward_args)
+    reward_fn = make_reward_fn(cfg.reward, cfg.reward_model, device, cfg.reward_args, cfg.reward_weights)
     if cfg.value_head == "policy":  # one network: a value head on the policy's backbone
         critic = ValueHeadOnPolicy(policy, seed=cfg.seed)
     elif ckpt or cfg.value_model or cfg.reward == "rm":
@@ -166,11 +167,13 @@ def train(cfg: Config) -> str:
         run.log(0, training_eval(policy, tok, eval_prompts, rm_fn, evaluator))
     for step in tqdm(range(start, cfg.total_steps), desc="ppo", initial=start, total=cfg.total_steps):
         set_lr(optimizer, cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps)))
-        batch_prompts = [prompts[i] for i in epoch_batches(len(prompts), cfg.rollout_batch_size, step, cfg.seed)]
+        idx = epoch_batches(len(prompts), cfg.rollout_batch_size, step, cfg.seed).tolist()
+        batch_prompts = [prompts[i] for i in idx]
 
         # 1. Generate responses and 2. score them; 3. logprobs of policy and reference (no grad).
         exp = collect_experience(policy, ref, tok, batch_prompts, reward_fn, max_new_tokens=cfg.max_new_tokens,
-                                 temperature=cfg.temperature, missing_eos_penalty=cfg.missing_eos_penalty, stopwatch=sw)
+                                 temperature=cfg.temperature, missing_eos_penalty=cfg.missing_eos_penalty, stopwatch=sw,
+                                 columns={k: [v[i] for i in idx] for k, v in columns.items()})
         mask = exp.mask  # (B, R)
         scores = exp.scores
         if cfg.score_clip is not None:

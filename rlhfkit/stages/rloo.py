@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from rlhfkit import checkpoint
-from rlhfkit.data.loaders import prompt_list
+from rlhfkit.data.loaders import prompt_list, prompts_and_columns
 from rlhfkit.data.packing import epoch_batches
 from rlhfkit.evaluation.hooks import make_evaluator, training_eval
 from rlhfkit.losses import policy_gradient_loss
@@ -46,7 +46,8 @@ class Config:
     resume: Literal["auto", "never"] = "auto"  # auto: continue out_dir's run if its settings and inputs match (else an error); never: start afresh
     estimator: str = "rloo"  # advantage baseline: rloo | grpo
     policy: str = "runs/sft/model"  # initial policy, also the frozen reference
-    reward: str = "rm"  # rm | package.module:function (fn(prompts, responses, terminated, **reward_args) -> scores)
+    reward: str = "rm"  # rm | package.module:function | http(s)://endpoint, or several joined by + (models.reward.make_reward_fn)
+    reward_weights: list[float] = field(default_factory=list)  # one weight per reward of a "+" list (default: 1 each)
     reward_model: str = "runs/rm/model"  # used when reward=rm
     reward_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of a reward callable
     prompts: str | None = None  # RL prompts file/dir (JSONL/Parquet/HF dataset with `prompt` or `messages`); required
@@ -104,7 +105,7 @@ def train(cfg: Config) -> str:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     run = Run(cfg.out_dir, cfg, cfg.seed, cfg.estimator)
-    prompts = prompt_list(cfg.prompts)
+    prompts, columns = prompts_and_columns(cfg.prompts)
     eval_prompts = prompt_list(cfg.eval_prompts) if cfg.eval_prompts else []
     evaluator = make_evaluator(cfg.evaluator, cfg.evaluator_args)
     ckpt = checkpoint.latest_checkpoint(cfg.out_dir)
@@ -112,7 +113,7 @@ def train(cfg: Config) -> str:
     device = next(policy.parameters()).device
     ref, _ = load_causal_lm(cfg.policy, device=cfg.device)
     ref.requires_grad_(False).eval()
-    reward_fn = make_reward_fn(cfg.reward, cfg.reward_model, device, cfg.reward_args)
+    reward_fn = make_reward_fn(cfg.reward, cfg.reward_model, device, cfg.reward_args, cfg.reward_weights)
     rm_fn = reward_fn if cfg.reward == "rm" else None
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, eps=1e-5, weight_decay=0.0)
     start, _ = checkpoint.resume(ckpt, cfg.out_dir, optimizer, cfg.estimator)
@@ -124,12 +125,13 @@ def train(cfg: Config) -> str:
     guard = NonFiniteGuard(cfg.estimator, cfg.skip_nonfinite)
     for step in tqdm(range(start, cfg.total_steps), desc=cfg.estimator, initial=start, total=cfg.total_steps):
         set_lr(optimizer, cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps)))
-        batch = [prompts[i] for i in epoch_batches(len(prompts), cfg.prompts_per_step, step, cfg.seed)]
+        idx = [i for i in epoch_batches(len(prompts), cfg.prompts_per_step, step, cfg.seed).tolist() for _ in range(cfg.k)]
+        batch = [prompts[i] for i in idx[:: cfg.k]]
 
         # 1. Generate k responses per prompt (contiguous), score them, logprobs of policy and reference.
         exp = collect_experience(policy, ref, tok, [p for p in batch for _ in range(cfg.k)], reward_fn,
                                  max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                 missing_eos_penalty=cfg.missing_eos_penalty)
+                                 missing_eos_penalty=cfg.missing_eos_penalty, columns={k: [v[i] for i in idx] for k, v in columns.items()})
         mask = exp.mask
         seq_kl = masked_sum(kl_k1(exp.logprobs, exp.ref_logprobs), mask, dim=1)  # (B,)
 
