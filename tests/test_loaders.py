@@ -221,7 +221,9 @@ def test_file_level_errors(tmp_path):
     assert error_of(load_sft, empty_pq) == f"{empty_pq}: no records"
     assert error_of(load_sft, str(tmp_path / "nope.jsonl")).endswith("nope.jsonl: no such file or directory")
     (tmp_path / "x.csv").write_text("a,b\n")
-    assert "unsupported file type" in error_of(load_sft, str(tmp_path / "x.csv"))
+    assert error_of(load_sft, str(tmp_path / "x.csv")) == f"{tmp_path / 'x.csv'}: no records"
+    (tmp_path / "x.tsv").write_text("a\tb\n")
+    assert "unsupported file type" in error_of(load_sft, str(tmp_path / "x.tsv"))
     (tmp_path / "fake.parquet").write_text("not parquet")
     assert "not a readable Parquet file" in error_of(load_sft, str(tmp_path / "fake.parquet"))
 
@@ -424,3 +426,38 @@ def test_a_margin_column_reaches_the_reward_model_loss(tmp_path):
         path.write_text(json.dumps({**PAIR, "margin": bad}) + "\n")
         with pytest.raises(DataError, match=r"bad.jsonl:1: field 'margin': expected a finite number"):
             load_preferences(str(path))
+
+
+def test_json_arrays_json_lines_and_csv_load_the_same_records(tmp_path):
+    import csv
+
+    as_array = tmp_path / "sft.json"
+    as_array.write_text(json.dumps(SFT_ROWS, indent=2))
+    as_lines = write_rows(tmp_path / "lines.json", SFT_ROWS)  # JSON Lines under a .json name (as the hub has them)
+    with open(tmp_path / "sft.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["prompt", "completion", "id"])
+        w.writeheader()
+        w.writerows(SFT_ROWS)
+    for path in (str(as_array), as_lines):
+        assert load_sft(path) == SFT_RECORDS, path
+    from_csv = load_sft(str(tmp_path / "sft.csv"))  # every CSV value is a string
+    assert [(e.prompt, e.completion, e.meta) for e in from_csv] == [(e.prompt, e.completion, {"id": str(e.meta["id"])})
+                                                                   for e in SFT_RECORDS]
+    assert [loc for loc, _ in read_records(str(as_array))][-1] == f"{as_array}:row {len(SFT_ROWS) - 1}"
+    assert [loc for loc, _ in read_records(str(tmp_path / "sft.csv"))][0] == f"{tmp_path / 'sft.csv'}:2"  # header is line 1
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"prompt": "a", "completion": "b"},\n 5]')
+    assert error_of(load_sft, str(bad)) == f"{bad}:row 1: expected a JSON object, got int"
+    bad.write_text('[{"prompt": "a",\n "completion": }]')
+    assert error_of(load_sft, str(bad)).startswith(f"{bad}: invalid JSON (Expecting value at line 2 column")
+    conv = tmp_path / "conv.csv"
+    with open(conv, "w", newline="") as f:
+        csv.writer(f).writerows([["messages"], [json.dumps([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}])]])
+    assert [(e.prompt, e.completion) for e in load_sft(str(conv))] == [((Message("user", "Hi"),), "Hello.")]
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text("prompt,completion\nq,a\nq,a,extra\n")
+    assert error_of(load_sft, str(ragged)) == f"{ragged}:3: more cells than the header's 2 columns"
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "train.csv").write_bytes((tmp_path / "sft.csv").read_bytes())
+    (tmp_path / "dir" / "test.json").write_text(json.dumps(SFT_ROWS[:1]))
+    assert load_sft(str(tmp_path / "dir")) == from_csv and load_sft(str(tmp_path / "dir"), "test") == SFT_RECORDS[:1]

@@ -32,21 +32,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Iterable
 
+from rlhfkit.data.readers import DataError, _field_error, _kind, read_records  # noqa: F401  (DataError, read_records: API)
 from rlhfkit.data.records import SOURCES, Comparison, Example, Message, Prompt, as_prompt
 from rlhfkit.files import atomic_open
 
 ROLES = ("user", "assistant", "system")
-# Names that mark a file or folder as one split of a dataset (`train-00000-of-00002.parquet`).
-SPLIT_NAMES = ("train", "validation", "valid", "val", "dev", "test", "eval")
-
-
-class DataError(ValueError):
-    """A data file or row that cannot be read; the message names file, line/row and field."""
-
 
 # ---------------------------------------------------------------- public API
 
@@ -87,24 +80,6 @@ def check_enough(path: str, n: int, n_held: int, what: str) -> None:
     if n - n_held < 1:
         raise DataError(f"{path}: {n} {what}: too few to hold out {n_held} and train on the rest "
                         f"(need at least {n_held + 1})")
-
-
-def read_records(path: str, split: str = "train") -> Iterator[tuple[str, dict[str, Any]]]:
-    """Yield `(location, row)` for every record under `path`.
-
-    `location` is `"file:LINE"` for JSONL (1-based, blank lines counted) and
-    `"file:row N"` for Parquet and saved datasets (0-based). Raises DataError for
-    a missing path, an unsupported file, unreadable content, or a file with no records.
-    """
-    if not os.path.exists(path):
-        raise DataError(f"{path}: no such file or directory")
-    if not os.path.isdir(path):
-        yield from _read_file(path)
-    elif _is_saved_dataset(path):
-        yield from _read_saved_dataset(path, split)
-    else:
-        for file in _split_files(path, split):
-            yield from _read_file(file)
 
 
 def write_jsonl(path: str, rows: Iterable[Any]) -> int:
@@ -199,14 +174,6 @@ def parse_prompt(row: dict[str, Any], loc: str) -> tuple[Message, ...]:
 
 
 # ---------------------------------------------------------------- field checks
-
-
-def _field_error(loc: str, field: str, problem: str) -> DataError:
-    return DataError(f"{loc}: field {field!r}: {problem}")
-
-
-def _kind(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
 
 
 def _has(row: dict, name: str) -> bool:
@@ -343,165 +310,3 @@ def _plain(row: Any) -> Any:
     if dataclasses.is_dataclass(row) and not isinstance(row, type):
         return dataclasses.asdict(row)
     return row
-
-
-# ---------------------------------------------------------------- readers
-
-
-def _read_file(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    reader = _READERS.get(os.path.splitext(path)[1].lower())
-    if reader is None:
-        raise DataError(f"{path}: unsupported file type (expected .jsonl, .parquet, or a datasets directory)")
-    n = 0
-    for n, item in enumerate(reader(path), 1):
-        yield item
-    if n == 0:
-        raise DataError(f"{path}: no records")
-
-
-def _read_jsonl(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            loc = f"{path}:{lineno}"
-            try:
-                line = raw.decode("utf-8").lstrip("\ufeff" if lineno == 1 else "")
-            except UnicodeDecodeError as e:
-                raise DataError(f"{loc}: invalid UTF-8 ({e.reason} at byte {e.start})") from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line, object_pairs_hook=_unique_keys)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{loc}: invalid JSON ({e.msg} at column {e.colno})") from None
-            except RecursionError:
-                raise DataError(f"{loc}: invalid JSON (nested too deeply)") from None
-            except _DuplicateKey as e:
-                raise DataError(f"{loc}: invalid JSON (key {e.args[0]!r} given twice in one object)") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{loc}: expected a JSON object, got {_kind(row)}")
-            _check_text(row, loc, "")
-            yield loc, row
-
-
-class _DuplicateKey(ValueError):
-    pass
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out = {}
-    for key, value in pairs:
-        if key in out:
-            raise _DuplicateKey(key)
-        out[key] = value
-    return out
-
-
-def _check_text(value: Any, loc: str, field: str) -> None:
-    """Every string in a row must be encodable text: a lone surrogate ("\\ud800") is valid JSON but no text."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise _field_error(loc, field or "(row)", "contains a lone surrogate (\\ud800-\\udfff), which is not text") from None
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            _check_text(v, loc, f"{field}.{k}" if field else str(k))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            _check_text(v, loc, f"{field}[{i}]")
-
-
-def _read_parquet(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
-    except (pa.ArrowException, OSError) as e:
-        raise DataError(f"{path}: not a readable Parquet file ({e})") from None
-    i = 0
-    while True:
-        try:
-            batch = next(batches, None)
-        except (pa.ArrowException, OSError, ValueError) as e:  # a damaged page shows only when it is read
-            raise DataError(f"{path}: not a readable Parquet file after row {i} ({e})") from None
-        if batch is None:
-            return
-        for row in batch.to_pylist():
-            yield f"{path}:row {i}", row
-            i += 1
-
-
-_READERS: dict[str, Callable[[str], Iterator[tuple[str, dict[str, Any]]]]] = {
-    ".jsonl": _read_jsonl,
-    ".parquet": _read_parquet,
-}
-
-
-def _is_saved_dataset(path: str) -> bool:
-    markers = ("dataset_dict.json", "state.json", "dataset_info.json")
-    return any(os.path.exists(os.path.join(path, m)) for m in markers)
-
-
-def _read_saved_dataset(path: str, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Rows of a `save_to_disk` directory (a Dataset, or one split of a DatasetDict)."""
-    dict_file = os.path.join(path, "dataset_dict.json")
-    if os.path.exists(dict_file):
-        try:
-            with open(dict_file, encoding="utf-8") as f:
-                info = json.load(f)
-        except (OSError, UnicodeDecodeError, ValueError) as e:
-            raise DataError(f"{dict_file}: not a readable dataset_dict.json ({e})") from None
-        if not isinstance(info, dict):
-            raise DataError(f"{dict_file}: expected a JSON object with a 'splits' list, got {_kind(info)}")
-        splits = info.get("splits")
-        if not isinstance(splits, list) or not all(isinstance(x, str) for x in splits):
-            raise DataError(f"{dict_file}: field 'splits': expected a list of split names, got {_kind(splits)}")
-        if split not in splits:
-            raise DataError(f"{path}: no split {split!r} (splits: {', '.join(splits)})")
-        path = os.path.join(path, split)
-    from datasets import load_from_disk
-
-    try:
-        ds = load_from_disk(path)
-    except (FileNotFoundError, ValueError, OSError) as e:
-        raise DataError(f"{path}: not a readable saved dataset ({e})") from None
-    ds = ds.with_format(None)  # plain Python rows even if a tensor format was saved
-    if len(ds) == 0:
-        raise DataError(f"{path}: no records")
-    for i, row in enumerate(ds):
-        yield f"{path}:row {i}", row
-
-
-def _split_of(relpath: str) -> str | None:
-    """The split a data file belongs to by its name or folder, e.g. `data/train-0001.parquet` -> train."""
-    parts = relpath.split(os.sep)
-    parts[-1] = os.path.splitext(parts[-1])[0]
-    for part in reversed(parts):
-        head = re.split(r"[-_.]", part.lower(), maxsplit=1)[0]
-        if head in SPLIT_NAMES:
-            return head
-    return None
-
-
-def _split_files(path: str, split: str) -> list[str]:
-    """The data files of directory `path` that make up `split` (all of them when none is split-named)."""
-    files = sorted(
-        os.path.relpath(os.path.join(root, name), path)
-        for root, dirs, names in os.walk(path)
-        for name in names
-        if os.path.splitext(name)[1].lower() in _READERS and not name.startswith(".")
-    )
-    if not files:
-        raise DataError(f"{path}: no .jsonl or .parquet files, and not a saved datasets directory")
-    splits = {f: _split_of(f) for f in files}
-    if all(s is None for s in splits.values()):
-        return [os.path.join(path, f) for f in files]
-    unnamed = [f for f, s in splits.items() if s is None]
-    if unnamed:  # reading it into every split, or none, would both be silent mistakes
-        raise DataError(f"{path}: cannot tell which split {unnamed[0]!r} belongs to "
-                        f"(other files are named by split: {', '.join(sorted(set(filter(None, splits.values()))))})")
-    chosen = [os.path.join(path, f) for f, s in splits.items() if s == split]
-    if not chosen:
-        raise DataError(f"{path}: no files for split {split!r} (found: {', '.join(sorted(set(splits.values())))})")
-    return chosen
