@@ -461,3 +461,33 @@ def test_json_arrays_json_lines_and_csv_load_the_same_records(tmp_path):
     (tmp_path / "dir" / "train.csv").write_bytes((tmp_path / "sft.csv").read_bytes())
     (tmp_path / "dir" / "test.json").write_text(json.dumps(SFT_ROWS[:1]))
     assert load_sft(str(tmp_path / "dir")) == from_csv and load_sft(str(tmp_path / "dir"), "test") == SFT_RECORDS[:1]
+
+
+def test_split_heldout_takes_an_eval_split_or_a_seeded_fraction():
+    from rlhfkit.data.loaders import split_heldout
+
+    held, train = split_heldout(list(range(20)), 0.1, 3, "d", "rows")
+    assert len(held) == 2 and sorted(held + train) == list(range(20))
+    assert split_heldout(list(range(20)), 0.1, 3, "d", "rows") == (held, train)  # seeded
+    held, train = split_heldout(list(range(20)), 0.1, 3, "d", "rows", heldout=["x", "y", "z"])
+    assert held == ["x", "y", "z"] and sorted(train) == list(range(20))  # an eval split leaves all rows to train on
+    with pytest.raises(DataError, match="d: 1 rows: too few to hold out 1"):
+        split_heldout([0], 0.1, 3, "d", "rows")
+
+
+def test_sft_reads_the_split_it_is_told_and_holds_out_the_eval_split(tmp_path, capsys, monkeypatch):
+    from rlhfkit.config import load_config
+    from rlhfkit.stages import sft
+    from tests.test_user_model import user_data, user_model
+
+    user_model(str(tmp_path / "base"))
+    user_data(str(tmp_path))
+    rows = [json.loads(line) for line in open(tmp_path / "sft.jsonl")]
+    (tmp_path / "ds").mkdir()
+    write_rows(tmp_path / "ds" / "train.jsonl", rows[:100])
+    write_rows(tmp_path / "ds" / "validation.jsonl", rows[100:110])
+    monkeypatch.setenv("RLHFKIT_NO_TENSORBOARD", "1")
+    cfg = load_config(sft.Config, None, [f"--model={tmp_path}/base", f"--data={tmp_path}/ds", f"--out_dir={tmp_path}/sft",
+                                         "--eval_split=validation", "--epochs=0.2", "--batch_size=10", "--threads=1"])
+    sft.train(cfg)
+    assert "[sft] 100 demonstrations (10 held out)" in capsys.readouterr().out

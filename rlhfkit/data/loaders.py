@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 import re
 from typing import Any, Iterable
 
@@ -73,6 +74,19 @@ def prompts_and_columns(path: str, split: str = "train") -> tuple[list[Prompt], 
         prompts.append(as_prompt(parse_prompt(row, loc)))
         rows.append(_meta(row, ("prompt", "messages"), loc))
     return prompts, {k: [r.get(k) for r in rows] for k in dict.fromkeys(k for r in rows for k in r)}
+
+
+def split_heldout(records: list, fraction: float, seed: int, path: str, what: str, heldout: list | None = None):
+    """`(held-out, train)`: `heldout` (records of an eval split) when given, else a seeded `fraction` of
+    `records` (at least one); the training records are shuffled by `seed` either way. A DataError, before
+    any model loads, when nothing would be left to train on."""
+    records = list(records)
+    random.Random(seed).shuffle(records)
+    if heldout is not None:
+        return list(heldout), records
+    n_held = max(1, int(len(records) * fraction))
+    check_enough(path, len(records), n_held, what)
+    return records[:n_held], records[n_held:]
 
 
 def check_enough(path: str, n: int, n_held: int, what: str) -> None:

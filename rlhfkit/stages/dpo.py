@@ -16,7 +16,6 @@ Trains on the same preference pairs (store export / JSONL) as the reward model; 
 from __future__ import annotations
 
 import os
-import random
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -57,6 +56,8 @@ class Config:
     skip_nonfinite: int = 3  # non-finite steps in a row skipped (no update, counted) before the run stops with an error; 0: stop at the first
     max_len: int = 256  # longest rendered prompt + response
     heldout_fraction: float = 0.05  # pairs kept out for implicit-reward accuracy
+    split: str = "train"  # split of a dataset folder / saved DatasetDict to train on
+    eval_split: str | None = None  # split held out for evaluation (None: heldout_fraction of the training split)
     eval_every: int = 50  # held-out pair metrics (and the eval_prompts eval) every N steps
     eval_prompts: str | None = None  # held-out prompts answered greedily at each eval (None: no such eval)
     evaluator: str | None = None  # package.module:function scoring those answers (rlhfkit.evaluation.hooks)
@@ -82,7 +83,7 @@ def reference_logprobs(ref, rows, pad_id: int, batch_size: int = 64) -> torch.Te
 
 
 def train(cfg: Config) -> str:
-    from rlhfkit.data.loaders import check_enough, load_preferences
+    from rlhfkit.data.loaders import load_preferences, split_heldout
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -91,10 +92,9 @@ def train(cfg: Config) -> str:
     loss_fn = PREFERENCE_LOSSES[cfg.loss_type]
 
     # 1. Data: render (prompt, chosen) and (prompt, rejected) once.
-    pairs = load_preferences(cfg.data)
-    random.Random(cfg.seed).shuffle(pairs)
-    n_held = max(1, int(len(pairs) * cfg.heldout_fraction))
-    check_enough(cfg.data, len(pairs), n_held, "pairs")
+    held, train = split_heldout(load_preferences(cfg.data, cfg.split), cfg.heldout_fraction, cfg.seed, cfg.data, "pairs",
+                                load_preferences(cfg.data, cfg.eval_split) if cfg.eval_split else None)
+    pairs, n_held = held + train, len(held)
     ckpt = checkpoint.latest_checkpoint(cfg.out_dir)
     policy, tok = load_causal_lm(os.path.join(ckpt, "policy") if ckpt else cfg.policy, device=cfg.device)
     device = next(policy.parameters()).device

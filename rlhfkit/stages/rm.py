@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Literal
@@ -53,6 +52,8 @@ class Config:
     model: str = "runs/sft/model"  # backbone initialisation (a causal LM directory)
     data: str = "runs/feedback/pairs.jsonl"  # preference pairs file/dir
     heldout_fraction: float = 0.1  # groups (rankings) kept out for held-out accuracy
+    split: str = "train"  # split of a dataset folder / saved DatasetDict to train on
+    eval_split: str | None = None  # split held out for evaluation (None: heldout_fraction of the training split)
     epochs: float = 4.0  # passes over the training groups
     batch_groups: int = 8  # rankings per optimiser step (all their pairs)
     lr: float = 3e-4  # peak learning rate
@@ -78,14 +79,6 @@ def group_pairs(pairs: list[Comparison]) -> list[list[Comparison]]:
     for p in pairs:
         groups[p.group or p.prompt].append(p)
     return list(groups.values())
-
-
-def split_groups(pairs: list[Comparison], heldout_fraction: float, seed: int):
-    """`(heldout, train)` rankings: groups shuffled by `seed`, at least one held out."""
-    groups = group_pairs(pairs)
-    random.Random(seed).shuffle(groups)
-    n_held = max(1, int(len(groups) * heldout_fraction))
-    return groups[:n_held], groups[n_held:]
 
 
 def score_pairs(model, tok, pairs: list[Comparison], max_len: int, device, normalized: bool = False):
@@ -160,7 +153,7 @@ def accuracy(model, tok, groups: list[list[Comparison]], max_len: int, device) -
 
 
 def train(cfg: Config) -> str:
-    from rlhfkit.data.loaders import check_enough, load_preferences
+    from rlhfkit.data.loaders import load_preferences, split_heldout
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -168,8 +161,9 @@ def train(cfg: Config) -> str:
     run = Run(cfg.out_dir, cfg, cfg.seed, "rm")
 
     # 1. Data: pairs grouped by ranking; held-out split by group.
-    heldout, train_groups = split_groups(load_preferences(cfg.data), cfg.heldout_fraction, cfg.seed)
-    check_enough(cfg.data, len(heldout) + len(train_groups), len(heldout), "rankings (pair groups)")
+    heldout, train_groups = split_heldout(group_pairs(load_preferences(cfg.data, cfg.split)), cfg.heldout_fraction, cfg.seed,
+                                          cfg.data, "rankings (pair groups)",
+                                          group_pairs(load_preferences(cfg.data, cfg.eval_split)) if cfg.eval_split else None)
     n_held = len(heldout)
     max_steps = max(1, int(cfg.epochs * len(train_groups) / cfg.batch_groups))
     n_pairs = sum(map(len, train_groups))

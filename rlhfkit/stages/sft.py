@@ -14,7 +14,6 @@ a few held-out prompts, printed next to their demonstrations.
 from __future__ import annotations
 
 import os
-import random
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,7 +23,7 @@ from tqdm import tqdm
 from rlhfkit import checkpoint, distributed
 from rlhfkit.data.chat import IGNORE_INDEX, render_examples, sft_batch
 from rlhfkit.data.packing import epoch_batches
-from rlhfkit.data.loaders import check_enough, load_sft
+from rlhfkit.data.loaders import load_sft, split_heldout
 from rlhfkit.evaluation.hooks import log_samples
 from rlhfkit.losses import lm_loss
 from rlhfkit.models.load import load_causal_lm
@@ -49,6 +48,8 @@ class Config:
     grad_clip: float = 1.0  # max gradient norm
     skip_nonfinite: int = 3  # non-finite steps in a row skipped (no update, counted) before the run stops with an error; 0: stop at the first
     heldout_fraction: float = 0.05  # demonstrations kept out for the held-out loss
+    split: str = "train"  # split of a dataset folder / saved DatasetDict to train on
+    eval_split: str | None = None  # split held out for evaluation (None: heldout_fraction of the training split)
     eval_every: int = 50  # held-out loss every N steps
     sample_every: int = 100  # print decoded samples every N steps
     ckpt_every: int = 200  # checkpoint every N steps
@@ -70,12 +71,11 @@ def train(cfg: Config) -> str:
     run = Run(cfg.out_dir, cfg, cfg.seed, "sft", d.rank)
 
     # 1. Model and data: render every demonstration once to (ids, mask).
-    examples = load_sft(cfg.data)  # validate the data before loading any model
-    check_enough(cfg.data, len(examples), max(1, int(len(examples) * cfg.heldout_fraction)), "demonstrations")
+    held, train = split_heldout(load_sft(cfg.data, cfg.split), cfg.heldout_fraction, cfg.seed, cfg.data, "demonstrations",
+                                load_sft(cfg.data, cfg.eval_split) if cfg.eval_split else None)  # before any model loads
+    examples, n_held = held + train, len(held)
     ckpt = checkpoint.latest_checkpoint(cfg.out_dir)
     model, tok = load_causal_lm(os.path.join(ckpt, "model") if ckpt else cfg.model, device=str(d.device))
-    random.Random(cfg.seed).shuffle(examples)
-    n_held = max(1, int(len(examples) * cfg.heldout_fraction))
     rendered = render_examples(tok, [(e.prompt, e.completion) for e in examples], cfg.max_len, "sft")
     heldout, train_rows = rendered[:n_held], rendered[n_held:]
     max_steps = max(1, int(cfg.epochs * len(train_rows) / cfg.batch_size))
