@@ -109,11 +109,13 @@ def run_reporting_errors(command: str, fn) -> int:
     from rlhfkit.checkpoint import CheckpointError
     from rlhfkit.config import ConfigError
     from rlhfkit.data.loaders import DataError
+    from rlhfkit.distributed import NotDistributed, refuse_multi_process
     from rlhfkit.optim import DivergedError
 
     try:
+        refuse_multi_process(command)  # eval, sample, pipeline, label ...: one process's work, not a rank's
         return fn() or 0
-    except (DataError, ConfigError, CheckpointError, FileNotFoundError) as e:
+    except (DataError, ConfigError, CheckpointError, FileNotFoundError, NotDistributed) as e:
         print(f"rlhfkit {command}: error: {e}", file=sys.stderr)
         return 2
     except DivergedError as e:

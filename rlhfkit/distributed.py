@@ -75,3 +75,20 @@ def barrier(d: Dist) -> None:
 def close(d: Dist) -> None:
     if d.world_size > 1 and dist.is_initialized():
         dist.destroy_process_group()
+
+
+class NotDistributed(RuntimeError):
+    """A stage that cannot split its work across ranks was started by torchrun with more than one process."""
+
+
+DATA_PARALLEL = ("pretrain", "sft")  # the stages that shard their batches across torchrun ranks today
+
+
+def refuse_multi_process(what: str) -> None:
+    """Raise NotDistributed when `what` runs in a torchrun job of several processes and is not data-parallel:
+    each rank would run the whole job and write the same outputs (a silent duplicate, or a corrupted run dir)."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1 and what not in DATA_PARALLEL:
+        raise NotDistributed(f"{what} does not run data-parallel yet (only {', '.join(DATA_PARALLEL)} do): started with "
+                             f"WORLD_SIZE={world}, every process would train the whole job and write the same files. "
+                             f"Run it as one process (python -m rlhfkit {what} ...), not under torchrun.")

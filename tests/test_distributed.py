@@ -101,3 +101,18 @@ def test_only_rank_zero_writes_the_run_directory(runs, stage):
     # ... while both ranks did run: each prints its own data summary.
     summary = "demonstrations" if stage == "sft" else "corpus tokens"
     assert stdout[f"{stage}/2"].count(summary) == 2
+
+
+@pytest.mark.parametrize("args", [
+    ("dpo", "--policy=missing", "--data=missing.jsonl"),
+    ("grpo", "--policy=missing", "--prompts=missing.jsonl", "--reward=tests.helpers:short_reward"),
+    ("eval", "--policies=[missing]", "--prompts=missing.jsonl"),
+])
+def test_a_stage_that_is_not_data_parallel_refuses_torchrun(tmp_path, args):
+    """Two ranks of a stage that does not shard its work would each train the whole job and write the same
+    files: it must stop before writing anything, on every rank, with a message saying why."""
+    out = tmp_path / "out"
+    proc = rlhfkit(*args, f"--out_dir={out}", launcher=torchrun(2), check=False)
+    assert proc.returncode != 0
+    assert proc.stderr.count(f"{args[0]} does not run data-parallel yet") == 2, proc.stderr[-3000:]  # both ranks
+    assert "refuse_multi_process" not in proc.stderr and not out.exists()  # a message, not a traceback of ours

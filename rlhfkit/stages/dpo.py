@@ -22,7 +22,7 @@ from typing import Any, Literal
 import torch
 from tqdm import tqdm
 
-from rlhfkit import checkpoint
+from rlhfkit import checkpoint, distributed
 from rlhfkit.data.chat import render_examples
 from rlhfkit.data.loaders import prompt_list
 from rlhfkit.data.packing import epoch_batches
@@ -85,6 +85,7 @@ def reference_logprobs(ref, rows, pad_id: int, batch_size: int = 64) -> torch.Te
 def train(cfg: Config) -> str:
     from rlhfkit.data.loaders import load_preferences, split_heldout
 
+    distributed.refuse_multi_process("dpo")  # before anything is written
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)

@@ -34,7 +34,7 @@ from typing import Any, Literal
 import torch
 from tqdm import tqdm
 
-from rlhfkit import checkpoint
+from rlhfkit import checkpoint, distributed
 from rlhfkit.data.loaders import prompt_list, prompts_and_columns
 from rlhfkit.data.packing import epoch_batches, pack_documents, read_corpus
 from rlhfkit.evaluation.hooks import make_evaluator, training_eval
@@ -128,6 +128,7 @@ def batch_plan(cfg: Config) -> str:
 
 
 def train(cfg: Config) -> str:
+    distributed.refuse_multi_process("ppo")  # before anything is written
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import torch
 from tqdm import tqdm
 
-from rlhfkit import checkpoint
+from rlhfkit import checkpoint, distributed
 from rlhfkit.data.loaders import prompt_list, prompts_and_columns
 from rlhfkit.data.packing import epoch_batches
 from rlhfkit.evaluation.hooks import make_evaluator, training_eval
@@ -101,6 +101,7 @@ class GRPOConfig(Config):
     temperature: float = 0.7  # sampling temperature (docs/results.md: the demo's choice)
 
 def train(cfg: Config) -> str:
+    distributed.refuse_multi_process(cfg.estimator)  # before anything is written
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)

@@ -32,7 +32,7 @@ from typing import Literal
 import torch
 from tqdm import tqdm
 
-from rlhfkit import checkpoint
+from rlhfkit import checkpoint, distributed
 from rlhfkit.data.chat import pad_batch, render_example, render_examples
 from rlhfkit.data.loaders import ACCEPTABLE_FIELDS
 from rlhfkit.data.packing import epoch_batches
@@ -155,6 +155,7 @@ def accuracy(model, tok, groups: list[list[Comparison]], max_len: int, device) -
 def train(cfg: Config) -> str:
     from rlhfkit.data.loaders import load_preferences, split_heldout
 
+    distributed.refuse_multi_process("rm")  # before anything is written
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
