@@ -62,9 +62,30 @@ def global_sum(x: torch.Tensor | float, d: Dist) -> torch.Tensor:
     return t
 
 
+def sum_gradients(params, d: Dist) -> None:
+    """All-reduce (sum) the gradients of `params` across ranks, in one flat buffer: for stages whose
+    per-rank losses are already shares of the global batch's (no DDP wrapper: their forward reaches
+    the backbone directly)."""
+    if d.world_size == 1:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    for g, part in zip(grads, flat.split([g.numel() for g in grads])):
+        g.copy_(part.view_as(g))
+
+
 def shard(items: list, d: Dist) -> list:
     """This rank's strided share of a global batch."""
     return items[d.rank :: d.world_size]
+
+
+def no_sync(model, last: bool):
+    """DDP's `no_sync()` for every micro-batch but the `last` of an optimiser step (one gradient all-reduce
+    per step); a plain context for a model that is not DDP-wrapped."""
+    import contextlib
+
+    return model.no_sync() if hasattr(model, "no_sync") and not last else contextlib.nullcontext()
 
 
 def barrier(d: Dist) -> None:
@@ -81,7 +102,7 @@ class NotDistributed(RuntimeError):
     """A stage that cannot split its work across ranks was started by torchrun with more than one process."""
 
 
-DATA_PARALLEL = ("pretrain", "sft")  # the stages that shard their batches across torchrun ranks today
+DATA_PARALLEL = ("pretrain", "sft", "rm", "dpo")  # the stages that shard their batches across torchrun ranks today
 
 
 def refuse_multi_process(what: str) -> None:

@@ -14,13 +14,15 @@ import torch
 
 from tests.helpers import MODEL, free_port, metrics, rlhfkit
 
-STAGES = ("pretrain", "sft")
+STAGES = ("pretrain", "sft", "rm", "dpo")
 # Short runs with no warmup, so the weights move by far more than the tolerance of the comparison.
 ARGS = {
-    "pretrain": ("--max_steps=4", "--batch_size=8", "--seq_len=64", "--lr=5e-3", *MODEL),
-    "sft": ("--epochs=0.5", "--batch_size=16", "--lr=3e-3"),  # 7 steps of 16 of the 228 demonstrations
+    "pretrain": ("--max_steps=4", "--batch_size=8", "--seq_len=64", "--lr=5e-3", "--sample_every=1000", *MODEL),
+    "sft": ("--epochs=0.5", "--batch_size=16", "--lr=3e-3", "--sample_every=1000"),  # 7 steps of 16 of the 228 demonstrations
+    "rm": ("--epochs=2", "--batch_groups=4", "--lr=1e-3", "--pair_weight=ranking", "--evaluate=false"),  # 2 rankings a rank
+    "dpo": ("--epochs=3", "--batch_size=8", "--micro_batch_size=2", "--lr=1e-3"),  # 2 micro-batches of 2 per rank a step
 }
-COMMON = ("--warmup_steps=0", "--eval_every=2", "--sample_every=1000")
+COMMON = ("--warmup_steps=0", "--eval_every=2")
 SAME_EVERY_STEP = ("train/loss", "train/grad_norm", "train/lr", "eval/loss")  # metrics both runs must log alike
 
 
@@ -35,7 +37,7 @@ pytestmark = pytest.mark.slow
 def data_args(stage: str, world) -> tuple[str, ...]:
     if stage == "pretrain":
         return (f"--corpus={world}/corpus.jsonl", f"--eval_corpus={world}/eval_corpus.jsonl")
-    return (f"--data={world}/sft.jsonl",)
+    return (f"--data={world}/{'sft' if stage == 'sft' else 'pairs'}.jsonl",)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +49,8 @@ def runs(tmp_path_factory, world_files):
     root = tmp_path_factory.mktemp("dist")
     out = {}
     for stage in STAGES:
-        init = (f"--model={root}/pretrain/1/model",) if stage == "sft" else ()
+        init = {"pretrain": (), "sft": (f"--model={root}/pretrain/1/model",), "rm": (f"--model={root}/sft/1/model",),
+                "dpo": (f"--policy={root}/sft/1/model",)}[stage]
         for ranks, launcher in ((1, ()), (2, torchrun(2))):
             name = f"{stage}/{ranks}"
             proc = rlhfkit(stage, f"--out_dir={root}/{name}", *init, *data_args(stage, world_files), *ARGS[stage], *COMMON,
@@ -72,8 +75,9 @@ def test_two_ranks_take_the_same_steps_as_one_process(runs, stage):
             assert (key in a) == (key in b), (a["step"], key)
             if key in a:
                 assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (a["step"], key)
-    evals = [r["eval/loss"] for r in one if "eval/loss" in r]
-    assert evals[-1] < evals[0] - 0.1  # the steps really trained the model
+    key = "train/loss" if stage == "rm" else "eval/loss"  # the steps really trained the model (the RM's held-out
+    evals = [r[key] for r in one if key in r]  # accuracy on the tiny world is 1.0 from the start)
+    assert evals[-1] < evals[0] - 0.1, evals
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -81,11 +85,11 @@ def test_two_ranks_end_with_the_same_weights(runs, stage):
     root, _ = runs
     one, two = state_dict(f"{root}/{stage}/1/model"), state_dict(f"{root}/{stage}/2/model")
     assert one.keys() == two.keys()
-    start = state_dict(f"{root}/pretrain/1/model") if stage == "sft" else None
+    start = state_dict(f"{root}/{'pretrain' if stage == 'sft' else 'sft'}/1/model") if stage != "pretrain" else None
     for k in one:
         assert torch.allclose(one[k], two[k], atol=1e-4), (k, (one[k] - two[k]).abs().max().item())
-    if start is not None:  # the SFT steps moved the weights far more than the tolerance
-        assert max((one[k] - start[k]).abs().max().item() for k in one) > 5e-3
+    if start is not None:  # the steps moved the weights far more than the tolerance
+        assert max((one[k] - start[k]).abs().max().item() for k in one) > 5e-3, stage
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -99,12 +103,12 @@ def test_only_rank_zero_writes_the_run_directory(runs, stage):
     assert stdout[f"{stage}/2"].count(f"[{stage}] run dir") == 1
     assert stdout[f"{stage}/2"].count(f"saved {two}/model") == 1
     # ... while both ranks did run: each prints its own data summary.
-    summary = "demonstrations" if stage == "sft" else "corpus tokens"
+    summary = {"sft": "demonstrations", "pretrain": "corpus tokens", "rm": "rankings (+", "dpo": "held out), "}[stage]
     assert stdout[f"{stage}/2"].count(summary) == 2
 
 
 @pytest.mark.parametrize("args", [
-    ("dpo", "--policy=missing", "--data=missing.jsonl"),
+    ("ppo", "--policy=missing", "--prompts=missing.jsonl"),
     ("grpo", "--policy=missing", "--prompts=missing.jsonl", "--reward=tests.helpers:short_reward"),
     ("eval", "--policies=[missing]", "--prompts=missing.jsonl"),
 ])

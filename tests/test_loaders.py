@@ -491,3 +491,17 @@ def test_sft_reads_the_split_it_is_told_and_holds_out_the_eval_split(tmp_path, c
                                          "--eval_split=validation", "--epochs=0.2", "--batch_size=10", "--threads=1"])
     sft.train(cfg)
     assert "[sft] 100 demonstrations (10 held out)" in capsys.readouterr().out
+
+
+def test_a_text_corpus_that_is_not_utf8_names_file_and_line(tmp_path):
+    from rlhfkit.data.packing import read_corpus
+
+    path = tmp_path / "corpus.txt"
+    path.write_bytes(b"first document\n\nsecond\n\xff\xfe third\n")
+    with pytest.raises(DataError, match=re.escape(f"{path}:4: invalid UTF-8")):
+        read_corpus(str(path))
+    path.write_bytes(b"\n\n  \n")
+    with pytest.raises(DataError, match="no documents"):
+        read_corpus(str(path))
+    with pytest.raises(DataError, match="cannot read it"):
+        read_corpus(str(tmp_path / "missing.txt"))

@@ -39,13 +39,23 @@ def epoch_batches(n_rows: int, batch_size: int, step: int, seed: int) -> torch.T
 
 def read_corpus(path: str) -> list[str]:
     """Documents from a .txt file (blank-line separated) or a JSONL/Parquet/HF dataset with a `text` field."""
-    if path.endswith(".txt"):
-        with open(path, encoding="utf-8") as f:
-            docs = [d.strip() for d in f.read().split("\n\n") if d.strip()]
-        if not docs:
-            raise ValueError(f"{path}: no documents")
-        return docs
     from rlhfkit.data.loaders import DataError, read_records
+
+    if path.endswith(".txt"):
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+        except OSError as e:
+            raise DataError(f"{path}: cannot read it ({e.strerror})") from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = raw[: e.start].count(b"\n") + 1
+            raise DataError(f"{path}:{line}: invalid UTF-8 ({e.reason} at byte {e.start})") from None
+        docs = [d.strip() for d in text.split("\n\n") if d.strip()]
+        if not docs:
+            raise DataError(f"{path}: no documents")
+        return docs
 
     docs = []
     for loc, row in read_records(path, split="train"):

@@ -34,7 +34,9 @@ def as_prompt(messages: tuple[Message, ...]) -> Prompt:
 
 
 def prompt_json(prompt: Prompt) -> str | list[dict[str, str]]:
-    """A prompt in the JSON form the loaders read back: a string, or a list of {role, content}."""
+    """A prompt in the JSON form the loaders read back: a string (also for a one-user-message conversation),
+    or a list of {role, content}."""
+    prompt = prompt if isinstance(prompt, str) else as_prompt(tuple(prompt))
     return prompt if isinstance(prompt, str) else [{"role": m.role, "content": m.content} for m in prompt]
 
 

@@ -27,7 +27,7 @@ from rlhfkit.data.chat import render_examples
 from rlhfkit.data.loaders import prompt_list
 from rlhfkit.data.packing import epoch_batches
 from rlhfkit.evaluation.hooks import make_evaluator, training_eval
-from rlhfkit.files import content_hash
+from rlhfkit.files import atomic_open, content_hash
 from rlhfkit.losses import PREFERENCE_LOSSES, chosen_nll_loss
 from rlhfkit.models.load import load_causal_lm
 from rlhfkit.optim import NonFiniteGuard, adamw, cosine_lr, set_lr
@@ -76,20 +76,26 @@ class Config:
 
 
 @torch.no_grad()
-def reference_logprobs(ref, rows, pad_id: int, batch_size: int = 64) -> torch.Tensor:
-    """Summed reference logprobs of every rendered example: (N,) on CPU."""
+def reference_logprobs(ref, rows, pad_id: int, d: distributed.Dist, batch_size: int = 64) -> torch.Tensor:
+    """Summed reference logprobs of every rendered example: (N,) on CPU. Each rank computes its strided
+    share and the shares are summed across ranks, so every rank ends with all N."""
     ref.eval()
-    return torch.cat([sequence_logprobs(ref, rows[i : i + batch_size], pad_id).cpu() for i in range(0, len(rows), batch_size)])
+    mine = distributed.shard(list(range(len(rows))), d)
+    out = torch.zeros(len(rows), dtype=torch.float64)
+    for i in range(0, len(mine), batch_size):
+        part = mine[i : i + batch_size]
+        out[part] = sequence_logprobs(ref, [rows[j] for j in part], pad_id).double().cpu()
+    return distributed.global_sum(out, d).float().cpu()
 
 
 def train(cfg: Config) -> str:
     from rlhfkit.data.loaders import load_preferences, split_heldout
 
-    distributed.refuse_multi_process("dpo")  # before anything is written
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    d = distributed.init(cfg.device)  # data parallel under torchrun: each rank takes a share of every batch
     seed_everything(cfg.seed)
-    run = Run(cfg.out_dir, cfg, cfg.seed, "dpo")
+    run = Run(cfg.out_dir, cfg, cfg.seed, "dpo", d.rank)
     loss_fn = PREFERENCE_LOSSES[cfg.loss_type]
 
     # 1. Data: render (prompt, chosen) and (prompt, rejected) once.
@@ -97,8 +103,8 @@ def train(cfg: Config) -> str:
                                 load_preferences(cfg.data, cfg.eval_split) if cfg.eval_split else None)
     pairs, n_held = held + train, len(held)
     ckpt = checkpoint.latest_checkpoint(cfg.out_dir)
-    policy, tok = load_causal_lm(os.path.join(ckpt, "policy") if ckpt else cfg.policy, device=cfg.device)
-    device = next(policy.parameters()).device
+    policy, tok = load_causal_lm(os.path.join(ckpt, "policy") if ckpt else cfg.policy, device=str(d.device))
+    device = d.device
     rendered = render_examples(tok, [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs],
                                cfg.max_len, "dpo")
     chosen, rejected = rendered[: len(pairs)], rendered[len(pairs) :]
@@ -112,22 +118,26 @@ def train(cfg: Config) -> str:
     else:
         if cached is not None:
             print(f"[dpo] {cache} was computed for another reference model or other pairs; recomputing", flush=True)
-        ref, _ = load_causal_lm(cfg.policy, device=cfg.device)
-        ref_c, ref_r = reference_logprobs(ref, chosen, tok.pad_token_id), reference_logprobs(ref, rejected, tok.pad_token_id)
-        torch.save({"key": key, "chosen": ref_c, "rejected": ref_r}, cache)
+        ref, _ = load_causal_lm(cfg.policy, device=str(d.device))
+        ref_c, ref_r = reference_logprobs(ref, chosen, tok.pad_token_id, d), reference_logprobs(ref, rejected, tok.pad_token_id, d)
+        if d.is_main:
+            with atomic_open(cache, "wb") as f:  # a rank reading it never sees half a file
+                torch.save({"key": key, "chosen": ref_c, "rejected": ref_r}, f)
         del ref
+    distributed.barrier(d)
     held, train_idx = list(range(n_held)), list(range(n_held, len(pairs)))
     max_steps = max(1, int(cfg.epochs * len(train_idx) / cfg.batch_size))
     print(f"[dpo] {len(train_idx)} pairs (+{n_held} held out), {max_steps} steps, loss {cfg.loss_type}, beta {cfg.beta}", flush=True)
 
     optimizer = adamw(policy, cfg.lr, 0.0)
-    start, _ = checkpoint.resume(ckpt, cfg.out_dir, optimizer, "dpo")
+    start, _ = checkpoint.resume(ckpt, cfg.out_dir, optimizer, "dpo", d.is_main)
+    ddp_policy = distributed.wrap(policy, d)
     eval_prompts = prompt_list(cfg.eval_prompts) if cfg.eval_prompts else []
     evaluator = make_evaluator(cfg.evaluator, cfg.evaluator_args)
 
-    def batch_loss(idx: list[int]):
-        logp_c = sequence_logprobs(policy, [chosen[i] for i in idx], tok.pad_token_id)
-        logp_r = sequence_logprobs(policy, [rejected[i] for i in idx], tok.pad_token_id)
+    def batch_loss(idx: list[int], model=ddp_policy):
+        logp_c = sequence_logprobs(model, [chosen[i] for i in idx], tok.pad_token_id)
+        logp_r = sequence_logprobs(model, [rejected[i] for i in idx], tok.pad_token_id)
         loss, metrics = loss_fn(logp_c, logp_r, ref_c[idx].to(device), ref_r[idx].to(device), cfg.beta, cfg.label_smoothing)
         if cfg.nll_coef:
             nll, nll_metrics = chosen_nll_loss(logp_c, chosen_tokens[idx].to(device))
@@ -141,33 +151,39 @@ def train(cfg: Config) -> str:
         lr = cosine_lr(step, max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
         set_lr(optimizer, lr)
         idx = [train_idx[i] for i in epoch_batches(len(train_idx), cfg.batch_size, step, cfg.seed)]
+        mine = distributed.shard(idx, d)  # this rank's pairs; each is weighted by 1 / (the global batch)
         stats: dict[str, float] = {}
-        for k in range(0, len(idx), cfg.micro_batch_size):
-            micro = idx[k : k + cfg.micro_batch_size]
-            loss, m = batch_loss(micro)
-            (loss * len(micro) / len(idx)).backward()
-            for name, v in m.items():
+        for k in range(0, len(mine), cfg.micro_batch_size):
+            micro = mine[k : k + cfg.micro_batch_size]
+            with distributed.no_sync(ddp_policy, last=k + cfg.micro_batch_size >= len(mine)):
+                loss, m = batch_loss(micro)
+                (loss * len(micro) / len(idx) * d.world_size).backward()  # DDP averages over ranks: undo it
+            for name, v in {**m, "train/loss": loss.detach()}.items():
                 stats[name] = stats.get(name, 0.0) + v.item() * len(micro) / len(idx)
+        stats = {name: distributed.global_sum(v, d).item() for name, v in stats.items()}  # the global batch's means
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
-        if guard.ok(step, loss=loss, grad_norm=grad_norm):
+        if guard.ok(step, loss=stats["train/loss"], grad_norm=grad_norm):
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
         metrics = {**stats, "train/lr": lr, "train/grad_norm": grad_norm.item(), **guard.metrics()}
-        if due(step, cfg.eval_every) or step + 1 == max_steps:
+        if d.is_main and (due(step, cfg.eval_every) or step + 1 == max_steps):  # rank 0 alone logs
             with torch.no_grad():
                 policy.eval()
-                _, held_stats = batch_loss(held)
+                _, held_stats = batch_loss(held, policy)
                 policy.train()
             metrics.update({f"eval/{k.split('/', 1)[1]}": v.item() for k, v in held_stats.items()})
             metrics.update(training_eval(policy, tok, eval_prompts, evaluator=evaluator))
         run.log(step + 1, metrics)
-        if (step + 1) % cfg.ckpt_every == 0 and step + 1 < max_steps:
+        if (step + 1) % cfg.ckpt_every == 0 and step + 1 < max_steps and d.is_main:
             checkpoint.save_checkpoint(cfg.out_dir, step + 1, {"policy": policy}, {"optimizer": optimizer.state_dict()}, tok)
+        distributed.barrier(d)
 
     guard.finish()
     out = os.path.join(cfg.out_dir, "model")
-    checkpoint.save_model('dpo', policy, tok, out)
-    print(f"[dpo] held-out implicit-reward accuracy {metrics.get('eval/rewards/accuracy', float('nan')):.3f}; saved {out}", flush=True)
+    if d.is_main:
+        checkpoint.save_model('dpo', policy, tok, out)
+        print(f"[dpo] held-out implicit-reward accuracy {metrics.get('eval/rewards/accuracy', float('nan')):.3f}; saved {out}", flush=True)
     run.close()
+    distributed.close(d)
     return out

@@ -93,7 +93,7 @@ def train(cfg: Config) -> str:
           f"{cfg.max_steps * cfg.batch_size * cfg.seq_len / 1e6:.2f}M tokens to train on", flush=True)
 
     optimizer = adamw(model, cfg.lr, cfg.weight_decay)
-    start, _ = checkpoint.resume(ckpt, cfg.out_dir, optimizer, "pretrain")
+    start, _ = checkpoint.resume(ckpt, cfg.out_dir, optimizer, "pretrain", d.is_main)
     ddp_model = distributed.wrap(model, d)
     guard = NonFiniteGuard("pretrain", cfg.skip_nonfinite)
 

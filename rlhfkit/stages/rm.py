@@ -38,7 +38,6 @@ from rlhfkit.data.loaders import ACCEPTABLE_FIELDS
 from rlhfkit.data.packing import epoch_batches
 from rlhfkit.data.records import Comparison
 from rlhfkit.losses import acceptability_loss, bradley_terry_loss
-from rlhfkit.models.load import pick_device
 from rlhfkit.models.reward import load_scalar_model, scalar_model_from_lm, sequence_scores
 from rlhfkit.optim import NonFiniteGuard, adamw, cosine_lr, set_lr
 from rlhfkit.tracking import Run, due, seed_everything
@@ -117,16 +116,26 @@ def pair_weights(groups: list[list[Comparison]], how: str) -> torch.Tensor | Non
     return torch.tensor([1.0 / len(g) for g in groups for _ in g])
 
 
-def rm_loss(chosen, rejected, marks, margin, accept_coef, weights=None):
+def loss_weights(n_pairs: int, marks: torch.Tensor, weights=None) -> torch.Tensor:
+    """(2,) float64: the total weight of the pairs and of the marked sides, the two means' denominators."""
+    w = torch.ones(n_pairs, dtype=torch.float64) if weights is None else weights.double().cpu()
+    return torch.stack([w.sum(), torch.cat([w, w])[~marks.isnan()].sum()])
+
+
+def rm_loss(chosen, rejected, marks, margin, accept_coef, weights=None, totals=None):
     """Bradley-Terry on the pairs plus `accept_coef` x the acceptability loss on the marked sides
-    (each side of a pair weighted as the pair)."""
+    (each side of a pair weighted as the pair). `totals` (`loss_weights` of the whole global batch) when
+    these pairs are one rank's share: each mean becomes this share's weighted sum over the global total,
+    so the ranks' losses and gradients add up to the global batch's."""
+    share = loss_weights(len(chosen), marks, weights) / totals if totals is not None else torch.ones(2, dtype=torch.float64)
     loss, stats = bradley_terry_loss(chosen, rejected, margin, weights)  # weighted_mean moves weights to the scores
+    loss = loss * float(share[0])
     marked = ~marks.isnan()
     if accept_coef and marked.any():
         side_weights = None if weights is None else torch.cat([weights, weights])[marked]
         accept, accept_stats = acceptability_loss(torch.cat([chosen, rejected])[marked], marks[marked].to(chosen.device),
                                                   side_weights)
-        loss, stats = loss + accept_coef * accept, {**stats, **accept_stats}
+        loss, stats = loss + accept_coef * accept * float(share[1]), {**stats, **accept_stats}
     return loss, stats
 
 
@@ -155,11 +164,11 @@ def accuracy(model, tok, groups: list[list[Comparison]], max_len: int, device) -
 def train(cfg: Config) -> str:
     from rlhfkit.data.loaders import load_preferences, split_heldout
 
-    distributed.refuse_multi_process("rm")  # before anything is written
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    d = distributed.init(cfg.device)  # data parallel under torchrun: each rank scores a share of every step's rankings
     seed_everything(cfg.seed)
-    run = Run(cfg.out_dir, cfg, cfg.seed, "rm")
+    run = Run(cfg.out_dir, cfg, cfg.seed, "rm", d.rank)
 
     # 1. Data: pairs grouped by ranking; held-out split by group.
     heldout, train_groups = split_heldout(group_pairs(load_preferences(cfg.data, cfg.split)), cfg.heldout_fraction, cfg.seed,
@@ -174,14 +183,14 @@ def train(cfg: Config) -> str:
     # 2. Model: SFT backbone + fresh scalar head (or the last checkpoint's, when resuming).
     ckpt = checkpoint.latest_checkpoint(cfg.out_dir)
     if ckpt:
-        model, tok = load_scalar_model(os.path.join(ckpt, "rm"), device=pick_device(cfg.device))
+        model, tok = load_scalar_model(os.path.join(ckpt, "rm"), device=d.device)
     else:
-        model, tok = scalar_model_from_lm(cfg.model, device=pick_device(cfg.device), seed=cfg.seed)
-    device = next(model.parameters()).device
+        model, tok = scalar_model_from_lm(cfg.model, device=d.device, seed=cfg.seed)
+    device = d.device
     render_examples(tok, list(distinct), cfg.max_len, "rm")  # says how many answers max_len cuts (batches render their own)
     optimizer = adamw(model, cfg.lr, cfg.weight_decay)
-    start, _ = checkpoint.resume(ckpt, cfg.out_dir, optimizer, "rm")
-    if not start:
+    start, _ = checkpoint.resume(ckpt, cfg.out_dir, optimizer, "rm", d.is_main)
+    if not start and d.is_main:
         run.log(0, accuracy(model, tok, heldout, cfg.max_len, device))
 
     # 3. Train: all pairs of a few rankings per step.
@@ -191,27 +200,38 @@ def train(cfg: Config) -> str:
         lr = cosine_lr(step, max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
         set_lr(optimizer, lr)
         batch = [train_groups[i] for i in epoch_batches(len(train_groups), cfg.batch_groups, step, cfg.seed)]
-        pairs = [p for g in batch for p in g]
+        every = [p for g in batch for p in g]
+        totals = loss_weights(len(every), acceptable_marks(every), pair_weights(batch, cfg.pair_weight))
+        mine = distributed.shard(batch, d)  # whole rankings per rank
+        pairs = [p for g in mine for p in g]
         chosen, rejected = score_pairs(model, tok, pairs, cfg.max_len, device)
         loss, stats = rm_loss(chosen, rejected, acceptable_marks(pairs), pair_margins(pairs, cfg.margin, device), cfg.accept_coef,
-                              pair_weights(batch, cfg.pair_weight))
+                              pair_weights(mine, cfg.pair_weight), totals)
         loss.backward()
+        distributed.sum_gradients(model.parameters(), d)  # each share's loss is already over the global total
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        loss = distributed.global_sum(loss.detach(), d)  # the global batch's loss
         if guard.ok(step, loss=loss, grad_norm=grad_norm):
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        metrics = {"train/loss": loss.item(), "train/accuracy": stats["rm/accuracy"].item(),
-                   "train/margin": stats["rm/margin"].item(), "train/lr": lr, "train/grad_norm": grad_norm.item(),
-                   **guard.metrics()}
-        if "rm/accept_loss" in stats:
+        share = len(pairs) / len(every)  # per-pair statistics: pair-weighted means across ranks
+        metrics = {"train/loss": loss.item(), "train/accuracy": distributed.global_sum(stats["rm/accuracy"] * share, d).item(),
+                   "train/margin": distributed.global_sum(stats["rm/margin"] * share, d).item(), "train/lr": lr,
+                   "train/grad_norm": grad_norm.item(), **guard.metrics()}
+        if d.world_size == 1 and "rm/accept_loss" in stats:
             metrics["train/accept_loss"] = stats["rm/accept_loss"].item()
-        if due(step, cfg.eval_every) or step + 1 == max_steps:
+        if d.is_main and (due(step, cfg.eval_every) or step + 1 == max_steps):
             metrics.update(accuracy(model, tok, heldout, cfg.max_len, device))
         run.log(step + 1, metrics)
-        if (step + 1) % cfg.ckpt_every == 0 and step + 1 < max_steps:
+        if (step + 1) % cfg.ckpt_every == 0 and step + 1 < max_steps and d.is_main:
             checkpoint.save_checkpoint(cfg.out_dir, step + 1, {"rm": model}, {"optimizer": optimizer.state_dict()}, tok)
+        distributed.barrier(d)
 
     guard.finish()
+    if not d.is_main:  # rank 0 alone normalises, evaluates and saves
+        run.close()
+        distributed.close(d)
+        return os.path.join(cfg.out_dir, "model")
     # 4. Normalise: mean score 0 over the (SFT-sampled) responses of the training data.
     offset, std = normalisation(model, tok, [p for g in train_groups for p in g], cfg.max_len, device)
     model.config.rlhfkit_score_offset, model.config.rlhfkit_score_std = offset, std
@@ -228,6 +248,7 @@ def train(cfg: Config) -> str:
     with open(os.path.join(cfg.out_dir, "rm_metrics.json"), "w") as f:
         json.dump(final, f, indent=2)
     run.close()
+    distributed.close(d)
     return out
 
 

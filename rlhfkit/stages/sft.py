@@ -82,7 +82,7 @@ def train(cfg: Config) -> str:
     print(f"[sft] {len(train_rows)} demonstrations ({n_held} held out), {max_steps} steps of {cfg.batch_size}", flush=True)
 
     optimizer = adamw(model, cfg.lr, cfg.weight_decay)
-    start, _ = checkpoint.resume(ckpt, cfg.out_dir, optimizer, "sft")
+    start, _ = checkpoint.resume(ckpt, cfg.out_dir, optimizer, "sft", d.is_main)
     ddp_model = distributed.wrap(model, d)
     guard = NonFiniteGuard("sft", cfg.skip_nonfinite)
 
