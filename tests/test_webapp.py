@@ -328,7 +328,7 @@ def test_the_session_key_lives_in_a_private_file_not_the_database(env, tmp_path)
     import os
     import stat
 
-    from rlhfkit.feedback.webapp import default_key_file, load_session_key
+    from rlhfkit.feedback.keys import default_key_file, load_session_key
 
     _, url = env
     key_file = default_key_file(url)
