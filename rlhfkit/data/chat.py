@@ -64,13 +64,14 @@ def _prompt_text(tokenizer, prompt) -> str:
                                          add_generation_prompt=True)
 
 
-def render_turn(tokenizer, prompt, completion: str) -> list[int]:
+def render_turn(tokenizer, prompt, completion: str, head: str | None = None) -> list[int]:
     """Ids of the assistant turn that answers `prompt` with `completion`, exactly as the chat template writes
     it after the generation prompt: the text, the end-of-turn token and whatever the template puts after
     it (ChatML's newline), so a reward model scores the same last token as `apply_chat_template` gives.
-    Templates that do not write the turn after their generation prompt get text + end-of-turn token."""
+    Templates that do not write the turn after their generation prompt get text + end-of-turn token.
+    `head`: the prompt's rendered text, when the caller has it."""
     template, messages = chat_template(tokenizer), as_messages(prompt)
-    head = _prompt_text(tokenizer, messages)
+    head = _prompt_text(tokenizer, messages) if head is None else head
     try:
         full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": completion}],
                                              chat_template=template, tokenize=False)
@@ -125,8 +126,13 @@ def render_example(tokenizer, prompt, completion: str, max_len: int | None = Non
     Over-long examples are cut from the left of the prompt so the completion
     survives; if even the completion does not fit it is truncated (and loses its EOS).
     """
-    p, r, _ = _fit(render_prompt(tokenizer, prompt), render_turn(tokenizer, prompt, completion), max_len)
+    p, r, _ = _fit(*_prompt_and_turn(tokenizer, prompt, completion), max_len)
     return p + r, [False] * len(p) + [True] * len(r)
+
+
+def _prompt_and_turn(tokenizer, prompt, completion: str) -> tuple[list[int], list[int]]:
+    head = _prompt_text(tokenizer, prompt)  # rendered once for both parts
+    return tokenizer(head, add_special_tokens=False)["input_ids"], render_turn(tokenizer, prompt, completion, head)
 
 
 def _fit(p: list[int], r: list[int], max_len: int | None) -> tuple[list[int], list[int], str]:
@@ -143,7 +149,7 @@ def render_examples(tokenizer, items: Sequence[tuple], max_len: int | None, what
     (a silent cut trains on a different example than the data holds)."""
     out, cut = [], {"prompt": 0, "completion": 0}
     for prompt, completion in items:
-        p, r, where = _fit(render_prompt(tokenizer, prompt), render_turn(tokenizer, prompt, completion), max_len)
+        p, r, where = _fit(*_prompt_and_turn(tokenizer, prompt, completion), max_len)
         out.append((p + r, [False] * len(p) + [True] * len(r)))
         if where:
             cut[where] += 1
