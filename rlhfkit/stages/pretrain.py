@@ -25,7 +25,7 @@ from rlhfkit.data.packing import epoch_batches, pack_documents, read_corpus
 from rlhfkit.evaluation.hooks import log_samples
 from rlhfkit.losses import lm_loss
 from rlhfkit.models.tiny import TinyModelConfig, build_model, train_tokenizer
-from rlhfkit.optim import adamw, NonFiniteGuard, cosine_lr, set_lr
+from rlhfkit.optim import NonFiniteGuard, adamw, cosine_lr, set_lr
 from rlhfkit.tracking import Run, due, seed_everything
 
 

@@ -27,7 +27,7 @@ from rlhfkit.data.loaders import load_sft, split_heldout
 from rlhfkit.evaluation.hooks import log_samples
 from rlhfkit.losses import lm_loss
 from rlhfkit.models.load import load_causal_lm
-from rlhfkit.optim import adamw, NonFiniteGuard, cosine_lr, set_lr
+from rlhfkit.optim import NonFiniteGuard, adamw, cosine_lr, set_lr
 from rlhfkit.tracking import Run, due, seed_everything
 
 
