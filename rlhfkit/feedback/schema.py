@@ -19,7 +19,7 @@ from sqlalchemy import (JSON, Boolean, Column, Float, ForeignKey, Index, Integer
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 
-from rlhfkit.data.loaders import ACCEPTABLE_FIELDS, DataError, _prompt, parse_comparison
+from rlhfkit.data.loaders import ACCEPTABLE_FIELDS, DataError, parse_comparison, parse_prompt
 from rlhfkit.data.records import Comparison, Message, Prompt, as_prompt, prompt_json, prompt_line
 
 # ---------------------------------------------------------------- schema
@@ -263,7 +263,7 @@ def parse_queue_row(row: dict[str, Any], loc: str) -> tuple[Prompt, list[tuple[s
     if "prompt" not in row:
         raise DataError(f"{loc}: missing field 'prompt'")
     prompt = text(row["prompt"], "prompt", empty_ok=False) if not isinstance(row["prompt"], list) \
-        else as_prompt(_prompt(row["prompt"], loc, "prompt"))  # a conversation: `rlhfkit sample` on multi-turn prompts
+        else as_prompt(parse_prompt(row, loc))  # a conversation: `rlhfkit sample` on multi-turn prompts
     policy = row.get("policy") or ""
     if not isinstance(policy, str):
         raise bad("policy", f"expected a string, got {type(policy).__name__}")
