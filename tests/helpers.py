@@ -98,8 +98,8 @@ def exact_sum_reward(prompts, responses, terminated=None, **_):
 
 
 def answer_reward(prompts, responses, terminated, answer):
-    """A verifiable reward that reads the dataset's `answer` column: 1.0 where the response contains it."""
-    return [float(str(a) in r) for r, a in zip(responses, answer)]
+    """A verifiable reward that reads the dataset's `answer` column: 1.0 where a word of the response is it."""
+    return [float(str(a) in r.replace(".", " ").split()) for r, a in zip(responses, answer)]
 
 
 def wrong_length_reward(prompts, responses, terminated=None):

@@ -211,3 +211,4 @@ def test_a_run_dir_resumes_only_the_run_that_made_it(user):
     assert fresh.returncode == 0 and "resume=never: cleared" in fresh.stdout, fresh.stdout[-2000:]
     again = sft("--lr=0.01", "--threads=1")  # threads may differ: the same run, resumed from its last checkpoint
     assert again.returncode == 0 and "resumed from" in again.stdout, (again.stdout[-2000:], again.stderr[-2000:])
+
