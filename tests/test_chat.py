@@ -137,7 +137,7 @@ def test_a_model_without_a_template_is_saved_with_the_format_it_was_trained_on(t
     tok = _word_tokenizer(None, eos="<|endoftext|>", bos_processor=bos)
     conv = [{"role": "system", "content": "answer in french"}, {"role": "user", "content": "what is 7 plus 5 ?"}]
     ids = render_prompt(tok, conv)
-    text = "System: answer in french\nUser: what is 7 plus 5 ?\nAssistant:"
+    text = "System: answer in french\nUser: what is 7 plus 5 ?\nAssistant:\n"
     assert ids == ([tok.bos_token_id] if bos else []) + tok(text, add_special_tokens=False)["input_ids"]
     model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                          num_attention_heads=2))

@@ -25,11 +25,14 @@ def as_messages(prompt: str | Sequence[Message] | Sequence[dict]) -> list[dict]:
 
 
 # Models without a chat template are prompted in this plain dialogue format; a model trained so gets it
-# saved as its `chat_template`, so `apply_chat_template(..., add_generation_prompt=True)` gives exactly
-# the text it was trained on. BOS only where the tokenizer adds one itself (Llama's does, GPT-2's does not).
+# saved as its `chat_template`, so `apply_chat_template` gives exactly the text it was trained on (an
+# assistant turn is "Assistant:\n" + its text + EOS, as training writes the reply; the newline keeps the
+# reply's first token the same whether it is tokenized alone or after the cue). BOS only where the
+# tokenizer adds one itself (Llama's does, GPT-2's does not).
 FALLBACK_TEMPLATE = (
-    "{% for m in messages %}{{ m['role'] | capitalize }}: {{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}Assistant:{% endif %}"
+    "{% for m in messages %}{% if m['role'] == 'assistant' %}Assistant:\n{{ m['content'] }}{{ eos_token }}"
+    "{% else %}{{ m['role'] | capitalize }}: {{ m['content'] }}\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:\n{% endif %}"
 )
 _SENTINEL = "\u2063rlhfkit-turn\u2063"
 
