@@ -103,3 +103,25 @@ def test_sampling_writes_the_conversation_into_the_labelling_queue(tmp_path, tin
     store.load_queue_jsonl(str(tmp_path / "queue.jsonl"))
     ann, _ = store.add_annotator("ann")
     assert store.next_item(ann).prompt == AS_MESSAGES
+
+
+def test_the_reward_model_and_ppo_see_the_system_turn(tiny_model, tiny_tok):
+    """The exported pair's conversation reaches the RM's rendering, and PPO's rollouts condition on it and
+    hand it whole to the reward."""
+    import torch
+
+    from rlhfkit.data.chat import render_example
+    from rlhfkit.rollout import collect_experience
+
+    ids, mask = render_example(tiny_tok, AS_MESSAGES, "Cinq.")
+    assert tiny_tok.decode(ids[: mask.index(True)]).startswith("<|system|>Answer in French.<|user|>What is 7 + 5?")
+    seen = []
+
+    def reward(prompts, responses, terminated, **_):
+        seen.extend(prompts)
+        return torch.zeros(len(prompts))
+
+    exp = collect_experience(tiny_model, tiny_model, tiny_tok, [AS_MESSAGES, "Hi"], reward, max_new_tokens=3, temperature=1.0)
+    assert seen == [AS_MESSAGES, "Hi"]
+    rollout_prompt = tiny_tok.decode(exp.input_ids[0, : exp.prompt_len][exp.attention_mask[0, : exp.prompt_len]])
+    assert "Answer in French." in rollout_prompt and "And 9 - 4?" in rollout_prompt
