@@ -251,7 +251,7 @@ def test_generic_eval_judges_with_the_users_evaluator_and_writes_no_world_metric
     for s in saved.values():
         assert s["n"] == 6 and 0 <= s["score"] <= 1 and s["score_winrate"] == {"mean": 0.5, "lo": 0.5, "hi": 0.5}
         assert s["kl"] == 0.0 and s["rm_winrate"] is None and "perplexity" not in s
-        assert not [k for k in s if "gold" in k or "refusal" in k]
+        assert not [k for k in s if "gold" in k or ("refusal" in k and k != "refusal_phrase_rate")]  # the generic phrase rate is not the world's
     rows = [json.loads(line) for line in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == 12 and all("score" in r for r in rows)
 
@@ -272,3 +272,14 @@ def test_content_wins_and_headroom_capture_by_hand():
     got = captured(room, pol)
     assert got["facts"] == pytest.approx((1.0 - 0.485) / 0.5) and got["arithmetic"] is None
     assert got["all"] == pytest.approx((0.8 - 0.49) / 0.3)
+
+
+def test_refusal_phrases():
+    from rlhfkit.evaluation.metrics import is_refusal
+
+    for text in ("I can't help with that.", "Sorry, but I won't do this.", "I\u2019m sorry, I cannot share that.",
+                 "No. I must decline: it would hurt someone.", "I am unable to assist with hacking."):
+        assert is_refusal(text), text
+    for text in ("5 + 7 = 12.", "The capital of Blorvia is Quenport.", "You can't divide by zero, so the answer is undefined.",
+                 "Here is how I would sort the list: a, b, c."):
+        assert not is_refusal(text), text

@@ -139,7 +139,8 @@ def test_eval_on_the_users_prompts(user):
     assert m["sft"]["terminated_rate"] > m["base"]["terminated_rate"]
     assert m["sft"]["format_winrate"]["mean"] > 0.5 and 0 <= m["sft"]["score"] <= 1
     assert m["sft"]["kl"] > 0 and m["sft"]["perplexity"] > 1
-    assert not [k for k in m["sft"] if any(w in k for w in WORLD_KEYS)]
+    assert not [k for k in m["sft"] if any(w in k for w in WORLD_KEYS) and k != "refusal_phrase_rate"]  # generic, not the world's
+    assert 0 <= m["sft"]["refusal_phrase_rate"] <= 1
 
 
 DIVERGING = {  # a learning rate no run survives: weights overflow within a step or two

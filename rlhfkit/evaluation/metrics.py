@@ -68,6 +68,19 @@ def words(text: str) -> list[str]:
     return text.lower().split()
 
 
+# Openings of a refusal in English assistant replies (a phrase match: a rough, model-free rate; a world
+# with its own gold, like the demo's, measures refusals exactly).
+REFUSAL_PHRASES = ("i can't", "i cannot", "i can not", "i won't", "i will not", "i'm sorry", "i am sorry", "sorry, but",
+                   "i'm not able to", "i am not able to", "i'm unable to", "i am unable to", "i must decline",
+                   "i can't help", "as an ai")
+
+
+def is_refusal(text: str) -> bool:
+    """Whether the first sentence of `text` reads as a refusal (a phrase from REFUSAL_PHRASES)."""
+    first = text.strip().lower().replace("\u2019", "'")[:120]
+    return any(first.startswith(p) or f" {p}" in first[:60] for p in REFUSAL_PHRASES)
+
+
 def distinct_n(texts: Sequence[str], n: int) -> float:
     """Distinct n-grams / total n-grams over all `texts` (Li et al. 2016, "distinct-n").
 

@@ -33,7 +33,7 @@ from rlhfkit.data.loaders import prompt_list
 from rlhfkit.data.records import Prompt, prompt_json
 from rlhfkit.data.packing import read_corpus
 from rlhfkit.evaluation.hooks import averages, make_evaluator
-from rlhfkit.evaluation.metrics import bootstrap_ci, distinct_n, self_similarity, words
+from rlhfkit.evaluation.metrics import bootstrap_ci, distinct_n, is_refusal, self_similarity, words
 from rlhfkit.evaluation.policy import (check_policies, corpus_perplexity, finite, load_reward_fn, policy_name,
                                        same_vocab, sample_with_kl, win_rates)
 from rlhfkit.files import write_atomic
@@ -116,7 +116,8 @@ def evaluate_policy(cfg: Config, prompts: list[Prompt], model, tok, ref, reward_
     rows = [{"id": i, "prompt": prompt_json(p), **a} for i, (p, a) in enumerate(zip(prompts, answers))]
     summary: dict[str, Any] = {"n": len(rows), "response_tokens": mean(a["n_tokens"] for a in answers),
                                "response_words": mean(len(words(r)) for r in responses),
-                               "terminated_rate": mean(float(a["terminated"]) for a in answers)}
+                               "terminated_rate": mean(float(a["terminated"]) for a in answers),
+                               "refusal_phrase_rate": mean(float(is_refusal(r)) for r in responses)}
     if evaluator is not None:
         judged = evaluator(prompts, responses, [a["terminated"] for a in answers])
         for row, j in zip(rows, judged):
