@@ -91,7 +91,7 @@ def main(cfg: Config) -> dict:
 
     # 2. Label with the simulated panel into the store.
     store = FeedbackStore(cfg.db or f"sqlite:///{os.path.abspath(os.path.join(cfg.out_dir, 'feedback.db'))}")
-    counts = label_queue(store, world, rows, cfg.panel)
+    counts = label_queue(store, world, first_of_each_item(rows), cfg.panel)
 
     # 3. Export preference pairs; 4. agreement statistics.
     pairs_path = os.path.join(cfg.out_dir, "pairs.jsonl")
@@ -102,3 +102,16 @@ def main(cfg: Config) -> dict:
     print(f"[feedback] {counts['judgements']} rankings of {counts['items']} items -> {n_pairs} pairs; "
           f"agreement {stats['agreement']}", flush=True)
     return stats
+
+
+def first_of_each_item(rows: list[dict]) -> list[dict]:
+    """The queue minus rows that repeat an earlier row's prompt and set of answers (a prompt the world lists
+    twice can draw the same answers twice): the store keeps one item per content, and labelling it again,
+    with the answers in another order, would be a second, different judgement under the first one's key."""
+    seen, out = set(), []
+    for row in rows:
+        key = (row["prompt"], frozenset(row["responses"]))
+        if key not in seen:
+            seen.add(key)
+            out.append(row)
+    return out
