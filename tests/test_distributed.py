@@ -114,9 +114,10 @@ def test_only_rank_zero_writes_the_run_directory(runs, stage):
 ])
 def test_a_stage_that_is_not_data_parallel_refuses_torchrun(tmp_path, args):
     """Two ranks of a stage that does not shard its work would each train the whole job and write the same
-    files: it must stop before writing anything, on every rank, with a message saying why."""
+    files: it must stop before writing anything, with a message saying why."""
     out = tmp_path / "out"
     proc = rlhfkit(*args, f"--out_dir={out}", launcher=torchrun(2), check=False)
     assert proc.returncode != 0
-    assert proc.stderr.count(f"{args[0]} does not run data-parallel yet") == 2, proc.stderr[-3000:]  # both ranks
+    # each rank refuses; torchrun may stop the second before it prints, once the first has failed
+    assert proc.stderr.count(f"{args[0]} does not run data-parallel yet") >= 1, proc.stderr[-3000:]
     assert "refuse_multi_process" not in proc.stderr and not out.exists()  # a message, not a traceback of ours
