@@ -284,6 +284,18 @@ def test_a_damaged_parquet_page_names_the_file(tmp_path):
         load_preferences(str(path))
 
 
+def fuzz_outcome(path) -> str:
+    """"loaded" (well-formed pairs) or "error" (a DataError naming the file); any other outcome fails the test."""
+    try:
+        pairs = load_preferences(str(path))
+    except DataError as e:
+        assert str(e).startswith(str(path)), str(e)[:300]
+        return "error"
+    assert all(isinstance(p.chosen, str) and isinstance(p.rejected, str) and p.chosen != p.rejected for p in pairs)
+    assert all(c.encode("utf-8") for p in pairs for c in (p.chosen, p.rejected))
+    return "loaded"
+
+
 def test_fuzzed_jsonl_rows_load_or_fail_naming_the_file(tmp_path):
     """Random byte-level mutations of valid rows: every outcome is a load or a DataError naming the file and
     line; never another exception, never a record with a field the row did not have right."""
@@ -308,15 +320,7 @@ def test_fuzzed_jsonl_rows_load_or_fail_naming_the_file(tmp_path):
         lines[i] = "".join(chars)
         path = tmp_path / f"f{trial}.jsonl"
         path.write_bytes("\n".join(lines).encode("utf-8", "surrogatepass") + b"\n")
-        try:
-            pairs = load_preferences(str(path))
-        except DataError as e:
-            assert str(e).startswith(str(path)), str(e)[:200]
-            outcomes["error"] += 1
-            continue
-        assert all(isinstance(p.chosen, str) and isinstance(p.rejected, str) and p.chosen != p.rejected for p in pairs)
-        assert all(c.encode("utf-8") for p in pairs for c in (p.chosen, p.rejected))
-        outcomes["loaded"] += 1
+        outcomes[fuzz_outcome(path)] += 1
     assert outcomes["loaded"] > 10 and outcomes["error"] > 100, outcomes
 
 
@@ -356,14 +360,7 @@ def test_fuzzed_parquet_files_load_or_fail_naming_the_file(tmp_path):
                 data[rng.randrange(len(data))] = rng.randrange(256)
         path = tmp_path / f"f{trial}.parquet"
         path.write_bytes(bytes(data))
-        try:
-            pairs = load_preferences(str(path))
-        except DataError as e:
-            assert str(e).startswith(str(path)), str(e)[:300]
-            outcomes["error"] += 1
-            continue
-        assert all(isinstance(p.chosen, str) and isinstance(p.rejected, str) and p.chosen != p.rejected for p in pairs)
-        outcomes["loaded"] += 1
+        outcomes[fuzz_outcome(path)] += 1
     assert outcomes["error"] > 20, outcomes
 
 
