@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 import torch
 
+from rlhfkit.config import ConfigError
 from rlhfkit.models.reward import make_reward_fn
 from tests.helpers import free_port
 
@@ -20,8 +21,17 @@ def test_a_reward_gets_the_columns_its_signature_names():
     fn = make_reward_fn("tests.helpers:answer_reward", "", "cpu")
     got = fn(PROMPTS, RESPONSES, [True, True], answer=[4, 6], source=["a", "b"])  # `source` is not asked for
     assert got.tolist() == [1.0, 0.0]
-    with pytest.raises(TypeError, match="answer"):  # a column it needs and the data lacks
-        fn(PROMPTS, RESPONSES, [True, True])
+    with pytest.raises(ConfigError, match=r"needs the prompt column\(s\) \['answer'\]; the prompts have \['source'\]"):
+        fn(PROMPTS, RESPONSES, [True, True], source=["a", "b"])  # a column it needs and the data lacks
+
+
+def test_a_reward_that_cannot_be_imported_is_a_config_error_and_the_working_directory_is_searched(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match="reward 'no_such_module:f': cannot import it"):
+        make_reward_fn("no_such_module:f", "", "cpu")
+    (tmp_path / "my_rewards.py").write_text("def ok(prompts, responses, terminated):\n    return [1.0] * len(prompts)\n")
+    monkeypatch.chdir(tmp_path)  # the user's own module beside their data, as `rlhfkit ... reward=my_rewards:ok` finds it
+    monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in ("", str(tmp_path))])
+    assert make_reward_fn("my_rewards:ok", "", "cpu")(PROMPTS, RESPONSES).tolist() == [1.0, 1.0]
 
 
 def test_rewards_combine_with_weights():

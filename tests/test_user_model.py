@@ -97,9 +97,16 @@ def test_sft_trains_the_users_model_on_the_users_template(user):
     no_world_metric(f"{user}/sft")
 
 
+def user_rm(user) -> str:
+    """The user's reward model, trained on their pairs once per module."""
+    if not os.path.exists(f"{user}/rm/model"):
+        run("rm", f"--out_dir={user}/rm", f"--model={user}/sft/model", f"--data={user}/pairs.jsonl", "--epochs=2",
+            "--batch_groups=8", "--lr=1e-3", "--eval_every=5")
+    return f"{user}/rm/model"
+
+
 def test_rm_writes_only_its_own_diagnostics(user):
-    run("rm", f"--out_dir={user}/rm", f"--model={user}/sft/model", f"--data={user}/pairs.jsonl", "--epochs=2",
-        "--batch_groups=8", "--lr=1e-3", "--eval_every=5")
+    user_rm(user)
     saved = json.loads(open(f"{user}/rm/rm_metrics.json").read())
     assert {"heldout_accuracy", "calibration", "score_offset"} <= set(saved)
     assert not [k for k in saved if any(w in k for w in WORLD_KEYS)], saved.keys()
@@ -131,16 +138,25 @@ def test_online_rl_on_the_users_prompts(user, stage):
 
 
 def test_eval_on_the_users_prompts(user):
-    run("eval", f"--out_dir={user}/eval", f"--policies=[{user}/base, {user}/sft/model]", "--names=[base, sft]",
-        f"--prompts={user}/prompts.jsonl", "--evaluator=tests.helpers:exact_sum", "--num_samples=2", "--bootstrap=50",
-        "--max_new_tokens=6", f"--eval_corpus={user}/text.jsonl", "--score_key=format")
+    """Two policies on the user's prompt file, judged by the user's reward model and evaluator: the table is
+    printed and saved, with RM score and RM win-rate (with CIs), KL, length, diversity, refusal rate."""
+    proc = run("eval", f"--out_dir={user}/eval", f"--policies=[{user}/base, {user}/sft/model]", "--names=[base, sft]",
+               f"--prompts={user}/prompts.jsonl", f"--reward_model={user_rm(user)}", "--evaluator=tests.helpers:exact_sum",
+               "--num_samples=2", "--bootstrap=50", "--max_new_tokens=6", f"--eval_corpus={user}/text.jsonl",
+               "--score_key=format")
     m = json.loads(open(f"{user}/eval/metrics.json").read())
     assert m["sft"]["format"] > m["base"]["format"]  # SFT learned to end its answer; the untrained model rambles on
     assert m["sft"]["terminated_rate"] > m["base"]["terminated_rate"]
     assert m["sft"]["format_winrate"]["mean"] > 0.5 and 0 <= m["sft"]["score"] <= 1
     assert m["sft"]["kl"] > 0 and m["sft"]["perplexity"] > 1
+    # the user's RM was trained on SFT-style chosen answers: it scores SFT's answers above the untrained model's
+    assert m["sft"]["rm_score"] > m["base"]["rm_score"] and m["sft"]["rm_winrate"]["mean"] > 0.5
+    assert m["base"]["rm_winrate"]["mean"] == 0.5  # the baseline against itself
     assert not [k for k in m["sft"] if any(w in k for w in WORLD_KEYS) and k != "refusal_phrase_rate"]  # generic, not the world's
     assert 0 <= m["sft"]["refusal_phrase_rate"] <= 1
+    table = open(f"{user}/eval/metrics.md").read()
+    assert "| metric | base | sft |" in table and "| rm_winrate |" in table and "| distinct_2 |" in table
+    assert "| metric | base | sft |" in proc.stdout and "| rm_score |" in proc.stdout  # printed as well as saved
 
 
 DIVERGING = {  # a learning rate no run survives: weights overflow within a step or two
@@ -213,3 +229,25 @@ def test_a_run_dir_resumes_only_the_run_that_made_it(user):
     again = sft("--lr=0.01", "--threads=1")  # threads may differ: the same run, resumed from its last checkpoint
     assert again.returncode == 0 and "resumed from" in again.stdout, (again.stdout[-2000:], again.stderr[-2000:])
 
+
+
+def test_grpo_learns_a_verifiable_reward_that_reads_the_answer_column(user):
+    """The TRL-style math setup: prompts with an `answer` column and a reward that checks the response against it.
+    SFT on demonstrations that give each of four sums every one of the four answers equally (so the SFT model
+    is right a quarter of the time, whichever the prompt); GRPO with `answer_reward` must learn which answer
+    goes with which prompt, which it can only do if each rollout's reward reads its own prompt's `answer`."""
+    sums = [(5, 7), (9, 6), (8, 9), (10, 11)]
+    answers = [a + b for a, b in sums]
+    with open(f"{user}/guess.jsonl", "w") as f:
+        f.writelines(json.dumps({"prompt": f"what is {a} plus {b} ?", "completion": f"{c} ."}) + "\n"
+                     for a, b in sums for c in answers * 4)
+    with open(f"{user}/math.jsonl", "w") as f:
+        f.writelines(json.dumps({"prompt": f"what is {a} plus {b} ?", "answer": a + b}) + "\n" for a, b in sums)
+    run("sft", f"--out_dir={user}/guess-sft", f"--model={user}/base", f"--data={user}/guess.jsonl", "--epochs=20",
+        "--batch_size=16", "--lr=3e-3", "--eval_every=0", "--sample_every=1000")
+    run("grpo", f"--out_dir={user}/math-grpo", f"--policy={user}/guess-sft/model", f"--prompts={user}/math.jsonl",
+        "--reward=tests.helpers:answer_reward", "--total_steps=30", "--prompts_per_step=4", "--k=8", "--minibatch_size=32",
+        "--micro_batch_size=32", "--max_new_tokens=4", "--lr=3e-3", "--eval_every=0", "--sample_every=1000")
+    scores = [r["objective/scores"] for r in metrics(f"{user}/math-grpo") if "objective/scores" in r]
+    first, last = sum(scores[:5]) / 5, sum(scores[-5:]) / 5
+    assert first < 0.45 and last > first + 0.25, scores  # from about 1 in 4 right to most right

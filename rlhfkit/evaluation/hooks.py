@@ -37,16 +37,26 @@ Evaluator = Callable[[list[str], list[str], list[bool]], list[dict[str, Any]]]
 
 
 def load_callable(spec: str, what: str) -> Callable:
-    """`package.module:function` -> the function; ValueError naming `what` (the config field) otherwise."""
+    """`package.module:function` -> the function; a ConfigError naming `what` (the config field) otherwise.
+
+    Modules are found on `sys.path` and, as `python -m` would, in the current directory (the `rlhfkit`
+    console script does not put it there itself)."""
+    import os
+    import sys
+
+    from rlhfkit.config import ConfigError
+
     module, _, name = spec.partition(":")
     if not module or not name:
-        raise ValueError(f"{what} {spec!r}: expected 'package.module:function'")
+        raise ConfigError(f"{what} {spec!r}: expected 'package.module:function'")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
     try:
         fn = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as e:
-        raise ValueError(f"{what} {spec!r}: cannot import it ({e})") from None
+        raise ConfigError(f"{what} {spec!r}: cannot import it ({e}); is its module importable from here?") from None
     if not callable(fn):
-        raise ValueError(f"{what} {spec!r} is not callable")
+        raise ConfigError(f"{what} {spec!r} is not callable")
     return fn
 
 

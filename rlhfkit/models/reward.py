@@ -22,6 +22,8 @@ import os
 
 import torch
 
+from rlhfkit.models.lora import hf_model
+
 
 def scalar_model_from_lm(path: str, device="cpu", dtype=torch.float32, seed: int = 0):
     """A fresh 1-output sequence-classification model whose backbone comes from the causal LM at `path`."""
@@ -51,8 +53,13 @@ def load_scalar_model(path: str, device="cpu", dtype=torch.float32):
 
     from rlhfkit.models.load import disable_dropout, load_tokenizer
 
+    from rlhfkit.models.lora import merged_if_adapter
+
+    def load(p):
+        return AutoModelForSequenceClassification.from_pretrained(p, dtype=dtype, local_files_only=os.path.isdir(p))
+
     tok = load_tokenizer(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype, local_files_only=os.path.isdir(path))
+    model = merged_if_adapter(path, load) or load(path)  # a LoRA reward model saved unmerged: merged onto its base
     model.config.pad_token_id = tok.pad_token_id
     disable_dropout(model)
     return model.to(device), tok
@@ -71,7 +78,8 @@ class ValueHeadOnPolicy(torch.nn.Module):
 
     def __init__(self, policy, seed: int = 0):
         super().__init__()
-        self.backbone = getattr(policy, policy.base_model_prefix)
+        inner = hf_model(policy)  # the HF model, also when the policy carries LoRA adapters
+        self.backbone = getattr(inner, inner.base_model_prefix)
         hidden = policy.config.hidden_size
         self.score = torch.nn.Linear(hidden, 1, bias=False).to(next(policy.parameters()).device)
         with torch.random.fork_rng(devices=[]):
@@ -90,7 +98,8 @@ def token_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -
     """The head applied at every position: (B, T) float."""
     from rlhfkit.models.logprobs import position_ids_from_mask
 
-    backbone = getattr(model, model.base_model_prefix)
+    inner = hf_model(model)  # the HF model, also inside a peft (LoRA) wrapper
+    backbone = getattr(inner, inner.base_model_prefix)
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask.long(),
                       position_ids=position_ids_from_mask(attention_mask)).last_hidden_state  # (B, T, H)
     return score_head(model)(hidden).squeeze(-1).float()  # (B, T)
@@ -143,8 +152,11 @@ def make_reward_fn(spec: str, reward_model: str, device, args: dict | None = Non
     the prompts' dataset columns (e.g. `answer`, for a verifiable reward) as lists aligned with the
     batch, those its signature names (all with `**kwargs`). "http://..." / "https://...": an endpoint
     that takes a POST of JSON `{prompts, responses, terminated, **columns}` and answers `{"scores": [...]}`
-    (`timeout` seconds a try, `retries` tries). Several specs joined by "+" are summed with `weights`
-    (default 1 each), e.g. `rm+mypkg.rewards:format_ok`.
+    (`timeout` seconds a try, `retries` tries). "judge:PATH": the causal LM at PATH as an AI judge
+    (direct RLAIF, no reward model): P(yes) that the response is good, or with `judge_reference` in
+    `args` P(better than a reference column); `judge_*` args go to it (rlhfkit.feedback.judge.judge_reward),
+    never to callables. Several specs joined by "+" are summed with `weights` (default 1 each),
+    e.g. `rm+mypkg.rewards:format_ok`.
     """
     specs = [x.strip() for x in spec.split("+")]
     weights = list(weights) if weights else [1.0] * len(specs)
@@ -166,16 +178,25 @@ def _one_reward(spec: str, reward_model: str, device, args: dict | None, timeout
         rm.requires_grad_(False)
         score = reward_fn_from_model(rm, rm_tok)
         return lambda ps, rs, term=None, **_: score(ps, rs, term)  # a reward model reads text only
-    if spec.startswith(("http://", "https://")):
+    if spec.startswith("judge:"):
+        from rlhfkit.feedback.judge import judge_reward
+
+        fn, kwargs = judge_reward(spec[len("judge:"):], device, args), {}
+    elif spec.startswith(("http://", "https://")):
         fn, kwargs = _http_reward(spec, timeout, retries), {}
     else:
         from rlhfkit.evaluation.hooks import load_callable
 
-        fn, kwargs = load_callable(spec, "reward"), dict(args or {})
-    accepts = _accepted(fn)
+        fn, kwargs = load_callable(spec, "reward"), {k: v for k, v in (args or {}).items() if not k.startswith("judge_")}
+    accepts, needs = _accepted(fn), _required_columns(fn) - set(kwargs)
 
     def call(ps, rs, term=None, **columns) -> torch.Tensor:
         term = term if term is not None else [True] * len(ps)
+        if missing := sorted(needs - set(columns)):
+            from rlhfkit.config import ConfigError
+
+            raise ConfigError(f"reward {spec!r} needs the prompt column(s) {missing}; the prompts have "
+                              f"{sorted(columns) or 'no column but the prompt'}")
         cols = {k: v for k, v in columns.items() if accepts is None or k in accepts}
         out = torch.as_tensor(fn(list(ps), list(rs), list(term), **kwargs, **cols), dtype=torch.float32).reshape(-1)
         if len(out) != len(rs) or not torch.isfinite(out).all():
@@ -197,6 +218,18 @@ def _accepted(fn) -> set[str] | None:
     if any(p.kind == p.VAR_KEYWORD for p in params):
         return None
     return {p.name for p in params}
+
+
+def _required_columns(fn) -> set[str]:
+    """Keyword parameters of `fn` past (prompts, responses, terminated) that have no default: dataset columns it needs."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return set()
+    named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return {p.name for i, p in enumerate(named) if i >= 3 and p.default is p.empty}
 
 
 def _http_reward(url: str, timeout: float, retries: int):
