@@ -125,3 +125,91 @@ def test_the_reward_model_and_ppo_see_the_system_turn(tiny_model, tiny_tok):
     assert seen == [AS_MESSAGES, "Hi"]
     rollout_prompt = tiny_tok.decode(exp.input_ids[0, : exp.prompt_len][exp.attention_mask[0, : exp.prompt_len]])
     assert "Answer in French." in rollout_prompt and "And 9 - 4?" in rollout_prompt
+
+
+def test_a_system_turn_survives_every_hop_from_sampling_to_ppo(tmp_path, tiny_model, tiny_tok, monkeypatch):
+    """One path, asserted at each hop: `sample` writes the conversation to the queue -> the store queues it ->
+    the labelling page shows it -> the annotator's judgement is exported as a pair with it -> the reward model
+    trains on renderings that hold it -> PPO samples from prompts that hold it and its reward model scores
+    renderings that hold it."""
+    from fastapi.testclient import TestClient
+
+    import rlhfkit.data.chat as chat
+    from rlhfkit.config import load_config
+    from rlhfkit.feedback.webapp import create_app
+    from rlhfkit.stages import generate, ppo, rm
+
+    tiny_model.save_pretrained(tmp_path / "model")
+    tiny_tok.save_pretrained(tmp_path / "model")
+    systems = [f"Answer in {lang}." for lang in ("French", "German", "Dutch", "Latin", "Greek", "Welsh")]
+    convs = [[{"role": "system", "content": s}] + CONV[1:] for s in systems]
+
+    # 1. sample -> queue file
+    cfg = load_config(generate.SampleConfig, None, [f"--model={tmp_path / 'model'}", f"--out={tmp_path / 'queue.jsonl'}",
+                                                     f"--prompts={write(tmp_path / 'p.jsonl', [{'prompt': c} for c in convs])}",
+                                                     "--num_samples=2", "--max_new_tokens=4"])
+    generate.main(cfg)
+    queue = [json.loads(line) for line in open(tmp_path / "queue.jsonl")]
+    assert [r["prompt"] for r in queue] == convs
+    for r in queue:
+        r["responses"] = ["Cinq.", "Five."]  # two distinct answers, so every item is queued whatever the tiny model said
+    write(tmp_path / "queue.jsonl", queue)
+
+    # 2. store -> labelling page -> judgement
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    store = FeedbackStore(url)
+    assert store.load_queue_jsonl(str(tmp_path / "queue.jsonl"))["items"] == len(convs)
+    client = TestClient(create_app(url, "admin-token-for-tests"))
+    token = client.post("/admin/annotators", json={"name": "ann"}, headers={"X-Admin-Token": "admin-token-for-tests"}).json()["token"]
+    csrf = re.search(r'name="csrf" value="([^"]+)"', client.get("/login").text).group(1)
+    client.post("/login", data={"csrf": csrf, "token": token})
+    for _ in convs:
+        shown = re.search(r'<ol id="prompt" class="conversation">(.*?)</ol>', client.get("/label").text, re.S).group(1)
+        assert re.findall(r'<span class="role">(\w+)</span>', shown) == ["system", "user", "assistant", "user"]
+        csrf = client.get("/api/me").json()["csrf"]
+        item = client.get("/api/next", headers={"X-CSRF-Token": csrf}).json()["item"]
+        assert item["prompt"] in convs and item["prompt"][0]["content"] in shown
+        ids = [r["id"] for r in item["responses"]]
+        r = client.post("/api/judgements", json={"item_id": item["id"], "a_id": ids[0], "b_id": ids[1], "choice": "a"},
+                        headers={"X-CSRF-Token": csrf})
+        assert r.status_code == 200, r.text
+
+    # 3. export
+    pairs_file = str(tmp_path / "pairs.jsonl")
+    assert store.export_jsonl(pairs_file) == len(convs)
+    assert sorted(json.loads(line)["prompt"][0]["content"] for line in open(pairs_file)) == sorted(systems)
+
+    # 4. the reward model trains on renderings that hold the system turn
+    rendered, render_example = [], chat.render_example
+
+    def spy(tok, prompt, *args, **kwargs):
+        out = render_example(tok, prompt, *args, **kwargs)
+        rendered.append(tok.decode(out[0]))
+        return out
+
+    monkeypatch.setattr(rm, "render_example", spy)
+    rm.train(load_config(rm.Config, None, [f"--out_dir={tmp_path / 'rm'}", f"--model={tmp_path / 'model'}",
+                                           f"--data={pairs_file}", "--epochs=1", "--batch_groups=2", "--evaluate=false",
+                                           "--eval_every=0"]))
+    assert rendered and all(any(f"<|system|>{s}" in t for s in systems) for t in rendered)
+
+    # 5. PPO: rollouts condition on the system turn, and the reward model scores renderings that hold it
+    rendered.clear()
+    monkeypatch.setattr(chat, "render_example", spy)  # the reward function renders through rlhfkit.data.chat
+    rollout_prompts, collect = [], ppo.collect_experience
+
+    def collect_spy(policy, ref, tok, prompts, *args, **kwargs):
+        exp = collect(policy, ref, tok, prompts, *args, **kwargs)
+        n = exp.prompt_len
+        rollout_prompts.extend(tok.decode(ids[:n][mask[:n]]) for ids, mask in zip(exp.input_ids, exp.attention_mask))
+        return exp
+
+    monkeypatch.setattr(ppo, "collect_experience", collect_spy)
+    ppo.train(load_config(ppo.Config, None, [f"--out_dir={tmp_path / 'ppo'}", f"--policy={tmp_path / 'model'}",
+                                             f"--reward_model={tmp_path / 'rm' / 'model'}", f"--prompts={pairs_file}",
+                                             "--total_steps=1", "--rollout_batch_size=6", "--minibatch_size=6",
+                                             "--micro_batch_size=6", "--max_new_tokens=4", "--eval_every=0",
+                                             "--sample_every=1000"]))
+    assert sorted(next(s for s in systems if s in p) for p in rollout_prompts) == sorted(systems)
+    assert all("And 9 - 4?" in p for p in rollout_prompts)
+    assert len(rendered) >= len(systems) and all(any(f"<|system|>{s}" in t for s in systems) for t in rendered)
