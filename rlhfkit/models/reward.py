@@ -53,13 +53,8 @@ def load_scalar_model(path: str, device="cpu", dtype=torch.float32):
 
     from rlhfkit.models.load import disable_dropout, load_tokenizer
 
-    from rlhfkit.models.lora import merged_if_adapter
-
-    def load(p):
-        return AutoModelForSequenceClassification.from_pretrained(p, dtype=dtype, local_files_only=os.path.isdir(p))
-
     tok = load_tokenizer(path)
-    model = merged_if_adapter(path, load) or load(path)  # a LoRA reward model saved unmerged: merged onto its base
+    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype, local_files_only=os.path.isdir(path))
     model.config.pad_token_id = tok.pad_token_id
     disable_dropout(model)
     return model.to(device), tok
