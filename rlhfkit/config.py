@@ -57,12 +57,12 @@ _POSITIVE = ("lr", "batch_size", "micro_batch_size", "minibatch_size", "batch_gr
              "prompts_per_step", "ptx_batch_size", "max_steps", "total_steps", "epochs", "grad_clip", "ckpt_every",
              "max_len", "max_new_tokens", "seq_len", "ppl_seq_len", "ppo_epochs", "k", "hidden_size",
              "intermediate_size", "num_heads", "num_layers", "vocab_size", "max_position_embeddings", "kl_horizon",
-             "clip_range", "clip_range_value", "beta", "kl_target", "top_p")
+             "clip_range", "clip_range_value", "beta", "kl_target", "top_p", "micro_batch_groups", "alpha")
 _NON_NEGATIVE = ("eval_every", "sample_every", "warmup_steps", "weight_decay", "kl_coef", "ptx_coef", "vf_coef",
                  "nll_coef", "accept_coef", "label_smoothing", "threads", "limit", "num_samples", "headroom_samples",
                  "prefixed_samples", "heldout_docs", "gold_tie_tol", "tie_tol", "temperature", "bootstrap", "margin",
-                 "score_clip", "skip_nonfinite")
-_AT_MOST_ONE = ("heldout_fraction", "min_lr_ratio", "gamma", "lam", "top_p", "label_smoothing")
+                 "score_clip", "skip_nonfinite", "r", "dropout")
+_AT_MOST_ONE = ("heldout_fraction", "min_lr_ratio", "gamma", "lam", "top_p", "label_smoothing", "dropout")
 RANGES: dict[str, tuple[str, Any]] = {}  # name -> (what it must be, test)
 for _n in _POSITIVE:
     RANGES[_n] = ("> 0", lambda v: v > 0)

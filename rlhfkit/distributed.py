@@ -88,6 +88,17 @@ def no_sync(model, last: bool):
     return model.no_sync() if hasattr(model, "no_sync") and not last else contextlib.nullcontext()
 
 
+def micro_batches(model, items: list, size: int | None):
+    """Gradient accumulation: this rank's share of an optimiser step in micro-batches of `size` (None: one
+    batch), each yielded inside DDP's `no_sync` but the last, so gradients add up locally and are all-reduced
+    once a step. With each micro-batch's loss a share of the global batch's (divided by the global count),
+    the accumulated gradient equals one big batch's."""
+    size = size or max(1, len(items))
+    for k in range(0, len(items), size):
+        with no_sync(model, last=k + size >= len(items)):
+            yield items[k : k + size]
+
+
 def barrier(d: Dist) -> None:
     if d.world_size > 1:
         dist.barrier()

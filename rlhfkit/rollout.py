@@ -23,6 +23,7 @@ import torch
 
 from rlhfkit.data.chat import pad_batch, render_prompt, stop_ids
 from rlhfkit.models import decode
+from rlhfkit.models.lora import hf_model
 from rlhfkit.models.logprobs import position_ids_from_mask, response_logprobs
 
 
@@ -121,7 +122,8 @@ def _decoder(model, prompt_ids, prompt_mask, max_new_tokens: int, engine: str):
         dec = decode.LlamaDecoder(model, prompt_ids.shape[0], prompt_ids.shape[1] + max_new_tokens)
         return dec.prefill(prompt_ids, prompt_mask), dec.step
     # transformers 5.25 renamed `past_key_values` to `cache` (the old name warns, and goes in 5.40)
-    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    # (a peft model passes the keyword on to the HF model inside: that model's signature decides)
+    name = "cache" if "cache" in inspect.signature(hf_model(model).forward).parameters else "past_key_values"
     attn = prompt_mask.long()
     out = model(input_ids=prompt_ids, attention_mask=attn, position_ids=position_ids_from_mask(prompt_mask), use_cache=True)
     state = {"past": out.get(name, out.get("past_key_values")), "attn": attn, "pos": attn.sum(-1, keepdim=True)}

@@ -20,10 +20,13 @@ def pick_device(name: str = "auto"):
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def pick_dtype(name: str, device):
-    """fp32 on CPU (bf16 matmuls are 100x slower on many CPUs), bf16 on GPUs that have it."""
+def pick_dtype(name, device):
+    """`name`: a torch dtype, its name, or auto: fp32 on CPU (bf16 matmuls are 100x slower on many CPUs), bf16 on GPUs
+    that have it."""
     import torch
 
+    if isinstance(name, torch.dtype):
+        return name
     if name != "auto":
         return getattr(torch, name)
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
@@ -67,9 +70,12 @@ def load_causal_lm(path: str, device: str = "auto", dtype: str = "auto", tokeniz
 
     dev = pick_device(device)
     tok = tokenizer or load_tokenizer(path)
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=pick_dtype(dtype, dev), local_files_only=os.path.isdir(path)
-    )
+    from rlhfkit.models.lora import merged_if_adapter
+
+    def load(p):
+        return AutoModelForCausalLM.from_pretrained(p, dtype=pick_dtype(dtype, dev), local_files_only=os.path.isdir(p))
+
+    model = merged_if_adapter(path, load) or load(path)  # a LoRA stage's unmerged output: its base with the adapter merged
     if len(tok) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tok))
     model.config.pad_token_id = tok.pad_token_id

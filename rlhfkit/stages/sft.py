@@ -6,15 +6,16 @@ rendering the prompt. Batches are right-padded per batch (padding-aware, no
 cross-example attention). The loss is divided by the global number of response
 tokens in the step, so any micro-batch or rank split equals one big batch.
 
-Data: any JSONL / Parquet / HF dataset directory with `prompt`+`completion` or
-`messages` (see rlhfkit.data.loaders). Every `sample_every` steps the model answers
+Data: any JSONL / Parquet / HF dataset directory with `prompt`+`completion`,
+`messages`, or plain `text` (trained on every token, no chat template; see rlhfkit.data.loaders). Every `sample_every` steps the model answers
 a few held-out prompts, printed next to their demonstrations.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal
 
 import torch
@@ -26,7 +27,11 @@ from rlhfkit.data.packing import epoch_batches
 from rlhfkit.data.loaders import load_sft, split_heldout
 from rlhfkit.evaluation.hooks import log_samples
 from rlhfkit.losses import lm_loss
+from rlhfkit.models import lora, precision
 from rlhfkit.models.load import load_causal_lm
+from rlhfkit.models.logprobs import scored_tokens
+from rlhfkit.models.lora import LoraSettings
+from rlhfkit.models.precision import Precision
 from rlhfkit.optim import NonFiniteGuard, adamw, cosine_lr, set_lr
 from rlhfkit.tracking import Run, due, seed_everything
 
@@ -40,6 +45,7 @@ class Config:
     data: str | None = None  # demonstrations file/dir (prompt+completion or messages); required
     max_len: int = 256  # longest rendered example (prompt is cut from the left)
     batch_size: int = 32  # examples per optimiser step (global)
+    micro_batch_size: int | None = None  # examples per forward/backward on a rank; gradients accumulate over the step (None: all)
     epochs: float = 3.0  # passes over the training demonstrations
     lr: float = 1e-3  # peak learning rate
     warmup_steps: int = 20  # linear warmup
@@ -53,6 +59,9 @@ class Config:
     eval_every: int = 50  # held-out loss every N steps
     sample_every: int = 100  # print decoded samples every N steps
     ckpt_every: int = 200  # checkpoint every N steps
+    precision: Precision = "auto"  # fp32 | bf16-mixed | fp16-mixed (fp32 master weights, autocast) | bf16 (pure) | auto: bf16-mixed on GPU, else fp32
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~1/3 more compute
+    lora: LoraSettings = field(default_factory=LoraSettings)  # LoRA adapters (lora.r > 0) instead of full fine-tuning
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch CPU threads (0: torch default)
 
@@ -75,7 +84,10 @@ def train(cfg: Config) -> str:
                                 load_sft(cfg.data, cfg.eval_split) if cfg.eval_split else None)  # before any model loads
     examples, n_held = held + train, len(held)
     ckpt = checkpoint.latest_checkpoint(cfg.out_dir)
-    model, tok = load_causal_lm(os.path.join(ckpt, "model") if ckpt else cfg.model, device=str(d.device))
+    prec = precision.resolve(cfg.precision, d.device)
+    load = partial(load_causal_lm, device=str(d.device), dtype=precision.weights_dtype(prec))
+    model, tok = lora.trainable(partial(load, cfg.model), load, ckpt and os.path.join(ckpt, "model"), cfg.lora)
+    precision.prepare(model, prec, d.device, cfg.gradient_checkpointing)
     rendered = render_examples(tok, [(e.prompt, e.completion) for e in examples], cfg.max_len, "sft")
     heldout, train_rows = rendered[:n_held], rendered[n_held:]
     max_steps = max(1, int(cfg.epochs * len(train_rows) / cfg.batch_size))
@@ -84,7 +96,7 @@ def train(cfg: Config) -> str:
     optimizer = adamw(model, cfg.lr, cfg.weight_decay)
     start, _ = checkpoint.resume(ckpt, cfg.out_dir, optimizer, "sft", d.is_main)
     ddp_model = distributed.wrap(model, d)
-    guard = NonFiniteGuard("sft", cfg.skip_nonfinite)
+    guard, scaler = NonFiniteGuard("sft", cfg.skip_nonfinite), precision.Scaler(prec, d.device)
 
     # 2. Train on response tokens only.
     model.train()
@@ -94,16 +106,19 @@ def train(cfg: Config) -> str:
     for step in tqdm(range(start, max_steps), desc="sft", disable=not d.is_main, initial=start, total=max_steps):
         lr = cosine_lr(step, max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
         set_lr(optimizer, lr)
-        idx = distributed.shard(epoch_batches(len(train_rows), cfg.batch_size, step, cfg.seed).tolist(), d)
-        ids, attn, labels = (t.to(d.device) for t in sft_batch([train_rows[i] for i in idx], tok.pad_token_id))
-        n_tokens = distributed.global_sum((labels[:, 1:] != IGNORE_INDEX).sum(), d)
-        logits = ddp_model(input_ids=ids, attention_mask=attn).logits  # (B, T, V)
-        loss, _ = lm_loss(logits[:, :-1], labels[:, 1:], normalizer=n_tokens)
-        (loss * d.world_size).backward()
+        rows = [train_rows[i] for i in distributed.shard(epoch_batches(len(train_rows), cfg.batch_size, step, cfg.seed).tolist(), d)]
+        n_tokens = distributed.global_sum(sum(map(scored_tokens, rows)), d)  # response tokens of the global batch
+        loss = torch.zeros((), device=d.device)
+        for micro in distributed.micro_batches(ddp_model, rows, cfg.micro_batch_size):
+            ids, attn, labels = (t.to(d.device) for t in sft_batch(micro, tok.pad_token_id))
+            logits = ddp_model(input_ids=ids, attention_mask=attn).logits  # (b, T, V)
+            micro_loss, _ = lm_loss(logits[:, :-1], labels[:, 1:], normalizer=n_tokens)  # a share of the global mean
+            scaler.backward(micro_loss * d.world_size)  # DDP averages over ranks: undo it
+            loss += micro_loss.detach()
+        scaler.unscale(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        global_loss = distributed.global_sum(loss.detach(), d)  # the same on every rank: all ranks skip or stop together
-        if guard.ok(step, loss=global_loss, grad_norm=grad_norm):
-            optimizer.step()
+        global_loss = distributed.global_sum(loss, d)  # the same on every rank: all ranks skip or stop together
+        scaler.step(optimizer, guard, step, loss=global_loss, grad_norm=grad_norm)
         optimizer.zero_grad(set_to_none=True)
 
         # 3. Log, evaluate, sample, checkpoint.
@@ -112,7 +127,8 @@ def train(cfg: Config) -> str:
             metrics["eval/loss"] = heldout_loss(model, heldout, tok.pad_token_id, d.device)
         run.log(step + 1, metrics)
         if d.is_main and due(step, cfg.sample_every):
-            log_samples(run, model, tok, [e.prompt for e in examples[:3]], step + 1, [e.completion for e in examples[:3]])
+            shown = [e for e in examples if e.prompt][:3]  # a plain-text row has no prompt to answer
+            log_samples(run, model, tok, [e.prompt for e in shown], step + 1, [e.completion for e in shown])
         if (step + 1) % cfg.ckpt_every == 0 and step + 1 < max_steps and d.is_main:
             checkpoint.save_checkpoint(cfg.out_dir, step + 1, {"model": model}, {"optimizer": optimizer.state_dict()}, tok)
         distributed.barrier(d)
@@ -120,7 +136,7 @@ def train(cfg: Config) -> str:
     out = os.path.join(cfg.out_dir, "model")
     guard.finish()
     if d.is_main:
-        checkpoint.save_model("sft", model, tok, out)
+        lora.save_final("sft", model, tok, cfg.out_dir, cfg.lora)
         print(f"[sft] held-out loss {first_loss:.3f} -> {metrics.get('eval/loss', float('nan')):.3f}; saved {out}", flush=True)
     run.close()
     distributed.close(d)
