@@ -94,6 +94,9 @@ judgements = Table(
     Column("group_key", String(256)),  # `group` of imported pairs; native judgements use their id
     Column("meta", JSON, nullable=False),
     Column("seconds", Float),  # from lease to judgement, when it came through the queue
+    Column("judge", String(512)),  # an AI judgement: the judge model (a path or name) ...
+    Column("principle", String(128)),  # ... the constitution principle it judged under ...
+    Column("prob", Float),  # ... and its P(a better than b), swap-debiased (rlhfkit.feedback.judge)
     Column("created_at", Float, nullable=False),
     UniqueConstraint("item_id", "annotator_id"),  # one judgement per annotator and item (NULL items never clash)
     Index("ix_judgements_annotator", "annotator_id", "id"),
@@ -103,6 +106,13 @@ settings = Table(
     Column("name", String(64), primary_key=True),
     Column("value", Text, nullable=False),
 )
+
+
+# Columns added after a table's first release: FeedbackStore adds them to an older database on open.
+ADDED_COLUMNS = {
+    "prompts": {"messages": "JSON"},
+    "judgements": {"judge": "VARCHAR(512)", "principle": "VARCHAR(128)", "prob": "FLOAT"},
+}
 
 
 # ---------------------------------------------------------------- records returned
@@ -215,6 +225,8 @@ def judgement_comparisons(row: Any, prompt: Any, texts: dict[int, Any]) -> list[
 
     A judgement whose meta lists the responses its annotator marked `acceptable` gives each pair
     `meta.chosen_acceptable` / `meta.rejected_acceptable` (what `rm` fits the absolute term on).
+    An AI judgement's pairs carry `meta.judge`, `meta.principle` and `meta.prob`: the judge's
+    probability that the chosen response is the better one (a soft label).
     """
     extra = dict(row.meta)
     ok = extra.pop("acceptable", None)  # ids the annotator marked acceptable -> a mark on each side
@@ -226,6 +238,8 @@ def judgement_comparisons(row: Any, prompt: Any, texts: dict[int, Any]) -> list[
             meta.update(zip(ACCEPTABLE_FIELDS, (better in ok, worse in ok)))
         if row.note:
             meta["note"] = row.note
+        if getattr(row, "prob", None) is not None:  # an AI judge's soft label, oriented to the chosen side
+            meta.update(judge=row.judge, principle=row.principle, prob=row.prob if better == row.a_id else 1.0 - row.prob)
         out.append(Comparison(prompt_of(prompt), texts[better].text, texts[worse].text, source=row.source,
                               annotator=row.annotator, group=row.group_key or str(row.id), meta={**meta, **extra}))
     return out

@@ -40,7 +40,7 @@ from rlhfkit.data.loaders import DataError, read_records, write_jsonl
 from rlhfkit.data.records import SOURCES, Comparison, Prompt
 from rlhfkit.feedback.agreement import judgement_stats
 from rlhfkit.feedback.queue import enqueue_item, load_item, open_items
-from rlhfkit.feedback.schema import (Annotator, Item, _sha, annotators, assignments, group_queue,
+from rlhfkit.feedback.schema import (ADDED_COLUMNS, Annotator, Item, _sha, annotators, assignments, group_queue,
                                      judgement_comparisons, judgements, make_engine, metadata, parse_import_record,
                                      parse_queue_row, prompt_key, prompts, queue_items, responses, settings)
 
@@ -69,8 +69,11 @@ class FeedbackStore:
         self.clock = clock
         with self._write() as c:  # serialised, so processes opening a new database together do not race
             metadata.create_all(c)
-            if "messages" not in {col["name"] for col in inspect(c).get_columns("prompts")}:  # a store made before conversations
-                c.execute(text("ALTER TABLE prompts ADD COLUMN messages JSON"))
+            for table, columns in ADDED_COLUMNS.items():  # a store made before conversations / AI judgements
+                have = {col["name"] for col in inspect(c).get_columns(table)}
+                for name, kind in columns.items():
+                    if name not in have:
+                        c.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {kind}"))
         path = self.engine.url.database if self.engine.url.get_backend_name() == "sqlite" else None
         for f in ([path, path + "-wal", path + "-shm"] if path and path != ":memory:" else []):
             if os.path.exists(f):  # labels, tokens' hashes and the session-signing key: owner only
@@ -255,6 +258,11 @@ class FeedbackStore:
                 return load_item(c, item_id)
         return None
 
+    def item_ids(self) -> list[int]:
+        """Every queue item's id, oldest first."""
+        with self._read() as c:
+            return list(c.scalars(select(queue_items.c.id).order_by(queue_items.c.id)))
+
     def item(self, item_id: int) -> Item | None:
         with self._read() as c:
             return load_item(c, item_id)
@@ -302,13 +310,20 @@ class FeedbackStore:
 
     def add_pairwise(self, prompt_id: int, a_id: int, b_id: int, choice: str, annotator_id: int,
                      source: str = "human", item_id: int | None = None, key: str | None = None,
-                     flag_harmful: bool = False, note: str = "", meta: dict | None = None) -> int:
-        """Store a verdict on responses shown as A and B: a | b | tie | both_bad; returns the judgement id."""
+                     flag_harmful: bool = False, note: str = "", meta: dict | None = None, group: str | None = None,
+                     judge: str | None = None, principle: str | None = None, prob: float | None = None) -> int:
+        """Store a verdict on responses shown as A and B: a | b | tie | both_bad; returns the judgement id.
+
+        `group` keys the pairs of one ranking for the reward model (default: each judgement its own);
+        an AI judge also gives its model (`judge`), the `principle` and `prob` = P(a better than b)."""
         if choice not in CHOICES:
             raise ValueError(f"choice must be one of {', '.join(CHOICES)}, got {choice!r}")
         if a_id == b_id:
             raise ValueError("a pairwise judgement needs two different responses")
-        row = dict(kind="pairwise", a_id=a_id, b_id=b_id, choice=choice)
+        if prob is not None and not 0.0 <= prob <= 1.0:  # also refuses NaN
+            raise ValueError(f"prob must be a probability in [0, 1], got {prob!r}")
+        row = dict(kind="pairwise", a_id=a_id, b_id=b_id, choice=choice, group_key=group, judge=judge,
+                   principle=principle, prob=None if prob is None else float(prob))
         return self._judge(prompt_id, row, [a_id, b_id], annotator_id, source, item_id, key, flag_harmful, note, meta)
 
     def _judge(self, prompt_id: int, row: dict, response_ids: list[int], annotator_id: int, source: str,

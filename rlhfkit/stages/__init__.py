@@ -26,5 +26,6 @@ STAGES: dict[str, Stage] = {
     "dpo": Stage("rlhfkit.stages.dpo", "Config", "train", "direct preference optimisation (sigmoid / IPO / cDPO)"),
     "rloo": Stage("rlhfkit.stages.rloo", "Config", "train", "critic-free online RL with a leave-one-out baseline"),
     "grpo": Stage("rlhfkit.stages.rloo", "GRPOConfig", "train", "critic-free online RL with group-normalised advantages"),
+    "judge": Stage("rlhfkit.stages.judge", "Config", "main", "an AI judge (a local LM + a constitution) labels the feedback queue"),
     "eval": Stage("rlhfkit.stages.eval", "Config", "main", "policies on held-out prompts: win-rates (RM, evaluator), KL, length, diversity"),
 }
