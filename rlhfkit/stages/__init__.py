@@ -27,5 +27,6 @@ STAGES: dict[str, Stage] = {
     "rloo": Stage("rlhfkit.stages.rloo", "Config", "train", "critic-free online RL with a leave-one-out baseline"),
     "grpo": Stage("rlhfkit.stages.rloo", "GRPOConfig", "train", "critic-free online RL with group-normalised advantages"),
     "judge": Stage("rlhfkit.stages.judge", "Config", "main", "an AI judge (a local LM + a constitution) labels the feedback queue"),
+    "cai": Stage("rlhfkit.stages.cai", "Config", "main", "Constitutional AI: the model critiques and revises its answers -> SFT data"),
     "eval": Stage("rlhfkit.stages.eval", "Config", "main", "policies on held-out prompts: win-rates (RM, evaluator), KL, length, diversity"),
 }

@@ -1,0 +1,116 @@
+"""`rlhfkit cai`: Constitutional AI's supervised stage: the model critiques and revises its own answers.
+
+Bai et al. (2022), "Constitutional AI", sec. 3 (SL-CAI):
+
+1. sample: the model answers every prompt (e.g. red-team prompts);
+2. `revisions` rounds: for each prompt a principle of the constitution is drawn
+   (seeded by `seed`, the prompt's index and the round); the conversation goes on
+   with the principle's critique request about the last answer, the model writes a
+   critique, then the revision request, and the model writes a revision, which is
+   the answer the next round critiques;
+3. write: (prompt, final revision) demonstrations to `out`, the JSONL `rlhfkit sft
+   data=<out>` reads, and the whole chain (initial answer, each round's principle,
+   requests, critique and revision) to `chains` for inspection.
+
+Departures from the paper: no few-shot examples of critiques and revisions are
+prepended (the requests go through the model's own chat template, so a chat model
+follows them as instructions); each round shows the prompt and the latest answer
+only, not the earlier rounds. A prompt whose final revision is empty is left out of
+the demonstrations (its chain says `kept: false`). As in the paper, the
+demonstrations are for SFT (`rlhfkit sft`), whose model then gives the samples that
+`rlhfkit judge` compares by principle for the RL stage.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+
+from rlhfkit.data.records import Message, prompt_json
+from rlhfkit.feedback.constitution import load_constitution
+from rlhfkit.models.load import load_causal_lm
+from rlhfkit.rollout import answer
+from rlhfkit.tracking import seed_everything
+
+
+@dataclass
+class Config:
+    model: str = "runs/sft/model"  # the model that answers, critiques and revises itself (local HF causal LM)
+    prompts: str | None = None  # file/dir of prompts (JSONL/Parquet/HF dataset with `prompt` or `messages`); required
+    constitution: str | None = None  # principles and request templates (YAML); None: the packaged helpful/honest/harmless one
+    revisions: int = 1  # critique-revision rounds per prompt
+    limit: int = 0  # use only the first N prompts (0: all)
+    out: str = "runs/cai/demos.jsonl"  # (prompt, final revision) demonstrations: `rlhfkit sft data=<out>`
+    chains: str | None = None  # every step for inspection (None: <out without .jsonl>.chains.jsonl)
+    max_new_tokens: int = 64  # length limit of each answer, critique and revision
+    temperature: float = 0.7  # sampling temperature (0: greedy)
+    top_p: float = 1.0  # nucleus sampling
+    batch_size: int = 64  # sequences per generation batch
+    seed: int = 0  # sampling and principle draws
+    device: str = "auto"  # auto | cpu | cuda
+
+    def resolve(self) -> None:
+        from rlhfkit.config import ConfigError
+
+        if not self.prompts:
+            raise ConfigError("'prompts': give the prompts to answer and revise, e.g. prompts=red_team.jsonl")
+        if self.revisions < 1:
+            raise ConfigError(f"'revisions' must be >= 1, got {self.revisions}")
+        if self.chains is None:
+            self.chains = (self.out[: -len(".jsonl")] if self.out.endswith(".jsonl") else self.out) + ".chains.jsonl"
+
+
+def main(cfg: Config) -> dict:
+    from rlhfkit.data.loaders import prompt_list, write_jsonl
+
+    seed_everything(cfg.seed)
+    constitution = load_constitution(cfg.constitution)  # bad input fails before any model loads
+    prompts = prompt_list(cfg.prompts)[: cfg.limit or None]
+    model, tok = load_causal_lm(cfg.model, device=cfg.device)
+    calls = iter(range(1, 1 << 30))  # a fresh sampling seed for every batched call
+
+    def generate(conversations: list) -> list[str]:
+        outs = answer(model, tok, conversations, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                      top_p=cfg.top_p, batch_size=cfg.batch_size, seed=cfg.seed * 1000 + next(calls))
+        return [o["response"].strip() for o in outs]
+
+    def turns(prompt) -> tuple[Message, ...]:
+        return (Message("user", prompt),) if isinstance(prompt, str) else tuple(prompt)
+
+    # 1. Sample the initial answers.
+    current = generate(prompts)
+    chains = [{"prompt": prompt_json(p), "initial": r, "rounds": []} for p, r in zip(prompts, current)]
+    print(f"[cai] {len(prompts)} prompts answered; {cfg.revisions} critique-revision round(s) follow", flush=True)
+
+    # 2. Critique and revise, a principle drawn per prompt and round.
+    for rnd in range(cfg.revisions):
+        drawn = [constitution.sample(random.Random(f"{cfg.seed}:{i}:{rnd}")) for i in range(len(prompts))]
+        asks = [constitution.fill("critique", request=pr.critique) for pr in drawn]
+        critique_convs = [(*turns(p), Message("assistant", r), Message("user", ask))
+                          for p, r, ask in zip(prompts, current, asks)]
+        critiques = generate(critique_convs)
+        revise = [constitution.fill("revision", request=pr.revision) for pr in drawn]
+        revised = generate([(*conv, Message("assistant", c), Message("user", ask))
+                            for conv, c, ask in zip(critique_convs, critiques, revise)])
+        for chain, pr, ask, c, rv_ask, rv in zip(chains, drawn, asks, critiques, revise, revised):
+            chain["rounds"].append({"principle": pr.name, "critique_request": ask, "critique": c,
+                                    "revision_request": rv_ask, "revision": rv})
+        current = revised
+        print(f"[cai] round {rnd + 1}/{cfg.revisions}: {sum(map(bool, current))} non-empty revisions", flush=True)
+
+    # 3. Write the demonstrations (non-empty final revisions) and every chain.
+    demos = []
+    for p, chain, final in zip(prompts, chains, current):
+        chain.update(final=final, kept=bool(final))
+        if final:
+            demos.append({"prompt": prompt_json(p), "completion": final})
+    for path in (cfg.out, cfg.chains):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_jsonl(cfg.out, demos)
+    write_jsonl(cfg.chains, chains)
+    stats = {"prompts": len(prompts), "demonstrations": len(demos), "dropped_empty": len(prompts) - len(demos),
+             "revisions": cfg.revisions, "changed": sum(c["final"] != c["initial"] for c in chains)}
+    print(f"[cai] wrote {len(demos)} demonstrations to {cfg.out} (train with: rlhfkit sft data={cfg.out}) "
+          f"and {len(chains)} chains to {cfg.chains}", flush=True)
+    return stats
