@@ -161,7 +161,7 @@ def test_blank_lines_allowed_and_do_not_shift_line_numbers(tmp_path):
 @pytest.mark.parametrize("loader, row, message", [
     (load_sft, {"prompt": "x", "completion": 7}, "field 'completion': expected a string, got int"),
     (load_sft, {"prompt": "x", "completion": "  "}, "field 'completion': expected a non-empty string"),
-    (load_sft, {"prompt": "x"}, "missing field 'completion' (or give 'messages')"),
+    (load_sft, {"prompt": "x"}, "missing field 'completion' (or give 'messages' or 'text')"),
     (load_sft, {"completion": "y"}, "missing field 'prompt'"),
     (load_sft, {"messages": [{"role": "user", "content": "a"}, {"role": "bot", "content": "b"}]},
      "field 'messages[1].role': expected one of user, assistant, system, got 'bot'"),

@@ -124,7 +124,8 @@ def render_response(tokenizer, response: str) -> list[int]:
 
 
 def render_example(tokenizer, prompt, completion: str, max_len: int | None = None) -> tuple[list[int], list[bool]]:
-    """Return `(ids, mask)`; mask is True on completion tokens (EOS included).
+    """Return `(ids, mask)`; mask is True on completion tokens (EOS included). An empty `prompt` renders
+    `completion` as a plain document (BOS where the tokenizer adds one, the text, EOS; no chat template).
 
     Over-long examples are cut from the left of the prompt so the completion
     survives; if even the completion does not fit it is truncated (and loses its EOS).
@@ -134,6 +135,10 @@ def render_example(tokenizer, prompt, completion: str, max_len: int | None = Non
 
 
 def _prompt_and_turn(tokenizer, prompt, completion: str) -> tuple[list[int], list[int]]:
+    if not prompt:  # a plain-text example (SFT's `text` rows): the document and EOS, every token trained, no template
+        ids = tokenizer(completion, add_special_tokens=True)["input_ids"]
+        n_bos = int(bool(ids) and ids[0] == tokenizer.bos_token_id)  # BOS as the tokenizer adds it: conditioned on, not trained
+        return ids[:n_bos], ids[n_bos:] + [tokenizer.eos_token_id]
     head = _prompt_text(tokenizer, prompt)  # rendered once for both parts
     return tokenizer(head, add_special_tokens=False)["input_ids"], render_turn(tokenizer, prompt, completion, head)
 

@@ -12,7 +12,9 @@ A single file is one split: `split=` does not apply to it.
 Schemas, in the field names of TRL and the Hugging Face hub:
   * SFT: `prompt` + `completion`, each a string or a list of `{role, content}`
     messages (TRL's conversational form), or `messages` alone, whose final
-    assistant message is the completion and the earlier ones the prompt.
+    assistant message is the completion and the earlier ones the prompt; or
+    `text` alone (TRL's language-modelling form: every token is trained, no
+    chat template).
   * Preferences: `prompt` + `chosen` + `rejected` as strings or messages; or
     `chosen` / `rejected` as whole conversations sharing a prefix ("implicit
     prompt"). Optional `source`, `annotator`, `group`, `meta`.
@@ -25,7 +27,9 @@ absent field (columnar formats fill missing columns with nulls).
 
 Nothing is dropped silently: every malformed row raises `DataError` naming the
 file, the line (JSONL, 1-based) or row (Parquet / datasets, 0-based as in
-`ds[N]`) and the field, e.g. `pairs.jsonl:5: missing field 'rejected'`.
+`ds[N]`) and the field, e.g. `pairs.jsonl:5: missing field 'rejected'`; a row of
+another stage's format says which format it is (`row_format`), e.g. demonstrations
+given to `rm`.
 """
 
 from __future__ import annotations
@@ -113,6 +117,22 @@ def write_jsonl(path: str, rows: Iterable[Any]) -> int:
 # ---------------------------------------------------------------- rows -> records
 
 
+def row_format(row: dict[str, Any]) -> str:
+    """Which of the formats above a row is in, and which stages read it (for errors on a row given to the wrong stage)."""
+    if _has(row, "chosen") or _has(row, "rejected"):
+        return "a preference pair (prompt/chosen/rejected, the format `rm` and `dpo` read)"
+    if _has(row, "label") and isinstance(row["label"], bool):
+        return "an unpaired preference (prompt/completion/label, KTO's format, which no rlhfkit stage trains on)"
+    if _has(row, "completion") or (_has(row, "messages") and isinstance(row["messages"], (list, tuple)) and row["messages"]
+                                   and isinstance(row["messages"][-1], dict) and row["messages"][-1].get("role") == "assistant"):
+        return "a demonstration (prompt/completion or messages, the format `sft` reads)"
+    if _has(row, "prompt") or _has(row, "messages"):
+        return "a prompt (prompt or messages, the format `ppo`, `rloo`, `grpo`, `sample` and `eval` read)"
+    if _has(row, "text"):
+        return "plain text (text, the language-modelling format `pretrain` and `sft` read)"
+    return f"no known format (its columns: {', '.join(sorted(row)) or 'none'})"
+
+
 def _one_form(row: dict[str, Any], loc: str) -> None:
     """A row gives `messages` or `prompt`, not both: which would win is a guess."""
     if _has(row, "messages") and _has(row, "prompt"):
@@ -126,16 +146,19 @@ def parse_example(row: dict[str, Any], loc: str) -> Example:
         raise DataError(f"{loc}: field 'label': a (prompt, completion, label) row is an unpaired preference "
                         "(KTO's format: the completion is desirable or not), not a demonstration; SFT would imitate "
                         "the undesirable ones too. Train on the desirable rows only, or on pairs with `rm`/`dpo`")
+    if _has(row, "text") and not any(_has(row, k) for k in ("prompt", "completion", "messages", "chosen", "rejected")):
+        return Example((), _text(row["text"], loc, "text"), _meta(row, ("text",), loc))  # every token trained, no template
     if _has(row, "completion") or not _has(row, "messages"):
         if "completion" not in row:
-            raise DataError(f"{loc}: missing field 'completion' (or give 'messages')")
+            raise DataError(f"{loc}: missing field 'completion' (or give 'messages' or 'text'); the row is {row_format(row)}")
         prompt = _prompt(_required(row, "prompt", loc), loc, "prompt")
         completion = _reply(row["completion"], loc, "completion")
         return Example(prompt, completion, _meta(row, ("prompt", "completion"), loc))
     messages = _messages(row["messages"], loc, "messages")
     if messages[-1].role != "assistant":
         raise _field_error(loc, f"messages[{len(messages) - 1}].role",
-                           f"the last message is the completion and must be from the assistant, got {messages[-1].role!r}")
+                           f"the last message is the completion and must be from the assistant, got {messages[-1].role!r}; "
+                           f"the row is {row_format(row)}")
     prompt = _prompt_end(messages[:-1], loc, "messages")
     return Example(prompt, messages[-1].content, _meta(row, ("messages",), loc))
 
@@ -196,7 +219,7 @@ def _has(row: dict, name: str) -> bool:
 
 def _required(row: dict, name: str, loc: str) -> Any:
     if name not in row:
-        raise DataError(f"{loc}: missing field {name!r}")
+        raise DataError(f"{loc}: missing field {name!r}; the row is {row_format(row)}")
     return row[name]
 
 

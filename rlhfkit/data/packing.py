@@ -60,6 +60,10 @@ def read_corpus(path: str) -> list[str]:
     docs = []
     for loc, row in read_records(path, split="train"):
         text = row.get("text")
+        if text is None:
+            from rlhfkit.data.loaders import row_format
+
+            raise DataError(f"{loc}: missing field 'text' (a corpus is documents in a `text` field); the row is {row_format(row)}")
         if not isinstance(text, str) or not text.strip():
             raise DataError(f"{loc}: field 'text': expected a non-empty string, got {type(text).__name__}")
         docs.append(text)

@@ -49,14 +49,14 @@ def prompt_line(prompt: Prompt) -> str:
 class Example:
     """One supervised demonstration: a conversation whose last turn is the target."""
 
-    prompt: tuple[Message, ...]  # the conversation so far (ends with a user turn)
-    completion: str  # the ideal assistant reply
+    prompt: tuple[Message, ...]  # the conversation so far (ends with a user turn); () for a plain-text document
+    completion: str  # the ideal assistant reply (or the whole document)
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
     def prompt_text(self) -> str:
         """The last user message (what the built-in world's gold function parses)."""
-        return self.prompt[-1].content
+        return self.prompt[-1].content if self.prompt else ""
 
 
 @dataclass(frozen=True)
