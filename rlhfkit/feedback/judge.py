@@ -105,7 +105,7 @@ class Judge:
         self.batch_size, self.cot, self.cot_tokens = batch_size, cot, cot_tokens
         where = f"{constitution.path}: labels"
         self.pair_ids = label_ids(tok, constitution.templates["cot_verdict" if cot else "verdict"], constitution.labels, where)
-        self.yes_ids = label_ids(tok, "", constitution.yes_no, f"{constitution.path}: yes_no")
+        self.yes_ids = None  # the yes/no tokens, looked up on the first `rate`
 
     def _encode(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"] if text else []
@@ -141,6 +141,7 @@ class Judge:
 
     def rate(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> torch.Tensor:
         """P(yes) of the `rating` question about each response alone: (N,) float64."""
+        self.yes_ids = self.yes_ids or label_ids(self.tok, "", self.c.yes_no, f"{self.c.path}: yes_no")
         heads = [render_prompt(self.tok, self.c.fill("rate", prompt=transcript(p), response=r, question=self.c.rating))
                  for p, r in zip(prompts, responses)]
         return verdict_probs(self.model, heads, self.yes_ids, self.tok.pad_token_id, self.batch_size)
