@@ -89,3 +89,43 @@ def test_reward_scores_through_the_hf_template_path_equal_rlhfkits(kind, tmp_pat
             theirs.append(sequence_scores(rm, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.bool), normalized=False))
     assert torch.allclose(ours, torch.cat(theirs), atol=1e-5), (ours, theirs)
     assert not torch.allclose(ours[:1], ours[1:2], atol=1e-3)  # the scores do depend on the reply
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_all_assistant_turns_train_on_the_templates_own_text(kind, tmp_path):
+    """assistant_turns=all: the ids are the template's rendering of the whole conversation, and the mask is true
+    on exactly the two assistant turns (their text and turn end); `last` marks only the final one."""
+    from rlhfkit.data.chat import render_examples
+
+    _, tok, _ = saved(kind, tmp_path)
+    full = CONV + [{"role": "assistant", "content": "5 ."}]
+    want = tok.apply_chat_template(full, tokenize=True, return_dict=False)
+    (ids, mask), = render_examples(tok, [(CONV, "5 .")], None, "sft", "all")
+    assert ids == list(want)
+    turn_end = tok.convert_ids_to_tokens(end_of_turn_id(tok))
+    runs, current = [], []
+    for i, m in zip(ids, mask):
+        if m:
+            current.append(i)
+        elif current:
+            runs.append(current)
+            current = []
+    runs += [current] if current else []
+    assert [tok.convert_ids_to_tokens(r)[:3] for r in runs] == [["12", ".", turn_end], ["5", ".", turn_end]]
+    (_, last_mask), = render_examples(tok, [(CONV, "5 .")], None, "sft", "last")
+    assert sum(last_mask) == len(runs[1]) and last_mask[-len(runs[1]):] == [True] * len(runs[1])
+
+
+def test_a_template_that_rewrites_earlier_turns_refuses_all_turns():
+    """A template that drops earlier assistant turns' text once the conversation goes on (as some reasoning
+    models' do) cannot give every turn its training-time text: a config error, not a silently different text."""
+    from rlhfkit.config import ConfigError
+    from rlhfkit.data.chat import render_examples
+
+    tok = tokenizer("chatml")
+    tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['role'] == 'assistant' and not loop.last %}"
+                         "{% else %}{{ m['content'] }}{% endif %}<|im_end|>\n{% endfor %}"
+                         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    with pytest.raises(ConfigError, match="assistant_turns=all"):
+        render_examples(tok, [(CONV, "5 .")], None, "sft", "all")
+    assert render_examples(tok, [(CONV, "5 .")], None, "sft", "last")  # the last turn alone is still exact

@@ -152,13 +152,21 @@ def _fit(p: list[int], r: list[int], max_len: int | None) -> tuple[list[int], li
     return p[len(p) - (max_len - len(r)) :], r, "prompt"
 
 
-def render_examples(tokenizer, items: Sequence[tuple], max_len: int | None, what: str) -> list[tuple[list[int], list[bool]]]:
+def render_examples(tokenizer, items: Sequence[tuple], max_len: int | None, what: str,
+                    turns: str = "last") -> list[tuple[list[int], list[bool]]]:
     """`render_example` of every `(prompt, completion)`; says once, with counts, how many were cut to `max_len`
-    (a silent cut trains on a different example than the data holds)."""
+    (a silent cut trains on a different example than the data holds). `turns="all"`: the assistant turns
+    inside the prompt are trained too (`render_all_turns`)."""
     out, cut = [], {"prompt": 0, "completion": 0}
     for prompt, completion in items:
-        p, r, where = _fit(*_prompt_and_turn(tokenizer, prompt, completion), max_len)
-        out.append((p + r, [False] * len(p) + [True] * len(r)))
+        if turns == "all" and not isinstance(prompt, str) and any(_role(m) == "assistant" for m in prompt):
+            ids, mask = render_all_turns(tokenizer, prompt, completion)
+            where = "" if max_len is None or len(ids) <= max_len else "prompt"  # cut from the left: the last turn survives
+            ids, mask = (ids[-max_len:], mask[-max_len:]) if where else (ids, mask)
+        else:
+            p, r, where = _fit(*_prompt_and_turn(tokenizer, prompt, completion), max_len)
+            ids, mask = p + r, [False] * len(p) + [True] * len(r)
+        out.append((ids, mask))
         if where:
             cut[where] += 1
     if cut["prompt"] or cut["completion"]:
@@ -166,6 +174,37 @@ def render_examples(tokenizer, items: Sequence[tuple], max_len: int | None, what
               f"max_len={max_len} tokens: {cut['prompt']} lost the start of their prompt, {cut['completion']} lost "
               "the end of their completion and its end-of-turn token; raise max_len to keep them whole", flush=True)
     return out
+
+
+def _role(message) -> str:
+    return message["role"] if isinstance(message, dict) else message.role
+
+
+def render_all_turns(tokenizer, prompt, completion: str) -> tuple[list[int], list[bool]]:
+    """`(ids, mask)` of a whole conversation with the mask true on every assistant turn (its text and end of
+    turn), not only the last: each turn is rendered as `render_example` renders a last turn, after the text
+    the template writes before it. A template that rewrites earlier turns once later ones follow (some drop
+    earlier reasoning) cannot be trained this way: a ConfigError says so."""
+    messages = as_messages(prompt) + [{"role": "assistant", "content": completion}]
+    ids, mask, done = [], [], ""  # `done`: the template's text of the conversation so far
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        head = _prompt_text(tokenizer, messages[:i])
+        if not head.startswith(done):
+            from rlhfkit.config import ConfigError
+
+            raise ConfigError("assistant_turns=all: the chat template renders earlier turns differently once later turns follow; "
+                             "train on the last assistant turn only (assistant_turns=last)")
+        between = tokenizer(head[len(done):], add_special_tokens=False)["input_ids"]
+        turn = render_turn(tokenizer, messages[:i], m["content"], head)
+        ids, mask = ids + between + turn, mask + [False] * len(between) + [True] * len(turn)
+        try:  # the template's own text through this turn, so the next head can be checked against it
+            full = tokenizer.apply_chat_template(messages[: i + 1], chat_template=chat_template(tokenizer), tokenize=False)
+        except Exception:
+            full = ""
+        done = full if full.startswith(head + m["content"]) else head + tokenizer.decode(turn, skip_special_tokens=False)
+    return ids, mask
 
 
 def pad_batch(rows: Sequence[Sequence[int]], pad_id: int, side: str = "right", dtype=None):

@@ -44,6 +44,7 @@ class Config:
     model: str = "runs/pretrain/model"  # local HF causal LM directory to fine-tune
     data: str | None = None  # demonstrations file/dir (prompt+completion or messages); required
     max_len: int = 256  # longest rendered example (prompt is cut from the left)
+    assistant_turns: Literal["last", "all"] = "last"  # train on the final assistant reply only, or on every assistant turn of a conversation
     batch_size: int = 32  # examples per optimiser step (global)
     micro_batch_size: int | None = None  # examples per forward/backward on a rank; gradients accumulate over the step (None: all)
     epochs: float = 3.0  # passes over the training demonstrations
@@ -88,7 +89,7 @@ def train(cfg: Config) -> str:
     load = partial(load_causal_lm, device=str(d.device), dtype=precision.weights_dtype(prec))
     model, tok = lora.trainable(partial(load, cfg.model), load, ckpt and os.path.join(ckpt, "model"), cfg.lora)
     precision.prepare(model, prec, d.device, cfg.gradient_checkpointing)
-    rendered = render_examples(tok, [(e.prompt, e.completion) for e in examples], cfg.max_len, "sft")
+    rendered = render_examples(tok, [(e.prompt, e.completion) for e in examples], cfg.max_len, "sft", cfg.assistant_turns)
     heldout, train_rows = rendered[:n_held], rendered[n_held:]
     max_steps = max(1, int(cfg.epochs * len(train_rows) / cfg.batch_size))
     print(f"[sft] {len(train_rows)} demonstrations ({n_held} held out), {max_steps} steps of {cfg.batch_size}", flush=True)
