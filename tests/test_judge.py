@@ -194,3 +194,19 @@ def test_rlhfkit_judge_labels_the_queue_into_the_store_end_to_end(sharp_model, t
     bad.write_text("principles: []\n")
     proc = rlhfkit("judge", f"model={model}", f"db={db}", f"constitution={bad}", check=False)
     assert proc.returncode == 2 and f"{bad}: field 'principles'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_label_stats_report_the_ai_judges_agreement_with_people_apart_from_theirs(tmp_path):
+    store = FeedbackStore(str(tmp_path / "f.db"))
+    pid = store.add_prompt("p")
+    r1, r2, r3 = store.add_responses(pid, ["x", "y", "z"])
+    alice, bob = store.add_annotator("alice")[0], store.add_annotator("bob")[0]
+    judge = store.add_annotator("ai-judge:m", "ai")[0]
+    store.add_ranking(pid, [r1, r2, r3], alice)
+    store.add_ranking(pid, [r1, r3, r2], bob)
+    for a, b, choice in [(r1, r2, "a"), (r2, r3, "a"), (r1, r3, "tie")]:  # agrees with alice on 2 of 2, bob on 1 of 2
+        store.add_pairwise(pid, a, b, choice, judge, source="ai", prob={"a": 0.8, "tie": 0.5}[choice])
+    stats = store.stats()
+    assert stats["ai_agreement"] == {"human": {"pairs": 4, "agreement": 0.75}}
+    assert stats["agreement"]["items"] == 1 and stats["agreement"]["kappa_pairs"] == 1  # alice and bob only
+    assert "ai_agreement" not in store.stats("human")

@@ -14,6 +14,11 @@ Over these units we report
 Rankings of K are expanded into their K(K-1)/2 pairs, which are not independent
 (transitivity): the numbers are a standard approximation, comparable across
 runs, not a significance test.
+
+AI judges (source "ai") are left out of these and compared with the others
+instead (`ai_agreement`): per source of the other judgements, the share of
+response pairs on which the AI judge and the other annotator prefer the same
+response (pairs where either has no preference left out).
 """
 
 from __future__ import annotations
@@ -128,15 +133,37 @@ def agreement(rows: Iterable[Any]) -> dict[str, Any]:
             "kappa_mean": sum(kappas) / len(kappas) if kappas else None, "kappa_pairs": len(kappas)}
 
 
+def ai_agreement(rows: Iterable[Any]) -> dict[str, dict[str, Any]]:
+    """{source: {"pairs": n, "agreement": share}}: how often AI judgements prefer what the other annotators of
+    that source prefer, over every (AI judge, other judgement) that both prefer one response of the same pair.
+    An annotator's latest judgement of a pair counts."""
+    ai: dict[tuple[int, int], dict[str, int]] = {}
+    other: dict[tuple[int, int], dict[tuple[str, str], int]] = {}
+    for r in rows:
+        for pair, v in pair_preferences(r).items():
+            if r.source == "ai":
+                ai.setdefault(pair, {})[r.annotator] = v
+            else:
+                other.setdefault(pair, {})[(r.source, r.annotator)] = v
+    counts: dict[str, list[int]] = {}
+    for pair, judges in ai.items():
+        for (source, _), v in other.get(pair, {}).items():
+            for w in judges.values():
+                if v and w:
+                    counts.setdefault(source, []).append(int(v == w))
+    return {source: {"pairs": len(c), "agreement": sum(c) / len(c)} for source, c in sorted(counts.items())}
+
+
 # ---------------------------------------------------------------- operations (CLI: rlhfkit label ...)
 
 
 def judgement_stats(rows: Sequence[Any], kinds: dict[str, str]) -> dict[str, Any]:
-    """Counts per source and annotator (judgements, mean seconds per item) and inter-annotator agreement.
+    """Counts per source and annotator (judgements, mean seconds per item), inter-annotator agreement, and
+    the AI judges' agreement with the others where there are AI judgements.
 
     `rows`: judgement rows joined with the annotator's name; `kinds`: annotator name -> kind.
-    Agreement (see `agreement`) is computed over units judged by >= 2 annotators: a unit is a prompt
-    with the set of responses judged.
+    Agreement (see `agreement`) is computed over units judged by >= 2 annotators, AI judges aside: a unit is
+    a prompt with the set of responses judged.
     """
     from rlhfkit.feedback.schema import judgement_pairs
 
@@ -149,5 +176,9 @@ def judgement_stats(rows: Sequence[Any], kinds: dict[str, str]) -> dict[str, Any
     for a in per.values():
         secs = a.pop("_secs")
         a["mean_seconds"] = sum(secs) / len(secs) if secs else None
-    return {"judgements": len(rows), "pairs": sum(len(judgement_pairs(j)) for j in rows),
-            "by_source": dict(Counter(j.source for j in rows)), "annotators": per, "agreement": agreement(rows)}
+    out = {"judgements": len(rows), "pairs": sum(len(judgement_pairs(j)) for j in rows),
+           "by_source": dict(Counter(j.source for j in rows)), "annotators": per,
+           "agreement": agreement([j for j in rows if j.source != "ai"])}
+    if any(j.source == "ai" for j in rows):
+        out["ai_agreement"] = ai_agreement(rows)
+    return out
