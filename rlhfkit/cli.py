@@ -85,15 +85,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rlhfkit: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module_name, cls_name, fn_name, help_text = table[command]
-    module = importlib.import_module(module_name)
-    cls = getattr(module, cls_name)
     if "-h" in rest or "--help" in rest:
         print(f"rlhfkit {command}: {help_text}\n\nconfig fields (YAML keys / --overrides):")
-        from rlhfkit.config import load_config
-
-        base = load_config(cls) if getattr(cls, "BASE_CONFIGS", ()) else None  # defaults as its config files set them
-        print("\n".join(field_help(cls, obj=base)))
+        print("\n".join(config_help(module_name, cls_name)))
         return 0
+    module = importlib.import_module(module_name)
+    cls = getattr(module, cls_name)
     from rlhfkit.config import ConfigError, parse_cli
 
     try:
@@ -102,6 +99,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rlhfkit {command}: config error: {e}", file=sys.stderr)
         return 2
     return run_reporting_errors(command, lambda: getattr(module, fn_name)(cfg) and 0)
+
+
+def config_help(module_name: str, cls_name: str) -> list[str]:
+    """`field_help` of a command's config: read from the source when it says every default plainly (no torch
+    import, so `--help` is instant), else from the imported class (defaults as its config files set them)."""
+    from rlhfkit.cli_help import Unreadable, help_lines
+
+    try:
+        return help_lines(module_name, cls_name)
+    except Unreadable:
+        from rlhfkit.config import load_config
+
+        cls = getattr(importlib.import_module(module_name), cls_name)
+        base = load_config(cls) if getattr(cls, "BASE_CONFIGS", ()) else None
+        return field_help(cls, obj=base)
 
 
 def run_reporting_errors(command: str, fn) -> int:
