@@ -142,6 +142,11 @@ def test_the_judge_reward_scores_a_batch_in_zero_one(sharp_model, tiny_tok, tmp_
     with pytest.raises(ConfigError, match="judge_cot"):
         make_reward_fn(f"judge:{path}", "", "cpu", args={"judge_cot": True})
 
+    from rlhfkit.rollout import collect_experience  # as PPO / RLOO / GRPO score their rollouts
+
+    exp = collect_experience(sharp_model, sharp_model, tiny_tok, PROMPTS, rate, max_new_tokens=4, temperature=1.0)
+    assert torch.allclose(exp.scores, rate(PROMPTS, exp.responses))  # the judge scored the sampled responses
+
 
 def test_an_older_store_gains_the_ai_columns(tmp_path):
     db = tmp_path / "old.db"
@@ -168,7 +173,7 @@ def test_rlhfkit_judge_labels_the_queue_into_the_store_end_to_end(sharp_model, t
              "responses": ["dog, cat.", "cat, dog."], "policy": "sft"}]
     queue.write_text("".join(json.dumps(r) + "\n" for r in rows))
     db, out = tmp_path / "feedback.db", tmp_path / "ai_pairs.jsonl"
-    args = ("judge", f"model={model}", f"db={db}", f"queue={queue}", f"out={out}", "batch_size=2", "chunk=2", "device=cpu")
+    args = ("judge", f"model={model}", f"db={db}", f"queue={queue}", f"out={out}", f"stats={tmp_path / 'stats.json'}", "batch_size=2", "chunk=2", "device=cpu")
     rlhfkit(*args)
 
     store = FeedbackStore(str(db))
@@ -184,7 +189,7 @@ def test_rlhfkit_judge_labels_the_queue_into_the_store_end_to_end(sharp_model, t
     assert pairs[-1].prompt[0] == Message("system", "Answer briefly.")
     for p in pairs:
         assert p.meta["prob"] >= 0.5 and p.meta["margin"] == pytest.approx(math.log(p.meta["prob"] / (1 - p.meta["prob"])))
-    stats = json.loads((tmp_path / "ai_pairs.stats.json").read_text())
+    stats = json.loads((tmp_path / "stats.json").read_text())
     assert stats["pairs_judged"] == 4 and 0 <= stats["position_consistency"] <= 1 and stats["labels_per_second"] > 0
     assert stats["position_consistency"] == sum(r.meta["consistent"] for r in rows_ai) / 4
 

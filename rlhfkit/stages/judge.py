@@ -15,7 +15,7 @@ Any local Hugging Face causal LM labels the same queue items that people label i
    (exactly 0.5: a tie, which exports no pair), with the judge, the principle and
    P in their columns; the pairs of one item share a `group`, as a ranking's do, and
    `meta.margin` = margin_scale * logit(P(chosen)) is Llama 2's per-pair margin for `rm`;
-5. export (`out`) and statistics: the position-consistency rate, labels per second.
+5. export (`out`) and statistics (`stats`): the position-consistency rate, labels per second.
 
 Pairs this judge (`name`) already labelled under this seed are skipped, so a rerun
 continues where a stopped one ended. The AI never takes a person's queue slot: its
@@ -51,7 +51,8 @@ class Config:
     cot_tokens: int = 64  # rationale length limit
     margin_scale: float = 1.0  # meta.margin = margin_scale * logit(P(chosen)) on each exported pair (0: no margin)
     limit: int = 0  # judge only the first N queue items (0: all)
-    out: str | None = None  # export every AI pair of the store here (JSONL) and the run's statistics to <out>.stats.json
+    out: str | None = None  # export every AI pair of the store here (JSONL), for `rm` / `dpo`
+    stats: str | None = None  # write this run's statistics here (JSON): consistency, labels per second, ...
     batch_size: int = 16  # sequences per forward pass
     chunk: int = 256  # pairs judged between writes to the store
     seed: int = 0  # principle draws
@@ -97,8 +98,9 @@ def main(cfg: Config) -> dict:
           f"({'both orders' if cfg.swap else 'one order'}{', chain of thought' if cfg.cot else ''})", flush=True)
 
     # 3.-4. Judge in chunks (batched inside), write each chunk's judgements.
-    model, tok = load_causal_lm(cfg.model, device=cfg.device)
-    judge = Judge(model, tok, constitution, cfg.batch_size, cfg.cot, cfg.cot_tokens)
+    if todo:
+        model, tok = load_causal_lm(cfg.model, device=cfg.device)
+        judge = Judge(model, tok, constitution, cfg.batch_size, cfg.cot, cfg.cot_tokens)
     start, probs, consistent, ties = time.perf_counter(), [], [], 0
     for lo in range(0, len(todo), cfg.chunk):
         part = todo[lo: lo + cfg.chunk]
@@ -125,7 +127,7 @@ def main(cfg: Config) -> dict:
 
     # 5. Export and statistics.
     stats = {"judge": name, "model": cfg.model, "constitution": constitution.path, "items": len(items),
-             "pairs_judged": len(probs), "pairs_skipped_done": len(done), "ties": ties,
+             "pairs_judged": len(probs), "already_judged": len(done), "ties": ties,
              "position_consistency": sum(consistent) / len(consistent) if consistent else None,
              "mean_confidence": sum(max(p, 1 - p) for p in probs) / len(probs) if probs else None,
              "seconds": seconds, "labels_per_second": len(probs) / seconds if probs and seconds > 0 else None,
@@ -135,7 +137,9 @@ def main(cfg: Config) -> dict:
     if cfg.out:
         os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
         stats["pairs_exported"] = store.export_jsonl(cfg.out, source="ai")
-        with open(os.path.splitext(cfg.out)[0] + ".stats.json", "w") as f:
-            json.dump(stats, f, indent=2)
         print(f"[judge] exported {stats['pairs_exported']} AI pairs to {cfg.out}", flush=True)
+    if cfg.stats:
+        os.makedirs(os.path.dirname(os.path.abspath(cfg.stats)), exist_ok=True)
+        with open(cfg.stats, "w") as f:
+            json.dump(stats, f, indent=2)
     return stats
