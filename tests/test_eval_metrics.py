@@ -283,3 +283,44 @@ def test_refusal_phrases():
     for text in ("5 + 7 = 12.", "The capital of Blorvia is Quenport.", "You can't divide by zero, so the answer is undefined.",
                  "Here is how I would sort the list: a, b, c."):
         assert not is_refusal(text), text
+
+
+def test_eval_with_an_ai_judge_reports_its_win_rate_against_the_baseline(tmp_path, tiny_model, tiny_tok):
+    """`rlhfkit eval judge=DIR`: per prompt the judge's swap-debiased P(policy's answer beats the baseline's) is
+    saved with the answer; the win-rate counts P > 1/2 as a win and identical answers as ties (the baseline
+    against itself: exactly 1/2), and the consistency rate is the judge's own."""
+    import copy
+
+    import torch
+
+    from rlhfkit.config import load_config
+    from rlhfkit.feedback.constitution import load_constitution
+    from rlhfkit.feedback.judge import Judge
+    from rlhfkit.stages import eval as eval_stage
+
+    other = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(3.0)  # another policy: answers differ from the baseline's
+    for name, model in (("a", tiny_model), ("b", other), ("judge", other)):
+        model.save_pretrained(tmp_path / name)
+        tiny_tok.save_pretrained(tmp_path / name)
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps({"prompt": f"what is {i} plus {i} ?"}) + "\n" for i in range(8)))
+    cfg = load_config(eval_stage.Config, overrides=[
+        f"out_dir={tmp_path / 'eval'}", f"policies=[{tmp_path / 'a'},{tmp_path / 'b'}]", "names=[a, b]",
+        f"prompts={tmp_path / 'p.jsonl'}", f"judge={tmp_path / 'judge'}", "max_new_tokens=6", "num_samples=0",
+        "bootstrap=50", "device=cpu"])
+    saved = eval_stage.main(cfg)
+    assert saved["a"]["judge_winrate"] == {"mean": 0.5, "lo": 0.5, "hi": 0.5} and saved["a"]["judge_consistency"] is None
+    rows = [json.loads(line) for line in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
+    a, b = [r for r in rows if r["policy"] == "a"], [r for r in rows if r["policy"] == "b"]
+    assert any(x["response"] != y["response"] for x, y in zip(a, b))
+    judge = Judge(other.eval(), tiny_tok, load_constitution())
+    prompts = [r["prompt"] for r in b]
+    out = judge.compare(prompts, [r["response"] for r in b], [r["response"] for r in a], [judge.c.overall] * len(b))
+    assert [r["judge_p"] for r in b] == pytest.approx(out["p"].tolist(), abs=1e-6)  # the policy as (a), the baseline as (b)
+    wins = [0.5 if x["response"] == y["response"] else float(y["judge_p"] > 0.5) for x, y in zip(a, b)]
+    assert saved["b"]["judge_winrate"]["mean"] == pytest.approx(sum(wins) / len(wins))
+    differ = [c for c, x, y in zip(out["consistent"].tolist(), a, b) if x["response"] != y["response"]]
+    assert saved["b"]["judge_consistency"] == pytest.approx(sum(differ) / len(differ))
+    assert "| judge_winrate |" in (tmp_path / "eval" / "metrics.md").read_text()

@@ -11,7 +11,11 @@ For every policy (e.g. the SFT model and the RLHF policies trained from it):
      over response tokens, as PPO's `objective/kl`), distinct-1/2 and the mean pairwise
      word-set Jaccard of one prompt's samples (mode collapse shows as similarity near 1);
   4. with `eval_corpus`, per-token perplexity on that held-out text (the alignment tax
-     on language modelling).
+     on language modelling);
+  5. with `judge` (a local causal LM, rlhfkit.feedback.judge), the AI judge's win-rate
+     against the baseline: per prompt the judge's swap-debiased P(policy's answer better)
+     under the constitution's `overall` question, a win above 1/2 (identical answers tie),
+     with its bootstrap CI (`judge_winrate`) and the share of position-consistent verdicts.
 
 Writes to `out_dir`: `metrics.json` (one object per policy), `metrics.md` and
 `samples.jsonl` (every greedy answer with its scores). Nothing is assumed about the
@@ -54,6 +58,8 @@ class Config:
     evaluator_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the evaluator
     score_key: str = "score"  # the evaluator key win-rates are measured on
     tie_tol: float = 0.0  # score differences up to this count as ties
+    judge: str | None = None  # AI judge model dir: win-rate against the baseline by the judge (judge_winrate)
+    judge_constitution: str | None = None  # constitution YAML whose `overall` question the judge answers (None: the packaged default)
     reference: str | None = None  # model the KL is measured to (default: the baseline's path)
     eval_corpus: str | None = None  # held-out text for perplexity (None: skipped)
     max_new_tokens: int = 48  # answer length limit
@@ -97,6 +103,10 @@ def main(cfg: Config) -> dict:
         del model
     for name in names:
         summaries[name].update(win_rates(rows_of[name], rows_of[baseline], cfg.bootstrap, cfg.seed, cfg.tie_tol, cfg.score_key))
+    if cfg.judge:
+        judge = load_judge(cfg.judge, cfg.judge_constitution, cfg.device)
+        for name in names:
+            summaries[name].update(judge_win_rate(judge, prompts, rows_of[name], rows_of[baseline], cfg.bootstrap, cfg.seed))
 
     write_atomic(os.path.join(cfg.out_dir, "metrics.json"), json.dumps(summaries, indent=2))
     write_atomic(os.path.join(cfg.out_dir, "samples.jsonl"),
@@ -140,6 +150,29 @@ def evaluate_policy(cfg: Config, prompts: list[Prompt], model, tok, ref, reward_
     if corpus:
         summary["perplexity"] = corpus_perplexity(model, tok, corpus, cfg.ppl_seq_len, cfg.batch_size)
     return rows, summary
+
+
+def load_judge(path: str, constitution: str | None, device: str):
+    from rlhfkit.feedback.constitution import load_constitution
+    from rlhfkit.feedback.judge import Judge
+
+    model, tok = load_causal_lm(path, device=device)
+    model.requires_grad_(False)
+    return Judge(model, tok, load_constitution(constitution))
+
+
+def judge_win_rate(judge, prompts: list[Prompt], rows: list[dict], baseline_rows: list[dict], n_boot: int, seed: int) -> dict:
+    """`judge_winrate` (bootstrap CI over prompts) of `rows` against `baseline_rows` and `judge_consistency`
+    (share of the pairs with different answers that both orders agree on); each row gets its `judge_p` (P(its answer beats the baseline's))."""
+    answers, base = [r["response"] for r in rows], [r["response"] for r in baseline_rows]
+    out = judge.compare(prompts, answers, base, [judge.c.overall] * len(prompts))
+    p = out["p"].tolist()
+    same = [a == b for a, b in zip(answers, base)]
+    for row, pi in zip(rows, p):
+        row["judge_p"] = pi
+    wins = [0.5 if s else 1.0 if pi > 0.5 else 0.0 if pi < 0.5 else 0.5 for s, pi in zip(same, p)]
+    differ = [float(c) for c, s in zip(out["consistent"].tolist(), same) if not s]  # identical answers have no order to agree on
+    return {"judge_winrate": bootstrap_ci(wins, n_boot, seed), "judge_consistency": mean(differ) if differ else None}
 
 
 def markdown(summaries: dict[str, dict]) -> str:
