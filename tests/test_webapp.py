@@ -354,3 +354,29 @@ def test_a_short_admin_token_is_refused(tmp_path):
 
     with pytest.raises(ValueError, match=f"at least {MIN_ADMIN_TOKEN}"):
         create_app(f"sqlite:///{tmp_path / 'x.db'}", "8charsOK")
+
+
+def test_the_audit_page_shows_ai_labels_next_to_peoples(annotator):
+    """/admin/audit: each pair an AI judge labelled, with its verdict, P and principle beside the people's; the
+    agreement per pair and overall; untrusted text escaped; the admin token required."""
+    client, csrf, store = annotator
+    first = client.get("/api/next", headers={"X-CSRF-Token": csrf}).json()["item"]
+    assert api_judge(client, csrf, **pairwise_fields(first, "a", "k1")).status_code == 200
+    second = client.get("/api/next", headers={"X-CSRF-Token": csrf}).json()["item"]
+    assert api_judge(client, csrf, **pairwise_fields(second, "b", "k2")).status_code == 200
+    judge, _ = store.add_annotator("ai-judge:m", "ai")
+    for item, choice, prob, principle in ((first, "a", 0.8, "honesty"), (second, "a", 0.7, "harmlessness")):
+        a, b = item["responses"]  # the judge saw them in the same order; it agrees on the first, not the second
+        store.add_pairwise(store.item(item["id"]).prompt_id, a["id"], b["id"], choice, judge, source="ai", judge="m",
+                           principle=principle, prob=prob)
+    assert client.get("/admin/audit").status_code == 401
+    rows = client.get("/admin/audit?format=json", headers={"X-Admin-Token": ADMIN}).json()
+    assert sorted(r["agree"] for r in rows) == [0.0, 1.0] and len(rows) == 2
+    by_principle = {r["ai"][0]["principle"]: r for r in rows}
+    assert by_principle["honesty"]["others"] == [{"annotator": "ann", "source": "human",
+                                                  "prefers": first["responses"][0]["id"]}]
+    x, _ = by_principle["honesty"]["pair"]
+    assert by_principle["honesty"]["ai"][0]["prob"] == pytest.approx(0.8 if x == first["responses"][0]["id"] else 0.2)
+    html = client.get("/admin/audit", headers={"X-Admin-Token": ADMIN}).text
+    assert 'id="agreement">0.50<' in html and "harmlessness" in html and "ai-judge:m" in html
+    assert "<script>window.__pwned" not in html and "&lt;script&gt;" in html  # the XSS answer is shown as text

@@ -154,6 +154,32 @@ def ai_agreement(rows: Iterable[Any]) -> dict[str, dict[str, Any]]:
     return {source: {"pairs": len(c), "agreement": sum(c) / len(c)} for source, c in sorted(counts.items())}
 
 
+def ai_audit(rows: Iterable[Any]) -> list[dict[str, Any]]:
+    """Every response pair an AI judge labelled, with what each judge and each other annotator preferred:
+    `[{prompt_id, pair: (x, y), ai: [{annotator, principle, prob, prefers}], others: [{annotator, source, prefers}],
+    agree: share of (AI, other) verdicts that match, or None}]`; `prefers` is x, y or None (tie / both bad).
+    An annotator's latest judgement of a pair counts."""
+    out: dict[tuple, dict[str, dict]] = {}
+    for r in rows:
+        for (x, y), v in pair_preferences(r).items():
+            entry = out.setdefault((r.prompt_id, x, y), {"ai": {}, "others": {}})
+            prefers = x if v == 1 else y if v == -1 else None
+            if r.source == "ai":
+                prob = r.prob if r.prob is None or r.a_id == x else 1.0 - r.prob  # P(x better), as the row saw it
+                entry["ai"][r.annotator] = {"annotator": r.annotator, "principle": r.principle, "prob": prob, "prefers": prefers}
+            else:
+                entry["others"][r.annotator] = {"annotator": r.annotator, "source": r.source, "prefers": prefers}
+    audit = []
+    for (prompt_id, x, y), entry in out.items():
+        if not entry["ai"]:
+            continue
+        votes = [a["prefers"] == o["prefers"] for a in entry["ai"].values() for o in entry["others"].values()
+                 if a["prefers"] is not None and o["prefers"] is not None]
+        audit.append({"prompt_id": prompt_id, "pair": (x, y), "ai": list(entry["ai"].values()),
+                      "others": list(entry["others"].values()), "agree": sum(votes) / len(votes) if votes else None})
+    return audit
+
+
 # ---------------------------------------------------------------- operations (CLI: rlhfkit label ...)
 
 

@@ -38,11 +38,11 @@ from sqlalchemy.exc import IntegrityError
 
 from rlhfkit.data.loaders import DataError, read_records, write_jsonl
 from rlhfkit.data.records import SOURCES, Comparison, Prompt
-from rlhfkit.feedback.agreement import judgement_stats
+from rlhfkit.feedback.agreement import ai_audit, judgement_stats
 from rlhfkit.feedback.queue import enqueue_item, load_item, open_items
 from rlhfkit.feedback.schema import (ADDED_COLUMNS, Annotator, Item, _sha, annotators, assignments, group_queue,
                                      judgement_comparisons, judgements, make_engine, metadata, parse_import_record,
-                                     parse_queue_row, prompt_key, prompts, queue_items, responses, settings)
+                                     parse_queue_row, prompt_key, prompt_of, prompts, queue_items, responses, settings)
 
 KINDS = ("human", "simulated", "ai")  # annotator kinds
 CHOICES = ("a", "b", "tie", "both_bad")  # pairwise verdicts
@@ -463,6 +463,20 @@ class FeedbackStore:
         return aid
 
     # -- statistics
+
+    def audit(self) -> list[dict[str, Any]]:
+        """`agreement.ai_audit`: every response pair an AI judge labelled, next to the other annotators'
+        verdicts, with the prompt (`prompt_json`) and the two responses' texts (`texts`)."""
+        from rlhfkit.data.records import prompt_json
+
+        audit = ai_audit(self.judgements())
+        with self._read() as c:
+            texts = dict(c.execute(select(responses.c.id, responses.c.text)).all())
+            prompt_rows = {r.id: r for r in c.execute(select(prompts.c.id, prompts.c.text, prompts.c.messages))}
+        for entry in audit:
+            entry["prompt"] = prompt_json(prompt_of(prompt_rows[entry["prompt_id"]]))
+            entry["texts"] = [texts[i] for i in entry["pair"]]
+        return audit
 
     def stats(self, source: str | None = None) -> dict[str, Any]:
         """Counts per source and annotator and inter-annotator agreement (`agreement.judgement_stats`)."""

@@ -454,6 +454,12 @@ def create_app(db_url: str, admin_token: str, lease_minutes: float = 30.0, key_f
         lines = (json.dumps(c.to_json(), ensure_ascii=False) + "\n" for c in store.preference_pairs(source))
         return PlainTextResponse("".join(lines), media_type="application/jsonl")
 
+    @app.get("/admin/audit", dependencies=[Depends(admin)])
+    def admin_audit(request: Request, format: str = "html") -> Response:
+        """AI labels next to people's, pair by pair: a page, or JSON with format=json."""
+        rows = store.audit()
+        return JSONResponse(rows) if format == "json" else page("audit.html", rows=rows)
+
     @app.get("/admin/stats", dependencies=[Depends(admin)])
     def admin_stats(source: str | None = None) -> dict:
         return store.stats(source)
