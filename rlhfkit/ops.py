@@ -54,16 +54,25 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
 
 
 def masked_whiten(
-    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8
+    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8, total=None
 ) -> torch.Tensor:
     """Normalise `x` to mean 0 and (unbiased) variance 1 over the masked entries.
 
     shift_mean=False adds the mean back, i.e. only rescales: used for rewards, whose
     sign carries meaning (Huang et al. 2024, "reward whitening"). Result has the
-    shape of `x` and is exactly 0 outside `mask`.
+    shape of `x` and is exactly 0 outside `mask`. `total(t)` sums a scalar tensor over
+    data-parallel ranks (rlhfkit.distributed.global_sum): the mean and variance are then
+    the global batch's, in two passes like the one-process ones.
     """
-    mean = masked_mean(x, mask)
-    whitened = (x - mean) * torch.rsqrt(masked_var(x, mask) + eps)
+    if total is None:
+        mean, var = masked_mean(x, mask), masked_var(x, mask)
+    else:
+        n = total(mask.sum())
+        if n < 2:
+            raise ValueError(f"unbiased masked_var needs at least 2 masked entries, got {int(n)}")
+        mean = (total(masked_sum(x, mask)) / n).to(x.dtype)
+        var = (total(masked_sum((x - mean) ** 2, mask)) / (n - 1)).to(x.dtype)
+    whitened = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean
     return torch.where(mask, whitened, torch.zeros((), dtype=whitened.dtype, device=x.device))

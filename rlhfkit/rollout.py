@@ -44,10 +44,14 @@ class Generation:
         )
 
 
-def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator=None):
+def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator=None, rows: Sequence[int] | None = None,
+                n_rows: int | None = None):
     """Draw one token per row; return `(tokens (B,), tempered logprobs (B,))`.
 
     temperature == 0 means greedy; the logprob is then that of the untempered distribution.
+    `rows`, `n_rows`: these B rows are rows `rows` of a global batch of `n_rows` split across data-parallel
+    ranks; the uniforms are drawn for the whole global batch and each rank takes its own, so with the same
+    generator every row gets the same draw whichever rank holds it (2 ranks sample what 1 process samples).
     """
     if temperature <= 0:
         tokens = logits.argmax(-1)
@@ -61,7 +65,11 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generato
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
     # inverse-CDF draw: one uniform per row (torch.multinomial draws an exponential per vocabulary entry)
     cdf = probs.cumsum(-1)  # (B, V)
-    u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device, dtype=cdf.dtype) * cdf[:, -1:]
+    if rows is None:
+        u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device, dtype=cdf.dtype)
+    else:
+        u = torch.rand(n_rows, 1, generator=generator, device=cdf.device, dtype=cdf.dtype)[torch.as_tensor(rows, device=cdf.device)]
+    u = u * cdf[:, -1:]
     tokens = torch.searchsorted(cdf, u, right=True)[:, 0].clamp(max=cdf.shape[-1] - 1)  # zero-mass tokens never drawn
     return tokens, logp.gather(-1, tokens[:, None])[:, 0]
 
@@ -78,8 +86,13 @@ def generate(
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
     engine: str = "auto",
+    rows: Sequence[int] | None = None,
+    n_rows: int | None = None,
 ) -> Generation:
     """Sample one response per prompt (a list of token-id lists) in a single batch.
+
+    `rows`/`n_rows`: these prompts are rows of a global batch split across ranks (`sample_next`); every
+    rank then draws for the global batch at each step until its own rows are done.
 
     `engine="auto"` decodes Llama-family models with `LlamaDecoder` (same math, a fraction of the
     per-token overhead) and anything else with the model's own forward and cache; `"hf"` forces the latter.
@@ -94,7 +107,7 @@ def generate(
     tokens, logps = [], []
     done = torch.zeros(B, dtype=torch.bool, device=device)
     for _ in range(max_new_tokens):
-        tok, lp = sample_next(logits, temperature, top_p, generator)
+        tok, lp = sample_next(logits, temperature, top_p, generator, rows, n_rows)
         tok = torch.where(done, torch.full_like(tok, pad_id), tok)
         tokens.append(tok)
         logps.append(torch.where(done, torch.zeros_like(lp), lp))
@@ -189,13 +202,16 @@ class Experience:
 @torch.no_grad()
 def collect_experience(policy, ref, tok, prompts: Sequence, reward_fn, *, max_new_tokens: int,
                        temperature: float, missing_eos_penalty: float | None = None,
-                       forward_batch_size: int = 64, stopwatch=None, columns: dict[str, list] | None = None) -> Experience:
+                       forward_batch_size: int = 64, stopwatch=None, columns: dict[str, list] | None = None,
+                       generator: torch.Generator | None = None, rows: Sequence[int] | None = None,
+                       n_rows: int | None = None) -> Experience:
     """Generate, decode, score, and compute policy/reference logprobs for `prompts`.
 
     `reward_fn(prompts, responses, terminated, **columns) -> (B,) tensor` is a reward model or
     any Python callable; `columns` are the prompts' dataset columns, lists aligned with `prompts`. A response that hit the length limit without EOS gets
     `missing_eos_penalty` added to its score (Huang et al. 2024: without it the
-    policy learns to ramble past the limit).
+    policy learns to ramble past the limit). `generator`, `rows`, `n_rows`: sampling's random numbers (see
+    `generate`): a data-parallel rank passes the global batch rows it holds.
     """
     import contextlib
 
@@ -204,7 +220,8 @@ def collect_experience(policy, ref, tok, prompts: Sequence, reward_fn, *, max_ne
     with timed("generate"):
         stops = stop_ids(tok, policy)
         gen = generate(policy, [render_prompt(tok, p) for p in prompts], eos_id=stops,
-                       pad_id=tok.pad_token_id, max_new_tokens=max_new_tokens, temperature=temperature)
+                       pad_id=tok.pad_token_id, max_new_tokens=max_new_tokens, temperature=temperature,
+                       generator=generator, rows=rows, n_rows=n_rows)
     input_ids, attn = gen.sequences()
     P = gen.prompt_ids.shape[1]
     texts = [tok.decode(r[m & ~torch.isin(r, _stops(stops, r.device))].tolist(), skip_special_tokens=True)

@@ -142,3 +142,37 @@ def test_shift_for_causal_lm_aligns_predictions():
     shifted_logits, targets = shift_for_causal_lm(ids, logits)
     assert torch.equal(targets, ids[:, 1:])
     assert torch.equal(shifted_logits, logits[:, :-1])
+
+
+
+def _whiten_on_rank(rank: int, port: int, path: str) -> None:
+    import torch.distributed as dist
+
+    from rlhfkit.distributed import Dist, global_sum
+    from rlhfkit.ops import masked_whiten
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    x, mask = torch.load(f"{path}/batch.pt")
+    d = Dist(rank, 2)
+    for shift in (True, False):
+        got = masked_whiten(x[rank::2], mask[rank::2], shift_mean=shift, total=lambda t: global_sum(t, d))
+        torch.save(got, f"{path}/rank{rank}-{shift}.pt")
+    dist.destroy_process_group()
+
+
+def test_whitening_with_a_cross_rank_total_equals_whitening_the_whole_batch(tmp_path):
+    """Two gloo ranks, each holding every other row, whiten with statistics summed over both: each gets its
+    rows of the whole batch's whitening (advantage whitening under data parallelism)."""
+    import torch.multiprocessing as mp
+
+    from rlhfkit.ops import masked_whiten
+    from tests.helpers import free_port
+
+    torch.manual_seed(0)
+    x, mask = torch.randn(6, 5), torch.rand(6, 5) > 0.3
+    torch.save((x, mask), tmp_path / "batch.pt")
+    mp.spawn(_whiten_on_rank, args=(free_port(), str(tmp_path)), nprocs=2)
+    for shift in (True, False):
+        whole = masked_whiten(x, mask, shift_mean=shift)
+        for rank in (0, 1):
+            assert torch.allclose(torch.load(tmp_path / f"rank{rank}-{shift}.pt"), whole[rank::2], atol=1e-6)
