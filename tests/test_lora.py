@@ -122,3 +122,117 @@ def test_sft_with_lora_saves_an_adapter_and_a_merged_model_that_agree(tmp_path, 
     assert torch.allclose(got, want, atol=1e-5, rtol=0), (got, want)
     assert (want - logprobs(AutoModelForCausalLM.from_pretrained(base), tok)).abs().max() > 1e-2  # training moved it
     assert metrics(f"{tmp_path}/sft_lora")[-1]["eval/loss"] < metrics(f"{tmp_path}/sft_lora")[0]["eval/loss"]
+
+
+@pytest.fixture()
+def steerable(tmp_path, tiny_model, tiny_tok):
+    """The tiny Llama with its (tied) embeddings scaled up 10x. LoRA leaves embeddings frozen, and at their
+    random init (std 0.02, width 32) every logit stays within about +-0.6 whatever the adapters do: no
+    policy could move far from uniform. A trained model's embeddings are far larger."""
+    with torch.no_grad():
+        tiny_model.get_input_embeddings().weight.mul_(10.0)
+    path = tmp_path / "steerable"
+    tiny_model.save_pretrained(path)
+    tiny_tok.save_pretrained(path)
+    return str(path)
+
+
+def letter_reward(prompts, responses, terminated=None):
+    """ASCII letters in the response: a signal a random tiny model (mostly byte tokens) climbs in a few steps."""
+    return [float(sum(c.isascii() and c.isalpha() for c in r)) for r in responses]
+
+
+def prompts_file(tmp_path) -> str:
+    return write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p} for p in PROMPTS * 4])
+
+
+def run_rl(stage: str, tmp_path, base: str, name: str, *extra: str) -> str:
+    from rlhfkit.stages import STAGES
+
+    module, config, entry = STAGES[stage][:3]
+    import importlib
+
+    mod = importlib.import_module(module)
+    cfg = load_config(getattr(mod, config), overrides=[
+        f"out_dir={tmp_path}/{name}", f"policy={base}", f"prompts={prompts_file(tmp_path)}", "reward=tests.test_lora:letter_reward",
+        "max_new_tokens=8", "eval_every=0", "sample_every=1000", "lr=1e-2", "warmup_steps=0", "missing_eos_penalty=null",
+        "lora.r=8", "lora.alpha=16", *extra])
+    return getattr(mod, entry)(cfg)
+
+
+def test_rloo_with_lora_raises_the_reward(tmp_path, steerable):
+    """A random tiny model learns to say more letters (about 4 -> 12 of 8 tokens' worth), adapters alone moving."""
+    run_rl("rloo", tmp_path, steerable, "rloo", "total_steps=12", "prompts_per_step=8", "k=4", "minibatch_size=32",
+           "micro_batch_size=16", "ckpt_every=100")
+    rows = metrics(f"{tmp_path}/rloo")
+    first = sum(r["objective/scores"] for r in rows[:3]) / 3
+    last = sum(r["objective/scores"] for r in rows[-3:]) / 3
+    assert last > first + 3.0, (first, last)
+    assert os.path.exists(f"{tmp_path}/rloo/adapter/adapter_config.json")
+
+
+def test_ppo_with_lora_policy_and_critic_resumes_exactly(tmp_path, steerable, capsys):
+    """PPO with adapters on the policy and on a separate critic (policy backbone + score head): a run
+    resumed from its mid-run checkpoint (the adapters and head alone) logs what an uninterrupted run logs."""
+    from tests.helpers import assert_same_metrics
+
+    args = ("total_steps=4", "rollout_batch_size=8", "minibatch_size=4", "micro_batch_size=2", "ckpt_every=2")
+    run_rl("ppo", tmp_path, steerable, "ppo_full", *args)
+    run_rl("ppo", tmp_path, steerable, "ppo_resumed", *args)
+    ckpt = f"{tmp_path}/ppo_resumed/checkpoints/step_000002"
+    saved = set(os.listdir(f"{ckpt}/policy"))
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= saved and "model.safetensors" not in saved
+    assert os.path.getsize(f"{ckpt}/critic/adapter_model.safetensors") < os.path.getsize(f"{steerable}/model.safetensors")
+    import shutil
+
+    shutil.rmtree(f"{tmp_path}/ppo_resumed/model")  # as if killed after the checkpoint at step 2
+    run_rl("ppo", tmp_path, steerable, "ppo_resumed", *args)
+    assert "[ppo] resumed from" in capsys.readouterr().out
+    assert_same_metrics(metrics(f"{tmp_path}/ppo_full"), metrics(f"{tmp_path}/ppo_resumed"))
+
+
+def pairs(tmp_path, n: int = 16) -> str:
+    """The fixture texts as chosen, the same text with filler as rejected."""
+    rows = [{"prompt": f"Say something ({i})", "chosen": TEXTS[i % 4], "rejected": TEXTS[i % 4] + " and so on and so on",
+             "group": f"g{i}"} for i in range(n)]
+    return write_jsonl(tmp_path / "pairs.jsonl", rows)
+
+
+def test_dpo_with_lora_takes_its_reference_from_the_policy_with_adapters_off(tmp_path, base):
+    from rlhfkit.data.chat import render_example
+    from rlhfkit.data.loaders import load_preferences
+    from rlhfkit.models.load import load_causal_lm
+    from rlhfkit.models.logprobs import sequence_logprobs
+    from rlhfkit.stages import dpo
+
+    cfg = load_config(dpo.Config, overrides=[f"out_dir={tmp_path}/dpo", f"policy={base}", f"data={pairs(tmp_path)}",
+                                             "epochs=2", "batch_size=8", "micro_batch_size=4", "lr=1e-2", "heldout_fraction=0.25",
+                                             "warmup_steps=0", "eval_every=1", "lora.r=4"])
+    dpo.train(cfg)
+    cache = torch.load(f"{tmp_path}/dpo/ref_logprobs.pt")
+    ref, tok = load_causal_lm(base, device="cpu")  # a separate copy of the initial policy
+    rows = [render_example(tok, p.prompt, p.chosen, 256) for p in load_preferences(f"{tmp_path}/pairs.jsonl")]
+    with torch.no_grad():
+        separate = sequence_logprobs(ref, rows, tok.pad_token_id)
+    assert torch.allclose(torch.sort(cache["chosen"]).values, torch.sort(separate).values, atol=1e-5, rtol=0)
+    rows = [m for m in metrics(f"{tmp_path}/dpo") if "eval/rewards/margin" in m]
+    assert rows[-1]["eval/rewards/margin"] > rows[0]["eval/rewards/margin"]
+
+
+def test_reward_model_with_lora_trains_the_head_and_adapters_and_saves_merged(tmp_path, base):
+    from rlhfkit.models.reward import load_scalar_model
+    from rlhfkit.stages import rm
+
+    cfg = load_config(rm.Config, overrides=[f"out_dir={tmp_path}/rm", f"model={base}", f"data={pairs(tmp_path)}",
+                                            "epochs=3", "batch_groups=4", "lr=1e-2", "heldout_fraction=0.25",
+                                            "warmup_steps=0", "eval_every=1", "evaluate=false", "lora.r=4"])
+    rm.train(cfg)
+    model, _ = load_scalar_model(f"{tmp_path}/rm/model")  # an ordinary sequence-classification directory
+    assert not lora.is_peft(model) and model.config.rlhfkit_score_std > 0
+    assert os.path.exists(f"{tmp_path}/rm/adapter/adapter_config.json")
+    rows = [m for m in metrics(f"{tmp_path}/rm") if "train/margin" in m]
+    assert rows[-1]["train/margin"] > rows[0]["train/margin"]
+    from rlhfkit.config import ConfigError
+
+    with pytest.raises(ConfigError, match="always saved merged"):
+        load_config(rm.Config, overrides=["lora.r=4", "lora.merge=false"])

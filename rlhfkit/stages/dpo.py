@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -29,7 +30,10 @@ from rlhfkit.data.packing import epoch_batches
 from rlhfkit.evaluation.hooks import make_evaluator, training_eval
 from rlhfkit.files import atomic_open, content_hash
 from rlhfkit.losses import PREFERENCE_LOSSES, chosen_nll_loss
+from rlhfkit.models import lora, precision
 from rlhfkit.models.load import load_causal_lm
+from rlhfkit.models.lora import LoraSettings
+from rlhfkit.models.precision import Precision
 from rlhfkit.optim import NonFiniteGuard, adamw, cosine_lr, set_lr
 from rlhfkit.models.logprobs import scored_tokens, sequence_logprobs
 from rlhfkit.tracking import Run, due, seed_everything
@@ -63,6 +67,9 @@ class Config:
     evaluator: str | None = None  # package.module:function scoring those answers (rlhfkit.evaluation.hooks)
     evaluator_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the evaluator
     ckpt_every: int = 100  # checkpoint every N steps
+    precision: Precision = "auto"  # fp32 | bf16-mixed | fp16-mixed (fp32 master weights, autocast) | bf16 (pure) | auto: bf16-mixed on GPU, else fp32
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~1/3 more compute
+    lora: LoraSettings = field(default_factory=LoraSettings)  # LoRA adapters (lora.r > 0); the reference is then the policy with adapters off
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch CPU threads (0: torch default)
 
@@ -103,14 +110,18 @@ def train(cfg: Config) -> str:
                                 load_preferences(cfg.data, cfg.eval_split) if cfg.eval_split else None)
     pairs, n_held = held + train, len(held)
     ckpt = checkpoint.latest_checkpoint(cfg.out_dir)
-    policy, tok = load_causal_lm(os.path.join(ckpt, "policy") if ckpt else cfg.policy, device=str(d.device))
+    prec = precision.resolve(cfg.precision, d.device)
+    load = partial(load_causal_lm, device=str(d.device), dtype=precision.weights_dtype(prec))
+    policy, tok = lora.trainable(partial(load, cfg.policy), load, ckpt and os.path.join(ckpt, "policy"), cfg.lora)
+    precision.prepare(policy, prec, d.device, cfg.gradient_checkpointing)
     device = d.device
     rendered = render_examples(tok, [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs],
                                cfg.max_len, "dpo")
     chosen, rejected = rendered[: len(pairs)], rendered[len(pairs) :]
     chosen_tokens = torch.tensor([scored_tokens(row) for row in chosen], dtype=torch.float)
 
-    # 2. Reference logprobs, computed once and cached; the reference model is then freed.
+    # 2. Reference logprobs, computed once and cached; the reference model is then freed (with LoRA it is the
+    #    policy with its adapters disabled: no second copy of the weights).
     cache, key = os.path.join(cfg.out_dir, "ref_logprobs.pt"), content_hash([cfg.policy], chosen, rejected)
     cached = torch.load(cache) if os.path.exists(cache) else None
     if isinstance(cached, dict) and cached.get("key") == key:
@@ -118,7 +129,7 @@ def train(cfg: Config) -> str:
     else:
         if cached is not None:
             print(f"[dpo] {cache} was computed for another reference model or other pairs; recomputing", flush=True)
-        ref, _ = load_causal_lm(cfg.policy, device=str(d.device))
+        ref = lora.reference(policy, lambda: precision.prepare(load(cfg.policy, dtype=precision.frozen_dtype(prec))[0], prec, d.device))
         ref_c, ref_r = reference_logprobs(ref, chosen, tok.pad_token_id, d), reference_logprobs(ref, rejected, tok.pad_token_id, d)
         if d.is_main:
             with atomic_open(cache, "wb") as f:  # a rank reading it never sees half a file
@@ -146,24 +157,22 @@ def train(cfg: Config) -> str:
 
     # 3. Train: mean loss over the pairs of a step, accumulated over micro-batches.
     policy.train()
-    guard = NonFiniteGuard("dpo", cfg.skip_nonfinite)
+    guard, scaler = NonFiniteGuard("dpo", cfg.skip_nonfinite), precision.Scaler(prec, d.device)
     for step in tqdm(range(start, max_steps), desc="dpo", initial=start, total=max_steps):
         lr = cosine_lr(step, max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
         set_lr(optimizer, lr)
         idx = [train_idx[i] for i in epoch_batches(len(train_idx), cfg.batch_size, step, cfg.seed)]
         mine = distributed.shard(idx, d)  # this rank's pairs; each is weighted by 1 / (the global batch)
         stats: dict[str, float] = {}
-        for k in range(0, len(mine), cfg.micro_batch_size):
-            micro = mine[k : k + cfg.micro_batch_size]
-            with distributed.no_sync(ddp_policy, last=k + cfg.micro_batch_size >= len(mine)):
-                loss, m = batch_loss(micro)
-                (loss * len(micro) / len(idx) * d.world_size).backward()  # DDP averages over ranks: undo it
+        for micro in distributed.micro_batches(ddp_policy, mine, cfg.micro_batch_size):
+            loss, m = batch_loss(micro)
+            scaler.backward(loss * len(micro) / len(idx) * d.world_size)  # DDP averages over ranks: undo it
             for name, v in {**m, "train/loss": loss.detach()}.items():
                 stats[name] = stats.get(name, 0.0) + v.item() * len(micro) / len(idx)
         stats = {name: distributed.global_sum(v, d).item() for name, v in stats.items()}  # the global batch's means
+        scaler.unscale(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
-        if guard.ok(step, loss=stats["train/loss"], grad_norm=grad_norm):
-            optimizer.step()
+        scaler.step(optimizer, guard, step, loss=stats["train/loss"], grad_norm=grad_norm)
         optimizer.zero_grad(set_to_none=True)
 
         metrics = {**stats, "train/lr": lr, "train/grad_norm": grad_norm.item(), **guard.metrics()}
@@ -182,7 +191,7 @@ def train(cfg: Config) -> str:
     guard.finish()
     out = os.path.join(cfg.out_dir, "model")
     if d.is_main:
-        checkpoint.save_model('dpo', policy, tok, out)
+        lora.save_final("dpo", policy, tok, cfg.out_dir, cfg.lora)
         print(f"[dpo] held-out implicit-reward accuracy {metrics.get('eval/rewards/accuracy', float('nan')):.3f}; saved {out}", flush=True)
     run.close()
     distributed.close(d)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -39,7 +40,10 @@ from rlhfkit.data.loaders import prompt_list, prompts_and_columns
 from rlhfkit.data.packing import epoch_batches, pack_documents, read_corpus
 from rlhfkit.evaluation.hooks import make_evaluator, training_eval
 from rlhfkit.losses import explained_variance, lm_loss, ppo_policy_loss, ppo_value_loss
-from rlhfkit.models.load import load_causal_lm
+from rlhfkit.models import lora, precision
+from rlhfkit.models.load import load_causal_lm, pick_device
+from rlhfkit.models.lora import LoraSettings
+from rlhfkit.models.precision import Precision
 from rlhfkit.models.logprobs import response_logprobs
 from rlhfkit.models.reward import ValueHeadOnPolicy, load_scalar_model, make_reward_fn, scalar_model_from_lm, token_scores
 from rlhfkit.ops import masked_mean, masked_sum, masked_whiten
@@ -97,6 +101,9 @@ class Config:
     eval_every: int = 20  # held-out eval (eval_prompts) every N iterations (0: off)
     sample_every: int = 20  # print decoded samples every N iterations
     ckpt_every: int = 20  # checkpoint every N iterations
+    precision: Precision = "auto"  # fp32 | bf16-mixed | fp16-mixed (fp32 master weights, autocast) | bf16 (pure) | auto: bf16-mixed on GPU, else fp32
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~1/3 more compute
+    lora: LoraSettings = field(default_factory=LoraSettings)  # LoRA adapters (lora.r > 0) on the policy and a separate critic; the reference is the policy with adapters off
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch CPU threads (0: torch default)
 
@@ -138,20 +145,26 @@ def train(cfg: Config) -> str:
     evaluator = make_evaluator(cfg.evaluator, cfg.evaluator_args)
     print(f"[ppo] {len(prompts)} prompts; {batch_plan(cfg)}", flush=True)
 
-    # Models: policy + frozen reference (SFT), frozen reward model, critic (from the RM).
+    # Models: policy + frozen reference (SFT), frozen reward model, critic (from the RM). With LoRA, the policy
+    # and a separate critic train adapters, and the reference is the policy with its adapters disabled.
     ckpt = checkpoint.latest_checkpoint(cfg.out_dir)
-    policy, tok = load_causal_lm(os.path.join(ckpt, "policy") if ckpt else cfg.policy, device=cfg.device)
-    device = next(policy.parameters()).device
-    ref, _ = load_causal_lm(cfg.policy, device=cfg.device)
-    ref.requires_grad_(False).eval()
+    device = pick_device(cfg.device)
+    prec = precision.resolve(cfg.precision, device)
+    load = partial(load_causal_lm, device=str(device), dtype=precision.weights_dtype(prec))
+    policy, tok = lora.trainable(partial(load, cfg.policy), load, ckpt and os.path.join(ckpt, "policy"), cfg.lora)
+    precision.prepare(policy, prec, device, cfg.gradient_checkpointing)
+    ref = lora.reference(policy, lambda: precision.prepare(load(cfg.policy, dtype=precision.frozen_dtype(prec))[0], prec, device))
     reward_fn = make_reward_fn(cfg.reward, cfg.reward_model, device, cfg.reward_args, cfg.reward_weights)
     if cfg.value_head == "policy":  # one network: a value head on the policy's backbone
         critic = ValueHeadOnPolicy(policy, seed=cfg.seed)
-    elif ckpt or cfg.value_model or cfg.reward == "rm":
-        critic, _ = load_scalar_model(os.path.join(ckpt, "critic") if ckpt else (cfg.value_model or cfg.reward_model), device=device)
-    else:  # no reward model to start the critic from: the policy's backbone with a fresh head
-        critic, _ = scalar_model_from_lm(cfg.policy, device=device, seed=cfg.seed)
-    params = list({id(p): p for p in (*policy.parameters(), *critic.parameters())}.values())  # shared backbone once
+    else:  # from the value model or the RM; with neither, the policy's backbone with a fresh head
+        dtype, init = precision.weights_dtype(prec), cfg.value_model or (cfg.reward_model if cfg.reward == "rm" else None)
+        load_base = partial(load_scalar_model, init, device=device, dtype=dtype) if init else \
+            partial(scalar_model_from_lm, cfg.policy, device=device, dtype=dtype, seed=cfg.seed)
+        critic, _ = lora.trainable(load_base, partial(load_scalar_model, device=device, dtype=dtype),
+                                   ckpt and os.path.join(ckpt, "critic"), cfg.lora, "SEQ_CLS")
+        precision.prepare(critic, prec, device, cfg.gradient_checkpointing)
+    params = list({id(p): p for p in (*policy.parameters(), *critic.parameters()) if p.requires_grad}.values())  # shared backbone once
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, eps=1e-5, weight_decay=0.0)
     kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl else FixedKLController(cfg.kl_coef)
     ptx_rows = pack_documents(tok, read_corpus(cfg.ptx_data), 128) if cfg.ptx_coef > 0 else None
@@ -162,7 +175,7 @@ def train(cfg: Config) -> str:
             critic.score.load_state_dict(state["value_head"])
 
     sw = Stopwatch()
-    guard = NonFiniteGuard("ppo", cfg.skip_nonfinite)
+    guard, scaler = NonFiniteGuard("ppo", cfg.skip_nonfinite), precision.Scaler(prec, device)
     rm_fn = reward_fn if cfg.reward == "rm" else None
     if start == 0 and cfg.eval_every and eval_prompts:  # the SFT starting point: KL 0 on the over-optimisation curve
         run.log(0, training_eval(policy, tok, eval_prompts, rm_fn, evaluator))
@@ -196,7 +209,7 @@ def train(cfg: Config) -> str:
 
         # 6. PPO epochs over shuffled minibatches, with gradient accumulation over micro-batches.
         with sw("train"):
-            stats = ppo_epochs(cfg, policy, critic, optimizer, guard, exp, values, advantages, returns, ptx_rows)
+            stats = ppo_epochs(cfg, policy, critic, optimizer, (guard, scaler), exp, values, advantages, returns, ptx_rows)
 
         # 7. Log the RLHF dashboard; adapt beta; evaluate, sample, checkpoint.
         seq_kl = masked_sum(kl, mask, dim=1)  # (B,) KL of each sequence to the reference
@@ -229,7 +242,7 @@ def train(cfg: Config) -> str:
 
     guard.finish()
     out = os.path.join(cfg.out_dir, "model")
-    checkpoint.save_model('ppo', policy, tok, out)
+    lora.save_final("ppo", policy, tok, cfg.out_dir, cfg.lora)
     if start < cfg.total_steps:
         target = f" (target {cfg.kl_target:g}, beta now {kl_ctl.value:.3f})" if cfg.adaptive_kl else f" (fixed beta {kl_ctl.value:g})"
         print(f"[ppo] final KL to the reference {metrics['objective/kl']:.3f} nats/sequence{target}", flush=True)
@@ -238,16 +251,19 @@ def train(cfg: Config) -> str:
     return out
 
 
-def ppo_epochs(cfg: Config, policy, critic, optimizer, guard, exp, values, advantages, returns, ptx_rows) -> dict[str, list[float]]:
-    """Step 6: `ppo_epochs` passes of clipped policy + value updates over one rollout batch.
+def ppo_epochs(cfg: Config, policy, critic, optimizer, guards, exp, values, advantages, returns, ptx_rows) -> dict[str, list[float]]:
+    """Step 6: `ppo_epochs` passes of clipped policy + value updates over one rollout batch; `guards` is
+    `(NonFiniteGuard, precision.Scaler)`.
 
     Each optimiser step covers a minibatch; its micro-batches accumulate gradients,
     with token losses divided by the minibatch's total response tokens, so the
     micro-batch size never changes the update.
     """
     policy.train(), critic.train()
+    guard, scaler = guards
     own = {id(p) for p in policy.parameters()}
-    groups = [list(policy.parameters()), [p for p in critic.parameters() if id(p) not in own]]  # a shared trunk counts once
+    groups = [[p for p in policy.parameters() if p.requires_grad],  # a shared trunk counts once
+              [p for p in critic.parameters() if id(p) not in own and p.requires_grad]]
     separately = cfg.clip_per_network and cfg.value_head == "separate"  # a head on the policy: one network, one norm
     mask, P, stats = exp.mask, exp.prompt_len, {}
     for _ in range(cfg.ppo_epochs):
@@ -266,15 +282,15 @@ def ppo_epochs(cfg: Config, policy, critic, optimizer, guard, exp, values, advan
                     ptx = ptx_loss(policy, ptx_rows, cfg.ptx_batch_size)
                     loss = loss + cfg.ptx_coef * ptx * len(micro) / len(mb)
                     pg_stats["ppo/ptx_loss"] = ptx.detach()
-                loss.backward()
+                scaler.backward(loss)
                 pg_stats["objective/entropy_token"] = masked_mean(entropy.detach(), mask[micro])
                 for k, v in {**pg_stats, **vf_stats}.items():
                     stats.setdefault(k, []).append(float(v))
+            scaler.unscale(optimizer)
             policy_norm, critic_norm = clip_grad_norms(groups, cfg.grad_clip, separately)
             stats.setdefault("ppo/policy/grad_norm", []).append(policy_norm)
             stats.setdefault("ppo/val/grad_norm", []).append(critic_norm)  # value_head=policy: the head's alone
-            if guard.ok(None, loss=loss, policy_grad_norm=policy_norm, critic_grad_norm=critic_norm):
-                optimizer.step()
+            scaler.step(optimizer, guard, None, loss=loss, policy_grad_norm=policy_norm, critic_grad_norm=critic_norm)
             optimizer.zero_grad(set_to_none=True)
     return stats
 

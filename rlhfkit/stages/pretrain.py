@@ -23,6 +23,8 @@ from rlhfkit import checkpoint, distributed
 from rlhfkit.data.loaders import prompt_list
 from rlhfkit.data.packing import epoch_batches, pack_documents, read_corpus
 from rlhfkit.evaluation.hooks import log_samples
+from rlhfkit.models import precision
+from rlhfkit.models.precision import Precision
 from rlhfkit.losses import lm_loss
 from rlhfkit.models.tiny import TinyModelConfig, build_model, train_tokenizer
 from rlhfkit.optim import NonFiniteGuard, adamw, cosine_lr, set_lr
@@ -42,6 +44,7 @@ class Config:
     init_from: str | None = None  # continue pretraining this local HF model dir instead of a fresh tiny model
     seq_len: int = 128  # tokens per packed row
     batch_size: int = 32  # rows per optimiser step (global, across ranks)
+    micro_batch_size: int | None = None  # rows per forward/backward on a rank; gradients accumulate over the step (None: all)
     max_steps: int = 700  # optimiser steps
     lr: float = 3e-3  # peak learning rate
     warmup_steps: int = 30  # linear warmup
@@ -52,6 +55,8 @@ class Config:
     eval_every: int = 100  # held-out loss every N steps
     sample_every: int = 200  # print decoded samples every N steps
     ckpt_every: int = 200  # checkpoint every N steps (resume with the same out_dir)
+    precision: Precision = "auto"  # fp32 | bf16-mixed | fp16-mixed (fp32 master weights, autocast) | bf16 (pure) | auto: bf16-mixed on GPU, else fp32
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~1/3 more compute
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch CPU threads (0: torch default)
 
@@ -79,13 +84,16 @@ def train(cfg: Config) -> str:
     prompts = prompt_list(cfg.eval_prompts) if cfg.eval_prompts else []
     sample_prompts = prompts[:: max(1, len(prompts) // 3)][:3]  # spread over the file
     ckpt = checkpoint.latest_checkpoint(cfg.out_dir)
+    prec = precision.resolve(cfg.precision, d.device)
     if ckpt or cfg.init_from:
         from rlhfkit.models.load import load_causal_lm
 
-        model, tok = load_causal_lm(os.path.join(ckpt, "model") if ckpt else cfg.init_from, device=str(d.device), dtype="float32")
+        model, tok = load_causal_lm(os.path.join(ckpt, "model") if ckpt else cfg.init_from, device=str(d.device),
+                                    dtype=precision.weights_dtype(prec))
     else:
         tok = train_tokenizer(docs, cfg.model.vocab_size)
-        model = build_model(cfg.model, tok, seed=cfg.seed).to(d.device)
+        model = build_model(cfg.model, tok, seed=cfg.seed).to(d.device, precision.weights_dtype(prec))
+    precision.prepare(model, prec, d.device, cfg.gradient_checkpointing)
     rows = pack_documents(tok, docs, cfg.seq_len)  # (N, seq_len)
     heldout = pack_documents(tok, heldout_docs, cfg.seq_len)[:64]
     n_params = sum(p.numel() for p in model.parameters())
@@ -95,7 +103,7 @@ def train(cfg: Config) -> str:
     optimizer = adamw(model, cfg.lr, cfg.weight_decay)
     start, _ = checkpoint.resume(ckpt, cfg.out_dir, optimizer, "pretrain", d.is_main)
     ddp_model = distributed.wrap(model, d)
-    guard = NonFiniteGuard("pretrain", cfg.skip_nonfinite)
+    guard, scaler = NonFiniteGuard("pretrain", cfg.skip_nonfinite), precision.Scaler(prec, d.device)
 
     # 2. Train: one packed batch per step; every token is a target.
     model.train()
@@ -105,14 +113,17 @@ def train(cfg: Config) -> str:
         lr = cosine_lr(step, cfg.max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
         set_lr(optimizer, lr)
         batch = rows[distributed.shard(epoch_batches(len(rows), cfg.batch_size, step, cfg.seed).tolist(), d)].to(d.device)
-        logits = ddp_model(input_ids=batch).logits  # (B, T, V)
-        n_tokens = distributed.global_sum(batch[:, 1:].numel(), d)
-        loss, _ = lm_loss(logits[:, :-1], batch[:, 1:], normalizer=n_tokens)
-        (loss * d.world_size).backward()  # DDP averages over ranks; undo it so the loss is the global mean
+        n_tokens = distributed.global_sum(batch[:, 1:].numel(), d)  # every token of the global batch is a target
+        loss = torch.zeros((), device=d.device)
+        for micro in distributed.micro_batches(ddp_model, batch, cfg.micro_batch_size):
+            logits = ddp_model(input_ids=micro).logits  # (b, T, V)
+            micro_loss, _ = lm_loss(logits[:, :-1], micro[:, 1:], normalizer=n_tokens)  # a share of the global mean
+            scaler.backward(micro_loss * d.world_size)  # DDP averages over ranks; undo it so the loss is the global mean
+            loss += micro_loss.detach()
+        scaler.unscale(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        global_loss = distributed.global_sum(loss.detach(), d)  # the same on every rank: all ranks skip or stop together
-        if guard.ok(step, loss=global_loss, grad_norm=grad_norm):
-            optimizer.step()
+        global_loss = distributed.global_sum(loss, d)  # the same on every rank: all ranks skip or stop together
+        scaler.step(optimizer, guard, step, loss=global_loss, grad_norm=grad_norm)
         optimizer.zero_grad(set_to_none=True)
 
         # 3. Log, evaluate, sample, checkpoint.

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -27,7 +28,10 @@ from rlhfkit.data.loaders import prompt_list, prompts_and_columns
 from rlhfkit.data.packing import epoch_batches
 from rlhfkit.evaluation.hooks import make_evaluator, training_eval
 from rlhfkit.losses import policy_gradient_loss
-from rlhfkit.models.load import load_causal_lm
+from rlhfkit.models import lora, precision
+from rlhfkit.models.load import load_causal_lm, pick_device
+from rlhfkit.models.lora import LoraSettings
+from rlhfkit.models.precision import Precision
 from rlhfkit.models.logprobs import response_logprobs
 from rlhfkit.models.reward import make_reward_fn
 from rlhfkit.ops import masked_sum
@@ -73,6 +77,9 @@ class Config:
     eval_every: int = 20  # held-out eval (eval_prompts) every N iterations (0: off)
     sample_every: int = 20  # print samples every N iterations
     ckpt_every: int = 20  # checkpoint every N iterations
+    precision: Precision = "auto"  # fp32 | bf16-mixed | fp16-mixed (fp32 master weights, autocast) | bf16 (pure) | auto: bf16-mixed on GPU, else fp32
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~1/3 more compute
+    lora: LoraSettings = field(default_factory=LoraSettings)  # LoRA adapters (lora.r > 0); the reference is then the policy with adapters off
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch CPU threads (0: torch default)
 
@@ -110,20 +117,22 @@ def train(cfg: Config) -> str:
     eval_prompts = prompt_list(cfg.eval_prompts) if cfg.eval_prompts else []
     evaluator = make_evaluator(cfg.evaluator, cfg.evaluator_args)
     ckpt = checkpoint.latest_checkpoint(cfg.out_dir)
-    policy, tok = load_causal_lm(os.path.join(ckpt, "policy") if ckpt else cfg.policy, device=cfg.device)
-    device = next(policy.parameters()).device
-    ref, _ = load_causal_lm(cfg.policy, device=cfg.device)
-    ref.requires_grad_(False).eval()
+    device = pick_device(cfg.device)
+    prec = precision.resolve(cfg.precision, device)
+    load = partial(load_causal_lm, device=str(device), dtype=precision.weights_dtype(prec))
+    policy, tok = lora.trainable(partial(load, cfg.policy), load, ckpt and os.path.join(ckpt, "policy"), cfg.lora)
+    precision.prepare(policy, prec, device, cfg.gradient_checkpointing)
+    ref = lora.reference(policy, lambda: precision.prepare(load(cfg.policy, dtype=precision.frozen_dtype(prec))[0], prec, device))
     reward_fn = make_reward_fn(cfg.reward, cfg.reward_model, device, cfg.reward_args, cfg.reward_weights)
     rm_fn = reward_fn if cfg.reward == "rm" else None
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, eps=1e-5, weight_decay=0.0)
+    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, eps=1e-5, weight_decay=0.0)
     start, _ = checkpoint.resume(ckpt, cfg.out_dir, optimizer, cfg.estimator)
     print(f"[{cfg.estimator}] {len(prompts)} prompts; {cfg.prompts_per_step} prompts x k={cfg.k} per iteration, "
           f"{cfg.ppo_epochs} epochs of minibatch {cfg.minibatch_size}", flush=True)
 
     if start == 0 and cfg.eval_every and eval_prompts:
         run.log(0, training_eval(policy, tok, eval_prompts, rm_fn, evaluator))
-    guard = NonFiniteGuard(cfg.estimator, cfg.skip_nonfinite)
+    guard, scaler = NonFiniteGuard(cfg.estimator, cfg.skip_nonfinite), precision.Scaler(prec, device)
     for step in tqdm(range(start, cfg.total_steps), desc=cfg.estimator, initial=start, total=cfg.total_steps):
         set_lr(optimizer, cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps)))
         idx = [i for i in epoch_batches(len(prompts), cfg.prompts_per_step, step, cfg.seed).tolist() for _ in range(cfg.k)]
@@ -151,12 +160,12 @@ def train(cfg: Config) -> str:
                     loss, m = policy_gradient_loss(logprobs, exp.logprobs[micro], advantages[micro], mask[micro], cfg.clip_range,
                                                    normalizer, kl_coef=0.0 if cfg.kl_in_reward else cfg.kl_coef,
                                                    ref_logprobs=exp.ref_logprobs[micro])
-                    loss.backward()
+                    scaler.backward(loss)
                     for name, v in m.items():
                         stats.setdefault(name, []).append(float(v))
+                scaler.unscale(optimizer)
                 grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
-                if guard.ok(step, loss=loss, grad_norm=grad_norm):
-                    optimizer.step()
+                scaler.step(optimizer, guard, step, loss=loss, grad_norm=grad_norm)
                 optimizer.zero_grad(set_to_none=True)
 
         # 4. Log, evaluate, checkpoint.
@@ -177,7 +186,7 @@ def train(cfg: Config) -> str:
 
     guard.finish()
     out = os.path.join(cfg.out_dir, "model")
-    checkpoint.save_model(cfg.estimator, policy, tok, out)
+    lora.save_final(cfg.estimator, policy, tok, cfg.out_dir, cfg.lora)
     print(f"[{cfg.estimator}] saved {out}", flush=True)
     run.close()
     return out

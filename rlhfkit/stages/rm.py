@@ -26,7 +26,8 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal
 
 import torch
@@ -38,6 +39,9 @@ from rlhfkit.data.loaders import ACCEPTABLE_FIELDS
 from rlhfkit.data.packing import epoch_batches
 from rlhfkit.data.records import Comparison
 from rlhfkit.losses import acceptability_loss, bradley_terry_loss
+from rlhfkit.models import lora, precision
+from rlhfkit.models.lora import LoraSettings
+from rlhfkit.models.precision import Precision
 from rlhfkit.models.reward import load_scalar_model, scalar_model_from_lm, sequence_scores
 from rlhfkit.optim import NonFiniteGuard, adamw, cosine_lr, set_lr
 from rlhfkit.tracking import Run, due, seed_everything
@@ -55,6 +59,7 @@ class Config:
     eval_split: str | None = None  # split held out for evaluation (None: heldout_fraction of the training split)
     epochs: float = 4.0  # passes over the training groups
     batch_groups: int = 8  # rankings per optimiser step (all their pairs)
+    micro_batch_groups: int | None = None  # rankings per forward/backward on a rank; gradients accumulate over the step (None: all)
     lr: float = 3e-4  # peak learning rate
     warmup_steps: int = 10  # linear warmup
     min_lr_ratio: float = 0.1  # cosine floor
@@ -68,8 +73,18 @@ class Config:
     eval_every: int = 50  # held-out accuracy every N steps
     ckpt_every: int = 200  # checkpoint (model, optimiser, RNG) every N steps; a rerun resumes from the last
     evaluate: bool = True  # after training, held-out calibration and the annotators' agreement ceiling
+    precision: Precision = "auto"  # fp32 | bf16-mixed | fp16-mixed (fp32 master weights, autocast) | bf16 (pure) | auto: bf16-mixed on GPU, else fp32
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~1/3 more compute
+    lora: LoraSettings = field(default_factory=LoraSettings)  # LoRA adapters (lora.r > 0) and the score head train; saved merged
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch CPU threads (0: torch default)
+
+    def resolve(self) -> None:
+        from rlhfkit.config import ConfigError
+
+        if self.lora.r and not self.lora.merge:
+            raise ConfigError("'lora.merge': a reward model is always saved merged (PPO and eval read its score "
+                              "offset from its config.json); drop lora.merge=false")
 
 
 def group_pairs(pairs: list[Comparison]) -> list[list[Comparison]]:
@@ -182,11 +197,12 @@ def train(cfg: Config) -> str:
 
     # 2. Model: SFT backbone + fresh scalar head (or the last checkpoint's, when resuming).
     ckpt = checkpoint.latest_checkpoint(cfg.out_dir)
-    if ckpt:
-        model, tok = load_scalar_model(os.path.join(ckpt, "rm"), device=d.device)
-    else:
-        model, tok = scalar_model_from_lm(cfg.model, device=d.device, seed=cfg.seed)
-    device = d.device
+    device, prec = d.device, precision.resolve(cfg.precision, d.device)
+    dtype = precision.weights_dtype(prec)
+    model, tok = lora.trainable(partial(scalar_model_from_lm, cfg.model, device=device, dtype=dtype, seed=cfg.seed),
+                                partial(load_scalar_model, device=device, dtype=dtype), ckpt and os.path.join(ckpt, "rm"),
+                                cfg.lora, "SEQ_CLS")
+    precision.prepare(model, prec, device, cfg.gradient_checkpointing)
     render_examples(tok, list(distinct), cfg.max_len, "rm")  # says how many answers max_len cuts (batches render their own)
     optimizer = adamw(model, cfg.lr, cfg.weight_decay)
     start, _ = checkpoint.resume(ckpt, cfg.out_dir, optimizer, "rm", d.is_main)
@@ -195,30 +211,33 @@ def train(cfg: Config) -> str:
 
     # 3. Train: all pairs of a few rankings per step.
     model.train()
-    guard = NonFiniteGuard("rm", cfg.skip_nonfinite)
+    guard, scaler = NonFiniteGuard("rm", cfg.skip_nonfinite), precision.Scaler(prec, device)
     for step in tqdm(range(start, max_steps), desc="rm", initial=start, total=max_steps):
         lr = cosine_lr(step, max_steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
         set_lr(optimizer, lr)
         batch = [train_groups[i] for i in epoch_batches(len(train_groups), cfg.batch_groups, step, cfg.seed)]
         every = [p for g in batch for p in g]
         totals = loss_weights(len(every), acceptable_marks(every), pair_weights(batch, cfg.pair_weight))
-        mine = distributed.shard(batch, d)  # whole rankings per rank
-        pairs = [p for g in mine for p in g]
-        chosen, rejected = score_pairs(model, tok, pairs, cfg.max_len, device)
-        loss, stats = rm_loss(chosen, rejected, acceptable_marks(pairs), pair_margins(pairs, cfg.margin, device), cfg.accept_coef,
-                              pair_weights(mine, cfg.pair_weight), totals)
-        loss.backward()
-        distributed.sum_gradients(model.parameters(), d)  # each share's loss is already over the global total
+        sums: dict[str, torch.Tensor] = {}  # the global batch's loss and pair-weighted means, this rank's shares
+        for micro in distributed.micro_batches(model, distributed.shard(batch, d), cfg.micro_batch_groups):  # whole rankings
+            pairs = [p for g in micro for p in g]
+            chosen, rejected = score_pairs(model, tok, pairs, cfg.max_len, device)
+            loss, stats = rm_loss(chosen, rejected, acceptable_marks(pairs), pair_margins(pairs, cfg.margin, device),
+                                  cfg.accept_coef, pair_weights(micro, cfg.pair_weight), totals)
+            scaler.backward(loss)  # each share's loss is already over the global total
+            share = len(pairs) / len(every)
+            for name, v in (("loss", loss.detach()), ("accuracy", stats["rm/accuracy"] * share), ("margin", stats["rm/margin"] * share)):
+                sums[name] = sums.get(name, 0.0) + v
+        distributed.sum_gradients(model.parameters(), d)
+        scaler.unscale(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        loss = distributed.global_sum(loss.detach(), d)  # the global batch's loss
-        if guard.ok(step, loss=loss, grad_norm=grad_norm):
-            optimizer.step()
+        loss = distributed.global_sum(sums["loss"], d)  # the global batch's loss
+        scaler.step(optimizer, guard, step, loss=loss, grad_norm=grad_norm)
         optimizer.zero_grad(set_to_none=True)
-        share = len(pairs) / len(every)  # per-pair statistics: pair-weighted means across ranks
-        metrics = {"train/loss": loss.item(), "train/accuracy": distributed.global_sum(stats["rm/accuracy"] * share, d).item(),
-                   "train/margin": distributed.global_sum(stats["rm/margin"] * share, d).item(), "train/lr": lr,
+        metrics = {"train/loss": loss.item(), "train/accuracy": distributed.global_sum(sums["accuracy"], d).item(),
+                   "train/margin": distributed.global_sum(sums["margin"], d).item(), "train/lr": lr,
                    "train/grad_norm": grad_norm.item(), **guard.metrics()}
-        if d.world_size == 1 and "rm/accept_loss" in stats:
+        if d.world_size == 1 and not cfg.micro_batch_groups and "rm/accept_loss" in stats:
             metrics["train/accept_loss"] = stats["rm/accept_loss"].item()
         if d.is_main and (due(step, cfg.eval_every) or step + 1 == max_steps):
             metrics.update(accuracy(model, tok, heldout, cfg.max_len, device))
@@ -236,7 +255,7 @@ def train(cfg: Config) -> str:
     offset, std = normalisation(model, tok, [p for g in train_groups for p in g], cfg.max_len, device)
     model.config.rlhfkit_score_offset, model.config.rlhfkit_score_std = offset, std
     out = os.path.join(cfg.out_dir, "model")
-    checkpoint.save_model('rm', model, tok, out)
+    model = lora.save_final("rm", model, tok, cfg.out_dir, cfg.lora)  # with LoRA, merged (evaluated below as saved)
     final = {"heldout_accuracy": metrics["eval/accuracy"], "heldout_accept_accuracy": metrics.get("eval/accept_accuracy"),
              "score_offset": offset, "score_std": std,
              "train_pairs": n_pairs, "heldout_pairs": sum(map(len, heldout))}
