@@ -131,8 +131,8 @@ def _decoder(model, prompt_ids, prompt_mask, max_new_tokens: int, engine: str):
     """`(logits of the first response token (B, V), step(tokens (B,)) -> logits of the next)`."""
     if engine not in ("auto", "hf"):
         raise ValueError(f"engine must be 'auto' or 'hf', got {engine!r}")
-    if engine == "auto" and decode.supports(model):
-        dec = decode.LlamaDecoder(model, prompt_ids.shape[0], prompt_ids.shape[1] + max_new_tokens)
+    if engine == "auto" and decode.supports(hf_model(model)):  # a peft model: the HF model inside, LoRA layers and all
+        dec = decode.LlamaDecoder(hf_model(model), prompt_ids.shape[0], prompt_ids.shape[1] + max_new_tokens)
         return dec.prefill(prompt_ids, prompt_mask), dec.step
     # transformers 5.25 renamed `past_key_values` to `cache` (the old name warns, and goes in 5.40)
     # (a peft model passes the keyword on to the HF model inside: that model's signature decides)

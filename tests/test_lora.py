@@ -236,3 +236,26 @@ def test_reward_model_with_lora_trains_the_head_and_adapters_and_saves_merged(tm
 
     with pytest.raises(ConfigError, match="always saved merged"):
         load_config(rm.Config, overrides=["lora.r=4", "lora.merge=false"])
+
+
+def test_rollouts_of_a_lora_policy_use_the_lean_decoder_and_match_the_peft_forward(tiny_model, tiny_tok):
+    from rlhfkit.data.chat import render_prompt
+    from rlhfkit.models import decode
+    from rlhfkit.rollout import generate
+
+    policy = lora.apply(tiny_model, LoraSettings(r=4)).eval()
+    with torch.no_grad():
+        for n, p in policy.named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=0.5)
+    assert decode.supports(lora.hf_model(policy))
+    prompts = [render_prompt(tiny_tok, p) for p in PROMPTS]
+    kwargs = dict(eos_id=tiny_tok.eos_token_id, pad_id=tiny_tok.pad_token_id, max_new_tokens=6, temperature=0.0)
+    runs = {}
+    for adapters in ("on", "off"):
+        with policy.disable_adapter() if adapters == "off" else torch.no_grad():
+            lean, hf = generate(policy, prompts, **kwargs), generate(policy, prompts, engine="hf", **kwargs)
+        assert torch.equal(lean.response_ids, hf.response_ids), adapters
+        assert torch.allclose(lean.logprobs, hf.logprobs, atol=1e-5), adapters
+        runs[adapters] = lean.logprobs
+    assert (runs["on"] - runs["off"]).abs().max() > 1e-2  # the adapters change what the lean decoder computes
