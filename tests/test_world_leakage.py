@@ -182,3 +182,30 @@ def test_checks_fire_on_planted_leaks(world):
     eqs = equations([s])
     assert any(e.search(f"Actually, {b} + {a} = {r}, not {wrong}.") for e in eqs)  # an SFT demo, reversed
     assert not any(e.search(f"1{b} + {a} = {r}0.") for e in eqs)  # another sum
+
+
+# ---- the AI judge's reviews (rlhfkit/world/reviews.py) are training data too
+
+@pytest.fixture(scope="module")
+def reviews(world):
+    from rlhfkit.world.reviews import make_reviews
+
+    return make_reviews(world, 3000)
+
+
+def test_no_review_is_about_an_eval_item_or_states_an_eval_equation(world, reviews):
+    """The judge's training examples ask only sft/rl prompts, and neither answer of one states an eval sum."""
+    questions = [(r["question"], *parse_prompt(r["question"], world.tables)) for r in reviews]
+    assert leaks(world.prompts("eval"), questions) == []
+    eqs = equations(world.prompts("eval"))
+    assert [r["prompt"] for r in reviews if any(e.search(r["prompt"]) for e in eqs)] == []
+
+
+def test_checks_fire_on_reviews_written_for_eval_prompts(world):
+    from rlhfkit.world.reviews import make_reviews
+
+    ev = world.prompts("eval")
+    leaked = make_reviews(world, 50, prompts=ev)
+    questions = [(r["question"], *parse_prompt(r["question"], world.tables)) for r in leaked]
+    assert len(leaks(ev, questions)) == len(leaked) == 50
+    assert any(e.search(r["prompt"]) for r in leaked for e in equations(ev))  # the ideal answer states the eval sum
