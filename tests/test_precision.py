@@ -77,3 +77,22 @@ def test_at_a_small_learning_rate_only_fp32_master_weights_move(tmp_path, tiny_m
     share = changed / sum(v.numel() for v in start.values())
     print(f"[{mode}] share of weights changed after 3 steps at lr 2e-5: {share:.3f}")
     assert (share < 0.5) if mode == "bf16" else (share > 0.95), share
+
+
+def test_fp16_loss_scaling_skips_an_overflow_without_counting_it_and_unscales_before_clipping():
+    from rlhfkit.optim import NonFiniteGuard
+
+    w = torch.nn.Parameter(torch.ones(2))
+    optimizer = torch.optim.SGD([w], lr=0.1)
+    scaler, guard = precision.Scaler("fp16-mixed", CPU), NonFiniteGuard("test", max_skips=0)  # would raise if counted
+    scale = scaler.amp.get_scale()
+    for factor, applied in ((1e38, False), (1.0, True)):  # x 65536 loss scale: 1e38 overflows fp32, 1 does not
+        loss = (w * factor).sum()
+        scaler.backward(loss)
+        scaler.unscale(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_([w], 100.0)
+        assert scaler.step(optimizer, guard, 0, loss=loss, grad_norm=grad_norm) is applied
+        optimizer.zero_grad()
+    assert guard.skipped == 0 and scaler.amp.get_scale() < scale  # the overflow lowered the scale
+    assert grad_norm.item() == pytest.approx(2 ** 0.5)  # the true gradient norm: unscaled before clipping
+    assert torch.allclose(w.detach(), torch.full((2,), 0.9))  # one SGD step of the unscaled gradient (1, 1)
