@@ -65,10 +65,14 @@ def global_sum(x: torch.Tensor | float, d: Dist) -> torch.Tensor:
 def sum_gradients(params, d: Dist) -> None:
     """All-reduce (sum) the gradients of `params` across ranks, in one flat buffer: for stages whose
     per-rank losses are already shares of the global batch's (no DDP wrapper: their forward reaches
-    the backbone directly)."""
+    the backbone directly). A rank that had no rows in a step (its gradients None) adds zeros."""
     if d.world_size == 1:
         return
-    grads = [p.grad for p in params if p.grad is not None]
+    params = list(params)
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    grads = [p.grad for p in params]
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat)
     for g, part in zip(grads, flat.split([g.numel() for g in grads])):
@@ -99,6 +103,64 @@ def micro_batches(model, items: list, size: int | None):
             yield items[k : k + size]
 
 
+# ---- online RL (PPO, RLOO, GRPO): each rank generates and trains on its rows of every global rollout batch.
+# The random numbers come from generators seeded by (seed, step), the same on every rank and for any number
+# of ranks, so 2 ranks sample the rollouts and walk the minibatches that 1 process does.
+
+
+def owned_rows(n_rows: int, d: Dist, group: int = 1) -> list[int]:
+    """This rank's rows of a global batch of `n_rows`: groups of `group` consecutive rows (RLOO/GRPO keep a
+    prompt's k samples together) dealt out to the ranks in turn."""
+    return [g * group + j for g in range(d.rank, n_rows // group, d.world_size) for j in range(group)]
+
+
+def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
+    """A CPU generator for one iteration's draws (`stream` 0: sampling, 1: minibatch order and PPO-ptx rows)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 8 + stream)
+
+
+def local_minibatches(rows: list[int], n_rows: int, size: int, generator: torch.Generator):
+    """Minibatches of a global batch shuffled by `generator`, as the local indices of this rank's `rows` in each
+    (possibly none): a rank trains on its members of every global minibatch."""
+    local = {g: i for i, g in enumerate(rows)}
+    for mb in torch.randperm(n_rows, generator=generator).split(size):
+        yield torch.tensor([local[g] for g in mb.tolist() if g in local], dtype=torch.long)
+
+
+class Means:
+    """Weighted means over every rank: `add(stats, weight)` per micro-batch (weight = its token count),
+    `result(d)` the global sum of weight x value over the global weight, per key."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.weights: dict[str, float] = {}
+        self.moments: set[str] = set()  # `X_var` keys held as E[X^2]
+
+    def add_micro(self, stats: dict, n_tokens: float, normalizer) -> None:
+        """A micro-batch's loss statistics: `*_loss` values are its share of its optimiser step's loss (token sum
+        / the step's `normalizer`), logged as its token mean; an `X_var` beside an `X_mean` becomes the variance
+        over all tokens (kept as a second moment until `result`); the others are token means already."""
+        if n_tokens:
+            out = {k: float(v) * float(normalizer) / n_tokens if k.endswith("_loss") else float(v) for k, v in stats.items()}
+            for k in [k for k in out if k.endswith("_var") and k[:-4] + "_mean" in out]:
+                out[k] += out[k[:-4] + "_mean"] ** 2
+                self.moments.add(k)
+            self.add(out, n_tokens)
+
+    def add(self, stats: dict, weight: float) -> None:
+        for k, v in stats.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v) * weight
+            self.weights[k] = self.weights.get(k, 0.0) + weight
+
+    def result(self, d: Dist) -> dict[str, float]:
+        keys = sorted(self.sums)
+        flat = global_sum(torch.tensor([self.sums[k] for k in keys] + [self.weights[k] for k in keys], dtype=torch.float64), d)
+        out = {k: (flat[i] / flat[len(keys) + i]).item() if flat[len(keys) + i] > 0 else 0.0 for i, k in enumerate(keys)}
+        for k in self.moments:
+            out[k] -= out[k[:-4] + "_mean"] ** 2
+        return out
+
+
 def barrier(d: Dist) -> None:
     if d.world_size > 1:
         dist.barrier()
@@ -113,7 +175,7 @@ class NotDistributed(RuntimeError):
     """A stage that cannot split its work across ranks was started by torchrun with more than one process."""
 
 
-DATA_PARALLEL = ("pretrain", "sft", "rm", "dpo")  # the stages that shard their batches across torchrun ranks today
+DATA_PARALLEL = ("pretrain", "sft", "rm", "dpo", "ppo", "rloo", "grpo")  # the stages that shard their batches across torchrun ranks
 
 
 def refuse_multi_process(what: str) -> None:

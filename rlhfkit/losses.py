@@ -156,14 +156,24 @@ def ppo_value_loss(
 
 @torch.no_grad()
 def explained_variance(
-    values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor
+    values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, total=None
 ) -> torch.Tensor:
     """1 - Var[R - V] / Var[R] over masked tokens (scalar; NaN if Var[R] == 0).
 
-    1 for a perfect critic, 0 for one that predicts the mean, negative if worse.
+    1 for a perfect critic, 0 for one that predicts the mean, negative if worse. `total(t)` sums over
+    data-parallel ranks (rlhfkit.distributed.global_sum): the variances are then the global batch's.
     """
-    var_returns = masked_var(returns, mask, unbiased=False)
-    var_error = masked_var(returns - values, mask, unbiased=False)
+    if total is None:
+        var_returns = masked_var(returns, mask, unbiased=False)
+        var_error = masked_var(returns - values, mask, unbiased=False)
+    else:
+        n = total(mask.sum()).clamp(min=1)
+
+        def var(x):
+            mean = (total(masked_sum(x, mask)) / n).to(x.dtype)
+            return total(masked_sum((x - mean) ** 2, mask)) / n
+
+        var_returns, var_error = var(returns), var(returns - values)
     return torch.where(var_returns > 0, 1 - var_error / var_returns, torch.nan)
 
 

@@ -31,19 +31,24 @@ def rlhfkit(*args: str, check: bool = True, env: dict | None = None,
     return proc
 
 
-def kill_at_first_checkpoint(args: tuple[str, ...], latest: str, ready=lambda: True) -> None:
-    """Start `rlhfkit *args`, SIGKILL it as soon as the checkpoint pointer `latest` exists (and `ready()`),
-    and wait for it to die: a crash at the worst moment, for the resume tests."""
+def kill_at_first_checkpoint(args: tuple[str, ...], latest: str, ready=lambda: True,
+                             launcher: tuple[str, ...] = ()) -> None:
+    """Start `rlhfkit *args` (under `launcher`, e.g. torchrun), SIGKILL it and every process it started as soon
+    as the checkpoint pointer `latest` exists (and `ready()`), and wait for it to die: a crash at the worst
+    moment, for the resume tests."""
     import signal
     import time
 
     env = {**os.environ, "RLHFKIT_NO_TENSORBOARD": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "rlhfkit", *args], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, *launcher, "-m", "rlhfkit", *args], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     while not (os.path.exists(latest) and ready()) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its workers alike
+    except ProcessLookupError:
+        pass
     proc.wait()
 
 

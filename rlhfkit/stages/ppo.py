@@ -41,7 +41,7 @@ from rlhfkit.data.packing import epoch_batches, pack_documents, read_corpus
 from rlhfkit.evaluation.hooks import make_evaluator, training_eval
 from rlhfkit.losses import explained_variance, lm_loss, ppo_policy_loss, ppo_value_loss
 from rlhfkit.models import lora, precision
-from rlhfkit.models.load import load_causal_lm, pick_device
+from rlhfkit.models.load import load_causal_lm
 from rlhfkit.models.lora import LoraSettings
 from rlhfkit.models.precision import Precision
 from rlhfkit.models.logprobs import response_logprobs
@@ -135,20 +135,22 @@ def batch_plan(cfg: Config) -> str:
 
 
 def train(cfg: Config) -> str:
-    distributed.refuse_multi_process("ppo")  # before anything is written
+    d = distributed.init(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
-    run = Run(cfg.out_dir, cfg, cfg.seed, "ppo")
+    run = Run(cfg.out_dir, cfg, cfg.seed, "ppo", d.rank)
     prompts, columns = prompts_and_columns(cfg.prompts)
     eval_prompts = prompt_list(cfg.eval_prompts) if cfg.eval_prompts else []
     evaluator = make_evaluator(cfg.evaluator, cfg.evaluator_args)
-    print(f"[ppo] {len(prompts)} prompts; {batch_plan(cfg)}", flush=True)
+    if d.is_main:
+        print(f"[ppo] {len(prompts)} prompts; {batch_plan(cfg)}"
+              f"{f'; {d.world_size} ranks' if d.world_size > 1 else ''}", flush=True)
 
     # Models: policy + frozen reference (SFT), frozen reward model, critic (from the RM). With LoRA, the policy
     # and a separate critic train adapters, and the reference is the policy with its adapters disabled.
     ckpt = checkpoint.latest_checkpoint(cfg.out_dir)
-    device = pick_device(cfg.device)
+    device = d.device
     prec = precision.resolve(cfg.precision, device)
     load = partial(load_causal_lm, device=str(device), dtype=precision.weights_dtype(prec))
     policy, tok = lora.trainable(partial(load, cfg.policy), load, ckpt and os.path.join(ckpt, "policy"), cfg.lora)
@@ -168,7 +170,7 @@ def train(cfg: Config) -> str:
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, eps=1e-5, weight_decay=0.0)
     kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl else FixedKLController(cfg.kl_coef)
     ptx_rows = pack_documents(tok, read_corpus(cfg.ptx_data), 128) if cfg.ptx_coef > 0 else None
-    start, state = checkpoint.resume(ckpt, cfg.out_dir, optimizer, "ppo")
+    start, state = checkpoint.resume(ckpt, cfg.out_dir, optimizer, "ppo", d.is_main)
     if start:
         kl_ctl.load_state_dict(state["kl_ctl"])
         if cfg.value_head == "policy":
@@ -177,23 +179,27 @@ def train(cfg: Config) -> str:
     sw = Stopwatch()
     guard, scaler = NonFiniteGuard("ppo", cfg.skip_nonfinite), precision.Scaler(prec, device)
     rm_fn = reward_fn if cfg.reward == "rm" else None
-    if start == 0 and cfg.eval_every and eval_prompts:  # the SFT starting point: KL 0 on the over-optimisation curve
+    total = partial(distributed.global_sum, d=d) if d.world_size > 1 else None  # statistics of the global batch
+    if start == 0 and cfg.eval_every and eval_prompts and d.is_main:  # the SFT starting point: KL 0 on the over-optimisation curve
         run.log(0, training_eval(policy, tok, eval_prompts, rm_fn, evaluator))
-    for step in tqdm(range(start, cfg.total_steps), desc="ppo", initial=start, total=cfg.total_steps):
+    for step in tqdm(range(start, cfg.total_steps), desc="ppo", initial=start, total=cfg.total_steps, disable=not d.is_main):
         set_lr(optimizer, cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps)))
-        idx = epoch_batches(len(prompts), cfg.rollout_batch_size, step, cfg.seed).tolist()
+        batch = epoch_batches(len(prompts), cfg.rollout_batch_size, step, cfg.seed).tolist()
+        rows = distributed.owned_rows(len(batch), d)  # this rank's rows of the rollout batch
+        idx = [batch[r] for r in rows]
         batch_prompts = [prompts[i] for i in idx]
 
         # 1. Generate responses and 2. score them; 3. logprobs of policy and reference (no grad).
         exp = collect_experience(policy, ref, tok, batch_prompts, reward_fn, max_new_tokens=cfg.max_new_tokens,
                                  temperature=cfg.temperature, missing_eos_penalty=cfg.missing_eos_penalty, stopwatch=sw,
-                                 columns={k: [v[i] for i in idx] for k, v in columns.items()})
+                                 columns={k: [v[i] for i in idx] for k, v in columns.items()},
+                                 generator=distributed.step_generator(cfg.seed, step, 0), rows=rows, n_rows=len(batch))
         mask = exp.mask  # (B, R)
         scores = exp.scores
         if cfg.score_clip is not None:
             scores = scores.clamp(-cfg.score_clip, cfg.score_clip)
         if cfg.whiten_scores:
-            scores = (scores - scores.mean()) / (scores.std() + 1e-8)
+            scores = masked_whiten(scores, torch.ones_like(mask[:, 0]), total=total)
 
         # 4. Values of the critic at rollout time, and KL-penalised per-token rewards.
         with torch.no_grad(), sw("value"):
@@ -202,62 +208,68 @@ def train(cfg: Config) -> str:
             values = values.masked_fill(~mask, 0.0)
             rewards, kl = kl_penalized_rewards(scores, exp.logprobs, exp.ref_logprobs, mask, kl_ctl.value, cfg.kl_estimator)
 
-            # 5. Advantages (GAE) and returns; advantages whitened over response tokens.
+            # 5. Advantages (GAE) and returns; advantages whitened over the global batch's response tokens.
             advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
             if cfg.whiten_advantages:
-                advantages = masked_whiten(advantages, mask)
+                advantages = masked_whiten(advantages, mask, total=total)
 
         # 6. PPO epochs over shuffled minibatches, with gradient accumulation over micro-batches.
         with sw("train"):
-            stats = ppo_epochs(cfg, policy, critic, optimizer, (guard, scaler), exp, values, advantages, returns, ptx_rows)
+            stats = ppo_epochs(cfg, d, (step, rows, len(batch)), policy, critic, optimizer, (guard, scaler), exp, values,
+                               advantages, returns, ptx_rows)
 
-        # 7. Log the RLHF dashboard; adapt beta; evaluate, sample, checkpoint.
+        # 7. Log the RLHF dashboard (global means); adapt beta; evaluate, sample, checkpoint.
         seq_kl = masked_sum(kl, mask, dim=1)  # (B,) KL of each sequence to the reference
-        metrics = {k: sum(v) / len(v) for k, v in stats.items()} | guard.metrics()
-        metrics.update(sw.pop())
+        n_seq = mask.shape[0]
+        means = distributed.Means()
+        means.add({"objective/scores": exp.scores.mean(), "objective/kl": seq_kl.mean(),
+                   "objective/rlhf_reward": (exp.scores - kl_ctl.value * seq_kl).mean(),
+                   "rollout/response_length": mask.sum(1).float().mean(), "rollout/eos_rate": exp.terminated.float().mean()}, n_seq)
+        means.add({"ppo/returns/mean": masked_mean(returns, mask)}, mask.sum().item())  # a token mean
+        metrics = stats | means.result(d) | guard.metrics() | sw.pop()
         metrics.update({
-            "objective/scores": exp.scores.mean().item(),
-            "objective/kl": seq_kl.mean().item(),
-            "objective/non_score_reward": (-kl_ctl.value * seq_kl).mean().item(),
-            "objective/rlhf_reward": (exp.scores - kl_ctl.value * seq_kl).mean().item(),
+            "objective/non_score_reward": -kl_ctl.value * metrics["objective/kl"],
             "objective/kl_coef": kl_ctl.value,
-            "ppo/val/explained_variance": explained_variance(values, returns, mask).item(),
-            "ppo/returns/mean": masked_mean(returns, mask).item(),
-            "rollout/response_length": mask.sum(1).float().mean().item(),
-            "rollout/eos_rate": exp.terminated.float().mean().item(),
-            "objective/entropy": metrics.pop("objective/entropy_token") * mask.sum(1).float().mean().item(),
+            "ppo/val/explained_variance": explained_variance(values, returns, mask, total).item(),
+            "objective/entropy": metrics.pop("objective/entropy_token") * metrics["rollout/response_length"],
         })
-        kl_ctl.update(seq_kl.mean().item(), len(batch_prompts))
-        if cfg.eval_every and (due(step, cfg.eval_every) or step + 1 == cfg.total_steps):
+        kl_ctl.update(metrics["objective/kl"], len(batch))
+        if cfg.eval_every and (due(step, cfg.eval_every) or step + 1 == cfg.total_steps) and d.is_main:
             metrics.update(training_eval(policy, tok, eval_prompts, rm_fn, evaluator))
         run.log(step + 1, metrics)
-        if due(step, cfg.sample_every):
+        if due(step, cfg.sample_every) and d.is_main:
             run.log_samples(step + 1, [{"prompt": p, "response": r, "score": float(s), "kl": float(k)}
                                        for p, r, s, k in zip(exp.prompts[:4], exp.responses[:4], exp.scores[:4], seq_kl[:4])])
-        if (step + 1) % cfg.ckpt_every == 0 and step + 1 < cfg.total_steps:
+        if (step + 1) % cfg.ckpt_every == 0 and step + 1 < cfg.total_steps and d.is_main:
             shared = cfg.value_head == "policy"  # the head is a tensor in the state, the backbone is the policy's
             checkpoint.save_checkpoint(cfg.out_dir, step + 1, {"policy": policy} if shared else {"policy": policy, "critic": critic},
                                        {"optimizer": optimizer.state_dict(), "kl_ctl": kl_ctl.state_dict(),
                                         **({"value_head": critic.score.state_dict()} if shared else {})}, tok)
+        distributed.barrier(d)
 
     guard.finish()
     out = os.path.join(cfg.out_dir, "model")
-    lora.save_final("ppo", policy, tok, cfg.out_dir, cfg.lora)
-    if start < cfg.total_steps:
-        target = f" (target {cfg.kl_target:g}, beta now {kl_ctl.value:.3f})" if cfg.adaptive_kl else f" (fixed beta {kl_ctl.value:g})"
-        print(f"[ppo] final KL to the reference {metrics['objective/kl']:.3f} nats/sequence{target}", flush=True)
-    print(f"[ppo] saved {out}", flush=True)
+    if d.is_main:
+        lora.save_final("ppo", policy, tok, cfg.out_dir, cfg.lora)
+        if start < cfg.total_steps:
+            target = f" (target {cfg.kl_target:g}, beta now {kl_ctl.value:.3f})" if cfg.adaptive_kl else f" (fixed beta {kl_ctl.value:g})"
+            print(f"[ppo] final KL to the reference {metrics['objective/kl']:.3f} nats/sequence{target}", flush=True)
+        print(f"[ppo] saved {out}", flush=True)
     run.close()
+    distributed.close(d)
     return out
 
 
-def ppo_epochs(cfg: Config, policy, critic, optimizer, guards, exp, values, advantages, returns, ptx_rows) -> dict[str, list[float]]:
-    """Step 6: `ppo_epochs` passes of clipped policy + value updates over one rollout batch; `guards` is
-    `(NonFiniteGuard, precision.Scaler)`.
+def ppo_epochs(cfg: Config, d, where: tuple, policy, critic, optimizer, guards, exp, values, advantages, returns,
+               ptx_rows) -> dict[str, float]:
+    """Step 6: `ppo_epochs` passes of clipped policy + value updates over one rollout batch; `where` is
+    `(step, this rank's rows of the rollout batch, its size)`, `guards` `(NonFiniteGuard, precision.Scaler)`. Returns the token-weighted means of the loss statistics and the mean
+    gradient norms.
 
-    Each optimiser step covers a minibatch; its micro-batches accumulate gradients,
-    with token losses divided by the minibatch's total response tokens, so the
-    micro-batch size never changes the update.
+    Each optimiser step covers a minibatch of the global rollout batch (this rank trains on its members of
+    it); its micro-batches accumulate gradients, with token losses divided by the minibatch's total response
+    tokens on all ranks, and the gradients are summed over ranks: neither the micro-batch size nor the number
+    of ranks changes the update.
     """
     policy.train(), critic.train()
     guard, scaler = guards
@@ -265,10 +277,12 @@ def ppo_epochs(cfg: Config, policy, critic, optimizer, guards, exp, values, adva
     groups = [[p for p in policy.parameters() if p.requires_grad],  # a shared trunk counts once
               [p for p in critic.parameters() if id(p) not in own and p.requires_grad]]
     separately = cfg.clip_per_network and cfg.value_head == "separate"  # a head on the policy: one network, one norm
-    mask, P, stats = exp.mask, exp.prompt_len, {}
+    mask, P, means, norms = exp.mask, exp.prompt_len, distributed.Means(), distributed.Means()
+    step, rows, n_rows = where
+    order = distributed.step_generator(cfg.seed, step, 1)  # minibatch order and PPO-ptx rows, the same on every rank
     for _ in range(cfg.ppo_epochs):
-        for mb in torch.randperm(len(exp.prompts)).split(cfg.minibatch_size):
-            normalizer = mask[mb].sum()  # response tokens in this optimiser step
+        for mb in distributed.local_minibatches(rows, n_rows, cfg.minibatch_size, order):
+            normalizer = distributed.global_sum(mask[mb].sum(), d).to(advantages.dtype)  # response tokens in this optimiser step
             for micro in mb.split(cfg.micro_batch_size):
                 ids, attn = exp.input_ids[micro], exp.attention_mask[micro]
                 new_logprobs, entropy = response_logprobs(policy, ids, attn, P, cfg.temperature, with_entropy=True)
@@ -277,25 +291,32 @@ def ppo_epochs(cfg: Config, policy, critic, optimizer, guards, exp, values, adva
                                                     cfg.clip_range, normalizer)
                 vf_loss, vf_stats = ppo_value_loss(new_values, values[micro], returns[micro], mask[micro],
                                                    cfg.clip_range_value, normalizer)
-                loss = pg_loss + cfg.vf_coef * vf_loss
-                if ptx_rows is not None:  # PPO-ptx (InstructGPT): keep the pretraining distribution
-                    ptx = ptx_loss(policy, ptx_rows, cfg.ptx_batch_size)
-                    loss = loss + cfg.ptx_coef * ptx * len(micro) / len(mb)
-                    pg_stats["ppo/ptx_loss"] = ptx.detach()
-                scaler.backward(loss)
+                scaler.backward(pg_loss + cfg.vf_coef * vf_loss)
                 pg_stats["objective/entropy_token"] = masked_mean(entropy.detach(), mask[micro])
-                for k, v in {**pg_stats, **vf_stats}.items():
-                    stats.setdefault(k, []).append(float(v))
+                means.add_micro({**pg_stats, **vf_stats}, mask[micro].sum().item(), normalizer)
+            if ptx_rows is not None:  # PPO-ptx (InstructGPT): keep the pretraining distribution; rows shared out to ranks
+                picked = torch.randint(len(ptx_rows), (cfg.ptx_batch_size,), generator=order)[d.rank :: d.world_size]
+                ptx, n_ptx = ptx_loss(policy, ptx_rows[picked], distributed.global_sum(len(picked), d))
+                scaler.backward(cfg.ptx_coef * ptx)
+                means.add({"ppo/ptx_loss": ptx.detach() * cfg.ptx_batch_size / max(len(picked), 1)}, len(picked))
+            distributed.sum_gradients(params_of(groups), d)
             scaler.unscale(optimizer)
             policy_norm, critic_norm = clip_grad_norms(groups, cfg.grad_clip, separately)
-            stats.setdefault("ppo/policy/grad_norm", []).append(policy_norm)
-            stats.setdefault("ppo/val/grad_norm", []).append(critic_norm)  # value_head=policy: the head's alone
-            scaler.step(optimizer, guard, None, loss=loss, policy_grad_norm=policy_norm, critic_grad_norm=critic_norm)
+            norms.add({"ppo/policy/grad_norm": policy_norm, "ppo/val/grad_norm": critic_norm}, 1.0 / d.world_size)
+            scaler.step(optimizer, guard, None, policy_grad_norm=policy_norm, critic_grad_norm=critic_norm)
             optimizer.zero_grad(set_to_none=True)
-    return stats
+    return means.result(d) | norms.result(d)  # value_head=policy: ppo/val/grad_norm is the head's alone
 
 
-def ptx_loss(policy, rows: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Pretraining LM loss on a random packed batch (PPO-ptx)."""
-    b = rows[torch.randint(len(rows), (batch_size,))].to(next(policy.parameters()).device)
-    return lm_loss(policy(input_ids=b).logits[:, :-1], b[:, 1:])[0]
+def params_of(groups) -> list:
+    return [p for g in groups for p in g]
+
+
+def ptx_loss(policy, rows: torch.Tensor, n_rows) -> tuple[torch.Tensor, int]:
+    """Pretraining LM loss (PPO-ptx) on these packed rows, as this rank's share of a batch of `n_rows` rows of
+    equal length: the sum of its rows' mean token losses divided by `n_rows` (summed over ranks: the batch mean)."""
+    if not len(rows):
+        return torch.zeros((), device=next(policy.parameters()).device), 0
+    b = rows.to(next(policy.parameters()).device)
+    loss, _ = lm_loss(policy(input_ids=b).logits[:, :-1], b[:, 1:])
+    return loss * len(rows) / float(n_rows), len(rows)

@@ -29,7 +29,7 @@ from rlhfkit.data.packing import epoch_batches
 from rlhfkit.evaluation.hooks import make_evaluator, training_eval
 from rlhfkit.losses import policy_gradient_loss
 from rlhfkit.models import lora, precision
-from rlhfkit.models.load import load_causal_lm, pick_device
+from rlhfkit.models.load import load_causal_lm
 from rlhfkit.models.lora import LoraSettings
 from rlhfkit.models.precision import Precision
 from rlhfkit.models.logprobs import response_logprobs
@@ -108,16 +108,16 @@ class GRPOConfig(Config):
     temperature: float = 0.7  # sampling temperature (docs/results.md: the demo's choice)
 
 def train(cfg: Config) -> str:
-    distributed.refuse_multi_process(cfg.estimator)  # before anything is written
+    d = distributed.init(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
-    run = Run(cfg.out_dir, cfg, cfg.seed, cfg.estimator)
+    run = Run(cfg.out_dir, cfg, cfg.seed, cfg.estimator, d.rank)
     prompts, columns = prompts_and_columns(cfg.prompts)
     eval_prompts = prompt_list(cfg.eval_prompts) if cfg.eval_prompts else []
     evaluator = make_evaluator(cfg.evaluator, cfg.evaluator_args)
     ckpt = checkpoint.latest_checkpoint(cfg.out_dir)
-    device = pick_device(cfg.device)
+    device = d.device
     prec = precision.resolve(cfg.precision, device)
     load = partial(load_causal_lm, device=str(device), dtype=precision.weights_dtype(prec))
     policy, tok = lora.trainable(partial(load, cfg.policy), load, ckpt and os.path.join(ckpt, "policy"), cfg.lora)
@@ -125,68 +125,81 @@ def train(cfg: Config) -> str:
     ref = lora.reference(policy, lambda: precision.prepare(load(cfg.policy, dtype=precision.frozen_dtype(prec))[0], prec, device))
     reward_fn = make_reward_fn(cfg.reward, cfg.reward_model, device, cfg.reward_args, cfg.reward_weights)
     rm_fn = reward_fn if cfg.reward == "rm" else None
-    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, eps=1e-5, weight_decay=0.0)
-    start, _ = checkpoint.resume(ckpt, cfg.out_dir, optimizer, cfg.estimator)
-    print(f"[{cfg.estimator}] {len(prompts)} prompts; {cfg.prompts_per_step} prompts x k={cfg.k} per iteration, "
-          f"{cfg.ppo_epochs} epochs of minibatch {cfg.minibatch_size}", flush=True)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, eps=1e-5, weight_decay=0.0)
+    start, _ = checkpoint.resume(ckpt, cfg.out_dir, optimizer, cfg.estimator, d.is_main)
+    if d.is_main:
+        print(f"[{cfg.estimator}] {len(prompts)} prompts; {cfg.prompts_per_step} prompts x k={cfg.k} per iteration, "
+              f"{cfg.ppo_epochs} epochs of minibatch {cfg.minibatch_size}{f'; {d.world_size} ranks' if d.world_size > 1 else ''}",
+              flush=True)
 
-    if start == 0 and cfg.eval_every and eval_prompts:
+    if start == 0 and cfg.eval_every and eval_prompts and d.is_main:
         run.log(0, training_eval(policy, tok, eval_prompts, rm_fn, evaluator))
     guard, scaler = NonFiniteGuard(cfg.estimator, cfg.skip_nonfinite), precision.Scaler(prec, device)
-    for step in tqdm(range(start, cfg.total_steps), desc=cfg.estimator, initial=start, total=cfg.total_steps):
+    for step in tqdm(range(start, cfg.total_steps), desc=cfg.estimator, initial=start, total=cfg.total_steps, disable=not d.is_main):
         set_lr(optimizer, cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps)))
-        idx = [i for i in epoch_batches(len(prompts), cfg.prompts_per_step, step, cfg.seed).tolist() for _ in range(cfg.k)]
-        batch = [prompts[i] for i in idx[:: cfg.k]]
+        batch = epoch_batches(len(prompts), cfg.prompts_per_step, step, cfg.seed).tolist()
+        n_rows = len(batch) * cfg.k
+        rows = distributed.owned_rows(n_rows, d, group=cfg.k)  # this rank's prompts, each with its k samples
+        idx = [batch[r // cfg.k] for r in rows]
 
         # 1. Generate k responses per prompt (contiguous), score them, logprobs of policy and reference.
-        exp = collect_experience(policy, ref, tok, [p for p in batch for _ in range(cfg.k)], reward_fn,
+        exp = collect_experience(policy, ref, tok, [prompts[i] for i in idx], reward_fn,
                                  max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                 missing_eos_penalty=cfg.missing_eos_penalty, columns={k: [v[i] for i in idx] for k, v in columns.items()})
+                                 missing_eos_penalty=cfg.missing_eos_penalty, columns={k: [v[i] for i in idx] for k, v in columns.items()},
+                                 generator=distributed.step_generator(cfg.seed, step, 0), rows=rows, n_rows=n_rows)
         mask = exp.mask
         seq_kl = masked_sum(kl_k1(exp.logprobs, exp.ref_logprobs), mask, dim=1)  # (B,)
 
-        # 2. Sequence advantages from the group baseline.
+        # 2. Sequence advantages from the group baseline (a group never spans ranks).
         rewards = exp.scores - cfg.kl_coef * seq_kl if cfg.kl_in_reward else exp.scores
         advantages = ADVANTAGES[cfg.estimator](rewards, cfg.k)  # (B,)
 
-        # 3. Clipped policy-gradient epochs over minibatches (KL as a loss term unless in the reward).
+        # 3. Clipped policy-gradient epochs over minibatches of the global batch (KL as a loss term unless in the
+        #    reward); each rank trains on its members of a minibatch, gradients summed over ranks.
         policy.train()
-        stats: dict[str, list[float]] = {}
+        means, norms = distributed.Means(), distributed.Means()
+        order = distributed.step_generator(cfg.seed, step, 1)
         for _ in range(cfg.ppo_epochs):
-            for mb in torch.randperm(len(exp.prompts)).split(cfg.minibatch_size):
-                normalizer = mask[mb].sum()
+            for mb in distributed.local_minibatches(rows, n_rows, cfg.minibatch_size, order):
+                normalizer = distributed.global_sum(mask[mb].sum(), d).to(exp.logprobs.dtype)
                 for micro in mb.split(cfg.micro_batch_size):
                     logprobs, _ = response_logprobs(policy, exp.input_ids[micro], exp.attention_mask[micro], exp.prompt_len, cfg.temperature)
                     loss, m = policy_gradient_loss(logprobs, exp.logprobs[micro], advantages[micro], mask[micro], cfg.clip_range,
                                                    normalizer, kl_coef=0.0 if cfg.kl_in_reward else cfg.kl_coef,
                                                    ref_logprobs=exp.ref_logprobs[micro])
                     scaler.backward(loss)
-                    for name, v in m.items():
-                        stats.setdefault(name, []).append(float(v))
+                    means.add_micro(m, mask[micro].sum().item(), normalizer)
+                distributed.sum_gradients(params, d)
                 scaler.unscale(optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
-                scaler.step(optimizer, guard, step, loss=loss, grad_norm=grad_norm)
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                norms.add({"ppo/policy/grad_norm": grad_norm}, 1.0)
+                scaler.step(optimizer, guard, step, grad_norm=grad_norm)
                 optimizer.zero_grad(set_to_none=True)
 
-        # 4. Log, evaluate, checkpoint.
-        metrics = {k: sum(v) / len(v) for k, v in stats.items()} | guard.metrics()
-        metrics.update({"objective/scores": exp.scores.mean().item(), "objective/kl": seq_kl.mean().item(),
-                        "objective/rlhf_reward": (exp.scores - cfg.kl_coef * seq_kl).mean().item(),
-                        "rollout/response_length": mask.sum(1).float().mean().item(),
-                        "rollout/eos_rate": exp.terminated.float().mean().item(),
-                        "rollout/zero_advantage_frac": (advantages == 0).float().mean().item()})
-        if cfg.eval_every and (due(step, cfg.eval_every) or step + 1 == cfg.total_steps):
+        # 4. Log (global means), evaluate, checkpoint.
+        seqs = distributed.Means()
+        seqs.add({"objective/scores": exp.scores.mean(), "objective/kl": seq_kl.mean(),
+                  "objective/rlhf_reward": (exp.scores - cfg.kl_coef * seq_kl).mean(),
+                  "rollout/response_length": mask.sum(1).float().mean(), "rollout/eos_rate": exp.terminated.float().mean(),
+                  "rollout/zero_advantage_frac": (advantages == 0).float().mean()}, len(rows))
+        # (the loss's k3 `objective/kl` token mean is replaced by the sequence KL, as before)
+        metrics = means.result(d) | norms.result(d) | seqs.result(d) | guard.metrics()
+        if cfg.eval_every and (due(step, cfg.eval_every) or step + 1 == cfg.total_steps) and d.is_main:
             metrics.update(training_eval(policy, tok, eval_prompts, rm_fn, evaluator))
         run.log(step + 1, metrics)
-        if due(step, cfg.sample_every):
+        if due(step, cfg.sample_every) and d.is_main:
             run.log_samples(step + 1, [{"prompt": p, "response": r, "score": float(s)}
                                        for p, r, s in zip(exp.prompts[:: cfg.k][:3], exp.responses[:: cfg.k][:3], exp.scores[:: cfg.k][:3])])
-        if (step + 1) % cfg.ckpt_every == 0 and step + 1 < cfg.total_steps:
+        if (step + 1) % cfg.ckpt_every == 0 and step + 1 < cfg.total_steps and d.is_main:
             checkpoint.save_checkpoint(cfg.out_dir, step + 1, {"policy": policy}, {"optimizer": optimizer.state_dict()}, tok)
+        distributed.barrier(d)
 
     guard.finish()
     out = os.path.join(cfg.out_dir, "model")
-    lora.save_final(cfg.estimator, policy, tok, cfg.out_dir, cfg.lora)
-    print(f"[{cfg.estimator}] saved {out}", flush=True)
+    if d.is_main:
+        lora.save_final(cfg.estimator, policy, tok, cfg.out_dir, cfg.lora)
+        print(f"[{cfg.estimator}] saved {out}", flush=True)
     run.close()
+    distributed.close(d)
     return out
