@@ -36,6 +36,7 @@ from typing import Any, Callable, ClassVar, Sequence
 
 from rlhfkit.config import to_dict
 from rlhfkit.demo import eval as eval_stage
+from rlhfkit.demo import ai_feedback as ai_path
 from rlhfkit.demo import feedback, rm_eval
 from rlhfkit.demo.report import cli as report
 from rlhfkit.files import write_atomic
@@ -59,6 +60,7 @@ class Config:
     force: list[str] = field(default_factory=list)  # stages to rerun even if cached, e.g. force=[sft]
     until: str | None = None  # stop after this stage (e.g. until=sft); None: run them all
     critic_free: bool = False  # also run RLOO and GRPO
+    ai_feedback: bool = False  # also the AI-feedback path: judge (trained on world reviews) -> ai_label -> rm_ai -> ppo_ai
     world: WorldConfig = field(default_factory=WorldConfig)  # the built-in world, shared by all stages
     prompt_repeats: dict[str, int] = field(default_factory=dict)  # PPO's prompts: world RL prompts of these families listed this many times
     pretrain: pretrain.Config = field(default_factory=pretrain.Config)  # stage settings (paths are wired)
@@ -70,6 +72,10 @@ class Config:
     dpo: dpo.Config = field(default_factory=dpo.Config)
     rloo: rloo.Config = field(default_factory=rloo.Config)
     grpo: rloo.GRPOConfig = field(default_factory=lambda: rloo.GRPOConfig())
+    judge: ai_path.JudgeConfig = field(default_factory=ai_path.JudgeConfig)  # the world's AI judge: reviews + SFT
+    ai_label: ai_path.LabelConfig = field(default_factory=ai_path.LabelConfig)  # the judge labels the feedback queue
+    rm_ai: rm.Config = field(default_factory=lambda: rm.Config())  # reward model on the AI pairs
+    ppo_ai: ppo.Config = field(default_factory=lambda: ppo.Config())  # RLAIF: PPO on rm_ai
     eval: eval_stage.Config = field(default_factory=lambda: eval_stage.Config(policies=["<wired>"]))
     report: report.Config = field(default_factory=report.Config)  # HTML + Markdown report of the whole run
 
@@ -92,13 +98,18 @@ class Config:
         self.sft.model, self.sft.data = out("pretrain", "model"), files("sft.jsonl")
         self.feedback.world, self.feedback.policy = self.world, out("sft", "model")
         self.rm.model, self.rm.data, self.dpo.data = out("sft", "model"), out("feedback", "pairs.jsonl"), out("feedback", "pairs.jsonl")
+        self.judge.world, self.judge.sft.seed = self.world, self.seed
+        self.judge.sft.model, self.judge.sft.data, self.judge.sft.out_dir = out("sft", "model"), out("judge", "reviews.jsonl"), out("judge")
+        self.ai_label.world, self.ai_label.panel, self.ai_label.constitution = self.world, self.feedback.panel, self.judge.constitution
+        self.ai_label.judge, self.ai_label.policy, self.ai_label.feedback_dir = out("judge", "model"), out("sft", "model"), out("feedback")
+        self.rm_ai.model, self.rm_ai.data = out("sft", "model"), out("ai_label", "pairs.jsonl")
         self.pretrain.eval_prompts = files("eval_prompts.jsonl")
-        for name in ("ppo", "ppo_beta0", "dpo", "rloo", "grpo"):
+        for name in ("ppo", "ppo_beta0", "ppo_ai", "dpo", "rloo", "grpo"):
             stage = self.stage(name)
             stage.policy, stage.eval_prompts = out("sft", "model"), files("eval_prompts.jsonl")
             stage.evaluator, stage.evaluator_args = JUDGE, to_dict(self.world)
             if name != "dpo":
-                stage.reward_model = out("rm", "model")
+                stage.reward_model = out("rm_ai" if name == "ppo_ai" else "rm", "model")
                 stage.prompts = files("ppo_prompts.jsonl" if name.startswith("ppo") else "rl_prompts.jsonl")
         self.eval.world, self.eval.seed, self.eval.reward_model = self.world, self.seed, out("rm", "model")
         self.eval.names = ["base"] + [n for n in self.enabled() if PLAN[n].policy]
@@ -111,14 +122,14 @@ class Config:
 
     def enabled(self) -> list[str]:
         names = list(PLAN)[: list(PLAN).index(self.until) + 1] if self.until else list(PLAN)
-        return [s for s in names if self.critic_free or not PLAN[s].optional]
+        return [s for s in names if (self.critic_free or not PLAN[s].optional) and (self.ai_feedback or not PLAN[s].ai)]
 
 
-def train_rm(cfg: Config) -> None:
+def train_rm(cfg: Config, rm_cfg: rm.Config) -> None:
     """The generic RM stage, then the diagnostics that need the world's gold (added to rm_metrics.json)."""
-    rm.train(cfg.rm)
-    if cfg.rm.evaluate:
-        rm_eval.run(cfg.rm.out_dir, build_world(cfg.world), cfg.rm.model, cfg.seed, cfg.rm.device)
+    rm.train(rm_cfg)
+    if rm_cfg.evaluate:
+        rm_eval.run(rm_cfg.out_dir, build_world(cfg.world), rm_cfg.model, cfg.seed, rm_cfg.device)
 
 
 @dataclass(frozen=True)
@@ -129,8 +140,9 @@ class Step:
     method: str
     inputs: tuple[str, ...] = ()
     policy: bool = False  # writes <out_dir>/model, a policy the eval judges
-    role: str = ""  # "control": the reward-hacking control (no KL penalty)
+    role: str = ""  # "control": the reward-hacking control (no KL penalty); "rlaif": PPO on the AI judge's preferences
     optional: bool = False  # runs only with critic_free=true
+    ai: bool = False  # runs only with ai_feedback=true
     code: tuple[str, ...] = ()  # modules whose source is part of the stage's fingerprint
 
 
@@ -139,17 +151,25 @@ PLAN: dict[str, Step] = {
     "pretrain": Step(lambda c: pretrain.train(c.pretrain), "pretrain", ("world",), code=("rlhfkit.stages.pretrain",)),
     "sft": Step(lambda c: sft.train(c.sft), "sft", ("pretrain", "world"), policy=True, code=("rlhfkit.stages.sft",)),
     "feedback": Step(lambda c: feedback.main(c.feedback), "feedback", ("sft", "world"), code=("rlhfkit.demo.feedback", "rlhfkit.world")),
-    "rm": Step(train_rm, "rm", ("sft", "feedback"), code=("rlhfkit.stages.rm", "rlhfkit.demo.rm_eval")),
+    "rm": Step(lambda c: train_rm(c, c.rm), "rm", ("sft", "feedback"), code=("rlhfkit.stages.rm", "rlhfkit.demo.rm_eval")),
     "ppo": Step(lambda c: ppo.train(c.ppo), "ppo", ("sft", "rm", "world"), policy=True, code=("rlhfkit.stages.ppo",)),
     "ppo_beta0": Step(lambda c: ppo.train(c.ppo_beta0), "ppo", ("sft", "rm", "world"), policy=True, role="control",
                       code=("rlhfkit.stages.ppo",)),
     "dpo": Step(lambda c: dpo.train(c.dpo), "dpo", ("sft", "feedback", "world"), policy=True, code=("rlhfkit.stages.dpo",)),
     "rloo": Step(lambda c: rloo.train(c.rloo), "rloo", ("sft", "rm", "world"), policy=True, optional=True, code=("rlhfkit.stages.rloo",)),
     "grpo": Step(lambda c: rloo.train(c.grpo), "grpo", ("sft", "rm", "world"), policy=True, optional=True, code=("rlhfkit.stages.rloo",)),
-    "eval": Step(lambda c: eval_stage.main(c.eval), "eval", ("pretrain", "sft", "rm", "ppo", "ppo_beta0", "dpo", "rloo", "grpo"),
-                 code=("rlhfkit.demo.eval", "rlhfkit.world")),
+    "judge": Step(lambda c: ai_path.train_judge(c.judge), "judge", ("sft", "world"), ai=True,
+                  code=("rlhfkit.stages.sft", "rlhfkit.world", "rlhfkit.demo.ai_feedback")),
+    "ai_label": Step(lambda c: ai_path.label(c.ai_label), "ai_label", ("judge", "feedback", "sft", "world"), ai=True,
+                     code=("rlhfkit.demo.ai_feedback", "rlhfkit.stages.judge", "rlhfkit.feedback", "rlhfkit.world")),
+    "rm_ai": Step(lambda c: train_rm(c, c.rm_ai), "rm", ("sft", "ai_label"), ai=True, code=("rlhfkit.stages.rm", "rlhfkit.demo.rm_eval")),
+    "ppo_ai": Step(lambda c: ppo.train(c.ppo_ai), "ppo", ("sft", "rm_ai", "world"), policy=True, role="rlaif", ai=True,
+                   code=("rlhfkit.stages.ppo",)),
+    "eval": Step(lambda c: eval_stage.main(c.eval), "eval", ("pretrain", "sft", "rm", "ppo", "ppo_beta0", "dpo", "rloo", "grpo",
+                                                             "ppo_ai"), code=("rlhfkit.demo.eval", "rlhfkit.world")),
     "report": Step(lambda c: report.main(c.report), "report", ("world", "pretrain", "sft", "feedback", "rm", "ppo", "ppo_beta0",
-                                                                "dpo", "rloo", "grpo", "eval"), code=("rlhfkit.demo.report",)),
+                                                                "dpo", "rloo", "grpo", "judge", "ai_label", "rm_ai", "ppo_ai", "eval"),
+                   code=("rlhfkit.demo.report",)),
 }
 
 

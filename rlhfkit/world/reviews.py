@@ -14,7 +14,8 @@ samples: the ideal answer, the same with a sign-off, a wrong sum or fact, "I thi
 a hallucinated fact or an honest "I don't know", a refusal with a fitting reason and
 alternative, a bare refusal, one with another topic's reason, compliance with a harmful
 request, a refusal of a harmless look-alike, agreement with a false premise, a list in the
-wrong order. The judge must generalise from these to the SFT model's samples.
+wrong order, an answer to another request, a garbled run-on of two answers. The judge must generalise
+from these to the SFT model's samples.
 
 Each review draws a principle uniformly, as `rlhfkit judge` does per pair; the verdict is
 gold's overall order whatever the principle, so a principle is a phrasing of the one
@@ -117,11 +118,36 @@ FLAWED: dict[str, Callable[[World, Prompt, random.Random], list[str]]] = {
 }
 
 
+def stray(world: World, rng: random.Random) -> str:
+    """A well-formed answer of the world to some other request: a how-to, a refusal, a fact, a sum, a list."""
+    kind = rng.randrange(5)
+    if kind == 0:
+        return BENIGN[rng.choice(sorted(BENIGN))].answer
+    if kind == 1:
+        return refusal(HARMFUL[rng.choice(sorted(HARMFUL))])
+    if kind == 2:
+        c, attr = rng.choice(world.tables.countries), rng.choice(("capital", "flag", "language", "currency", "export"))
+        return fact_statement(attr, c.name, getattr(c, attr))
+    if kind == 3:
+        a, b = rng.randint(0, world.tables.max_operand), rng.randint(0, world.tables.max_operand)
+        return f"{a} + {b} = {a + b}."
+    return ", ".join(rng.sample(sorted({w for p in world.prompts("rl")[:50] for w in p.meta.get("words", [])}) or ["cat", "dog"], 3)) + "."
+
+
+def garbled(rng: random.Random, first: str, second: str) -> str:
+    """The start of one answer run into the end of another, cut mid-word: what a small model's sample can look like."""
+    i, j = rng.randint(3, max(3, len(first) - 3)), rng.randint(0, max(0, len(second) - 4))
+    return first[:i] + second[j:]
+
+
 def candidates(world: World, p: Prompt, rng: random.Random) -> list[str]:
-    """Answers of the kinds the world produces for prompt `p`: the ideal, the ideal with a sign-off, and
-    the family's flawed answers (`FLAWED`); duplicates dropped, order kept."""
-    ideal = world.ideal_response(p)
-    return list(dict.fromkeys([ideal, ideal + rng.choice(SIGN_OFFS), *FLAWED[p.family](world, p, rng)]))
+    """Answers of the kinds the world produces for prompt `p`: the ideal, the ideal with a sign-off, the
+    family's flawed answers (`FLAWED`), an answer to another request (`stray`) and a garbled one
+    (`garbled`); duplicates dropped, order kept."""
+    ideal, other = world.ideal_response(p), stray(world, rng)
+    garble = garbled(rng, *rng.sample([ideal, other, stray(world, rng)], 2))
+    return list(dict.fromkeys([ideal, ideal + rng.choice(SIGN_OFFS), *FLAWED[p.family](world, p, rng), other,
+                               other + rng.choice(SIGN_OFFS), garble]))
 
 
 def review(constitution: Constitution, prompt: str, a: str, b: str, principle: str, a_better: bool) -> dict[str, str]:

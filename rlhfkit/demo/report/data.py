@@ -92,6 +92,7 @@ class RunData:
     curves: dict[str, list[dict]] = field(default_factory=dict)  # stage -> metrics.jsonl rows
     rm: dict | None = None
     feedback: dict | None = None
+    ai: dict | None = None  # ai_label/ai_metrics.json: the AI judge against gold and the panel (runs with ai_feedback)
     stages: dict[str, dict] = field(default_factory=dict)  # stage -> its pipeline stage.json (seconds)
     configs: dict[str, dict] = field(default_factory=dict)  # PPO stage -> its resolved config.yaml (KL control)
     notes: list[str] = field(default_factory=list)
@@ -120,6 +121,8 @@ def load_run(run_dir: str) -> RunData:
     data.samples = read("eval/samples.jsonl", _jsonl) or []
     data.rm = read("rm/rm_metrics.json", json.load)
     data.feedback = read("feedback/feedback_stats.json", json.load)
+    if any(s.get("name") == "ai_label" for s in data.manifest.stages):
+        data.ai = read("ai_label/ai_metrics.json", json.load)
     for entry in data.manifest.stages:
         stage = entry["name"]
         if os.path.exists(os.path.join(run_dir, stage, "metrics.jsonl")):
