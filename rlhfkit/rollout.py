@@ -22,7 +22,7 @@ from typing import Sequence
 import torch
 
 from rlhfkit.data.chat import pad_batch, render_prompt, stop_ids
-from rlhfkit.models import decode
+from rlhfkit.models import decode, precision
 from rlhfkit.models.lora import hf_model
 from rlhfkit.models.logprobs import position_ids_from_mask, response_logprobs
 
@@ -133,7 +133,8 @@ def _decoder(model, prompt_ids, prompt_mask, max_new_tokens: int, engine: str):
         raise ValueError(f"engine must be 'auto' or 'hf', got {engine!r}")
     if engine == "auto" and decode.supports(hf_model(model)):  # a peft model: the HF model inside, LoRA layers and all
         dec = decode.LlamaDecoder(hf_model(model), prompt_ids.shape[0], prompt_ids.shape[1] + max_new_tokens)
-        return dec.prefill(prompt_ids, prompt_mask), dec.step
+        prefill, step = (precision.autocast_like(model, f) for f in (dec.prefill, dec.step))  # mixed precision: as the forward
+        return prefill(prompt_ids, prompt_mask), step
     # transformers 5.25 renamed `past_key_values` to `cache` (the old name warns, and goes in 5.40)
     # (a peft model passes the keyword on to the HF model inside: that model's signature decides)
     name = "cache" if "cache" in inspect.signature(hf_model(model).forward).parameters else "past_key_values"

@@ -96,3 +96,19 @@ def test_fp16_loss_scaling_skips_an_overflow_without_counting_it_and_unscales_be
     assert guard.skipped == 0 and scaler.amp.get_scale() < scale  # the overflow lowered the scale
     assert grad_norm.item() == pytest.approx(2 ** 0.5)  # the true gradient norm: unscaled before clipping
     assert torch.allclose(w.detach(), torch.full((2,), 0.9))  # one SGD step of the unscaled gradient (1, 1)
+
+
+def test_rollouts_of_a_mixed_precision_model_decode_under_its_autocast(tiny_model, tiny_tok):
+    """The lean decoder calls the model's modules, not its forward: it must run under the same autocast."""
+    from rlhfkit.data.chat import render_prompt
+    from rlhfkit.rollout import generate
+
+    seen = []
+    tiny_model.model.layers[0].self_attn.q_proj.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    prompts = [render_prompt(tiny_tok, "What is 7 + 5?")]
+    kwargs = dict(eos_id=tiny_tok.eos_token_id, pad_id=tiny_tok.pad_token_id, max_new_tokens=3, temperature=0.0)
+    generate(tiny_model, prompts, **kwargs)
+    assert set(seen) == {torch.float32}
+    seen.clear()
+    generate(precision.prepare(tiny_model, "bf16-mixed", CPU), prompts, **kwargs)
+    assert set(seen) == {torch.bfloat16}

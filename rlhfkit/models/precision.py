@@ -64,7 +64,15 @@ def prepare(model, precision: str, device: torch.device, gradient_checkpointing:
         backbone = getattr(hf, hf.base_model_prefix, None)
         for module in {id(m): m for m in (hf, backbone) if m is not None}.values():
             module.forward = torch.autocast(device.type, dtype=dtype)(module.forward)
+        hf.rlhfkit_autocast = (device.type, dtype)  # for `autocast_like` (a plain attribute: never saved)
     return model
+
+
+def autocast_like(model, fn):
+    """`fn` under the autocast that `prepare` put `model`'s forward under (mixed precision), else `fn` itself:
+    for code that runs the model's modules without its forward (the lean decoder of rollouts)."""
+    spec = getattr(hf_model(model), "rlhfkit_autocast", None)
+    return torch.autocast(spec[0], dtype=spec[1])(fn) if spec else fn
 
 
 class Scaler:
