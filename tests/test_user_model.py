@@ -183,7 +183,7 @@ def test_a_diverged_run_fails_loudly_and_saves_no_model(user, stage):
     assert not os.path.exists(f"{out}/model")
 
 
-def test_dpo_reference_cache_is_keyed_by_the_pairs(user):
+def test_dpo_reference_cache_is_keyed_by_the_pairs_and_the_precision(user):
     """A second DPO run started afresh (resume=never) in the same out_dir on the same pairs with chosen and
     rejected swapped: the cached reference log-probs belong to the first run's pairs, so they must be recomputed. At step 1
     the policy is the reference, so the loss is ln 2 exactly (a stale cache gave a far larger one)."""
@@ -200,6 +200,11 @@ def test_dpo_reference_cache_is_keyed_by_the_pairs(user):
     run("dpo", f"--out_dir={out}", f"--policy={user}/sft/model", f"--data={swapped}", "--resume=never", *common)
     first_steps = [m for m in metrics(out) if m["step"] == 1]  # the second run's is the last
     assert first_steps[-1]["dpo/loss"] == pytest.approx(math.log(2), abs=1e-4)
+    again = run("dpo", f"--out_dir={out}", f"--policy={user}/sft/model", f"--data={swapped}", "--resume=never", *common)
+    assert "recomputing" not in again.stdout  # the same reference, pairs and precision: the cache serves
+    mixed = run("dpo", f"--out_dir={out}", f"--policy={user}/sft/model", f"--data={swapped}", "--resume=never",
+                "--precision=bf16-mixed", *common)
+    assert "recomputing" in mixed.stdout  # reference numbers computed in another precision are not reused
 
 
 def test_a_run_dir_resumes_only_the_run_that_made_it(user):

@@ -7,8 +7,9 @@ RPO's chosen-NLL term (Pang et al. 2024) added with weight `nll_coef`.
 Sequence logprobs are summed over response tokens. The reference model is the
 initial policy; its logprobs are computed once before training and cached in
 `<out_dir>/ref_logprobs.pt`, so the reference need not stay in memory. The cache is keyed by
-the content it depends on (the reference model's files and the rendered pairs): other data
-or another reference in the same out_dir recomputes it.
+the content it depends on (the reference model's files, the rendered pairs, the precision and device
+type they were computed in): other data, another reference or another precision in the same out_dir
+recomputes it.
 Trains on the same preference pairs (store export / JSONL) as the reward model; with
 `eval_prompts` (and an `evaluator`) it also answers held-out prompts every eval_every steps.
 """
@@ -122,7 +123,8 @@ def train(cfg: Config) -> str:
 
     # 2. Reference logprobs, computed once and cached; the reference model is then freed (with LoRA it is the
     #    policy with its adapters disabled: no second copy of the weights).
-    cache, key = os.path.join(cfg.out_dir, "ref_logprobs.pt"), content_hash([cfg.policy], chosen, rejected)
+    cache = os.path.join(cfg.out_dir, "ref_logprobs.pt")  # keyed by what the numbers depend on, precision included
+    key = content_hash([cfg.policy], chosen, rejected, prec, str(precision.frozen_dtype(prec)), str(d.device.type))
     cached = torch.load(cache) if os.path.exists(cache) else None
     if isinstance(cached, dict) and cached.get("key") == key:
         ref_c, ref_r = cached["chosen"], cached["rejected"]
