@@ -157,25 +157,7 @@ def train(cfg: Config) -> str:
 
         # 3. Clipped policy-gradient epochs over minibatches of the global batch (KL as a loss term unless in the
         #    reward); each rank trains on its members of a minibatch, gradients summed over ranks.
-        policy.train()
-        means, norms = distributed.Means(), distributed.Means()
-        order = distributed.step_generator(cfg.seed, step, 1)
-        for _ in range(cfg.ppo_epochs):
-            for mb in distributed.local_minibatches(rows, n_rows, cfg.minibatch_size, order):
-                normalizer = distributed.global_sum(mask[mb].sum(), d).to(exp.logprobs.dtype)
-                for micro in mb.split(cfg.micro_batch_size):
-                    logprobs, _ = response_logprobs(policy, exp.input_ids[micro], exp.attention_mask[micro], exp.prompt_len, cfg.temperature)
-                    loss, m = policy_gradient_loss(logprobs, exp.logprobs[micro], advantages[micro], mask[micro], cfg.clip_range,
-                                                   normalizer, kl_coef=0.0 if cfg.kl_in_reward else cfg.kl_coef,
-                                                   ref_logprobs=exp.ref_logprobs[micro])
-                    scaler.backward(loss)
-                    means.add_micro(m, mask[micro].sum().item(), normalizer)
-                distributed.sum_gradients(params, d)
-                scaler.unscale(optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                norms.add({"ppo/policy/grad_norm": grad_norm}, 1.0)
-                scaler.step(optimizer, guard, step, grad_norm=grad_norm)
-                optimizer.zero_grad(set_to_none=True)
+        stats = pg_epochs(cfg, d, (step, rows, n_rows), policy, params, optimizer, (guard, scaler), exp, advantages)
 
         # 4. Log (global means), evaluate, checkpoint.
         seqs = distributed.Means()
@@ -184,7 +166,7 @@ def train(cfg: Config) -> str:
                   "rollout/response_length": mask.sum(1).float().mean(), "rollout/eos_rate": exp.terminated.float().mean(),
                   "rollout/zero_advantage_frac": (advantages == 0).float().mean()}, len(rows))
         # (the loss's k3 `objective/kl` token mean is replaced by the sequence KL, as before)
-        metrics = means.result(d) | norms.result(d) | seqs.result(d) | guard.metrics()
+        metrics = stats | seqs.result(d) | guard.metrics()
         if cfg.eval_every and (due(step, cfg.eval_every) or step + 1 == cfg.total_steps) and d.is_main:
             metrics.update(training_eval(policy, tok, eval_prompts, rm_fn, evaluator))
         run.log(step + 1, metrics)
@@ -203,3 +185,33 @@ def train(cfg: Config) -> str:
     run.close()
     distributed.close(d)
     return out
+
+
+def pg_epochs(cfg: Config, d, where: tuple, policy, params, optimizer, guards, exp, advantages) -> dict[str, float]:
+    """Step 3: `ppo_epochs` passes of the clipped policy-gradient loss over one rollout batch; `where` is
+    `(step, this rank's rows of the batch, its size)`, `guards` `(NonFiniteGuard, precision.Scaler)`. Each optimiser
+    step is a minibatch of the global batch (this rank's members of it, in micro-batches), token losses divided by
+    the minibatch's response tokens on all ranks, gradients summed over ranks. Returns the global means of the
+    loss statistics and of the gradient norm."""
+    step, rows, n_rows = where
+    guard, scaler = guards
+    mask, means, norms = exp.mask, distributed.Means(), distributed.Means()
+    order = distributed.step_generator(cfg.seed, step, 1)  # minibatch order, the same on every rank
+    policy.train()
+    for _ in range(cfg.ppo_epochs):
+        for mb in distributed.local_minibatches(rows, n_rows, cfg.minibatch_size, order):
+            normalizer = distributed.global_sum(mask[mb].sum(), d).to(exp.logprobs.dtype)
+            for micro in mb.split(cfg.micro_batch_size):
+                logprobs, _ = response_logprobs(policy, exp.input_ids[micro], exp.attention_mask[micro], exp.prompt_len, cfg.temperature)
+                loss, m = policy_gradient_loss(logprobs, exp.logprobs[micro], advantages[micro], mask[micro], cfg.clip_range,
+                                               normalizer, kl_coef=0.0 if cfg.kl_in_reward else cfg.kl_coef,
+                                               ref_logprobs=exp.ref_logprobs[micro])
+                scaler.backward(loss)
+                means.add_micro(m, mask[micro].sum().item(), normalizer)
+            distributed.sum_gradients(params, d)
+            scaler.unscale(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            norms.add({"ppo/policy/grad_norm": grad_norm}, 1.0)
+            scaler.step(optimizer, guard, step, grad_norm=grad_norm)
+            optimizer.zero_grad(set_to_none=True)
+    return means.result(d) | norms.result(d)
