@@ -155,17 +155,20 @@ def load_state(ckpt: str) -> dict[str, Any]:
     return state
 
 
-def resume(ckpt: str | None, out_dir: str, optimizer, stage: str, main: bool = True) -> tuple[int, dict[str, Any]]:
+def resume(ckpt: str | None, out_dir: str, optimizer, stage: str, main: bool = True, model=None) -> tuple[int, dict[str, Any]]:
     """Continue a run from `ckpt` (None: a fresh start): restore the optimiser and the RNG, drop log rows
     written after the checkpoint (a fresh start drops them all, so no step is logged twice), and return
     (the step to start from, the saved state for whatever else the stage keeps in it). Only the `main`
-    rank touches the logs: it alone writes them, and another rank's late truncation would drop its rows."""
+    rank touches the logs: it alone writes them, and another rank's late truncation would drop its rows.
+    `model`: the trained model when it is FSDP-sharded (its optimiser state is saved by parameter name)."""
     if not ckpt:
         for log in ("metrics.jsonl", "samples.jsonl") if main else ():
             truncate_log(out_dir, -1, log)
         return 0, {}
     state = load_state(ckpt)
-    optimizer.load_state_dict(state["optimizer"])
+    from rlhfkit.distributed import load_optimizer_state
+
+    load_optimizer_state(model, optimizer, state["optimizer"])
     for log in ("metrics.jsonl", "samples.jsonl") if main else ():
         truncate_log(out_dir, state["step"], log)
     print(f"[{stage}] resumed from {ckpt} at step {state['step']}", flush=True)

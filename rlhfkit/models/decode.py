@@ -8,7 +8,7 @@ tree on every token (~6 ms a step on a 1M-parameter model whose matmuls need wel
 decodes with its current weights) and runs the same math: RMSNorm in fp32, rotary embeddings from
 the model's own `inv_freq`, grouped-query attention, SwiGLU. It checks the architecture first and
 `supports(model)` is False for anything it does not reproduce exactly (other model types, biases
-other than Qwen2's q/k/v biases, dynamic RoPE, sliding windows, adapters other than LoRA); callers then use the
+other than Qwen2's q/k/v biases, dynamic RoPE, sliding windows, adapters other than LoRA, FSDP-sharded weights); callers then use the
 Hugging Face forward. `tests/test_decode.py` holds it to the HF logits.
 """
 
@@ -40,7 +40,9 @@ def supports(model) -> bool:
         return False
     # LoRA layers (peft) compute base + B A x inside the very modules the decoder calls, adapters on or disabled
     lora_only = all(getattr(c, "peft_type", None) == "LORA" for c in (getattr(model, "peft_config", None) or {}).values())
-    return lora_only and not getattr(model, "_hf_hook", None)
+    # FSDP shards (DTensors) are no weights to read: only the model's forward gathers them
+    sharded = any(hasattr(p, "full_tensor") for p in model.parameters())
+    return lora_only and not getattr(model, "_hf_hook", None) and not sharded
 
 
 class LlamaDecoder:

@@ -49,6 +49,12 @@ def weights_dtype(precision: str) -> torch.dtype:
     return _WEIGHTS[precision]
 
 
+def compute_dtype(precision: str) -> torch.dtype | None:
+    """The low-precision dtype matmuls run in under a mixed mode (bf16-mixed, fp16-mixed); None otherwise. FSDP gathers
+    the weights in it (rlhfkit.distributed.shard_model)."""
+    return _COMPUTE[precision]
+
+
 def frozen_dtype(precision: str) -> torch.dtype:
     """dtype of a frozen model's weights (a reference)."""
     return _FROZEN[precision]

@@ -70,6 +70,7 @@ class Config:
     ckpt_every: int = 100  # checkpoint every N steps
     precision: Precision = "auto"  # fp32 | bf16-mixed | fp16-mixed (fp32 master weights, autocast) | bf16 (pure) | auto: bf16-mixed on GPU, else fp32
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~1/3 more compute
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: ddp replicates the model on every rank | fsdp shards weights, gradients and optimiser state (FSDP2)
     lora: LoraSettings = field(default_factory=LoraSettings)  # LoRA adapters (lora.r > 0); the reference is then the policy with adapters off
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch CPU threads (0: torch default)
@@ -81,6 +82,7 @@ class Config:
             raise ConfigError(f"'loss_type': expected one of {sorted(PREFERENCE_LOSSES)}, got {self.loss_type!r}")
         if self.batch_size % self.micro_batch_size:
             raise ConfigError(f"'batch_size' ({self.batch_size}) must be a multiple of 'micro_batch_size' ({self.micro_batch_size})")
+        distributed.check_parallel(self.parallel, self.precision)
 
 
 @torch.no_grad()
@@ -142,13 +144,13 @@ def train(cfg: Config) -> str:
     max_steps = max(1, int(cfg.epochs * len(train_idx) / cfg.batch_size))
     print(f"[dpo] {len(train_idx)} pairs (+{n_held} held out), {max_steps} steps, loss {cfg.loss_type}, beta {cfg.beta}", flush=True)
 
+    dp_policy = distributed.wrap(policy, d, cfg.parallel, prec)  # DDP, or FSDP2 shards (before the optimizer sees them)
     optimizer = adamw(policy, cfg.lr, 0.0)
-    start, _ = checkpoint.resume(ckpt, cfg.out_dir, optimizer, "dpo", d.is_main)
-    ddp_policy = distributed.wrap(policy, d)
+    start, _ = checkpoint.resume(ckpt, cfg.out_dir, optimizer, "dpo", d.is_main, policy)
     eval_prompts = prompt_list(cfg.eval_prompts) if cfg.eval_prompts else []
     evaluator = make_evaluator(cfg.evaluator, cfg.evaluator_args)
 
-    def batch_loss(idx: list[int], model=ddp_policy):
+    def batch_loss(idx: list[int], model=dp_policy):
         logp_c = sequence_logprobs(model, [chosen[i] for i in idx], tok.pad_token_id)
         logp_r = sequence_logprobs(model, [rejected[i] for i in idx], tok.pad_token_id)
         loss, metrics = loss_fn(logp_c, logp_r, ref_c[idx].to(device), ref_r[idx].to(device), cfg.beta, cfg.label_smoothing)
@@ -166,19 +168,19 @@ def train(cfg: Config) -> str:
         idx = [train_idx[i] for i in epoch_batches(len(train_idx), cfg.batch_size, step, cfg.seed)]
         mine = distributed.shard(idx, d)  # this rank's pairs; each is weighted by 1 / (the global batch)
         stats: dict[str, float] = {}
-        for micro in distributed.micro_batches(ddp_policy, mine, cfg.micro_batch_size):
+        for micro in distributed.micro_batches(dp_policy, mine, cfg.micro_batch_size):
             loss, m = batch_loss(micro)
-            scaler.backward(loss * len(micro) / len(idx) * d.world_size)  # DDP averages over ranks: undo it
+            scaler.backward(loss * len(micro) / len(idx) * d.world_size)  # DDP and FSDP average over ranks: undo it
             for name, v in {**m, "train/loss": loss.detach()}.items():
                 stats[name] = stats.get(name, 0.0) + v.item() * len(micro) / len(idx)
         stats = {name: distributed.global_sum(v, d).item() for name, v in stats.items()}  # the global batch's means
         scaler.unscale(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+        grad_norm = distributed.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
         scaler.step(optimizer, guard, step, loss=stats["train/loss"], grad_norm=grad_norm)
         optimizer.zero_grad(set_to_none=True)
 
         metrics = {**stats, "train/lr": lr, "train/grad_norm": grad_norm.item(), **guard.metrics()}
-        if d.is_main and (due(step, cfg.eval_every) or step + 1 == max_steps):  # rank 0 alone logs
+        if distributed.joins(d, policy) and (due(step, cfg.eval_every) or step + 1 == max_steps):  # rank 0 alone logs
             with torch.no_grad():
                 policy.eval()
                 _, held_stats = batch_loss(held, policy)
@@ -186,14 +188,17 @@ def train(cfg: Config) -> str:
             metrics.update({f"eval/{k.split('/', 1)[1]}": v.item() for k, v in held_stats.items()})
             metrics.update(training_eval(policy, tok, eval_prompts, evaluator=evaluator))
         run.log(step + 1, metrics)
-        if (step + 1) % cfg.ckpt_every == 0 and step + 1 < max_steps and d.is_main:
-            checkpoint.save_checkpoint(cfg.out_dir, step + 1, {"policy": policy}, {"optimizer": optimizer.state_dict()}, tok)
+        if (step + 1) % cfg.ckpt_every == 0 and step + 1 < max_steps:
+            saved, optimizer_state = distributed.full_model(policy, d), distributed.optimizer_state(policy, optimizer, d)
+            if d.is_main:
+                checkpoint.save_checkpoint(cfg.out_dir, step + 1, {"policy": saved}, {"optimizer": optimizer_state}, tok)
         distributed.barrier(d)
 
     guard.finish()
     out = os.path.join(cfg.out_dir, "model")
+    saved = distributed.full_model(policy, d)  # FSDP: every rank gathers, rank 0 gets the whole model
     if d.is_main:
-        lora.save_final("dpo", policy, tok, cfg.out_dir, cfg.lora)
+        lora.save_final("dpo", saved, tok, cfg.out_dir, cfg.lora)
         print(f"[dpo] held-out implicit-reward accuracy {metrics.get('eval/rewards/accuracy', float('nan')):.3f}; saved {out}", flush=True)
     run.close()
     distributed.close(d)

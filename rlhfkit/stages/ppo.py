@@ -103,6 +103,7 @@ class Config:
     ckpt_every: int = 20  # checkpoint every N iterations
     precision: Precision = "auto"  # fp32 | bf16-mixed | fp16-mixed (fp32 master weights, autocast) | bf16 (pure) | auto: bf16-mixed on GPU, else fp32
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~1/3 more compute
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # ddp only: fsdp is refused here (rollouts decode with the policy's weights read directly)
     lora: LoraSettings = field(default_factory=LoraSettings)  # LoRA adapters (lora.r > 0) on the policy and a separate critic; the reference is the policy with adapters off
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch CPU threads (0: torch default)
@@ -121,6 +122,10 @@ class Config:
             raise ConfigError("'prompts': give the RL prompts, e.g. prompts=prompts.jsonl")
         if self.ptx_coef > 0 and not self.ptx_data:
             raise ConfigError("'ptx_data': PPO-ptx (ptx_coef > 0) needs a pretraining text corpus")
+        if self.parallel == "fsdp":
+            raise ConfigError("'parallel': fsdp is not supported by ppo: it samples rollouts with a decoder that reads "
+                              "the policy's weights directly, which FSDP keeps as shards; use parallel=ddp (with lora.r, "
+                              "gradient_checkpointing and value_head=policy to save memory)")
         if self.value_head == "policy" and self.value_model:
             raise ConfigError("'value_model': a value head on the policy starts from the policy; drop value_model "
                               "or set value_head=separate")

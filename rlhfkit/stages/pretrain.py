@@ -57,6 +57,7 @@ class Config:
     ckpt_every: int = 200  # checkpoint every N steps (resume with the same out_dir)
     precision: Precision = "auto"  # fp32 | bf16-mixed | fp16-mixed (fp32 master weights, autocast) | bf16 (pure) | auto: bf16-mixed on GPU, else fp32
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~1/3 more compute
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: ddp replicates the model on every rank | fsdp shards weights, gradients and optimiser state (FSDP2)
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch CPU threads (0: torch default)
 
@@ -65,6 +66,7 @@ class Config:
 
         if not self.corpus:
             raise ConfigError("'corpus': give the pretraining text, e.g. corpus=corpus.jsonl")
+        distributed.check_parallel(self.parallel, self.precision)
 
 
 def train(cfg: Config) -> str:
@@ -100,9 +102,9 @@ def train(cfg: Config) -> str:
     print(f"[pretrain] {n_params / 1e6:.2f}M params, {rows.numel() / 1e6:.2f}M corpus tokens, "
           f"{cfg.max_steps * cfg.batch_size * cfg.seq_len / 1e6:.2f}M tokens to train on", flush=True)
 
+    dp_model = distributed.wrap(model, d, cfg.parallel, prec)  # DDP, or FSDP2 shards (before the optimizer sees them)
     optimizer = adamw(model, cfg.lr, cfg.weight_decay)
-    start, _ = checkpoint.resume(ckpt, cfg.out_dir, optimizer, "pretrain", d.is_main)
-    ddp_model = distributed.wrap(model, d)
+    start, _ = checkpoint.resume(ckpt, cfg.out_dir, optimizer, "pretrain", d.is_main, model)
     guard, scaler = NonFiniteGuard("pretrain", cfg.skip_nonfinite), precision.Scaler(prec, d.device)
 
     # 2. Train: one packed batch per step; every token is a target.
@@ -115,13 +117,13 @@ def train(cfg: Config) -> str:
         batch = rows[distributed.shard(epoch_batches(len(rows), cfg.batch_size, step, cfg.seed).tolist(), d)].to(d.device)
         n_tokens = distributed.global_sum(batch[:, 1:].numel(), d)  # every token of the global batch is a target
         loss = torch.zeros((), device=d.device)
-        for micro in distributed.micro_batches(ddp_model, batch, cfg.micro_batch_size):
-            logits = ddp_model(input_ids=micro).logits  # (b, T, V)
+        for micro in distributed.micro_batches(dp_model, batch, cfg.micro_batch_size):
+            logits = dp_model(input_ids=micro).logits  # (b, T, V)
             micro_loss, _ = lm_loss(logits[:, :-1], micro[:, 1:], normalizer=n_tokens)  # a share of the global mean
-            scaler.backward(micro_loss * d.world_size)  # DDP averages over ranks; undo it so the loss is the global mean
+            scaler.backward(micro_loss * d.world_size)  # DDP and FSDP average over ranks; undo it so the loss is the global mean
             loss += micro_loss.detach()
         scaler.unscale(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        grad_norm = distributed.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         global_loss = distributed.global_sum(loss, d)  # the same on every rank: all ranks skip or stop together
         scaler.step(optimizer, guard, step, loss=global_loss, grad_norm=grad_norm)
         optimizer.zero_grad(set_to_none=True)
@@ -131,16 +133,19 @@ def train(cfg: Config) -> str:
         if due(step, cfg.eval_every) or step + 1 == cfg.max_steps:
             metrics["eval/loss"] = heldout_loss(model, heldout.to(d.device))
         run.log(step + 1, metrics)
-        if d.is_main and due(step, cfg.sample_every):
+        if distributed.joins(d, model) and due(step, cfg.sample_every):
             log_samples(run, model, tok, sample_prompts, step + 1)
-        if (step + 1) % cfg.ckpt_every == 0 and step + 1 < cfg.max_steps and d.is_main:
-            checkpoint.save_checkpoint(cfg.out_dir, step + 1, {"model": model}, {"optimizer": optimizer.state_dict()}, tok)
+        if (step + 1) % cfg.ckpt_every == 0 and step + 1 < cfg.max_steps:
+            saved, optimizer_state = distributed.full_model(model, d), distributed.optimizer_state(model, optimizer, d)
+            if d.is_main:
+                checkpoint.save_checkpoint(cfg.out_dir, step + 1, {"model": saved}, {"optimizer": optimizer_state}, tok)
         distributed.barrier(d)
 
     out = os.path.join(cfg.out_dir, "model")
     guard.finish()
+    saved = distributed.full_model(model, d)  # FSDP: every rank gathers, rank 0 gets the whole model
     if d.is_main:
-        checkpoint.save_model("pretrain", model, tok, out)
+        checkpoint.save_model("pretrain", saved, tok, out)
         print(f"[pretrain] saved {out}", flush=True)
     run.close()
     distributed.close(d)

@@ -79,6 +79,7 @@ class Config:
     ckpt_every: int = 20  # checkpoint every N iterations
     precision: Precision = "auto"  # fp32 | bf16-mixed | fp16-mixed (fp32 master weights, autocast) | bf16 (pure) | auto: bf16-mixed on GPU, else fp32
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~1/3 more compute
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # ddp only: fsdp is refused here (rollouts decode with the policy's weights read directly)
     lora: LoraSettings = field(default_factory=LoraSettings)  # LoRA adapters (lora.r > 0); the reference is then the policy with adapters off
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch CPU threads (0: torch default)
@@ -90,6 +91,10 @@ class Config:
             raise ConfigError("'prompts': give the RL prompts, e.g. prompts=prompts.jsonl")
         if self.estimator not in ADVANTAGES:
             raise ConfigError(f"'estimator': expected one of {sorted(ADVANTAGES)}, got {self.estimator!r}")
+        if self.parallel == "fsdp":
+            raise ConfigError(f"'parallel': fsdp is not supported by {self.estimator}: it samples rollouts with a decoder that reads "
+                              "the policy's weights directly, which FSDP keeps as shards; use parallel=ddp (with lora.r, "
+                              "gradient_checkpointing to save memory)")
         n = self.prompts_per_step * self.k
         if n % self.minibatch_size or self.minibatch_size % self.micro_batch_size:
             raise ConfigError(f"batch sizes must nest: prompts_per_step*k ({n}) % minibatch_size ({self.minibatch_size}) "

@@ -75,6 +75,7 @@ class Config:
     evaluate: bool = True  # after training, held-out calibration and the annotators' agreement ceiling
     precision: Precision = "auto"  # fp32 | bf16-mixed | fp16-mixed (fp32 master weights, autocast) | bf16 (pure) | auto: bf16-mixed on GPU, else fp32
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~1/3 more compute
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: ddp replicates the model on every rank | fsdp shards weights, gradients and optimiser state (FSDP2)
     lora: LoraSettings = field(default_factory=LoraSettings)  # LoRA adapters (lora.r > 0) and the score head train; saved merged
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch CPU threads (0: torch default)
@@ -85,6 +86,7 @@ class Config:
         if self.lora.r and not self.lora.merge:
             raise ConfigError("'lora.merge': a reward model is always saved merged (PPO and eval read its score "
                               "offset from its config.json); drop lora.merge=false")
+        distributed.check_parallel(self.parallel, self.precision)
 
 
 def group_pairs(pairs: list[Comparison]) -> list[list[Comparison]]:
@@ -204,9 +206,11 @@ def train(cfg: Config) -> str:
                                 cfg.lora, "SEQ_CLS")
     precision.prepare(model, prec, device, cfg.gradient_checkpointing)
     render_examples(tok, list(distinct), cfg.max_len, "rm")  # says how many answers max_len cuts (batches render their own)
+    if cfg.parallel == "fsdp":  # FSDP2 shards (before the optimizer sees them); under DDP the stage sums gradients itself
+        distributed.shard_model(model, d, prec)
     optimizer = adamw(model, cfg.lr, cfg.weight_decay)
-    start, _ = checkpoint.resume(ckpt, cfg.out_dir, optimizer, "rm", d.is_main)
-    if not start and d.is_main:
+    start, _ = checkpoint.resume(ckpt, cfg.out_dir, optimizer, "rm", d.is_main, model)
+    if not start and distributed.joins(d, model):
         run.log(0, accuracy(model, tok, heldout, cfg.max_len, device))
 
     # 3. Train: all pairs of a few rankings per step.
@@ -230,7 +234,7 @@ def train(cfg: Config) -> str:
                 sums[name] = sums.get(name, 0.0) + v
         distributed.sum_gradients(model.parameters(), d)
         scaler.unscale(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        grad_norm = distributed.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         loss = distributed.global_sum(sums["loss"], d)  # the global batch's loss
         scaler.step(optimizer, guard, step, loss=loss, grad_norm=grad_norm)
         optimizer.zero_grad(set_to_none=True)
@@ -239,14 +243,18 @@ def train(cfg: Config) -> str:
                    "train/grad_norm": grad_norm.item(), **guard.metrics()}
         if d.world_size == 1 and not cfg.micro_batch_groups and "rm/accept_loss" in stats:
             metrics["train/accept_loss"] = stats["rm/accept_loss"].item()
-        if d.is_main and (due(step, cfg.eval_every) or step + 1 == max_steps):
+        if distributed.joins(d, model) and (due(step, cfg.eval_every) or step + 1 == max_steps):
             metrics.update(accuracy(model, tok, heldout, cfg.max_len, device))
         run.log(step + 1, metrics)
-        if (step + 1) % cfg.ckpt_every == 0 and step + 1 < max_steps and d.is_main:
-            checkpoint.save_checkpoint(cfg.out_dir, step + 1, {"rm": model}, {"optimizer": optimizer.state_dict()}, tok)
+        if (step + 1) % cfg.ckpt_every == 0 and step + 1 < max_steps:
+            saved, optimizer_state = distributed.full_model(model, d), distributed.optimizer_state(model, optimizer, d)
+            if d.is_main:
+                checkpoint.save_checkpoint(cfg.out_dir, step + 1, {"rm": saved}, {"optimizer": optimizer_state}, tok)
         distributed.barrier(d)
 
     guard.finish()
+    model = distributed.full_model(model, d)  # FSDP: every rank gathers, rank 0 gets the whole model (on CPU)
+    device = next(model.parameters()).device if d.is_main else device
     if not d.is_main:  # rank 0 alone normalises, evaluates and saves
         run.close()
         distributed.close(d)

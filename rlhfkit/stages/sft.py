@@ -62,6 +62,7 @@ class Config:
     ckpt_every: int = 200  # checkpoint every N steps
     precision: Precision = "auto"  # fp32 | bf16-mixed | fp16-mixed (fp32 master weights, autocast) | bf16 (pure) | auto: bf16-mixed on GPU, else fp32
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~1/3 more compute
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: ddp replicates the model on every rank | fsdp shards weights, gradients and optimiser state (FSDP2)
     lora: LoraSettings = field(default_factory=LoraSettings)  # LoRA adapters (lora.r > 0) instead of full fine-tuning
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch CPU threads (0: torch default)
@@ -71,6 +72,7 @@ class Config:
 
         if not self.data:
             raise ConfigError("'data': give the demonstrations, e.g. data=demos.jsonl")
+        distributed.check_parallel(self.parallel, self.precision)
 
 
 def train(cfg: Config) -> str:
@@ -94,9 +96,9 @@ def train(cfg: Config) -> str:
     max_steps = max(1, int(cfg.epochs * len(train_rows) / cfg.batch_size))
     print(f"[sft] {len(train_rows)} demonstrations ({n_held} held out), {max_steps} steps of {cfg.batch_size}", flush=True)
 
+    dp_model = distributed.wrap(model, d, cfg.parallel, prec)  # DDP, or FSDP2 shards (before the optimizer sees them)
     optimizer = adamw(model, cfg.lr, cfg.weight_decay)
-    start, _ = checkpoint.resume(ckpt, cfg.out_dir, optimizer, "sft", d.is_main)
-    ddp_model = distributed.wrap(model, d)
+    start, _ = checkpoint.resume(ckpt, cfg.out_dir, optimizer, "sft", d.is_main, model)
     guard, scaler = NonFiniteGuard("sft", cfg.skip_nonfinite), precision.Scaler(prec, d.device)
 
     # 2. Train on response tokens only.
@@ -110,14 +112,14 @@ def train(cfg: Config) -> str:
         rows = [train_rows[i] for i in distributed.shard(epoch_batches(len(train_rows), cfg.batch_size, step, cfg.seed).tolist(), d)]
         n_tokens = distributed.global_sum(sum(map(scored_tokens, rows)), d)  # response tokens of the global batch
         loss = torch.zeros((), device=d.device)
-        for micro in distributed.micro_batches(ddp_model, rows, cfg.micro_batch_size):
+        for micro in distributed.micro_batches(dp_model, rows, cfg.micro_batch_size):
             ids, attn, labels = (t.to(d.device) for t in sft_batch(micro, tok.pad_token_id))
-            logits = ddp_model(input_ids=ids, attention_mask=attn).logits  # (b, T, V)
+            logits = dp_model(input_ids=ids, attention_mask=attn).logits  # (b, T, V)
             micro_loss, _ = lm_loss(logits[:, :-1], labels[:, 1:], normalizer=n_tokens)  # a share of the global mean
-            scaler.backward(micro_loss * d.world_size)  # DDP averages over ranks: undo it
+            scaler.backward(micro_loss * d.world_size)  # DDP and FSDP average over ranks: undo it
             loss += micro_loss.detach()
         scaler.unscale(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        grad_norm = distributed.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         global_loss = distributed.global_sum(loss, d)  # the same on every rank: all ranks skip or stop together
         scaler.step(optimizer, guard, step, loss=global_loss, grad_norm=grad_norm)
         optimizer.zero_grad(set_to_none=True)
@@ -127,17 +129,20 @@ def train(cfg: Config) -> str:
         if due(step, cfg.eval_every) or step + 1 == max_steps:
             metrics["eval/loss"] = heldout_loss(model, heldout, tok.pad_token_id, d.device)
         run.log(step + 1, metrics)
-        if d.is_main and due(step, cfg.sample_every):
+        if distributed.joins(d, model) and due(step, cfg.sample_every):
             shown = [e for e in examples if e.prompt][:3]  # a plain-text row has no prompt to answer
             log_samples(run, model, tok, [e.prompt for e in shown], step + 1, [e.completion for e in shown])
-        if (step + 1) % cfg.ckpt_every == 0 and step + 1 < max_steps and d.is_main:
-            checkpoint.save_checkpoint(cfg.out_dir, step + 1, {"model": model}, {"optimizer": optimizer.state_dict()}, tok)
+        if (step + 1) % cfg.ckpt_every == 0 and step + 1 < max_steps:
+            saved, optimizer_state = distributed.full_model(model, d), distributed.optimizer_state(model, optimizer, d)
+            if d.is_main:
+                checkpoint.save_checkpoint(cfg.out_dir, step + 1, {"model": saved}, {"optimizer": optimizer_state}, tok)
         distributed.barrier(d)
 
     out = os.path.join(cfg.out_dir, "model")
     guard.finish()
+    saved = distributed.full_model(model, d)  # FSDP: every rank gathers, rank 0 gets the whole model
     if d.is_main:
-        lora.save_final("sft", model, tok, cfg.out_dir, cfg.lora)
+        lora.save_final("sft", saved, tok, cfg.out_dir, cfg.lora)
         print(f"[sft] held-out loss {first_loss:.3f} -> {metrics.get('eval/loss', float('nan')):.3f}; saved {out}", flush=True)
     run.close()
     distributed.close(d)
