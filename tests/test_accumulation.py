@@ -45,6 +45,7 @@ def run(stage: str, tmp_path, base: str, name: str, micro: str | None) -> str:
     return pretrain.train(cfg)
 
 
+@pytest.mark.slow  # trains each stage twice
 @pytest.mark.parametrize("stage", ["sft", "rm", "pretrain"])
 def test_four_micro_batches_of_two_equal_one_batch_of_eight(tmp_path, stage, tiny_model, tiny_tok):
     base = tmp_path / "base"

@@ -3,6 +3,8 @@ step is the model's own greedy continuation of the conversation so far, and one-
 
 from __future__ import annotations
 
+import pytest
+
 import json
 
 import torch
@@ -29,6 +31,7 @@ def greedy(model, tok, messages: list[dict]) -> str:
     return tok.decode(out, skip_special_tokens=True).strip()
 
 
+@pytest.mark.slow  # trains or runs models through the CLI
 def test_cai_writes_demonstrations_and_chains_of_the_models_own_critiques_and_revisions(tiny_model, tiny_tok, tmp_path):
     with torch.no_grad():
         for p in tiny_model.parameters():
@@ -69,6 +72,7 @@ def test_cai_writes_demonstrations_and_chains_of_the_models_own_critiques_and_re
                                                      for c in kept]
 
 
+@pytest.mark.slow  # trains or runs models through the CLI
 def test_cai_bad_input_is_one_line_naming_what_is_wrong(tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "hi"}\n')

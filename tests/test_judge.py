@@ -165,6 +165,7 @@ def test_an_older_store_gains_the_ai_columns(tmp_path):
         store.add_pairwise(pid, a, b, "a", aid, source="ai", prob=float("nan"))
 
 
+@pytest.mark.slow  # trains or runs models through the CLI
 def test_rlhfkit_judge_labels_the_queue_into_the_store_end_to_end(sharp_model, tiny_tok, tmp_path):
     model = save_chat_model(sharp_model, tiny_tok, tmp_path / "judge")
     queue = tmp_path / "queue.jsonl"
