@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -32,7 +31,7 @@ from rlhfkit.evaluation.hooks import make_evaluator, training_eval
 from rlhfkit.files import atomic_open, content_hash
 from rlhfkit.losses import PREFERENCE_LOSSES, chosen_nll_loss
 from rlhfkit.models import lora, precision
-from rlhfkit.models.load import load_causal_lm
+from rlhfkit.models.policy import load_policy
 from rlhfkit.models.lora import LoraSettings
 from rlhfkit.models.precision import Precision
 from rlhfkit.optim import NonFiniteGuard, adamw, cosine_lr, set_lr
@@ -113,10 +112,7 @@ def train(cfg: Config) -> str:
                                 load_preferences(cfg.data, cfg.eval_split) if cfg.eval_split else None)
     pairs, n_held = held + train, len(held)
     ckpt = checkpoint.latest_checkpoint(cfg.out_dir)
-    prec = precision.resolve(cfg.precision, d.device)
-    load = partial(load_causal_lm, device=str(d.device), dtype=precision.weights_dtype(prec))
-    policy, tok = lora.trainable(partial(load, cfg.policy), load, ckpt and os.path.join(ckpt, "policy"), cfg.lora)
-    precision.prepare(policy, prec, d.device, cfg.gradient_checkpointing)
+    policy, tok, prec, make_reference = load_policy(cfg, d.device, ckpt)
     device = d.device
     rendered = render_examples(tok, [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs],
                                cfg.max_len, "dpo")
@@ -133,7 +129,7 @@ def train(cfg: Config) -> str:
     else:
         if cached is not None:
             print(f"[dpo] {cache} was computed for another reference model or other pairs; recomputing", flush=True)
-        ref = lora.reference(policy, lambda: precision.prepare(load(cfg.policy, dtype=precision.frozen_dtype(prec))[0], prec, d.device))
+        ref = make_reference()
         ref_c, ref_r = reference_logprobs(ref, chosen, tok.pad_token_id, d), reference_logprobs(ref, rejected, tok.pad_token_id, d)
         if d.is_main:
             with atomic_open(cache, "wb") as f:  # a rank reading it never sees half a file

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -29,7 +28,7 @@ from rlhfkit.data.packing import epoch_batches
 from rlhfkit.evaluation.hooks import make_evaluator, training_eval
 from rlhfkit.losses import policy_gradient_loss
 from rlhfkit.models import lora, precision
-from rlhfkit.models.load import load_causal_lm
+from rlhfkit.models.policy import load_policy
 from rlhfkit.models.lora import LoraSettings
 from rlhfkit.models.precision import Precision
 from rlhfkit.models.logprobs import response_logprobs
@@ -123,11 +122,8 @@ def train(cfg: Config) -> str:
     evaluator = make_evaluator(cfg.evaluator, cfg.evaluator_args)
     ckpt = checkpoint.latest_checkpoint(cfg.out_dir)
     device = d.device
-    prec = precision.resolve(cfg.precision, device)
-    load = partial(load_causal_lm, device=str(device), dtype=precision.weights_dtype(prec))
-    policy, tok = lora.trainable(partial(load, cfg.policy), load, ckpt and os.path.join(ckpt, "policy"), cfg.lora)
-    precision.prepare(policy, prec, device, cfg.gradient_checkpointing)
-    ref = lora.reference(policy, lambda: precision.prepare(load(cfg.policy, dtype=precision.frozen_dtype(prec))[0], prec, device))
+    policy, tok, prec, make_reference = load_policy(cfg, device, ckpt)
+    ref = make_reference()
     reward_fn = make_reward_fn(cfg.reward, cfg.reward_model, device, cfg.reward_args, cfg.reward_weights)
     rm_fn = reward_fn if cfg.reward == "rm" else None
     params = [p for p in policy.parameters() if p.requires_grad]
