@@ -3,7 +3,7 @@
 #   scripts/setup.sh          the library, CLI and everything the demo needs
 #   scripts/setup.sh --test   also the test tools and Debian's headless Chromium for the browser tests
 # PyTorch is installed first, as a CPU build (torch==2.13.0), unless the venv already has a torch:
-# GPU users install their own CUDA build into .venv first (any torch >=2.4,<3) and it is kept.
+# GPU users install their own CUDA build into .venv first (any torch >=2.6,<3: FSDP2 and the gradient-norm helpers need 2.6) and it is kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
