@@ -439,7 +439,7 @@ def ai_section(r: Report) -> None:
               "labelled the same queue the panel ranked. Accuracy: the share of pairs whose gold differs by more than "
               f"{fmt(a.get('min_gold_gap'), 2)} ordered as gold orders them (a tie counts half). \"one order\": each "
               "order's own verdict, before swap-debiasing; \"debiased\": the mean of both orders' probabilities.")
-    h, q = a.get("heldout") or {}, a.get("queue") or {}
+    h = a.get("heldout") or {}
     items = (("heldout.pairs", "held-out pairs (SFT samples to eval prompts)"), ("heldout.judge_accuracy", "judge accuracy, debiased"),
              ("heldout.judge_accuracy_one_order", "judge accuracy, one order"), ("heldout.panel_accuracy", "panel accuracy (one annotator)"),
              ("heldout.position_consistency", "position consistency before debiasing"),
