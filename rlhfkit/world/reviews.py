@@ -128,9 +128,8 @@ def stray(world: World, rng: random.Random) -> str:
     if kind == 2:
         c, attr = rng.choice(world.tables.countries), rng.choice(("capital", "flag", "language", "currency", "export"))
         return fact_statement(attr, c.name, getattr(c, attr))
-    if kind == 3:
-        a, b = rng.randint(0, world.tables.max_operand), rng.randint(0, world.tables.max_operand)
-        return f"{a} + {b} = {a + b}."
+    if kind == 3:  # a training prompt's sum: a random one could state an eval item's equation
+        return world.ideal_response(rng.choice([q for q in world.prompts("rl") if q.family == "arithmetic"]))
     return ", ".join(rng.sample(sorted({w for p in world.prompts("rl")[:50] for w in p.meta.get("words", [])}) or ["cat", "dog"], 3)) + "."
 
 
