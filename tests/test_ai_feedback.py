@@ -115,6 +115,7 @@ def test_pipeline_ai_path_end_to_end(tmp_path):
     assert "gold_winrate" in evaluated["ppo_ai"] and "gold_winrate" in evaluated["ppo"]
     report = (out / "report" / "report.html").read_text()
     assert 'id="ai-summary"' in report and 'id="ai-rlaif"' in report and 'id="ai-by_principle"' in report
+    assert all(f'data-src="{s}/stage.json:seconds"' in report for s in ("judge", "ai_label", "rm_ai", "ppo_ai"))
 
     # Nothing changed: the AI stages are cached like every other.
     again = statuses(rlhfkit("pipeline", f"--out_dir={out}", *TINY, *ai).stdout)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import os
 from typing import Any
 
@@ -423,7 +424,15 @@ def headroom_section(r: Report) -> None:
     r.end()
 
 
-AI_STAGES = ("judge", "ai_label", "rm_ai", "ppo_ai")  # the AI-feedback path's stages (pipeline ai_feedback=true)
+AI_STAGES = ("judge", "ai_label", "rm_ai", "ppo_ai")
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}  # the AI-feedback path's stages (pipeline ai_feedback=true)
 
 
 def ai_section(r: Report) -> None:
@@ -451,7 +460,11 @@ def ai_section(r: Report) -> None:
              ("queue.judge_labels_per_second", "judge: labels per second"), ("queue.panel_labels_per_second", "panel: labels per second"))
     r.html.append('<div class="row">')
     _kv(r, a, f, "ai-summary", "Judge and panel", items)
-    secs = {s: get_path(d.stages.get(s), "seconds") for s in AI_STAGES if s in d.stages}
+    secs = {}
+    for s in AI_STAGES:  # d.stages holds only stages with a metrics.jsonl; ai_label has none
+        marker = os.path.join(d.run_dir, s, "stage.json")
+        if s in d.stages or os.path.exists(marker):
+            secs[s] = get_path(d.stages.get(s) or _read_json(marker), "seconds")
     if secs:
         rows = [[row_head(s), td(fmt(v, 1), ("data-src", f"{s}/stage.json:seconds"))] for s, v in secs.items()]
         total = sum(v for v in secs.values() if is_number(v))
