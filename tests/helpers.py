@@ -64,6 +64,14 @@ def assert_same_metrics(full: list[dict], resumed: list[dict]) -> None:
                 assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-5), (a["step"], k)
 
 
+def assert_only_rank_zero_wrote(one, two) -> None:
+    """A 2-rank run directory `two` holds the same files as the 1-process run's `one`, and no step twice (a second
+    writer would append its own rows to metrics.jsonl)."""
+    assert sorted(p.relative_to(two) for p in two.rglob("*")) == sorted(p.relative_to(one) for p in one.rglob("*"))
+    steps = [r["step"] for r in metrics(str(two))]
+    assert len(steps) == len(set(steps))
+
+
 def free_port() -> int:
     """A TCP port free on loopback right now (the OS picks it)."""
     with socket.socket() as s:
