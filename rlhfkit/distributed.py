@@ -333,7 +333,11 @@ def barrier(d: Dist) -> None:
 
 
 def close(d: Dist) -> None:
+    """Tear the process group down together: every rank waits at a barrier (rank 0 may still be writing the
+    model) so no rank destroys gloo's connections while a peer's collectives are in flight (a rank that did
+    sometimes aborted at exit with "terminate called without an active exception")."""
     if d.world_size > 1 and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
