@@ -3,7 +3,7 @@
 Bai et al. (2022), "Constitutional AI", sec. 3 (SL-CAI):
 
 1. sample: the model answers every prompt (e.g. red-team prompts);
-2. `revisions` rounds: for each prompt a principle of the constitution is drawn
+2. `revisions` rounds: for each prompt a principle of the constitution (of `principles`, where given) is drawn
    (seeded by `seed`, the prompt's index and the round); the conversation goes on
    with the principle's critique request about the last answer, the model writes a
    critique, then the revision request, and the model writes a revision, which is
@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rlhfkit.data.records import Message, prompt_json
-from rlhfkit.feedback.constitution import load_constitution
+from rlhfkit.feedback.constitution import Constitution, Principle, load_constitution
 from rlhfkit.models.load import load_causal_lm
 from rlhfkit.rollout import answer
 from rlhfkit.tracking import seed_everything
@@ -40,6 +40,7 @@ class Config:
     prompts: str | None = None  # file/dir of prompts (JSONL/Parquet/HF dataset with `prompt` or `messages`); required
     constitution: str | None = None  # principles and request templates (YAML); None: the packaged helpful/honest/harmless one
     revisions: int = 1  # critique-revision rounds per prompt
+    principles: list[str] = field(default_factory=list)  # draw only these principles of the constitution (empty: all)
     limit: int = 0  # use only the first N prompts (0: all)
     out: str = "runs/cai/demos.jsonl"  # (prompt, final revision) demonstrations: `rlhfkit sft data=<out>`
     chains: str | None = None  # every step for inspection (None: <out without .jsonl>.chains.jsonl)
@@ -61,11 +62,34 @@ class Config:
             self.chains = (self.out[: -len(".jsonl")] if self.out.endswith(".jsonl") else self.out) + ".chains.jsonl"
 
 
+def draw(constitution: Constitution, names: list[str], seed: int, index: int, rnd: int) -> Principle:
+    """The principle of prompt `index` in round `rnd`: uniform over `names` (empty: the whole constitution)."""
+    rng = random.Random(f"{seed}:{index}:{rnd}")
+    if not names:
+        return constitution.sample(rng)
+    return constitution.principle(names[rng.randrange(len(names))])
+
+
+def critique_conversation(constitution: Constitution, prompt, answer: str, principle: Principle) -> tuple[Message, ...]:
+    """What the model critiques from: the prompt's turns, the answer, then the principle's critique request
+    (user turn). Public so that critique examples written for training show the model exactly these turns."""
+    turns = (Message("user", prompt),) if isinstance(prompt, str) else tuple(prompt)
+    return (*turns, Message("assistant", answer), Message("user", constitution.fill("critique", request=principle.critique)))
+
+
+def revision_conversation(constitution: Constitution, critique_conv: tuple[Message, ...], critique: str,
+                          principle: Principle) -> tuple[Message, ...]:
+    """What the model revises from: the critique conversation, the critique, then the revision request."""
+    return (*critique_conv, Message("assistant", critique), Message("user", constitution.fill("revision", request=principle.revision)))
+
+
 def main(cfg: Config) -> dict:
     from rlhfkit.data.loaders import prompt_list, write_jsonl
 
     seed_everything(cfg.seed)
     constitution = load_constitution(cfg.constitution)  # bad input fails before any model loads
+    for name in cfg.principles:
+        constitution.principle(name)  # an unknown name fails here, naming the file
     prompts = prompt_list(cfg.prompts)[: cfg.limit or None]
     model, tok = load_causal_lm(cfg.model, device=cfg.device)
     calls = iter(range(1, 1 << 30))  # a fresh sampling seed for every batched call
@@ -75,9 +99,6 @@ def main(cfg: Config) -> dict:
                       top_p=cfg.top_p, batch_size=cfg.batch_size, seed=cfg.seed * 1000 + next(calls))
         return [o["response"].strip() for o in outs]
 
-    def turns(prompt) -> tuple[Message, ...]:
-        return (Message("user", prompt),) if isinstance(prompt, str) else tuple(prompt)
-
     # 1. Sample the initial answers.
     current = generate(prompts)
     chains = [{"prompt": prompt_json(p), "initial": r, "rounds": []} for p, r in zip(prompts, current)]
@@ -85,17 +106,14 @@ def main(cfg: Config) -> dict:
 
     # 2. Critique and revise, a principle drawn per prompt and round.
     for rnd in range(cfg.revisions):
-        drawn = [constitution.sample(random.Random(f"{cfg.seed}:{i}:{rnd}")) for i in range(len(prompts))]
-        asks = [constitution.fill("critique", request=pr.critique) for pr in drawn]
-        critique_convs = [(*turns(p), Message("assistant", r), Message("user", ask))
-                          for p, r, ask in zip(prompts, current, asks)]
+        drawn = [draw(constitution, cfg.principles, cfg.seed, i, rnd) for i in range(len(prompts))]
+        critique_convs = [critique_conversation(constitution, p, r, pr) for p, r, pr in zip(prompts, current, drawn)]
         critiques = generate(critique_convs)
-        revise = [constitution.fill("revision", request=pr.revision) for pr in drawn]
-        revised = generate([(*conv, Message("assistant", c), Message("user", ask))
-                            for conv, c, ask in zip(critique_convs, critiques, revise)])
-        for chain, pr, ask, c, rv_ask, rv in zip(chains, drawn, asks, critiques, revise, revised):
-            chain["rounds"].append({"principle": pr.name, "critique_request": ask, "critique": c,
-                                    "revision_request": rv_ask, "revision": rv})
+        revised = generate([revision_conversation(constitution, conv, c, pr)
+                            for conv, c, pr in zip(critique_convs, critiques, drawn)])
+        for chain, pr, conv, c, rv in zip(chains, drawn, critique_convs, critiques, revised):
+            chain["rounds"].append({"principle": pr.name, "critique_request": conv[-1].content, "critique": c,
+                                    "revision_request": constitution.fill("revision", request=pr.revision), "revision": rv})
         current = revised
         print(f"[cai] round {rnd + 1}/{cfg.revisions}: {sum(map(bool, current))} non-empty revisions", flush=True)
 

@@ -1,0 +1,172 @@
+"""The demo's Constitutional AI supervised stage (CAI-SL, Bai et al. 2022, sec. 3) in the built-in world.
+
+Three pipeline stages (`rlhfkit pipeline --config=demo_ai`, beside the RLAIF path of ai_feedback.py):
+
+`cai_critic` (train_critic): the world's tiny model cannot critique and revise untaught, as its judge
+  could not judge untaught. The world writes critique/revision chains for training prompts only
+  (rlhfkit.world.critiques: red-team prompts, answers of the kinds the world produces, a principle's
+  critique request, a critique naming what is wrong, the ideal revision), shown in the conversations
+  `rlhfkit cai` builds; the generic SFT stage fine-tunes the SFT model on them, mixed with `sft_demos`
+  of the world's SFT demonstrations so that its first answers stay the SFT policy's -> the critic
+  (`<out_dir>/model`). Only the critique and revision turns are trained (assistant_turns=last: each
+  chain is two rows), never the answer being critiqued.
+`cai` (revise): the library's `rlhfkit cai` with the critic on the RL split's red-team prompts (harmful
+  requests and their benign look-alikes; never eval prompts): it answers, critiques its answer under a
+  principle drawn from `principles`, revises, `revisions` rounds -> demos.jsonl (prompt, final revision)
+  and chains.jsonl. Then, with gold, after the fact (`cai_metrics.json`): per prompt, does the final
+  revision beat the original answer (win / tie / loss, overall and per family), behaviour rates of the
+  originals and the revisions, and how often the critique's "Yes."/"No." answers its principle's question
+  as gold would (did the answer help with harm / refuse a harmless request?).
+`sft_cai` (train_sft_cai): the SFT model fine-tuned on the revisions, mixed with `sft_demos` of the
+  world's SFT demonstrations so that it keeps the other families -> the CAI-SL policy, evaluated beside
+  SFT by the `eval` stage.
+
+Departures from the paper: the critic learns critiquing from world-written chains (the paper's model is a
+helpful RLHF model prompted with few-shot critiques); SL-CAI fine-tunes the SFT model (the paper, the
+pretrained one) on revisions plus the original demonstrations (the paper mixes in helpful samples).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass, field, replace
+from statistics import mean
+from typing import Any
+
+from rlhfkit.data.loaders import write_jsonl
+from rlhfkit.demo.gold import behaviour_rates
+from rlhfkit.files import write_atomic
+from rlhfkit.stages import cai as cai_stage
+from rlhfkit.stages import sft
+from rlhfkit.world import WorldConfig, build_world
+from rlhfkit.world.critiques import FAMILIES, PRINCIPLES, make_chains
+from rlhfkit.world.gold import complies
+from rlhfkit.world.reviews import CONSTITUTION
+
+
+def _demos(world, n: int, seed: int) -> list[dict]:
+    """`n` of the world's SFT demonstrations (all of them if n >= their number), drawn by `seed`."""
+    demos = [{"prompt": p.text, "completion": r, "family": p.family} for p, r in world.sft_demos()]
+    return random.Random(f"{seed}:cai-mix").sample(demos, min(n, len(demos)))
+
+
+@dataclass
+class CriticConfig:
+    out_dir: str = "runs/cai_critic"  # chains.jsonl (+ meta), and the critic model in <out_dir>/model
+    seed: int = 0  # chain draws, the SFT demonstrations mixed in; the SFT stage's seed
+    world: WorldConfig = field(default_factory=WorldConfig)  # the world whose training prompts the chains are for
+    chains: int = 3000  # critique/revision chains the world writes (two SFT rows each)
+    sft_demos: int = 2500  # world SFT demonstrations mixed in (the critic still answers like the SFT model)
+    constitution: str = ""  # "": the world's, rlhfkit/world/constitution.yaml
+    sft: sft.Config = field(default_factory=sft.Config)  # how the critic is trained (model, data, out_dir wired)
+
+    def resolve(self) -> None:
+        from rlhfkit.config import ConfigError
+
+        if self.sft.assistant_turns != "last":  # `all` would train the critiqued answer too, flaws and all
+            raise ConfigError("'sft.assistant_turns': the critic trains on the last turn of each row (the critique "
+                              "or the revision) only; leave it at 'last'")
+
+
+def train_critic(cfg: CriticConfig) -> None:
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    world = build_world(cfg.world)
+    chains = make_chains(world, cfg.chains, cfg.seed, cfg.constitution or CONSTITUTION)
+    rows = [r for c in chains for r in c["rows"]] + _demos(world, cfg.sft_demos, cfg.seed)
+    write_jsonl(cfg.sft.data, rows)
+    write_jsonl(os.path.join(cfg.out_dir, "chains_meta.jsonl"), ({k: v for k, v in c.items() if k != "rows"} for c in chains))
+    print(f"[cai_critic] {len(chains)} critique/revision chains of training prompts + {len(rows) - 2 * len(chains)} SFT "
+          f"demonstrations -> {cfg.sft.data}", flush=True)
+    sft.train(cfg.sft)
+
+
+@dataclass
+class ReviseConfig:
+    out_dir: str = "runs/cai"  # prompts.jsonl, demos.jsonl, chains.jsonl, cai_metrics.json
+    seed: int = 0  # sampling and principle draws
+    model: str = "runs/cai_critic/model"  # the critic: answers, critiques and revises
+    world: WorldConfig = field(default_factory=WorldConfig)  # whose RL prompts are revised, and gold afterwards
+    repeats: int = 1  # each red-team RL prompt this many times (independent samples)
+    constitution: str = ""  # "": the world's
+    principles: list[str] = field(default_factory=lambda: list(PRINCIPLES))  # drawn per prompt and round
+    cai: cai_stage.Config = field(default_factory=lambda: cai_stage.Config(prompts="<wired>"))  # revisions, sampling (paths wired)
+
+
+def revise(cfg: ReviseConfig) -> dict:
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    world = build_world(cfg.world)
+    prompts = [p for p in world.prompts("rl") if p.family in FAMILIES for _ in range(cfg.repeats)]
+    path = lambda name: os.path.join(cfg.out_dir, name)  # noqa: E731
+    write_jsonl(path("prompts.jsonl"), ({"prompt": p.text, "family": p.family, "id": p.id} for p in prompts))
+    # 1. The library's stage: texts in, chains out (nothing of gold).
+    stats = cai_stage.main(replace(cfg.cai, model=cfg.model, prompts=path("prompts.jsonl"), seed=cfg.seed,
+                                   constitution=cfg.constitution or CONSTITUTION, principles=list(cfg.principles),
+                                   out=path("demos.jsonl"), chains=path("chains.jsonl"), limit=0))
+    # 2. Measure, with gold.
+    with open(path("chains.jsonl")) as f:
+        chains = [json.loads(line) for line in f if line.strip()]
+    metrics = {"cai": stats, **revision_metrics(world, prompts, chains)}
+    write_atomic(path("cai_metrics.json"), json.dumps(metrics, indent=2))
+    o = metrics["revision_vs_original"]["all"]
+    print(f"[cai] revisions vs originals by gold on {len(chains)} red-team prompts: win {o['win']:.3f} tie {o['tie']:.3f} "
+          f"loss {o['loss']:.3f}; critique verdicts right {metrics['critique_verdict_accuracy']}", flush=True)
+    return metrics
+
+
+def revision_metrics(world, prompts: list, chains: list[dict]) -> dict[str, Any]:
+    """Final revision against the original answer by gold, per prompt (win / tie / loss shares, overall and per
+    family), the behaviour rates of both, and the critiques' verdicts against gold's flags."""
+    rows = {"initial": [], "final": []}
+    for p, c in zip(prompts, chains):
+        for key in rows:
+            g = world.gold(p, c[key])
+            rows[key].append({"family": p.family, "gold": g.score, "flags": g.flags, "criteria": g.criteria})
+    outcome = ["win" if f["gold"] > i["gold"] else "loss" if f["gold"] < i["gold"] else "tie"
+               for i, f in zip(rows["initial"], rows["final"])]
+    groups = {"all": range(len(prompts))} | {fam: [i for i, p in enumerate(prompts) if p.family == fam] for fam in FAMILIES}
+    flawed = [i for i, r in enumerate(rows["initial"]) if r["gold"] < 1.0]
+    verdicts = []  # the first round's critique: does its Yes/No answer the principle's question as gold does?
+    for p, c in zip(prompts, chains):
+        r = c["rounds"][0]
+        truth = {"harmless": p.family == "harmful" and complies(c["initial"]),
+                 "not_evasive": p.family == "benign" and world.gold(p, c["initial"]).flags["refused"]}.get(r["principle"])
+        said = r["critique"].split(".")[0].strip().lower()
+        if truth is not None and said in ("yes", "no"):
+            verdicts.append(float((said == "yes") == truth))
+        elif truth is not None:
+            verdicts.append(0.0)  # neither "Yes." nor "No.": not an answer to the question
+    share = lambda idx: {k: (sum(outcome[i] == k for i in idx) / len(idx) if idx else None)  # noqa: E731
+                         for k in ("win", "tie", "loss")} | {"prompts": len(idx)}
+    return {
+        "prompts": len(prompts),
+        "revision_vs_original": {g: share(list(idx)) for g, idx in groups.items()},
+        "revision_vs_original_where_original_below_1": share(flawed),
+        "gold_original": mean(r["gold"] for r in rows["initial"]) if prompts else None,
+        "gold_revision": mean(r["gold"] for r in rows["final"]) if prompts else None,
+        "rates_original": behaviour_rates(rows["initial"]),
+        "rates_revision": behaviour_rates(rows["final"]),
+        "changed": mean(float(c["final"] != c["initial"]) for c in chains) if chains else None,
+        "critique_verdict_accuracy": mean(verdicts) if verdicts else None,
+    }
+
+
+@dataclass
+class SFTCAIConfig:
+    out_dir: str = "runs/sft_cai"  # data.jsonl, and the CAI-SL policy in <out_dir>/model
+    seed: int = 0  # the SFT demonstrations mixed in; the SFT stage's seed
+    world: WorldConfig = field(default_factory=WorldConfig)
+    demos: str = "runs/cai/demos.jsonl"  # (prompt, final revision) of the cai stage
+    sft_demos: int = 1000  # world SFT demonstrations mixed in, so the policy keeps the other families
+    sft: sft.Config = field(default_factory=sft.Config)  # fine-tunes the SFT model (model, data, out_dir wired)
+
+
+def train_sft_cai(cfg: SFTCAIConfig) -> None:
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    with open(cfg.demos) as f:
+        revisions = [json.loads(line) for line in f if line.strip()]
+    rows = revisions + _demos(build_world(cfg.world), cfg.sft_demos, cfg.seed)
+    write_jsonl(cfg.sft.data, rows)
+    print(f"[sft_cai] {len(revisions)} revisions + {len(rows) - len(revisions)} SFT demonstrations -> {cfg.sft.data}", flush=True)
+    sft.train(cfg.sft)
