@@ -1,11 +1,16 @@
 """Decode throughput: rlhfkit's generation loop with its lean Llama decoder, the same loop on the
 Hugging Face forward, and transformers' own `model.generate`, on the same model and prompts.
 
-    .venv/bin/python benchmarks/generation.py [--hidden 128] [--layers 4] [--batch 8 64] [--new 40] [--repeats 3]
+    .venv/bin/python benchmarks/generation.py [--hidden 128] [--layers 4] [--batch 8 64] [--new 40] [--repeats 5]
+                                              [--threads N]
 
 A freshly initialised Llama (speed does not depend on what it learned); every response runs to
 `--new` tokens (no EOS), sampled at temperature 1. Runs alternate between engines and the median of
-`--repeats` is reported. Time it on an idle machine. Prints a table, then one JSON line prefixed `JSON `.
+`--repeats` is reported, as wall time and as process CPU time: on a machine shared with other jobs the
+wall time of a 1-thread run swings with the load while its CPU time stays close to the idle wall time
+(with 2+ threads CPU time also counts threads waiting on each other). Before timing, the lean decoder's
+greedy tokens are checked against `model.generate`'s on the same prompts. Prints a table, then one JSON
+line prefixed `JSON `.
 """
 
 from __future__ import annotations
@@ -28,8 +33,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, nargs="+", default=[8, 64])
     ap.add_argument("--prompt-len", type=int, default=20)
     ap.add_argument("--new", type=int, default=40)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -38,40 +46,47 @@ def main() -> None:
                                          max_position_embeddings=512, pad_token_id=0)).eval()
     pad, no_eos = 0, -1  # no sampled token equals -1: every row runs to --new tokens
 
-    def rlhfkit_loop(engine):
+    def rlhfkit_loop(engine, temperature=1.0):
         return lambda prompts: generate(model, prompts, eos_id=no_eos, pad_id=pad, max_new_tokens=args.new,
-                                        temperature=1.0, engine=engine)
+                                        temperature=temperature, engine=engine)
 
-    def hf_generate(prompts):
+    def hf_generate(prompts, do_sample=True):
         ids = torch.tensor(prompts)
         with torch.no_grad():
-            return model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, max_new_tokens=args.new,
+            return model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=do_sample, max_new_tokens=args.new,
                                   min_new_tokens=args.new, pad_token_id=pad, eos_token_id=None, top_k=0)
 
     engines = {"rlhfkit (lean decoder)": rlhfkit_loop("auto"), "rlhfkit loop, HF forward": rlhfkit_loop("hf"),
                "transformers generate": hf_generate}
-    rows = []
+    rows, greedy_equal = [], {}
     for batch in args.batch:
         prompts = torch.randint(1, args.vocab, (batch, args.prompt_len)).tolist()
-        times = {name: [] for name in engines}
+        ours = rlhfkit_loop("auto", temperature=0.0)(prompts).response_ids
+        greedy_equal[batch] = torch.equal(ours, hf_generate(prompts, do_sample=False)[:, args.prompt_len:])
+        wall, cpu = {name: [] for name in engines}, {name: [] for name in engines}
         for name, fn in engines.items():  # warm-up
             fn(prompts[:2])
         for _ in range(args.repeats):
             for name, fn in engines.items():
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 fn(prompts)
-                times[name].append(time.perf_counter() - t0)
-        base = statistics.median(times["transformers generate"])
-        for name, ts in times.items():
-            med = statistics.median(ts)
-            rows.append({"engine": name, "batch": batch, "seconds": round(med, 4),
-                         "tokens_per_s": round(batch * args.new / med, 1), "ms_per_step": round(1000 * med / args.new, 2),
-                         "speedup_vs_generate": round(base / med, 2)})
-    print(f"{'engine':<26} {'batch':>5} {'tokens/s':>10} {'ms/step':>8} {'x generate':>10}")
+                wall[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0)
+        base_wall, base_cpu = statistics.median(wall["transformers generate"]), statistics.median(cpu["transformers generate"])
+        for name in engines:
+            w, c = statistics.median(wall[name]), statistics.median(cpu[name])
+            rows.append({"engine": name, "batch": batch, "seconds": round(w, 4), "cpu_seconds": round(c, 4),
+                         "tokens_per_s": round(batch * args.new / w, 1), "ms_per_step": round(1000 * w / args.new, 2),
+                         "cpu_ms_per_step": round(1000 * c / args.new, 2), "speedup_vs_generate": round(base_wall / w, 2),
+                         "cpu_speedup_vs_generate": round(base_cpu / c, 2)})
+    print(f"{'engine':<26} {'batch':>5} {'tokens/s':>9} {'ms/step':>8} {'x generate':>10} {'cpu ms/step':>11} {'x (cpu)':>8}")
     for r in rows:
-        print(f"{r['engine']:<26} {r['batch']:>5} {r['tokens_per_s']:>10} {r['ms_per_step']:>8} {r['speedup_vs_generate']:>10}")
+        print(f"{r['engine']:<26} {r['batch']:>5} {r['tokens_per_s']:>9} {r['ms_per_step']:>8} {r['speedup_vs_generate']:>10}"
+              f" {r['cpu_ms_per_step']:>11} {r['cpu_speedup_vs_generate']:>8}")
+    print("greedy tokens equal to model.generate's: " + ", ".join(f"batch {b}: {ok}" for b, ok in greedy_equal.items()))
     params = sum(p.numel() for p in model.parameters())
-    print("JSON " + json.dumps({"params": params, "threads": torch.get_num_threads(), "new_tokens": args.new, "rows": rows}))
+    print("JSON " + json.dumps({"params": params, "threads": torch.get_num_threads(), "new_tokens": args.new,
+                                "greedy_equal": greedy_equal, "rows": rows}))
 
 
 if __name__ == "__main__":

@@ -56,7 +56,8 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generato
     if temperature <= 0:
         tokens = logits.argmax(-1)
         return tokens, torch.log_softmax(logits.float(), -1).gather(-1, tokens[:, None])[:, 0]
-    logp = torch.log_softmax(logits.float() / temperature, -1)  # (B, V)
+    logits = logits.float() if temperature == 1.0 else logits.float() / temperature  # x / 1 is x: skip the op
+    logp = torch.log_softmax(logits, -1)  # (B, V)
     probs = logp.exp()
     if top_p < 1.0:
         sorted_p, order = probs.sort(-1, descending=True)
@@ -104,25 +105,30 @@ def generate(
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
     B = prompt_ids.shape[0]
     logits, step = _decoder(model, prompt_ids, prompt_mask, max_new_tokens, engine)
-    tokens, logps = [], []
+    response_ids = torch.empty(B, max_new_tokens, dtype=torch.long, device=device)  # (B, R) filled per step
+    logprobs = torch.empty(B, max_new_tokens, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
-    for _ in range(max_new_tokens):
+    R = max_new_tokens
+    # A finished row keeps sampling (its draws are the global batch's anyway) until every row is done; what it
+    # samples after its EOS is masked to PAD / 0 below, and no other row attends to it.
+    for t in range(max_new_tokens):
         tok, lp = sample_next(logits, temperature, top_p, generator, rows, n_rows)
-        tok = torch.where(done, torch.full_like(tok, pad_id), tok)
-        tokens.append(tok)
-        logps.append(torch.where(done, torch.zeros_like(lp), lp))
-        done = done | torch.isin(tok, stops)
+        response_ids[:, t], logprobs[:, t] = tok, lp
+        done |= torch.isin(tok, stops)
+        if t + 1 == max_new_tokens:  # no forward for a token nobody samples
+            break
         if bool(done.all()):
+            R = t + 1
             break
         logits = step(tok)
-    response_ids = torch.stack(tokens, 1)  # (B, R)
+    response_ids, logprobs = response_ids[:, :R], logprobs[:, :R]
     response_mask = truncate_after_eos(response_ids, stops)
     return Generation(
         prompt_ids=prompt_ids,
         prompt_mask=prompt_mask,
         response_ids=response_ids.masked_fill(~response_mask, pad_id),
         response_mask=response_mask,
-        logprobs=torch.stack(logps, 1).masked_fill(~response_mask, 0.0),
+        logprobs=logprobs.masked_fill(~response_mask, 0.0),
         terminated=torch.isin(response_ids, stops).any(-1),
     )
 

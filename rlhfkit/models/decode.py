@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 _TYPES = {"llama": False, "qwen2": True}  # model_type -> q/k/v projections carry a bias
 _STATIC_ROPE = {"default", "linear", "llama3"}  # rope types whose inv_freq is fixed after loading
@@ -45,80 +46,129 @@ def supports(model) -> bool:
     return lora_only and not getattr(model, "_hf_hook", None) and not sharded
 
 
+class _Linear:
+    """x (N, in) -> the modules' outputs concatenated on the last dim. Plain `nn.Linear` modules (no hooks) run as
+    one matmul: their weights are concatenated once per decoder, i.e. per `generate` call, so a policy that trained
+    since the last call decodes with its new weights; anything else (peft's LoRA layers, a hooked module) is called
+    as a module, one call each."""
+
+    def __init__(self, *mods):
+        self.mods = mods
+        self.w = self.b = self.wt = None
+        if all(type(m) is nn.Linear and not (m._forward_hooks or m._forward_pre_hooks) for m in mods):
+            self.w = mods[0].weight.detach() if len(mods) == 1 else torch.cat([m.weight.detach() for m in mods])
+            if any(m.bias is not None for m in mods):
+                self.b = torch.cat([m.bias.detach() if m.bias is not None else m.weight.new_zeros(m.out_features)
+                                    for m in mods])
+            else:
+                self.wt = self.w.t()  # (in, out) for addmm
+
+    def __call__(self, x):
+        if self.w is not None:
+            return F.linear(x, self.w, self.b)
+        return self.mods[0](x) if len(self.mods) == 1 else torch.cat([m(x) for m in self.mods], -1)
+
+    def add_to(self, h, x, fuse: bool):
+        """h + self(x); one `addmm` when `fuse` (off under autocast, which would run the residual add in bf16)."""
+        return torch.addmm(h, x, self.wt) if fuse and self.wt is not None else h + self(x)
+
+
 class LlamaDecoder:
-    """Decode state for one batch: `prefill(ids, mask)` then `step(tokens)`, each returning last-token logits (B, V)."""
+    """Decode state for one batch: `prefill(ids, mask)` then `step(tokens)`, each returning last-token logits (B, V).
+
+    A decode step is a short list of kernels per layer: RMSNorm, one q/k/v matmul, RoPE on q and k together
+    (tables made once), two cache writes, scale * q k^T plus the padding mask in one `baddbmm` (grouped-query heads
+    as a view of q, keys never repeated), softmax, the value matmul, the o-projection and residual add in one `addmm`,
+    RMSNorm, one gate/up matmul, SiLU times up, and the down projection and residual add in one `addmm`.
+    """
 
     def __init__(self, model, batch_size: int, max_len: int):
         cfg, inner = model.config, model.model
-        self.layers, self.norm, self.embed, self.lm_head = inner.layers, inner.norm, inner.embed_tokens, model.lm_head
         self.eps = cfg.rms_norm_eps
         self.n_heads = cfg.num_attention_heads
         self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
-        self.inv_freq = inner.rotary_emb.inv_freq.float()  # (head_dim / 2,)
-        self.rope_scale = float(getattr(inner.rotary_emb, "attention_scaling", 1.0))
+        self.embed, self.norm, self.lm_head = inner.embed_tokens, inner.norm.weight, _Linear(model.lm_head)
+        self.layers = [(layer.input_layernorm.weight, _Linear(layer.self_attn.q_proj, layer.self_attn.k_proj,
+                                                               layer.self_attn.v_proj), _Linear(layer.self_attn.o_proj),
+                        layer.post_attention_layernorm.weight, _Linear(layer.mlp.gate_proj, layer.mlp.up_proj),
+                        _Linear(layer.mlp.down_proj)) for layer in inner.layers]
         w = self.embed.weight
-        shape = (batch_size, self.n_kv, max_len, self.head_dim)
-        self.k = [torch.empty(shape, dtype=w.dtype, device=w.device) for _ in self.layers]
-        self.v = [torch.empty(shape, dtype=w.dtype, device=w.device) for _ in self.layers]
-        self.valid = torch.zeros(batch_size, max_len, dtype=torch.bool, device=w.device)  # keys that may be attended
+        # RoPE for every position this batch can reach, as HF's rotary embedding computes it; rotate_half(x) * sin
+        # (rotate_half = cat(-x2, x1)) is computed as roll(x) * cat(-sin1, sin2): the same products, sign-flipped
+        freqs = torch.arange(max_len, device=w.device, dtype=torch.float32)[:, None] * inner.rotary_emb.inv_freq.float()
+        emb = torch.cat([freqs, freqs], -1)  # (L, head_dim)
+        scale = float(getattr(inner.rotary_emb, "attention_scaling", 1.0))
+        half = self.head_dim // 2
+        sin = emb.sin() * scale
+        self.rope = torch.stack([emb.cos() * scale, torch.cat([-sin[:, :half], sin[:, half:]], -1)], 1).to(w.dtype)  # (L, 2, hd)
+        self.B, self.L = batch_size, max_len
+        shape = (len(self.layers), batch_size, self.n_kv, max_len, self.head_dim)  # (layers, B, KV, L, hd)
+        self.k = torch.empty(shape, dtype=w.dtype, device=w.device)
+        self.v = torch.empty(shape, dtype=w.dtype, device=w.device)
+        self.bias = torch.zeros(batch_size * self.n_kv, 1, max_len, dtype=w.dtype, device=w.device)  # -inf on padding
         self.length = 0  # filled cache columns
         self.next_pos = None  # (B,) RoPE position of the next token
+        self.fuse_add = True
 
     def _rms(self, x, weight):
+        """HF's LlamaRMSNorm; in fp32 `F.rms_norm` computes the same numbers in one call."""
+        if x.dtype == weight.dtype == torch.float32:
+            return F.rms_norm(x, x.shape[-1:], weight, self.eps)
         dtype = x.dtype
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
         return weight * x.to(dtype)
 
-    def _rope(self, pos):
-        """cos, sin (B, 1, T, head_dim) for positions (B, T), as HF's rotary embedding computes them."""
-        freqs = pos.float()[..., None] * self.inv_freq  # (B, T, head_dim / 2)
-        emb = torch.cat([freqs, freqs], -1)
-        dtype = self.embed.weight.dtype
-        return (emb.cos() * self.rope_scale).to(dtype)[:, None], (emb.sin() * self.rope_scale).to(dtype)[:, None]
-
-    @staticmethod
-    def _rotate(x, cos, sin):
-        half = x.shape[-1] // 2
-        return x * cos + torch.cat([-x[..., half:], x[..., :half]], -1) * sin
-
     def _forward(self, ids, pos, mask):
-        """Hidden state of the last column after running `ids` (B, T) at positions `pos` (B, T) through every
-        layer, appending their keys/values at cache columns [length, length + T); `mask` (B, 1, T, L) bool."""
+        """Final-norm hidden state (B, D) of the last column after running `ids` (B, T) at positions `pos` (B, T)
+        through every layer, appending their keys/values at cache columns [length, length + T); `mask` (B, 1, T, L)
+        bool for T > 1 (prefill), unused for T == 1 (the additive `self.bias`)."""
         B, T = ids.shape
+        H, KV, hd = self.n_heads, self.n_kv, self.head_dim
         start, end = self.length, self.length + T
-        cos, sin = self._rope(pos)
-        h = self.embed(ids)  # (B, T, D)
-        group = self.n_heads // self.n_kv
-        for i, layer in enumerate(self.layers):
-            att = layer.self_attn
-            x = self._rms(h, layer.input_layernorm.weight)
-            q = att.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
-            k = att.k_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
-            v = att.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
-            q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
-            self.k[i][:B, :, start:end] = k
-            self.v[i][:B, :, start:end] = v
-            keys, values = self.k[i][:B, :, :end], self.v[i][:B, :, :end]
-            if group > 1:
-                keys, values = keys.repeat_interleave(group, 1), values.repeat_interleave(group, 1)
-            if T == 1:  # one query: two small batched matmuls beat SDPA's kernel set-up here
-                scores = (q @ keys.transpose(-1, -2)) * self.head_dim ** -0.5  # (B, H, 1, L)
-                o = scores.masked_fill(~mask, float("-inf")).softmax(-1) @ values  # (B, H, 1, hd)
+        rope = self.rope[pos.reshape(-1)]  # (N, 2, hd), N = B * T rows
+        cos, sin = rope[:, :1], rope[:, 1:]
+        h = self.embed(ids.reshape(-1))  # (N, D)
+        if T == 1:  # this step's views of every layer's cache, (B KV, hd, L) and (B KV, L, hd), and of the mask
+            keys_t = self.k.view(-1, B * KV, self.L, hd)[:, :, :end].transpose(-1, -2).unbind(0)
+            values = self.v.view(-1, B * KV, self.L, hd)[:, :, :end].unbind(0)
+            bias = self.bias[:, :, :end]  # (B KV, 1, L)
+        for i, (norm1, qkv_proj, o_proj, norm2, gate_up, down) in enumerate(self.layers):
+            qkv = qkv_proj(self._rms(h, norm1)).view(-1, H + 2 * KV, hd)  # (N, H + 2 KV, hd)
+            qk = qkv[:, : H + KV]
+            qk = (qk * cos).add_(qk.roll(hd // 2, -1).mul_(sin))  # (N, H + KV, hd): HF's q * cos + rotate_half(q) * sin
+            if T == 1:  # decode: q's heads grouped under their key/value head, (B KV, H / KV, hd)
+                self.k[i, :, :, start] = qk[:, H:]
+                self.v[i, :, :, start] = qkv[:, H + KV :]
+                # scale * q k^T + the padding mask in one kernel (no key is masked beyond the prompt's padding)
+                scores = torch.baddbmm(bias, qk[:, :H].reshape(B * KV, H // KV, hd), keys_t[i], alpha=hd ** -0.5)
+                o = torch.bmm(scores.softmax(-1), values[i]).view(B, H * hd)  # (B KV, H / KV, hd) -> (B, H hd)
             else:
-                o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.head_dim ** -0.5)
-            h = h + att.o_proj(o.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
-            x = self._rms(h, layer.post_attention_layernorm.weight)
-            mlp = layer.mlp
-            h = h + mlp.down_proj(F.silu(mlp.gate_proj(x)) * mlp.up_proj(x))
+                self.k[i, :, :, start:end] = qk[:, H:].view(B, T, KV, hd).transpose(1, 2)
+                self.v[i, :, :, start:end] = qkv[:, H + KV :].view(B, T, KV, hd).transpose(1, 2)
+                keys, values_i = self.k[i, :, :, :end], self.v[i, :, :, :end]  # (B, KV, L, hd)
+                if H > KV:
+                    keys, values_i = keys.repeat_interleave(H // KV, 1), values_i.repeat_interleave(H // KV, 1)
+                q = qk[:, :H].view(B, T, H, hd).transpose(1, 2)  # (B, H, T, hd)
+                o = F.scaled_dot_product_attention(q, keys, values_i, attn_mask=mask, scale=hd ** -0.5)
+                o = o.transpose(1, 2).reshape(B * T, H * hd)
+            h = o_proj.add_to(h, o, self.fuse_add)
+            gu = gate_up(self._rms(h, norm2))  # (N, 2 I)
+            inter = gu.shape[-1] // 2
+            h = down.add_to(h, F.silu(gu[:, :inter]).mul_(gu[:, inter:]), self.fuse_add)
         self.length = end
-        return self._rms(h[:, -1], self.norm.weight)  # (B, D)
+        return self._rms(h.view(B, T, -1)[:, -1], self.norm)  # (B, D)
 
+    # inference mode: no autograd bookkeeping (version counters, view tracking) on the ~100 small ops of a step;
+    # the returned logits are inference tensors, fine for sampling (not to be saved for a backward pass)
+    @torch.inference_mode()
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Left-padded prompts `ids` (B, P) with `mask` (B, P) True on real tokens -> logits (B, V) of the next token."""
         B, P = ids.shape
-        self.valid[:B, :P] = mask
+        assert B == self.B, f"the decoder was made for {self.B} rows, got {B}"
+        self.fuse_add = not torch.is_autocast_enabled(ids.device.type)
+        self.bias[:, 0, :P].masked_fill_(~mask.repeat_interleave(self.n_kv, 0), float("-inf"))
         pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
         causal = torch.ones(P, P, dtype=torch.bool, device=ids.device).tril()
         # a padding query sees itself as well, so its row is never all-masked (softmax of nothing is NaN)
@@ -126,12 +176,9 @@ class LlamaDecoder:
         self.next_pos = mask.long().sum(-1)
         return self.lm_head(self._forward(ids, pos, attn))
 
+    @torch.inference_mode()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Append one token per row (B,) -> logits (B, V) of the token after it."""
-        B = tokens.shape[0]
-        col = self.length
-        self.valid[:B, col] = True
-        attn = self.valid[:B, None, None, : col + 1]  # (B, 1, 1, L)
-        logits = self.lm_head(self._forward(tokens[:, None], self.next_pos[:, None], attn))
-        self.next_pos = self.next_pos + 1
+        logits = self.lm_head(self._forward(tokens[:, None], self.next_pos, None))
+        self.next_pos += 1
         return logits
