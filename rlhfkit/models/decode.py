@@ -14,6 +14,8 @@ Hugging Face forward. `tests/test_decode.py` holds it to the HF logits.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -46,31 +48,31 @@ def supports(model) -> bool:
     return lora_only and not getattr(model, "_hf_hook", None) and not sharded
 
 
-class _Linear:
+def _plain(*mods) -> bool:
+    return all(type(m) is nn.Linear and not (m._forward_hooks or m._forward_pre_hooks) for m in mods)
+
+
+def _project(*mods):
     """x (N, in) -> the modules' outputs concatenated on the last dim. Plain `nn.Linear` modules (no hooks) run as
-    one matmul: their weights are concatenated once per decoder, i.e. per `generate` call, so a policy that trained
-    since the last call decodes with its new weights; anything else (peft's LoRA layers, a hooked module) is called
-    as a module, one call each."""
+    one matmul: their weights are concatenated here, once per decoder, i.e. per `generate` call, so a policy that
+    trained since the last call decodes with its new weights; anything else (peft's LoRA layers, a hooked module) is
+    called as a module, one call each."""
+    if not _plain(*mods):
+        return mods[0] if len(mods) == 1 else (lambda x: torch.cat([m(x) for m in mods], -1))
+    w = mods[0].weight.detach() if len(mods) == 1 else torch.cat([m.weight.detach() for m in mods])
+    b = None
+    if any(m.bias is not None for m in mods):
+        b = torch.cat([m.bias.detach() if m.bias is not None else m.weight.new_zeros(m.out_features) for m in mods])
+    return functools.partial(F.linear, weight=w, bias=b)
 
-    def __init__(self, *mods):
-        self.mods = mods
-        self.w = self.b = self.wt = None
-        if all(type(m) is nn.Linear and not (m._forward_hooks or m._forward_pre_hooks) for m in mods):
-            self.w = mods[0].weight.detach() if len(mods) == 1 else torch.cat([m.weight.detach() for m in mods])
-            if any(m.bias is not None for m in mods):
-                self.b = torch.cat([m.bias.detach() if m.bias is not None else m.weight.new_zeros(m.out_features)
-                                    for m in mods])
-            else:
-                self.wt = self.w.t()  # (in, out) for addmm
 
-    def __call__(self, x):
-        if self.w is not None:
-            return F.linear(x, self.w, self.b)
-        return self.mods[0](x) if len(self.mods) == 1 else torch.cat([m(x) for m in self.mods], -1)
-
-    def add_to(self, h, x, fuse: bool):
-        """h + self(x); one `addmm` when `fuse` (off under autocast, which would run the residual add in bf16)."""
-        return torch.addmm(h, x, self.wt) if fuse and self.wt is not None else h + self(x)
+def _add_projection(mod, fuse: bool):
+    """(h, x) -> h + mod(x): one `addmm` for a plain bias-free `nn.Linear` when `fuse` (off under autocast, where
+    addmm would run the residual add in bf16), else the module call and an add."""
+    if fuse and _plain(mod) and mod.bias is None:
+        wt = mod.weight.detach().t()  # (in, out)
+        return lambda h, x: torch.addmm(h, x, wt)
+    return lambda h, x: h + mod(x)
 
 
 class LlamaDecoder:
@@ -84,15 +86,11 @@ class LlamaDecoder:
 
     def __init__(self, model, batch_size: int, max_len: int):
         cfg, inner = model.config, model.model
-        self.eps = cfg.rms_norm_eps
+        self.model, self.eps = model, cfg.rms_norm_eps
         self.n_heads = cfg.num_attention_heads
         self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
-        self.embed, self.norm, self.lm_head = inner.embed_tokens, inner.norm.weight, _Linear(model.lm_head)
-        self.layers = [(layer.input_layernorm.weight, _Linear(layer.self_attn.q_proj, layer.self_attn.k_proj,
-                                                               layer.self_attn.v_proj), _Linear(layer.self_attn.o_proj),
-                        layer.post_attention_layernorm.weight, _Linear(layer.mlp.gate_proj, layer.mlp.up_proj),
-                        _Linear(layer.mlp.down_proj)) for layer in inner.layers]
+        self.embed, self.norm = inner.embed_tokens, inner.norm.weight
         w = self.embed.weight
         # RoPE for every position this batch can reach, as HF's rotary embedding computes it; rotate_half(x) * sin
         # (rotate_half = cat(-x2, x1)) is computed as roll(x) * cat(-sin1, sin2): the same products, sign-flipped
@@ -103,18 +101,29 @@ class LlamaDecoder:
         sin = emb.sin() * scale
         self.rope = torch.stack([emb.cos() * scale, torch.cat([-sin[:, :half], sin[:, half:]], -1)], 1).to(w.dtype)  # (L, 2, hd)
         self.B, self.L = batch_size, max_len
-        shape = (len(self.layers), batch_size, self.n_kv, max_len, self.head_dim)  # (layers, B, KV, L, hd)
+        shape = (len(inner.layers), batch_size, self.n_kv, max_len, self.head_dim)  # (layers, B, KV, L, hd)
         self.k = torch.empty(shape, dtype=w.dtype, device=w.device)
         self.v = torch.empty(shape, dtype=w.dtype, device=w.device)
         self.bias = torch.zeros(batch_size * self.n_kv, 1, max_len, dtype=w.dtype, device=w.device)  # -inf on padding
         self.length = 0  # filled cache columns
         self.next_pos = None  # (B,) RoPE position of the next token
-        self.fuse_add = True
+        # fp32: one `rms_norm` call, the same numbers as HF's formula (`_rms`)
+        self.rms = functools.partial(torch.rms_norm, normalized_shape=(cfg.hidden_size,), eps=self.eps) \
+            if w.dtype == torch.float32 else self._rms
+
+    def _build(self, fuse: bool):
+        """Per layer: (norm 1, q/k/v projection, o-projection + residual, norm 2, gate/up projection, down-projection +
+        residual), and the LM head; built in `prefill`, under the autocast (or not) the steps run in."""
+        model = self.model
+        self.lm_head = _project(model.lm_head)
+        self.layers = [(layer.input_layernorm.weight, _project(layer.self_attn.q_proj, layer.self_attn.k_proj,
+                                                                layer.self_attn.v_proj),
+                        _add_projection(layer.self_attn.o_proj, fuse), layer.post_attention_layernorm.weight,
+                        _project(layer.mlp.gate_proj, layer.mlp.up_proj), _add_projection(layer.mlp.down_proj, fuse))
+                       for layer in model.model.layers]
 
     def _rms(self, x, weight):
-        """HF's LlamaRMSNorm; in fp32 `F.rms_norm` computes the same numbers in one call."""
-        if x.dtype == weight.dtype == torch.float32:
-            return F.rms_norm(x, x.shape[-1:], weight, self.eps)
+        """HF's LlamaRMSNorm, op for op."""
         dtype = x.dtype
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -135,7 +144,7 @@ class LlamaDecoder:
             values = self.v.view(-1, B * KV, self.L, hd)[:, :, :end].unbind(0)
             bias = self.bias[:, :, :end]  # (B KV, 1, L)
         for i, (norm1, qkv_proj, o_proj, norm2, gate_up, down) in enumerate(self.layers):
-            qkv = qkv_proj(self._rms(h, norm1)).view(-1, H + 2 * KV, hd)  # (N, H + 2 KV, hd)
+            qkv = qkv_proj(self.rms(h, weight=norm1)).view(-1, H + 2 * KV, hd)  # (N, H + 2 KV, hd)
             qk = qkv[:, : H + KV]
             qk = (qk * cos).add_(qk.roll(hd // 2, -1).mul_(sin))  # (N, H + KV, hd): HF's q * cos + rotate_half(q) * sin
             if T == 1:  # decode: q's heads grouped under their key/value head, (B KV, H / KV, hd)
@@ -153,12 +162,12 @@ class LlamaDecoder:
                 q = qk[:, :H].view(B, T, H, hd).transpose(1, 2)  # (B, H, T, hd)
                 o = F.scaled_dot_product_attention(q, keys, values_i, attn_mask=mask, scale=hd ** -0.5)
                 o = o.transpose(1, 2).reshape(B * T, H * hd)
-            h = o_proj.add_to(h, o, self.fuse_add)
-            gu = gate_up(self._rms(h, norm2))  # (N, 2 I)
+            h = o_proj(h, o)
+            gu = gate_up(self.rms(h, weight=norm2))  # (N, 2 I)
             inter = gu.shape[-1] // 2
-            h = down.add_to(h, F.silu(gu[:, :inter]).mul_(gu[:, inter:]), self.fuse_add)
+            h = down(h, F.silu(gu[:, :inter]).mul_(gu[:, inter:]))
         self.length = end
-        return self._rms(h.view(B, T, -1)[:, -1], self.norm)  # (B, D)
+        return self.rms(h.view(B, T, -1)[:, -1], weight=self.norm)  # (B, D)
 
     # inference mode: no autograd bookkeeping (version counters, view tracking) on the ~100 small ops of a step;
     # the returned logits are inference tensors, fine for sampling (not to be saved for a backward pass)
@@ -167,7 +176,7 @@ class LlamaDecoder:
         """Left-padded prompts `ids` (B, P) with `mask` (B, P) True on real tokens -> logits (B, V) of the next token."""
         B, P = ids.shape
         assert B == self.B, f"the decoder was made for {self.B} rows, got {B}"
-        self.fuse_add = not torch.is_autocast_enabled(ids.device.type)
+        self._build(fuse=not torch.is_autocast_enabled(ids.device.type))
         self.bias[:, 0, :P].masked_fill_(~mask.repeat_interleave(self.n_kv, 0), float("-inf"))
         pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
         causal = torch.ones(P, P, dtype=torch.bool, device=ids.device).tril()
