@@ -108,3 +108,35 @@ def test_unsupported_models_use_the_hf_forward(tiny_tok):
     assert out.response_ids.shape == (3, 4)
     with pytest.raises(ValueError, match="engine"):
         generate(gpt2, prompts, eos_id=tiny_tok.eos_token_id, pad_id=tiny_tok.pad_token_id, engine="fast")
+
+
+@pytest.mark.parametrize("kind", ["llama", "llama_gqa", "qwen2"])
+def test_greedy_equals_model_generate_and_sampled_logprobs_equal_a_recomputed_forward(kind, tiny_tok):
+    """Issue 24's exactness bar for the lean decoder: greedy tokens are transformers' own `model.generate`'s on the
+    same left-padded batch, and the logprobs of sampled tokens are those of one forward pass over the sequences."""
+    from rlhfkit.ops import logprobs_from_logits
+
+    model = _model(kind, tiny_tok)
+    prompts = [render_prompt(tiny_tok, p) for p in PROMPTS]
+    eos, pad = tiny_tok.eos_token_id, tiny_tok.pad_token_id
+    kw = dict(eos_id=eos, pad_id=pad, max_new_tokens=12)
+    ours = generate(model, prompts, temperature=0.0, **kw)
+    ids, mask = pad_batch(prompts, pad, side="left")
+    with torch.no_grad():
+        theirs = model.generate(ids, attention_mask=mask.long(), do_sample=False, max_new_tokens=12, eos_token_id=eos,
+                                pad_token_id=pad)[:, ids.shape[1]:]
+    for row, m in enumerate(ours.response_mask):
+        n = int(m.sum())
+        assert ours.response_ids[row, :n].tolist() == theirs[row, :n].tolist(), (kind, row)
+    assert ours.response_mask.sum() > len(prompts)  # multi-token responses were compared
+
+    temperature = 0.7
+    gen = generate(model, prompts, temperature=temperature, generator=torch.Generator().manual_seed(5), **kw)
+    seq, attn = gen.sequences()
+    with torch.no_grad():
+        logits = model(input_ids=seq, attention_mask=attn.long(), position_ids=position_ids_from_mask(attn)).logits
+    P = gen.prompt_ids.shape[1]
+    recomputed = logprobs_from_logits(logits[:, P - 1 : -1], gen.response_ids, temperature=temperature)
+    m = gen.response_mask
+    assert m.sum() > len(prompts)
+    assert torch.allclose(recomputed[m], gen.logprobs[m], atol=1e-5), (recomputed[m] - gen.logprobs[m]).abs().max()
