@@ -209,3 +209,31 @@ def test_checks_fire_on_reviews_written_for_eval_prompts(world):
     questions = [(r["question"], *parse_prompt(r["question"], world.tables)) for r in leaked]
     assert len(leaks(ev, questions)) == len(leaked) == 50
     assert any(e.search(r["prompt"]) for r in leaked for e in equations(ev))  # the ideal answer states the eval sum
+
+
+# ---- the critique/revision chains the world's critic learns from (rlhfkit/world/critiques.py) are training data too
+
+@pytest.fixture(scope="module")
+def chains(world):
+    from rlhfkit.world.critiques import make_chains
+
+    return make_chains(world, 3000)
+
+
+def test_no_chain_is_about_an_eval_item_or_states_an_eval_equation(world, chains):
+    """The critic's training chains ask only sft/rl prompts, and no turn of their rows states an eval sum."""
+    questions = [(c["question"], *parse_prompt(c["question"], world.tables)) for c in chains]
+    assert leaks(world.prompts("eval"), questions) == []
+    eqs = equations(world.prompts("eval"))
+    turns = [m["content"] for c in chains for row in c["rows"] for m in row["messages"]]
+    assert [t for t in turns if any(e.search(t) for e in eqs)] == []
+    assert {m["content"] for c in chains for row in c["rows"] for m in row["messages"][:1]} <= {c["question"] for c in chains}
+
+
+def test_checks_fire_on_chains_written_for_eval_prompts(world):
+    from rlhfkit.world.critiques import FAMILIES, make_chains
+
+    ev = world.prompts("eval")
+    leaked = make_chains(world, 50, prompts=[p for p in ev if p.family in FAMILIES])
+    questions = [(c["question"], *parse_prompt(c["question"], world.tables)) for c in leaked]
+    assert len(leaks(ev, questions)) == len(leaked) == 50

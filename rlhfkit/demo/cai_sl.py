@@ -58,6 +58,7 @@ class CriticConfig:
     seed: int = 0  # chain draws, the SFT demonstrations mixed in; the SFT stage's seed
     world: WorldConfig = field(default_factory=WorldConfig)  # the world whose training prompts the chains are for
     chains: int = 3000  # critique/revision chains the world writes (two SFT rows each)
+    splits: list[str] = field(default_factory=lambda: ["sft", "rl"])  # the training splits whose red-team prompts they are for
     sft_demos: int = 2500  # world SFT demonstrations mixed in (the critic still answers like the SFT model)
     constitution: str = ""  # "": the world's, rlhfkit/world/constitution.yaml
     sft: sft.Config = field(default_factory=sft.Config)  # how the critic is trained (model, data, out_dir wired)
@@ -65,6 +66,8 @@ class CriticConfig:
     def resolve(self) -> None:
         from rlhfkit.config import ConfigError
 
+        if not self.splits or set(self.splits) - {"sft", "rl"}:
+            raise ConfigError(f"'splits': chains are written for the training splits sft and/or rl only, got {self.splits}")
         if self.sft.assistant_turns != "last":  # `all` would train the critiqued answer too, flaws and all
             raise ConfigError("'sft.assistant_turns': the critic trains on the last turn of each row (the critique "
                               "or the revision) only; leave it at 'last'")
@@ -73,7 +76,7 @@ class CriticConfig:
 def train_critic(cfg: CriticConfig) -> None:
     os.makedirs(cfg.out_dir, exist_ok=True)
     world = build_world(cfg.world)
-    chains = make_chains(world, cfg.chains, cfg.seed, cfg.constitution or CONSTITUTION)
+    chains = make_chains(world, cfg.chains, cfg.seed, cfg.constitution or CONSTITUTION, splits=tuple(cfg.splits))
     rows = [r for c in chains for r in c["rows"]] + _demos(world, cfg.sft_demos, cfg.seed)
     write_jsonl(cfg.sft.data, rows)
     write_jsonl(os.path.join(cfg.out_dir, "chains_meta.jsonl"), ({k: v for k, v in c.items() if k != "rows"} for c in chains))

@@ -96,14 +96,17 @@ def critique(family: str, kind: str, principle: str, reason: str) -> str:
 
 
 def make_chains(world: World, n: int, seed: int = 0, constitution: Constitution | str | None = None,
-                prompts: list[Prompt] | None = None, principles: tuple[str, ...] = PRINCIPLES) -> list[dict]:
-    """`n` chains, cycling over `prompts` (default: the world's sft and rl prompts of `FAMILIES`, shuffled): each
+                prompts: list[Prompt] | None = None, principles: tuple[str, ...] = PRINCIPLES,
+                splits: tuple[str, ...] = ("sft", "rl")) -> list[dict]:
+    """`n` chains, cycling over `prompts` (default: the prompts of `FAMILIES` in the training `splits`, shuffled): each
     an answer of a kind drawn uniformly, a principle drawn uniformly from `principles`, its critique and the
     ideal revision. Rows: source (prompt id), family, question, kind, principle, answer, critique, revision,
     and `rows`: the two SFT rows (`sft_rows`)."""
     c = constitution if isinstance(constitution, Constitution) else load_constitution(constitution or CONSTITUTION)
     rng = random.Random(f"{seed}:critiques")
-    pool = list(prompts) if prompts is not None else [p for s in ("sft", "rl") for p in world.prompts(s) if p.family in FAMILIES]
+    if set(splits) - {"sft", "rl"}:
+        raise ValueError(f"chains are written for training splits (sft, rl) only, got {list(splits)}")
+    pool = list(prompts) if prompts is not None else [p for s in splits for p in world.prompts(s) if p.family in FAMILIES]
     pool = [p for p in pool if p.family in KINDS]
     rng.shuffle(pool)
     chains = []

@@ -1,0 +1,119 @@
+"""The world's Constitutional AI supervised stage (issue 21): critique/revision chains written for training
+prompts only, rendered token for token as `rlhfkit cai` renders its conversations at run time, and a tiny
+critic trained on them whose revisions beat its own first answers by gold more often than they lose."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from rlhfkit.data.chat import render_examples, render_prompt, render_turn
+from rlhfkit.data.loaders import load_sft
+from rlhfkit.feedback.constitution import load_constitution
+from rlhfkit.world import WorldConfig, build_world
+from rlhfkit.world.critiques import FAMILIES, KINDS, PRINCIPLES, YES, make_chains
+from rlhfkit.world.reviews import CONSTITUTION
+from tests.helpers import WORLD_ARGS
+
+
+@pytest.fixture(scope="module")
+def tiny_world():
+    return build_world(WorldConfig(**WORLD_ARGS))
+
+
+def test_chains_are_for_red_team_training_prompts_with_the_ideal_revision(tiny_world):
+    chains = make_chains(tiny_world, 300, seed=1)
+    training = {p.id: p for split in ("sft", "rl") for p in tiny_world.prompts(split)}
+    held_out = {p.text for p in tiny_world.prompts("eval")}
+    assert len(chains) == 300
+    for c in chains:
+        p = training[c["source"]]
+        assert p.text == c["question"] not in held_out and p.family == c["family"] in FAMILIES
+        assert c["revision"] == tiny_world.ideal_response(p) and tiny_world.gold(p, c["revision"]).score == 1.0
+        gold = tiny_world.gold(p, c["answer"])
+        assert (gold.score == 1.0) == (c["kind"] == "ideal")  # every other kind is worse by gold
+        # "Yes." exactly where the principle's flaw is there: help with harm, or refusing a harmless request
+        assert c["critique"].startswith("Yes." if (c["family"], c["kind"]) in YES[c["principle"]] else "No.")
+        if c["kind"] in ("complies", "refuses"):
+            assert gold.flags["refused"] == (c["kind"] == "refuses")
+    first = {f: next(p for p in training.values() if p.family == f) for f in FAMILIES}
+    assert {(c["family"], c["kind"]) for c in chains} == {(f, k) for f in FAMILIES for k in KINDS[f](tiny_world, first[f], random.Random(0))}
+    assert {c["principle"] for c in chains} == set(PRINCIPLES)
+
+
+def test_chain_rows_are_the_turns_cai_gives_the_model_at_run_time(tiny_world, tiny_tok, tmp_path, monkeypatch):
+    """Run `rlhfkit cai` with a scripted model that answers, critiques and revises as a chain says: the
+    conversations it is given are token for token the prompts of the chain's two SFT rows, and the rows'
+    targets are the turns it wrote, rendered as SFT renders them."""
+    from rlhfkit.stages import cai
+
+    c = load_constitution(CONSTITUTION)
+    for principle in PRINCIPLES:
+        chains = [ch for ch in make_chains(tiny_world, 40, seed=2) if ch["principle"] == principle][:4]
+        script = iter([[ch["answer"] for ch in chains], [ch["critique"] for ch in chains], [ch["revision"] for ch in chains]])
+        seen = []
+
+        def scripted(model, tok, conversations, **kwargs):
+            seen.append(list(conversations))
+            return [{"response": r, "terminated": True, "n_tokens": 1} for r in next(script)]
+
+        monkeypatch.setattr(cai, "answer", scripted)
+        monkeypatch.setattr(cai, "load_causal_lm", lambda path, device: (None, tiny_tok))
+        prompts = tmp_path / f"{principle}.jsonl"
+        prompts.write_text("".join(json.dumps({"prompt": ch["question"]}) + "\n" for ch in chains))
+        cai.main(cai.Config(model="unused", prompts=str(prompts), constitution=CONSTITUTION, principles=[principle],
+                            out=str(tmp_path / f"{principle}_demos.jsonl"), chains=str(tmp_path / f"{principle}_chains.jsonl")))
+        _, critique_convs, revision_convs = seen
+        rows = tmp_path / f"{principle}_rows.jsonl"
+        rows.write_text("".join(json.dumps(r) + "\n" for ch in chains for r in ch["rows"]))
+        examples = load_sft(str(rows))
+        rendered = render_examples(tiny_tok, [(e.prompt, e.completion) for e in examples], None, "test")
+        for i, ch in enumerate(chains):
+            for (ids, mask), conv, target in ((rendered[2 * i], critique_convs[i], ch["critique"]),
+                                               (rendered[2 * i + 1], revision_convs[i], ch["revision"])):
+                head = render_prompt(tiny_tok, conv)  # what `answer` feeds the model in `cai`
+                assert ids == head + render_turn(tiny_tok, conv, target)
+                assert mask == [False] * len(head) + [True] * (len(ids) - len(head))
+        assert [m.content for m in critique_convs[0]][-1] == c.principle(principle).critique
+
+
+@pytest.mark.slow  # trains the tiny model
+def test_a_tiny_critic_critiques_in_the_taught_form_at_run_time(tiny_runs, tmp_path):
+    """cai_critic -> cai on the tiny fixtures. A critic taught by chains of the RL split's red-team prompts
+    answers the principle's question first ("Yes." / "No.", which the SFT model never writes) when `cai`
+    asks it at run time: the taught turns and the run-time turns are the same. The tiny model does not learn
+    to revise in the steps a test can afford (its revisions lose to its answers about as often as they win);
+    whether revisions beat the originals is measured at the default size (docs/results.md)."""
+    from rlhfkit.demo import cai_sl
+    from rlhfkit.stages import sft
+
+    world = WorldConfig(**WORLD_ARGS)
+    critic = cai_sl.CriticConfig(out_dir=str(tmp_path / "cai_critic"), world=world, chains=64, sft_demos=0, splits=["rl"],
+                                 sft=sft.Config(model=str(tiny_runs / "sft" / "model"), data=str(tmp_path / "cai_critic" / "data.jsonl"),
+                                                out_dir=str(tmp_path / "cai_critic"), epochs=4.0, batch_size=16, lr=5e-3, warmup_steps=3,
+                                                max_len=320, eval_every=1000, sample_every=1000, ckpt_every=1000))
+    cai_sl.train_critic(critic)
+    revise = cai_sl.ReviseConfig(out_dir=str(tmp_path / "cai"), model=str(tmp_path / "cai_critic" / "model"), world=world)
+    revise.cai.temperature, revise.cai.max_new_tokens = 0.0, 24
+    m = cai_sl.revise(revise)
+    chains = [json.loads(line) for line in (tmp_path / "cai" / "chains.jsonl").read_text().splitlines()]
+    critiques = [c["rounds"][0]["critique"] for c in chains]
+    assert len(chains) == m["prompts"] > 10 and {c["rounds"][0]["principle"] for c in chains} <= set(PRINCIPLES)
+    assert sum(c.startswith(("Yes.", "No.")) for c in critiques) >= 0.8 * len(critiques), critiques
+    o = m["revision_vs_original"]["all"]
+    assert abs(o["win"] + o["tie"] + o["loss"] - 1) < 1e-9 and 0 <= m["critique_verdict_accuracy"] <= 1
+
+
+def test_cai_sl_stages_run_with_demo_ai_only():
+    from rlhfkit.config import parse_cli
+    from rlhfkit.demo import pipeline
+
+    stages = ("cai_critic", "cai", "sft_cai")
+    default = parse_cli(pipeline.Config, [])
+    assert not set(stages) & set(default.enabled()) and "sft_cai" not in default.eval.names
+    on = parse_cli(pipeline.Config, ["--config=demo_ai", "--out_dir=r"])
+    assert [s for s in on.enabled() if s in stages] == list(stages) and "sft_cai" in on.eval.names
+    assert on.cai.model == "r/cai_critic/model" and on.sft_cai.demos == "r/cai/demos.jsonl"
+    assert on.cai_critic.sft.model == on.sft_cai.sft.model == "r/sft/model"
