@@ -1,15 +1,22 @@
-"""A lean decoder for Llama-family models: a preallocated KV cache and one plain forward per token.
+"""A lean decoder for Llama-family models: a preallocated KV cache and a short list of kernels per token.
 
-Why: every online method (PPO, RLOO, GRPO, feedback sampling, evaluation) spends most of its time in
+Why: every online method (PPO, RLOO, GRPO, feedback sampling, evaluation) spends much of its time in
 the decode loop, and for small models that time is framework overhead, not arithmetic: a Hugging
 Face forward builds a 4-D mask, grows a dynamic cache by concatenation and walks a generic module
 tree on every token (~6 ms a step on a 1M-parameter model whose matmuls need well under 1 ms).
-`LlamaDecoder` reads the same weights (never copies them, so a policy that trains between rollouts
-decodes with its current weights) and runs the same math: RMSNorm in fp32, rotary embeddings from
-the model's own `inv_freq`, grouped-query attention, SwiGLU. It checks the architecture first and
-`supports(model)` is False for anything it does not reproduce exactly (other model types, biases
-other than Qwen2's q/k/v biases, dynamic RoPE, sliding windows, adapters other than LoRA, FSDP-sharded weights); callers then use the
-Hugging Face forward. `tests/test_decode.py` holds it to the HF logits.
+`LlamaDecoder` runs the same math on the same weights: RMSNorm in fp32, rotary embeddings from the
+model's own `inv_freq`, grouped-query attention, SwiGLU. Where a projection is a plain `nn.Linear`
+it concatenates q/k/v and gate/up weights into one matmul each; the copy is made per decoder, i.e.
+per `generate` call, so a policy that trains between rollouts always decodes with its current
+weights (LoRA layers and hooked modules are called as modules instead). Measured (docs/results.md,
+"Generation"): per decode step, the matmuls are under half of the time at batch 8; the rest is one
+dispatch per small op, which is why the step is written as few ops as possible. `torch.compile` of
+the step took 72 s to compile and ran slower than eager on CPU, so it is not used.
+The decoder checks the architecture first and `supports(model)` is False for anything it does not
+reproduce (other model types, biases other than Qwen2's q/k/v biases, dynamic RoPE, sliding windows,
+adapters other than LoRA, FSDP-sharded weights); callers then use the Hugging Face forward.
+`tests/test_decode.py` holds it to the HF logits, to `model.generate`'s greedy tokens and to
+recomputed logprobs of sampled tokens.
 """
 
 from __future__ import annotations
