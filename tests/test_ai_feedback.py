@@ -95,10 +95,14 @@ def test_pipeline_ai_path_end_to_end(tmp_path):
     out = tmp_path / "demo"
     ai = ("--config=demo_ai", "--judge.reviews=160", "--judge.sft.epochs=1", "--judge.sft.batch_size=16",
           "--judge.sft.eval_every=5", "--ai_label.heldout_samples=2", "--ai_label.max_new_tokens=16", "--rm_ai.epochs=1",
-          "--rm_ai.eval_every=10", *(f"--ppo_ai.{a[2:]}" for a in PPO))
+          "--rm_ai.eval_every=10", *(f"--ppo_ai.{a[2:]}" for a in PPO), "--cai_critic.chains=60", "--cai_critic.sft_demos=20",
+          "--cai_critic.sft.epochs=1", "--cai_critic.sft.batch_size=16", "--cai_critic.sft.eval_every=5",
+          "--cai.cai.max_new_tokens=16", "--sft_cai.sft_demos=20", "--sft_cai.sft.epochs=1", "--sft_cai.sft.batch_size=16",
+          "--sft_cai.sft.eval_every=5")
     proc = rlhfkit("pipeline", f"--out_dir={out}", *TINY, *ai)
     ran = statuses(proc.stdout)
-    assert [s for s in ran if s in ("judge", "ai_label", "rm_ai", "ppo_ai")] == ["judge", "ai_label", "rm_ai", "ppo_ai"]
+    ai_stages = ["judge", "ai_label", "rm_ai", "ppo_ai", "cai_critic", "cai", "sft_cai"]
+    assert [s for s in ran if s in ai_stages] == ai_stages
     assert set(ran.values()) == {"running"}
 
     with sqlite3.connect(out / "ai_label" / "feedback.db") as con:
@@ -112,10 +116,13 @@ def test_pipeline_ai_path_end_to_end(tmp_path):
     assert q["ai_pairs"] > 0 and q["judge_labels_per_second"] > 0 and q["panel_labels_per_second"] > 0
     assert q["agreement_with_panel_majority"] is None or 0 <= q["agreement_with_panel_majority"] <= 1
     evaluated = json.loads((out / "eval" / "metrics.json").read_text())
-    assert "gold_winrate" in evaluated["ppo_ai"] and "gold_winrate" in evaluated["ppo"]
+    assert "gold_winrate" in evaluated["ppo_ai"] and "gold_winrate" in evaluated["ppo"] and "gold_winrate" in evaluated["sft_cai"]
+    cai = json.loads((out / "cai" / "cai_metrics.json").read_text())
+    assert cai["prompts"] > 0 and abs(sum(cai["revision_vs_original"]["all"][k] for k in ("win", "tie", "loss")) - 1) < 1e-9
     report = (out / "report" / "report.html").read_text()
     assert 'id="ai-summary"' in report and 'id="ai-rlaif"' in report and 'id="ai-by_principle"' in report
-    assert all(f'data-src="{s}/stage.json:seconds"' in report for s in ("judge", "ai_label", "rm_ai", "ppo_ai"))
+    assert all(f'data-src="{s}/stage.json:seconds"' in report for s in ("judge", "ai_label", "rm_ai", "ppo_ai", "cai_critic", "cai", "sft_cai"))
+    assert 'id="ai-cai"' in report and 'id="ai-cai-policy"' in report
 
     # Nothing changed: the AI stages are cached like every other.
     again = statuses(rlhfkit("pipeline", f"--out_dir={out}", *TINY, *ai).stdout)

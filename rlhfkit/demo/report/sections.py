@@ -424,7 +424,7 @@ def headroom_section(r: Report) -> None:
     r.end()
 
 
-AI_STAGES = ("judge", "ai_label", "rm_ai", "ppo_ai")
+AI_STAGES = ("judge", "ai_label", "rm_ai", "ppo_ai", "cai_critic", "cai", "sft_cai")
 
 
 def _read_json(path: str) -> dict:
@@ -498,7 +498,34 @@ def ai_section(r: Report) -> None:
         r.html.append("<h3>RLAIF: PPO on the judge's preferences (ppo_ai) beside PPO on the panel's (ppo)</h3>"
                       + html_table("ai-rlaif", header, rows, "grid"))
         r.md.append("\n### RLAIF: PPO on the judge's preferences (ppo_ai) beside PPO on the panel's (ppo)\n\n" + md_table(header, md_rows))
+    _cai_table(r)
     r.end()
+
+
+def _cai_table(r: Report) -> None:
+    """Constitutional AI's supervised stage: the critic's revisions against its original answers by gold, and
+    the CAI-SL policy beside the baseline on refusals (cai/cai_metrics.json, eval/metrics.json)."""
+    f, m = "cai/cai_metrics.json", r.data.metrics
+    c = _read_json(os.path.join(r.data.run_dir, f))
+    if not c:
+        return
+    header = ["red-team prompts", "prompts", "revision wins", "ties", "losses"]
+    groups = c.get("revision_vs_original") or {}
+    rows = [[row_head(g)] + [td(fmt(v.get(k), 0 if k == "prompts" else 3), ("data-src", f"{f}:revision_vs_original.{g}.{k}"))
+                             for k in ("prompts", "win", "tie", "loss")] for g, v in groups.items()]
+    r.html.append("<h3>Constitutional AI (supervised): final revision vs original answer, by gold</h3>"
+                  + html_table("ai-cai", header, rows, "grid"))
+    r.md.append("\n### Constitutional AI (supervised): final revision vs original answer, by gold\n\n"
+                + md_table(header, [[g] + [fmt(v.get(k), 0 if k == "prompts" else 3) for k in ("prompts", "win", "tie", "loss")]
+                                    for g, v in groups.items()]))
+    policies = [p for p in (r.data.manifest.baseline, "sft_cai") if p in m]
+    keys = (("refusal_rate_harmful", "refusal (harmful)"), ("fitting_refusal_rate", "refusal with a fitting reason"),
+            ("over_refusal_benign", "over-refusal (benign)"), ("gold_winrate.mean", "gold win-rate vs baseline"))
+    if len(policies) == 2:
+        rows = [[row_head(label)] + [td(fmt(get_path(m[p], k)), ("data-metric", f"{p}.{k}")) for p in policies] for k, label in keys]
+        r.html.append("<h3>CAI-SL policy (sft_cai) beside the baseline</h3>" + html_table("ai-cai-policy", ["", *policies], rows, "grid"))
+        r.md.append("\n### CAI-SL policy (sft_cai) beside the baseline\n\n"
+                    + md_table(["", *policies], [[label] + [fmt(get_path(m[p], k)) for p in policies] for k, label in keys]))
 
 
 def notes_section(r: Report) -> None:
