@@ -87,6 +87,17 @@ def test_decoder_reads_the_current_weights(tiny_tok):
     ref = model(input_ids=ids, attention_mask=mask.long(), position_ids=position_ids_from_mask(mask)).logits[:, -1]
     assert not torch.allclose(before, after, atol=1e-3)
     assert torch.allclose(after, ref, atol=1e-4)
+    # q/k/v and gate/up run on weights concatenated per decoder: a change to them must reach the next generate call
+    kw = dict(eos_id=tiny_tok.eos_token_id, pad_id=tiny_tok.pad_token_id, max_new_tokens=4, temperature=0.0)
+    first = generate(model, prompts, **kw)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.k_proj.weight.mul_(-2.0)
+            layer.mlp.gate_proj.weight.mul_(-2.0)
+    second, hf = generate(model, prompts, **kw), generate(model, prompts, engine="hf", **kw)
+    assert not torch.allclose(first.logprobs, second.logprobs, atol=1e-3)
+    assert torch.equal(second.response_ids, hf.response_ids)
+    assert torch.allclose(second.logprobs, hf.logprobs, atol=1e-4)
 
 
 def test_unsupported_models_use_the_hf_forward(tiny_tok):
