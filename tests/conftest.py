@@ -23,7 +23,9 @@ def pytest_collection_modifyitems(config, items):
             if fixture in getattr(item, "fixturenames", ()):
                 item.add_marker(marker)
                 item.add_marker("slow")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Under pytest-xdist (`-n 2`, the README's command) every worker runs one torch thread: two workers of two
+# threads each on a 2-core machine would spin against each other.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
 
 TEXTS = [
     "The capital of Zorvia is Quenport. The flag of Zorvia is green.",
