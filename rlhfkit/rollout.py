@@ -202,7 +202,7 @@ class Experience:
     mask: torch.Tensor  # (B, R) bool, True on response tokens (EOS included)
     terminated: torch.Tensor  # (B,) bool
     scores: torch.Tensor  # (B,) reward (RM or callable), missing-EOS penalty applied
-    logprobs: torch.Tensor  # (B, R) policy at rollout time, recomputed by a training-mode forward
+    logprobs: torch.Tensor | None  # (B, R) policy at rollout time, recomputed by a no-grad forward; None if not asked
     ref_logprobs: torch.Tensor  # (B, R) frozen reference
 
 
@@ -211,14 +211,15 @@ def collect_experience(policy, ref, tok, prompts: Sequence, reward_fn, *, max_ne
                        temperature: float, missing_eos_penalty: float | None = None,
                        forward_batch_size: int = 64, stopwatch=None, columns: dict[str, list] | None = None,
                        generator: torch.Generator | None = None, rows: Sequence[int] | None = None,
-                       n_rows: int | None = None) -> Experience:
+                       n_rows: int | None = None, policy_logprobs: bool = True) -> Experience:
     """Generate, decode, score, and compute policy/reference logprobs for `prompts`.
 
     `reward_fn(prompts, responses, terminated, **columns) -> (B,) tensor` is a reward model or
     any Python callable; `columns` are the prompts' dataset columns, lists aligned with `prompts`. A response that hit the length limit without EOS gets
     `missing_eos_penalty` added to its score (Huang et al. 2024: without it the
     policy learns to ramble past the limit). `generator`, `rows`, `n_rows`: sampling's random numbers (see
-    `generate`): a data-parallel rank passes the global batch rows it holds.
+    `generate`): a data-parallel rank passes the global batch rows it holds. `policy_logprobs=False` skips the
+    policy's forward (`logprobs` None), for an on-policy update that takes them from its own forward.
     """
     import contextlib
 
@@ -244,7 +245,7 @@ def collect_experience(policy, ref, tok, prompts: Sequence, reward_fn, *, max_ne
         return torch.cat(out).masked_fill(~gen.response_mask, 0.0)
 
     with timed("policy_logprobs"):
-        logprobs = logprobs_of(policy)
+        logprobs = logprobs_of(policy) if policy_logprobs else None
     with timed("reference"):
         ref_logprobs = logprobs_of(ref)
     return Experience(list(prompts), texts, input_ids, attn, P, gen.response_mask, gen.terminated, scores,

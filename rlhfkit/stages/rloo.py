@@ -137,6 +137,10 @@ def train(cfg: Config) -> str:
     if start == 0 and cfg.eval_every and eval_prompts and d.is_main:
         run.log(0, training_eval(policy, tok, eval_prompts, rm_fn, evaluator))
     guard, scaler = NonFiniteGuard(cfg.estimator, cfg.skip_nonfinite), precision.Scaler(prec, device)
+    # On-policy (one epoch of one minibatch): the update's own forward runs the policy that sampled, so the rollout's
+    # logprobs are taken from it (ratio exactly 1, as TRL's num_iterations=1) and the no-grad forward is skipped;
+    # not when the KL goes into the reward, which needs them before the update (unless its coefficient is 0)
+    on_policy = cfg.ppo_epochs == 1 and cfg.minibatch_size == cfg.prompts_per_step * cfg.k and not (cfg.kl_in_reward and cfg.kl_coef)
     for step in tqdm(range(start, cfg.total_steps), desc=cfg.estimator, initial=start, total=cfg.total_steps, disable=not d.is_main):
         set_lr(optimizer, cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps)))
         batch = epoch_batches(len(prompts), cfg.prompts_per_step, step, cfg.seed).tolist()
@@ -148,17 +152,18 @@ def train(cfg: Config) -> str:
         exp = collect_experience(policy, ref, tok, [prompts[i] for i in idx], reward_fn,
                                  max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                  missing_eos_penalty=cfg.missing_eos_penalty, columns={k: [v[i] for i in idx] for k, v in columns.items()},
-                                 generator=distributed.step_generator(cfg.seed, step, 0), rows=rows, n_rows=n_rows)
+                                 generator=distributed.step_generator(cfg.seed, step, 0), rows=rows, n_rows=n_rows,
+                                 policy_logprobs=not on_policy)
         mask = exp.mask
-        seq_kl = masked_sum(kl_k1(exp.logprobs, exp.ref_logprobs), mask, dim=1)  # (B,)
 
         # 2. Sequence advantages from the group baseline (a group never spans ranks).
-        rewards = exp.scores - cfg.kl_coef * seq_kl if cfg.kl_in_reward else exp.scores
+        rewards = exp.scores - cfg.kl_coef * seq_kl_of(exp) if cfg.kl_in_reward and not on_policy else exp.scores
         advantages = ADVANTAGES[cfg.estimator](rewards, cfg.k)  # (B,)
 
         # 3. Clipped policy-gradient epochs over minibatches of the global batch (KL as a loss term unless in the
         #    reward); each rank trains on its members of a minibatch, gradients summed over ranks.
         stats = pg_epochs(cfg, d, (step, rows, n_rows), policy, params, optimizer, (guard, scaler), exp, advantages)
+        seq_kl = seq_kl_of(exp)  # (B,)
 
         # 4. Log (global means), evaluate, checkpoint.
         seqs = distributed.Means()
@@ -188,15 +193,24 @@ def train(cfg: Config) -> str:
     return out
 
 
+def seq_kl_of(exp) -> torch.Tensor:
+    """KL (k1) of each sequence to the reference, summed over its response tokens: (B,)."""
+    return masked_sum(kl_k1(exp.logprobs, exp.ref_logprobs), exp.mask, dim=1)
+
+
 def pg_epochs(cfg: Config, d, where: tuple, policy, params, optimizer, guards, exp, advantages) -> dict[str, float]:
     """Step 3: `ppo_epochs` passes of the clipped policy-gradient loss over one rollout batch; `where` is
     `(step, this rank's rows of the batch, its size)`, `guards` `(NonFiniteGuard, precision.Scaler)`. Each optimiser
     step is a minibatch of the global batch (this rank's members of it, in micro-batches), token losses divided by
     the minibatch's response tokens on all ranks, gradients summed over ranks. Returns the global means of the
-    loss statistics and of the gradient norm."""
+    loss statistics and of the gradient norm. Without rollout logprobs (`exp.logprobs` None: on-policy, one epoch of
+    one minibatch) they are filled in from the loss's own forward, before the update."""
     step, rows, n_rows = where
     guard, scaler = guards
     mask, means, norms = exp.mask, distributed.Means(), distributed.Means()
+    fill = exp.logprobs is None
+    if fill:
+        exp.logprobs = torch.zeros(mask.shape, device=mask.device)  # (B, R) float32, as response_logprobs gives
     order = distributed.step_generator(cfg.seed, step, 1)  # minibatch order, the same on every rank
     policy.train()
     for _ in range(cfg.ppo_epochs):
@@ -204,6 +218,8 @@ def pg_epochs(cfg: Config, d, where: tuple, policy, params, optimizer, guards, e
             normalizer = distributed.global_sum(mask[mb].sum(), d).to(exp.logprobs.dtype)
             for micro in mb.split(cfg.micro_batch_size):
                 logprobs, _ = response_logprobs(policy, exp.input_ids[micro], exp.attention_mask[micro], exp.prompt_len, cfg.temperature)
+                if fill:  # the policy that sampled: old logprobs = these, the ratio exactly 1
+                    exp.logprobs[micro] = logprobs.detach().masked_fill(~mask[micro], 0.0)
                 loss, m = policy_gradient_loss(logprobs, exp.logprobs[micro], advantages[micro], mask[micro], cfg.clip_range,
                                                normalizer, kl_coef=0.0 if cfg.kl_in_reward else cfg.kl_coef,
                                                ref_logprobs=exp.ref_logprobs[micro])
