@@ -84,7 +84,7 @@ def test_a_tiny_critic_critiques_in_the_taught_form_at_run_time(tiny_runs, tmp_p
     """cai_critic -> cai on the tiny fixtures. A critic taught by chains of the RL split's red-team prompts
     answers the principle's question first ("Yes." / "No.", which the SFT model never writes) when `cai`
     asks it at run time: the taught turns and the run-time turns are the same. The tiny model does not learn
-    to revise in the steps a test can afford (its revisions lose to its answers about as often as they win);
+    to revise in the steps a test can afford (in a try its revisions won 1 and lost 4 of 26 prompts);
     whether revisions beat the originals is measured at the default size (docs/results.md)."""
     from rlhfkit.demo import cai_sl
     from rlhfkit.stages import sft
