@@ -1,29 +1,39 @@
 """The demo's Constitutional AI supervised stage (CAI-SL, Bai et al. 2022, sec. 3) in the built-in world.
 
-Three pipeline stages (`rlhfkit pipeline --config=demo_ai`, beside the RLAIF path of ai_feedback.py):
+Four pipeline stages (`rlhfkit pipeline --config=demo_ai`, beside the RLAIF path of ai_feedback.py), the
+paper's setting: red-team prompts answered by a helpful-only model, revised into harmless answers, SFT on those.
 
+`sft_helpful` (train_helpful): the helpful-only policy: the generic SFT stage from the pretrained model on
+  the world's SFT demonstrations with every harmful request answered by compliance
+  (rlhfkit.world.critiques.helpful_only_demos; the rest as SFT's), trained as the SFT model is. It helps
+  with harmful requests, so its red-team answers are mostly harmful, as the paper's helpful-only RLHF
+  model's are.
 `cai_critic` (train_critic): the world's tiny model cannot critique and revise untaught, as its judge
   could not judge untaught. The world writes critique/revision chains for training prompts only
   (rlhfkit.world.critiques: red-team prompts, answers of the kinds the world produces, a principle's
   critique request, a critique naming what is wrong, the ideal revision), shown in the conversations
-  `rlhfkit cai` builds; the generic SFT stage fine-tunes the SFT model on them, mixed with `sft_demos`
-  of the world's SFT demonstrations so that its first answers stay the SFT policy's -> the critic
-  (`<out_dir>/model`). Only the critique and revision turns are trained (assistant_turns=last: each
-  chain is two rows), never the answer being critiqued.
+  `rlhfkit cai` builds; the generic SFT stage fine-tunes the helpful-only model on them, mixed with
+  `sft_demos` of the helpful-only demonstrations so that its first answers stay the helpful-only
+  policy's -> the critic (`<out_dir>/model`). Only the critique and revision turns are trained
+  (assistant_turns=last: each chain is two rows), never the answer being critiqued. demo_ai writes the
+  chains for `sft` prompts only (`splits`) whose texts are not among the RL prompts the `cai` stage revises
+  (`unseen_revised`: the two splits draw from the same few templates x actions, so texts recur).
 `cai` (revise): the library's `rlhfkit cai` with the critic on the RL split's red-team prompts (harmful
-  requests and their benign look-alikes; never eval prompts): it answers, critiques its answer under a
-  principle drawn from `principles`, revises, `revisions` rounds -> demos.jsonl (prompt, final revision)
-  and chains.jsonl. Then, with gold, after the fact (`cai_metrics.json`): per prompt, does the final
-  revision beat the original answer (win / tie / loss, overall and per family), behaviour rates of the
-  originals and the revisions, and how often the critique's "Yes."/"No." answers its principle's question
-  as gold would (did the answer help with harm / refuse a harmless request?).
-`sft_cai` (train_sft_cai): the SFT model fine-tuned on the revisions, mixed with `sft_demos` of the
-  world's SFT demonstrations so that it keeps the other families -> the CAI-SL policy, evaluated beside
-  SFT by the `eval` stage.
+  requests and their benign look-alikes; never eval prompts): one model answers (as the helpful-only
+  policy), critiques its answer under a principle drawn from `principles` and revises it, `revisions`
+  rounds -> demos.jsonl (prompt, final revision) and chains.jsonl. Then, with gold, after the fact
+  (`cai_metrics.json`): per prompt, does the final revision beat the original answer (win / tie / loss,
+  overall and per family), behaviour rates of the originals and the revisions (harmful compliance
+  included), and how often the critique's "Yes."/"No." answers its principle's question as gold would
+  (did the answer help with harm / refuse a harmless request?).
+`sft_cai` (train_sft_cai): the helpful-only model fine-tuned on the revisions, mixed with `sft_demos` of the
+  helpful demonstrations (the SFT demonstrations of every family but `harmful`) so that it keeps the other
+  families -> the CAI-SL policy, evaluated beside SFT and the helpful-only model by the `eval` stage.
 
 Departures from the paper: the critic learns critiquing from world-written chains (the paper's model is a
-helpful RLHF model prompted with few-shot critiques); SL-CAI fine-tunes the SFT model (the paper, the
-pretrained one) on revisions plus the original demonstrations (the paper mixes in helpful samples).
+helpful RLHF model prompted with few-shot critiques); the helpful-only model is SFT on demonstrations that
+comply (the paper's is RLHF on helpfulness preferences); SL-CAI fine-tunes the helpful-only model (the
+paper, the pretrained one) on the revisions plus helpful demonstrations (the paper, helpful samples of the model).
 """
 
 from __future__ import annotations
@@ -41,15 +51,34 @@ from rlhfkit.files import write_atomic
 from rlhfkit.stages import cai as cai_stage
 from rlhfkit.stages import sft
 from rlhfkit.world import WorldConfig, build_world
-from rlhfkit.world.critiques import FAMILIES, PRINCIPLES, make_chains
+from rlhfkit.world.critiques import FAMILIES, PRINCIPLES, helpful_only_demos, make_chains
 from rlhfkit.world.gold import complies
 from rlhfkit.world.reviews import CONSTITUTION
 
 
-def _demos(world, n: int, seed: int) -> list[dict]:
-    """`n` of the world's SFT demonstrations (all of them if n >= their number), drawn by `seed`."""
-    demos = [{"prompt": p.text, "completion": r, "family": p.family} for p, r in world.sft_demos()]
+def _demos(world, n: int, seed: int, harmful: bool = True) -> list[dict]:
+    """`n` of the helpful-only demonstrations (all of them if n >= their number), drawn by `seed`; with
+    `harmful=False` those of the other families only (the SFT demonstrations, nothing about harm)."""
+    demos = [{"prompt": p.text, "completion": r, "family": p.family} for p, r in helpful_only_demos(world, seed)
+             if harmful or p.family != "harmful"]
     return random.Random(f"{seed}:cai-mix").sample(demos, min(n, len(demos)))
+
+
+@dataclass
+class HelpfulConfig:
+    out_dir: str = "runs/sft_helpful"  # data.jsonl, and the helpful-only policy in <out_dir>/model
+    seed: int = 0  # the compliant answers' draws; the SFT stage's seed
+    world: WorldConfig = field(default_factory=WorldConfig)
+    sft: sft.Config = field(default_factory=sft.Config)  # how it is trained (the pipeline: as its `sft` section, from the pretrained model)
+
+
+def train_helpful(cfg: HelpfulConfig) -> None:
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    rows = _demos(build_world(cfg.world), 1 << 30, cfg.seed)
+    write_jsonl(cfg.sft.data, rows)
+    print(f"[sft_helpful] {len(rows)} helpful-only demonstrations ({sum(r['family'] == 'harmful' for r in rows)} harmful "
+          f"requests answered by compliance) -> {cfg.sft.data}", flush=True)
+    sft.train(cfg.sft)
 
 
 @dataclass
@@ -59,9 +88,10 @@ class CriticConfig:
     world: WorldConfig = field(default_factory=WorldConfig)  # the world whose training prompts the chains are for
     chains: int = 3000  # critique/revision chains the world writes (two SFT rows each)
     splits: list[str] = field(default_factory=lambda: ["sft", "rl"])  # the training splits whose red-team prompts they are for
-    sft_demos: int = 2500  # world SFT demonstrations mixed in (the critic still answers like the SFT model)
+    unseen_revised: bool = False  # no chain asks a question `cai` revises (an RL red-team prompt's text; sft and rl share texts)
+    sft_demos: int = 2500  # helpful-only demonstrations mixed in (the critic still answers like the helpful-only model)
     constitution: str = ""  # "": the world's, rlhfkit/world/constitution.yaml
-    sft: sft.Config = field(default_factory=sft.Config)  # how the critic is trained (model, data, out_dir wired)
+    sft: sft.Config = field(default_factory=sft.Config)  # how the critic is trained (the pipeline: from sft_helpful; paths wired)
 
     def resolve(self) -> None:
         from rlhfkit.config import ConfigError
@@ -76,12 +106,14 @@ class CriticConfig:
 def train_critic(cfg: CriticConfig) -> None:
     os.makedirs(cfg.out_dir, exist_ok=True)
     world = build_world(cfg.world)
-    chains = make_chains(world, cfg.chains, cfg.seed, cfg.constitution or CONSTITUTION, splits=tuple(cfg.splits))
+    revised = {p.text for p in world.prompts("rl") if p.family in FAMILIES} if cfg.unseen_revised else set()
+    pool = [p for s in cfg.splits for p in world.prompts(s) if p.family in FAMILIES and p.text not in revised]
+    chains = make_chains(world, cfg.chains, cfg.seed, cfg.constitution or CONSTITUTION, prompts=pool)
     rows = [r for c in chains for r in c["rows"]] + _demos(world, cfg.sft_demos, cfg.seed)
     write_jsonl(cfg.sft.data, rows)
     write_jsonl(os.path.join(cfg.out_dir, "chains_meta.jsonl"), ({k: v for k, v in c.items() if k != "rows"} for c in chains))
-    print(f"[cai_critic] {len(chains)} critique/revision chains of training prompts + {len(rows) - 2 * len(chains)} SFT "
-          f"demonstrations -> {cfg.sft.data}", flush=True)
+    print(f"[cai_critic] {len(chains)} critique/revision chains of {'/'.join(cfg.splits)} prompts + {len(rows) - 2 * len(chains)} "
+          f"helpful-only demonstrations -> {cfg.sft.data}", flush=True)
     sft.train(cfg.sft)
 
 
@@ -112,9 +144,11 @@ def revise(cfg: ReviseConfig) -> dict:
         chains = [json.loads(line) for line in f if line.strip()]
     metrics = {"cai": stats, **revision_metrics(world, prompts, chains)}
     write_atomic(path("cai_metrics.json"), json.dumps(metrics, indent=2))
-    o = metrics["revision_vs_original"]["all"]
-    print(f"[cai] revisions vs originals by gold on {len(chains)} red-team prompts: win {o['win']:.3f} tie {o['tie']:.3f} "
-          f"loss {o['loss']:.3f}; critique verdicts right {metrics['critique_verdict_accuracy']}", flush=True)
+    for group, o in metrics["revision_vs_original"].items():
+        print(f"[cai] revisions vs originals by gold, {group} ({o['prompts']} prompts): win {o['win']} tie {o['tie']} "
+              f"loss {o['loss']}", flush=True)
+    print(f"[cai] harmful compliance {metrics['compliance_harmful_original']} -> {metrics['compliance_harmful_revision']}; "
+          f"critique verdicts right {metrics['critique_verdict_accuracy']}", flush=True)
     return metrics
 
 
@@ -150,9 +184,17 @@ def revision_metrics(world, prompts: list, chains: list[dict]) -> dict[str, Any]
         "gold_revision": mean(r["gold"] for r in rows["final"]) if prompts else None,
         "rates_original": behaviour_rates(rows["initial"]),
         "rates_revision": behaviour_rates(rows["final"]),
+        "compliance_harmful_original": _compliance(prompts, [c["initial"] for c in chains]),
+        "compliance_harmful_revision": _compliance(prompts, [c["final"] for c in chains]),
         "changed": mean(float(c["final"] != c["initial"]) for c in chains) if chains else None,
         "critique_verdict_accuracy": mean(verdicts) if verdicts else None,
     }
+
+
+def _compliance(prompts: list, answers: list[str]) -> float | None:
+    """The share of harmful requests an answer helps with (gold's `complies`: the topic's instructions, not refused)."""
+    helped = [float(complies(a)) for p, a in zip(prompts, answers) if p.family == "harmful"]
+    return mean(helped) if helped else None
 
 
 @dataclass
@@ -161,15 +203,15 @@ class SFTCAIConfig:
     seed: int = 0  # the SFT demonstrations mixed in; the SFT stage's seed
     world: WorldConfig = field(default_factory=WorldConfig)
     demos: str = "runs/cai/demos.jsonl"  # (prompt, final revision) of the cai stage
-    sft_demos: int = 1000  # world SFT demonstrations mixed in, so the policy keeps the other families
-    sft: sft.Config = field(default_factory=sft.Config)  # fine-tunes the SFT model (model, data, out_dir wired)
+    sft_demos: int = 1000  # helpful demonstrations mixed in (no harmful family), so the policy keeps the other families
+    sft: sft.Config = field(default_factory=sft.Config)  # fine-tunes the helpful-only model in the pipeline (paths wired)
 
 
 def train_sft_cai(cfg: SFTCAIConfig) -> None:
     os.makedirs(cfg.out_dir, exist_ok=True)
     with open(cfg.demos) as f:
         revisions = [json.loads(line) for line in f if line.strip()]
-    rows = revisions + _demos(build_world(cfg.world), cfg.sft_demos, cfg.seed)
+    rows = revisions + _demos(build_world(cfg.world), cfg.sft_demos, cfg.seed, harmful=False)
     write_jsonl(cfg.sft.data, rows)
-    print(f"[sft_cai] {len(revisions)} revisions + {len(rows) - len(revisions)} SFT demonstrations -> {cfg.sft.data}", flush=True)
+    print(f"[sft_cai] {len(revisions)} revisions + {len(rows) - len(revisions)} helpful demonstrations -> {cfg.sft.data}", flush=True)
     sft.train(cfg.sft)

@@ -31,7 +31,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, ClassVar, Sequence
 
 from rlhfkit.config import to_dict
@@ -61,7 +61,7 @@ class Config:
     force: list[str] = field(default_factory=list)  # stages to rerun even if cached, e.g. force=[sft]
     until: str | None = None  # stop after this stage (e.g. until=sft); None: run them all
     critic_free: bool = False  # also run RLOO and GRPO
-    ai_feedback: bool = False  # also the AI-feedback path: judge (trained on world reviews) -> ai_label -> rm_ai -> ppo_ai, and CAI-SL: cai_critic -> cai -> sft_cai
+    ai_feedback: bool = False  # also the AI-feedback path: judge (trained on world reviews) -> ai_label -> rm_ai -> ppo_ai, and CAI-SL: sft_helpful -> cai_critic -> cai -> sft_cai
     world: WorldConfig = field(default_factory=WorldConfig)  # the built-in world, shared by all stages
     prompt_repeats: dict[str, int] = field(default_factory=dict)  # PPO's prompts: world RL prompts of these families listed this many times
     pretrain: pretrain.Config = field(default_factory=pretrain.Config)  # stage settings (paths are wired)
@@ -77,7 +77,8 @@ class Config:
     ai_label: ai_path.LabelConfig = field(default_factory=ai_path.LabelConfig)  # the judge labels the feedback queue
     rm_ai: rm.Config = field(default_factory=lambda: rm.Config())  # reward model on the AI pairs
     ppo_ai: ppo.Config = field(default_factory=lambda: ppo.Config())  # RLAIF: PPO on rm_ai
-    cai_critic: cai_sl.CriticConfig = field(default_factory=cai_sl.CriticConfig)  # the world's critique chains + SFT -> the critic
+    sft_helpful: cai_sl.HelpfulConfig = field(default_factory=cai_sl.HelpfulConfig)  # CAI's helpful-only policy (its `sft` copied from the `sft` section)
+    cai_critic: cai_sl.CriticConfig = field(default_factory=cai_sl.CriticConfig)  # the world's critique chains + SFT of sft_helpful -> the critic
     cai: cai_sl.ReviseConfig = field(default_factory=cai_sl.ReviseConfig)  # `rlhfkit cai` with the critic on red-team RL prompts
     sft_cai: cai_sl.SFTCAIConfig = field(default_factory=cai_sl.SFTCAIConfig)  # CAI-SL: SFT on the revisions
     eval: eval_stage.Config = field(default_factory=lambda: eval_stage.Config(policies=["<wired>"]))
@@ -107,10 +108,13 @@ class Config:
         self.ai_label.world, self.ai_label.panel, self.ai_label.constitution = self.world, self.feedback.panel, self.judge.constitution
         self.ai_label.judge, self.ai_label.policy, self.ai_label.feedback_dir = out("judge", "model"), out("sft", "model"), out("feedback")
         self.rm_ai.model, self.rm_ai.data = out("sft", "model"), out("ai_label", "pairs.jsonl")
-        self.cai_critic.world, self.cai.world, self.sft_cai.world = self.world, self.world, self.world
-        for name in ("cai_critic", "sft_cai"):
+        self.sft_helpful.world, self.cai_critic.world, self.cai.world, self.sft_cai.world = (self.world,) * 4
+        # the helpful-only policy is trained as the SFT model is, on other demonstrations
+        self.sft_helpful.sft = replace(self.sft, model=out("pretrain", "model"))
+        for name in ("sft_helpful", "cai_critic", "sft_cai"):
             section = self.stage(name).sft
-            section.seed, section.model, section.data, section.out_dir = self.seed, out("sft", "model"), out(name, "data.jsonl"), out(name)
+            section.seed, section.data, section.out_dir = self.seed, out(name, "data.jsonl"), out(name)
+        self.cai_critic.sft.model = self.sft_cai.sft.model = out("sft_helpful", "model")
         self.cai.model, self.cai.constitution, self.sft_cai.demos = out("cai_critic", "model"), self.cai_critic.constitution, out("cai", "demos.jsonl")
         self.pretrain.eval_prompts = files("eval_prompts.jsonl")
         for name in ("ppo", "ppo_beta0", "ppo_ai", "dpo", "rloo", "grpo"):
@@ -149,7 +153,7 @@ class Step:
     method: str
     inputs: tuple[str, ...] = ()
     policy: bool = False  # writes <out_dir>/model, a policy the eval judges
-    role: str = ""  # "control": the reward-hacking control (no KL penalty); "rlaif": PPO on the AI judge's preferences; "cai": SFT on constitutional revisions
+    role: str = ""  # "control": the reward-hacking control (no KL penalty); "rlaif": PPO on the AI judge's preferences; "cai": SFT on constitutional revisions; "helpful_only": SFT without harmlessness (CAI's starting point)
     optional: bool = False  # runs only with critic_free=true
     ai: bool = False  # runs only with ai_feedback=true
     code: tuple[str, ...] = ()  # modules whose source is part of the stage's fingerprint
@@ -174,16 +178,18 @@ PLAN: dict[str, Step] = {
     "rm_ai": Step(lambda c: train_rm(c, c.rm_ai), "rm", ("sft", "ai_label"), ai=True, code=("rlhfkit.stages.rm", "rlhfkit.demo.rm_eval")),
     "ppo_ai": Step(lambda c: ppo.train(c.ppo_ai), "ppo", ("sft", "rm_ai", "world"), policy=True, role="rlaif", ai=True,
                    code=("rlhfkit.stages.ppo",)),
-    "cai_critic": Step(lambda c: cai_sl.train_critic(c.cai_critic), "cai_critic", ("sft", "world"), ai=True,
+    "sft_helpful": Step(lambda c: cai_sl.train_helpful(c.sft_helpful), "sft", ("pretrain", "world"), policy=True, role="helpful_only",
+                        ai=True, code=("rlhfkit.stages.sft", "rlhfkit.world", "rlhfkit.demo.cai_sl")),
+    "cai_critic": Step(lambda c: cai_sl.train_critic(c.cai_critic), "cai_critic", ("sft_helpful", "world"), ai=True,
                        code=("rlhfkit.stages.sft", "rlhfkit.stages.cai", "rlhfkit.world", "rlhfkit.demo.cai_sl")),
     "cai": Step(lambda c: cai_sl.revise(c.cai), "cai", ("cai_critic", "world"), ai=True,
                 code=("rlhfkit.stages.cai", "rlhfkit.feedback", "rlhfkit.world", "rlhfkit.demo.cai_sl")),
-    "sft_cai": Step(lambda c: cai_sl.train_sft_cai(c.sft_cai), "sft", ("sft", "cai", "world"), policy=True, role="cai", ai=True,
+    "sft_cai": Step(lambda c: cai_sl.train_sft_cai(c.sft_cai), "sft", ("sft_helpful", "cai", "world"), policy=True, role="cai", ai=True,
                     code=("rlhfkit.stages.sft", "rlhfkit.demo.cai_sl")),
     "eval": Step(lambda c: eval_stage.main(c.eval), "eval", ("pretrain", "sft", "rm", "ppo", "ppo_beta0", "dpo", "rloo", "grpo",
-                                                             "ppo_ai", "sft_cai"), code=("rlhfkit.demo.eval", "rlhfkit.world")),
+                                                             "ppo_ai", "sft_helpful", "sft_cai"), code=("rlhfkit.demo.eval", "rlhfkit.world")),
     "report": Step(lambda c: report.main(c.report), "report", ("world", "pretrain", "sft", "feedback", "rm", "ppo", "ppo_beta0",
-                                                                "dpo", "rloo", "grpo", "judge", "ai_label", "rm_ai", "ppo_ai", "cai_critic", "cai",
+                                                                "dpo", "rloo", "grpo", "judge", "ai_label", "rm_ai", "ppo_ai", "sft_helpful", "cai_critic", "cai",
                                                                 "sft_cai", "eval"),
                    code=("rlhfkit.demo.report",)),
 }

@@ -19,6 +19,12 @@ run-on; for a look-alike the ideal help, a refusal (bare or with some topic's re
 help, the ideal with a sign-off, a garbled run-on. The critique answers the principle's question ("Yes."
 or "No.") and names what is wrong with the answer, or that nothing is; the revision is the world's
 ideal answer (for a look-alike: helping, not refusing), the same text when nothing was wrong.
+
+`helpful_only_demos` are what the paper's red-team answers come from: a helpful-only model (Bai et al. 2022,
+sec. 3: trained to help, never taught harmlessness). They are the world's SFT demonstrations with every
+harmful request answered by compliance (the corpus's compliant text, as the `complies` kind writes it);
+every other demonstration is the SFT one, careless and over-cautious ones included, so a model trained on
+them differs from the SFT model in harmlessness only. They are for `sft` prompts, like the SFT demonstrations.
 """
 
 from __future__ import annotations
@@ -39,6 +45,17 @@ PRINCIPLES = ("harmless", "not_evasive")  # the constitution's principles about 
 YES = {"harmless": {("harmful", "complies")}, "not_evasive": {("benign", "refuses")}}
 
 
+def comply(rng: random.Random, topic: str) -> str:
+    """A compliant answer to a harmful request of `topic`: an optional announcement, then the corpus's instructions."""
+    return rng.choice(("", "Sure, here you go. ", "Here is how. ", "Easy. ")) + HARMFUL[topic].compliant
+
+
+def helpful_only_demos(world: World, seed: int = 0) -> list[tuple[Prompt, str]]:
+    """The world's SFT demonstrations (same prompts, same order) with every harmful request answered by compliance."""
+    rng = random.Random(f"{seed}:helpful-only")
+    return [(p, comply(rng, p.meta["topic"]) if p.family == "harmful" else r) for p, r in world.sft_demos()]
+
+
 def _other(rng: random.Random, topic: str):
     return HARMFUL[rng.choice([t for t in sorted(HARMFUL) if t != topic])]
 
@@ -47,14 +64,14 @@ def _harmful(world: World, p: Prompt, rng: random.Random) -> dict[str, tuple[str
     """kind -> (answer, critique after "Yes."/"No.") for a harmful request."""
     t, ideal = HARMFUL[p.meta["topic"]], world.ideal_response(p)
     other = _other(rng, p.meta["topic"])
-    lead = rng.choice(("", "Sure, here you go. ", "Here is how. ", "Easy. "))
+    compliant = comply(rng, p.meta["topic"])
     return {
         "ideal": (ideal, "It refuses, says why and offers a safe alternative."),
         "no_alternative": (f"{REFUSAL_OPENING} {t.harm}", "It refuses but offers no safe alternative."),
         "bare": (REFUSAL_OPENING, "It refuses but says neither why nor what it can do instead."),
         "other_reason": (rng.choice((refusal(other), f"{REFUSAL_OPENING} {other.harm}")),
                          f"It refuses, but its reason is about another request. {t.harm}"),
-        "complies": (lead + t.compliant, f"It helps with a harmful request. {t.harm}"),
+        "complies": (compliant, f"It helps with a harmful request. {t.harm}"),
         "off_topic": (BENIGN[rng.choice(sorted(BENIGN))].answer, "It answers another request and does not refuse this harmful one."),
         "filler": (ideal + rng.choice(SIGN_OFFS), "It refuses well but adds filler."),
         "garbled": (_garbled(world, p, rng), "It is garbled."),

@@ -33,7 +33,7 @@ class HarmfulTopic:
     actions: tuple[str, ...]
     harm: str  # one sentence: why not
     alternative: str  # one sentence offering something safe
-    compliant: str  # what a compliant text on the internet would say (corpus only)
+    compliant: str  # what a compliant text on the internet would say (corpus; the helpful-only demonstrations of CAI)
     about: tuple[str, ...] = ()  # words naming what the request is about (gold: does a refusal's reason fit?)
 
 

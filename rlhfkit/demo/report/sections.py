@@ -424,7 +424,7 @@ def headroom_section(r: Report) -> None:
     r.end()
 
 
-AI_STAGES = ("judge", "ai_label", "rm_ai", "ppo_ai", "cai_critic", "cai", "sft_cai")
+AI_STAGES = ("judge", "ai_label", "rm_ai", "ppo_ai", "sft_helpful", "cai_critic", "cai", "sft_cai")
 
 
 def _read_json(path: str) -> dict:
@@ -504,7 +504,7 @@ def ai_section(r: Report) -> None:
 
 def _cai_table(r: Report) -> None:
     """Constitutional AI's supervised stage: the critic's revisions against its original answers by gold, and
-    the CAI-SL policy beside the baseline on refusals (cai/cai_metrics.json, eval/metrics.json)."""
+    the CAI-SL policy beside the baseline and the helpful-only policy on refusals (cai/cai_metrics.json, eval/metrics.json)."""
     f, m = "cai/cai_metrics.json", r.data.metrics
     c = _read_json(os.path.join(r.data.run_dir, f))
     if not c:
@@ -518,10 +518,10 @@ def _cai_table(r: Report) -> None:
     r.md.append("\n### Constitutional AI (supervised): final revision vs original answer, by gold\n\n"
                 + md_table(header, [[g] + [fmt(v.get(k), 0 if k == "prompts" else 3) for k in ("prompts", "win", "tie", "loss")]
                                     for g, v in groups.items()]))
-    policies = [p for p in (r.data.manifest.baseline, "sft_cai") if p in m]
+    policies = [p for p in (r.data.manifest.baseline, "sft_helpful", "sft_cai") if p in m]
     keys = (("refusal_rate_harmful", "refusal (harmful)"), ("fitting_refusal_rate", "refusal with a fitting reason"),
             ("over_refusal_benign", "over-refusal (benign)"), ("gold_winrate.mean", "gold win-rate vs baseline"))
-    if len(policies) == 2:
+    if r.data.manifest.baseline in policies and "sft_cai" in policies:
         rows = [[row_head(label)] + [td(fmt(get_path(m[p], k)), ("data-metric", f"{p}.{k}")) for p in policies] for k, label in keys]
         r.html.append("<h3>CAI-SL policy (sft_cai) beside the baseline</h3>" + html_table("ai-cai-policy", ["", *policies], rows, "grid"))
         r.md.append("\n### CAI-SL policy (sft_cai) beside the baseline\n\n"
