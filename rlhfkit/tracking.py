@@ -137,6 +137,7 @@ class Run:
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "started_unix": round(self.t0, 3),  # the zero of metrics.jsonl's `time` (benchmarks read start-up from it)
         }
         with open(os.path.join(out_dir, "run.json"), "w") as f:
             json.dump(meta, f, indent=2)
