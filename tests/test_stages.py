@@ -144,6 +144,21 @@ def test_dpo_cached_reference_logprobs_equal_live_ones(tiny_runs, trained_dpo):
     assert torch.allclose(live, ref_c[:6], atol=1e-4)
 
 
+def test_dpo_reference_logprobs_only_of_the_pairs_a_run_reads(tiny_model, tiny_tok):
+    """A run shorter than an epoch computes the reference on the pairs it reads, the same numbers as over all
+    of them, and NaN for the rest (a loss that read one would be non-finite: the run would stop loudly)."""
+    from rlhfkit.data.chat import render_example
+    from rlhfkit.distributed import Dist
+    from rlhfkit.stages.dpo import reference_logprobs
+
+    tiny_tok.pad_token = tiny_tok.pad_token or tiny_tok.eos_token
+    rows = [render_example(tiny_tok, f"What is {i} + 5?", f"{i} + 5 = {i + 5}.") for i in range(7)]
+    every = reference_logprobs(tiny_model, rows, tiny_tok.pad_token_id, Dist(), batch_size=3)
+    some = reference_logprobs(tiny_model, rows, tiny_tok.pad_token_id, Dist(), used=[1, 4, 5], batch_size=3)
+    assert torch.isfinite(every).all() and torch.allclose(some[[1, 4, 5]], every[[1, 4, 5]], atol=1e-5)
+    assert torch.isnan(some[[0, 2, 3, 6]]).all()
+
+
 def ppo_args(root, name, *extra):
     return ("ppo", f"--out_dir={root}/{name}", f"--policy={root}/sft/model", "--reward=tests.helpers:short_reward",
             "--rollout_batch_size=8", "--minibatch_size=8", "--micro_batch_size=8", "--ppo_epochs=2",

@@ -85,16 +85,22 @@ class Config:
 
 
 @torch.no_grad()
-def reference_logprobs(ref, rows, pad_id: int, d: distributed.Dist, batch_size: int = 64) -> torch.Tensor:
-    """Summed reference logprobs of every rendered example: (N,) on CPU. Each rank computes its strided
-    share and the shares are summed across ranks, so every rank ends with all N."""
+def reference_logprobs(ref, rows, pad_id: int, d: distributed.Dist, used: list[int] | None = None,
+                       batch_size: int = 64) -> torch.Tensor:
+    """Summed reference logprobs of the rendered examples `used` (default: all): (N,) on CPU, NaN for the rest
+    (a run that read one would fail loudly). Each rank computes its strided share and the shares are summed
+    across ranks, so every rank ends with all of them."""
     ref.eval()
-    mine = distributed.shard(list(range(len(rows))), d)
+    used = list(range(len(rows))) if used is None else used
+    mine = distributed.shard(used, d)
     out = torch.zeros(len(rows), dtype=torch.float64)
     for i in range(0, len(mine), batch_size):
         part = mine[i : i + batch_size]
         out[part] = sequence_logprobs(ref, [rows[j] for j in part], pad_id).double().cpu()
-    return distributed.global_sum(out, d).float().cpu()
+    out = distributed.global_sum(out, d).float().cpu()
+    unused = torch.ones(len(rows), dtype=torch.bool)
+    unused[used] = False
+    return out.masked_fill(unused, float("nan"))
 
 
 def train(cfg: Config) -> str:
@@ -119,10 +125,15 @@ def train(cfg: Config) -> str:
     chosen, rejected = rendered[: len(pairs)], rendered[len(pairs) :]
     chosen_tokens = torch.tensor([scored_tokens(row) for row in chosen], dtype=torch.float)
 
-    # 2. Reference logprobs, computed once and cached; the reference model is then freed (with LoRA it is the
+    # 2. Reference logprobs of the pairs the run will read (held out, and the batches of its steps: all of them
+    #    from one epoch on), computed once and cached; the reference model is then freed (with LoRA it is the
     #    policy with its adapters disabled: no second copy of the weights).
+    held, train_idx = list(range(n_held)), list(range(n_held, len(pairs)))
+    max_steps = max(1, int(cfg.epochs * len(train_idx) / cfg.batch_size))
+    used = held + sorted({train_idx[i] for step in range(max_steps)
+                          for i in epoch_batches(len(train_idx), cfg.batch_size, step, cfg.seed).tolist()})
     cache = os.path.join(cfg.out_dir, "ref_logprobs.pt")  # keyed by what the numbers depend on, precision included
-    key = content_hash([cfg.policy], chosen, rejected, prec, str(precision.frozen_dtype(prec)), str(d.device.type))
+    key = content_hash([cfg.policy], chosen, rejected, used, prec, str(precision.frozen_dtype(prec)), str(d.device.type))
     cached = torch.load(cache) if os.path.exists(cache) else None
     if isinstance(cached, dict) and cached.get("key") == key:
         ref_c, ref_r = cached["chosen"], cached["rejected"]
@@ -130,14 +141,12 @@ def train(cfg: Config) -> str:
         if cached is not None:
             print(f"[dpo] {cache} was computed for another reference model or other pairs; recomputing", flush=True)
         ref = make_reference()
-        ref_c, ref_r = reference_logprobs(ref, chosen, tok.pad_token_id, d), reference_logprobs(ref, rejected, tok.pad_token_id, d)
+        ref_c, ref_r = (reference_logprobs(ref, rows, tok.pad_token_id, d, used) for rows in (chosen, rejected))
         if d.is_main:
             with atomic_open(cache, "wb") as f:  # a rank reading it never sees half a file
                 torch.save({"key": key, "chosen": ref_c, "rejected": ref_r}, f)
         del ref
     distributed.barrier(d)
-    held, train_idx = list(range(n_held)), list(range(n_held, len(pairs)))
-    max_steps = max(1, int(cfg.epochs * len(train_idx) / cfg.batch_size))
     print(f"[dpo] {len(train_idx)} pairs (+{n_held} held out), {max_steps} steps, loss {cfg.loss_type}, beta {cfg.beta}", flush=True)
 
     dp_policy = distributed.wrap(policy, d, cfg.parallel, prec)  # DDP, or FSDP2 shards (before the optimizer sees them)
