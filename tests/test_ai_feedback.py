@@ -101,7 +101,7 @@ def test_pipeline_ai_path_end_to_end(tmp_path):
           "--sft_cai.sft.eval_every=5")
     proc = rlhfkit("pipeline", f"--out_dir={out}", *TINY, *ai)
     ran = statuses(proc.stdout)
-    ai_stages = ["judge", "ai_label", "rm_ai", "ppo_ai", "cai_critic", "cai", "sft_cai"]
+    ai_stages = ["judge", "ai_label", "rm_ai", "ppo_ai", "sft_helpful", "cai_critic", "cai", "sft_cai"]
     assert [s for s in ran if s in ai_stages] == ai_stages
     assert set(ran.values()) == {"running"}
 
@@ -116,13 +116,13 @@ def test_pipeline_ai_path_end_to_end(tmp_path):
     assert q["ai_pairs"] > 0 and q["judge_labels_per_second"] > 0 and q["panel_labels_per_second"] > 0
     assert q["agreement_with_panel_majority"] is None or 0 <= q["agreement_with_panel_majority"] <= 1
     evaluated = json.loads((out / "eval" / "metrics.json").read_text())
-    assert "gold_winrate" in evaluated["ppo_ai"] and "gold_winrate" in evaluated["ppo"] and "gold_winrate" in evaluated["sft_cai"]
+    assert all("gold_winrate" in evaluated[p] for p in ("ppo_ai", "ppo", "sft_helpful", "sft_cai"))
     cai = json.loads((out / "cai" / "cai_metrics.json").read_text())
     assert cai["prompts"] > 0 and abs(sum(cai["revision_vs_original"]["all"][k] for k in ("win", "tie", "loss")) - 1) < 1e-9
     report = (out / "report" / "report.html").read_text()
     assert 'id="ai-summary"' in report and 'id="ai-rlaif"' in report and 'id="ai-by_principle"' in report
-    assert all(f'data-src="{s}/stage.json:seconds"' in report for s in ("judge", "ai_label", "rm_ai", "ppo_ai", "cai_critic", "cai", "sft_cai"))
-    assert 'id="ai-cai"' in report and 'id="ai-cai-policy"' in report
+    assert all(f'data-src="{s}/stage.json:seconds"' in report for s in ai_stages)
+    assert 'id="ai-cai"' in report and 'id="ai-cai-policy"' in report and 'data-metric="sft_helpful.refusal_rate_harmful"' in report
 
     # Nothing changed: the AI stages are cached like every other.
     again = statuses(rlhfkit("pipeline", f"--out_dir={out}", *TINY, *ai).stdout)

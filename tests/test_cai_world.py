@@ -1,19 +1,24 @@
-"""The world's Constitutional AI supervised stage (issue 21): critique/revision chains written for training
-prompts only, rendered token for token as `rlhfkit cai` renders its conversations at run time, and a tiny
-critic trained on them whose revisions beat its own first answers by gold more often than they lose."""
+"""The world's Constitutional AI supervised stage (issue 21), in the paper's setting: a helpful-only policy
+(demonstrations that comply with harmful requests) that complies where SFT refuses; critique/revision chains
+written for training prompts only, never (in demo_ai) for a prompt the `cai` stage revises, rendered token for
+token as `rlhfkit cai` renders its conversations at run time; a tiny critic, the helpful-only model taught by
+them, that critiques in the taught form when `cai` asks it."""
 
 from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 
 import pytest
+import torch
 
 from rlhfkit.data.chat import render_examples, render_prompt, render_turn
 from rlhfkit.data.loaders import load_sft
 from rlhfkit.feedback.constitution import load_constitution
 from rlhfkit.world import WorldConfig, build_world
-from rlhfkit.world.critiques import FAMILIES, KINDS, PRINCIPLES, YES, make_chains
+from rlhfkit.world.critiques import FAMILIES, KINDS, PRINCIPLES, YES, comply, helpful_only_demos, make_chains
+from rlhfkit.world.gold import complies
 from rlhfkit.world.reviews import CONSTITUTION
 from tests.helpers import WORLD_ARGS
 
@@ -41,6 +46,41 @@ def test_chains_are_for_red_team_training_prompts_with_the_ideal_revision(tiny_w
     first = {f: next(p for p in training.values() if p.family == f) for f in FAMILIES}
     assert {(c["family"], c["kind"]) for c in chains} == {(f, k) for f in FAMILIES for k in KINDS[f](tiny_world, first[f], random.Random(0))}
     assert {c["principle"] for c in chains} == set(PRINCIPLES)
+
+
+def test_helpful_only_demos_comply_with_harm_and_are_the_sft_demos_otherwise(tiny_world):
+    sft_demos, helpful = tiny_world.sft_demos(), helpful_only_demos(tiny_world)
+    assert [p.id for p, _ in helpful] == [p.id for p, _ in sft_demos]
+    harmful = [(p, r) for p, r in helpful if p.family == "harmful"]
+    assert harmful and all(complies(r) and not tiny_world.gold(p, r).flags["refused"] and tiny_world.gold(p, r).score == 0
+                           for p, r in harmful)
+    assert all(r == s for (p, r), (_, s) in zip(helpful, sft_demos) if p.family != "harmful")
+    assert not any(complies(s) for p, s in sft_demos if p.family == "harmful")  # SFT's demonstrators refuse
+
+
+def test_demo_ai_critic_is_never_taught_a_prompt_cai_revises(tmp_path, monkeypatch):
+    """demo_ai's critic: chains of sft prompts only, and none with the text of an RL red-team prompt (the splits
+    share texts: the request templates x actions are few), so every prompt `cai` revises is new to the critic.
+    Without `unseen_revised` the same sft prompts would repeat revised texts (the check can fail)."""
+    from rlhfkit.config import parse_cli
+    from rlhfkit.demo import cai_sl, pipeline
+
+    monkeypatch.setattr(cai_sl.sft, "train", lambda cfg: None)  # the chains, not the training
+    cfg = parse_cli(pipeline.Config, ["--config=demo_ai", f"--out_dir={tmp_path}"])  # the default world (the tiny one repeats no text)
+    critic = cfg.cai_critic
+    assert critic.splits == ["sft"] and critic.unseen_revised
+    world = build_world(critic.world)
+    revised = [p for p in world.prompts("rl") if p.family in FAMILIES]
+    sources = {}
+    for unseen in (True, False):
+        critic.unseen_revised, critic.chains, critic.sft_demos = unseen, 200, 0
+        cai_sl.train_critic(critic)
+        sources[unseen] = [json.loads(line) for line in open(tmp_path / "cai_critic" / "chains_meta.jsonl")]
+    sft_ids = {p.id for p in world.prompts("sft")}
+    assert len(sources[True]) == 200 and all(c["source"] in sft_ids for c in sources[True])
+    assert {c["question"] for c in sources[True]}.isdisjoint(p.text for p in revised)
+    assert {c["family"] for c in sources[True]} == set(FAMILIES)
+    assert not {c["question"] for c in sources[False]}.isdisjoint(p.text for p in revised)
 
 
 def test_chain_rows_are_the_turns_cai_gives_the_model_at_run_time(tiny_world, tiny_tok, tmp_path, monkeypatch):
@@ -80,20 +120,47 @@ def test_chain_rows_are_the_turns_cai_gives_the_model_at_run_time(tiny_world, ti
 
 
 @pytest.mark.slow  # trains the tiny model
-def test_a_tiny_critic_critiques_in_the_taught_form_at_run_time(tiny_runs, tmp_path):
-    """cai_critic -> cai on the tiny fixtures. A critic taught by chains of the RL split's red-team prompts
-    answers the principle's question first ("Yes." / "No.", which the SFT model never writes) when `cai`
-    asks it at run time: the taught turns and the run-time turns are the same. The tiny model does not learn
-    to revise in the steps a test can afford (in a try its revisions won 1 and lost 4 of 26 prompts);
-    whether revisions beat the originals is measured at the default size (docs/results.md)."""
+def test_a_tiny_helpful_only_model_complies_and_its_critic_critiques_in_the_taught_form(tiny_runs, tmp_path):
+    """sft_helpful -> cai_critic -> cai on the tiny fixtures. The helpful-only model, trained as SFT on
+    demonstrations that comply with harmful requests, leans to complying over the ideal refusal (per-token logprob
+    margin) by at least half a nat more than the SFT model on unseen harmful requests (over 1 nat in a try; the
+    tiny model writes no fluent answer in these steps, so greedy answers would not tell). The critic, that model taught by chains of the RL split's red-team prompts, answers the principle's
+    question first ("Yes." / "No.", which no demonstration does) when `cai` asks it at run time: the taught turns
+    and the run-time turns are the same. The tiny model does not learn to revise in the steps a test can afford
+    (in a try its revisions won 1 and lost 4 of 26 prompts); whether revisions beat the originals is measured at
+    the default size (docs/results.md)."""
     from rlhfkit.demo import cai_sl
+    from rlhfkit.models.load import load_causal_lm
+    from rlhfkit.models.logprobs import scored_tokens, sequence_logprobs
     from rlhfkit.stages import sft
 
     world = WorldConfig(**WORLD_ARGS)
+    tiny = dict(batch_size=16, eval_every=1000, sample_every=1000, ckpt_every=1000)
+    helpful = cai_sl.HelpfulConfig(out_dir=str(tmp_path / "sft_helpful"), world=world, sft=sft.Config(
+        model=str(tiny_runs / "pretrain" / "model"), data=str(tmp_path / "sft_helpful" / "data.jsonl"),
+        out_dir=str(tmp_path / "sft_helpful"), epochs=5.0, lr=3e-3, **tiny))  # as the fixture's SFT model
+    cai_sl.train_helpful(helpful)
+    # The tiny model writes no fluent answer in these steps, so compare what it prefers: per token, the
+    # logprob of complying minus that of the ideal refusal, on harmful requests it was not trained on.
+    tw = build_world(world)
+    harmful = [p for split in ("rl", "eval") for p in tw.prompts(split) if p.family == "harmful"]
+    rng = random.Random(0)
+    answers = [(comply(rng, p.meta["topic"]), tw.ideal_response(p)) for p in harmful]
+    margin = {}
+    for name in ("sft", "sft_helpful"):
+        model, tok = load_causal_lm(str((tiny_runs if name == "sft" else tmp_path) / name / "model"), device="cpu")
+        rows = [render_examples(tok, [(p.text, a) for p, a in zip(harmful, pair)], None, "test")
+                for pair in zip(*answers)]  # [compliance rows, refusal rows]
+        with torch.no_grad():
+            lp = [sequence_logprobs(model, r, tok.pad_token_id) / torch.tensor([scored_tokens(x) for x in r]) for r in rows]
+        margin[name] = (lp[0] - lp[1]).tolist()
+    gap = [h - s for h, s in zip(margin["sft_helpful"], margin["sft"])]
+    assert len(harmful) >= 8 and sum(gap) / len(gap) >= 0.5 and sum(g > 0 for g in gap) >= 0.9 * len(gap), margin
+
     critic = cai_sl.CriticConfig(out_dir=str(tmp_path / "cai_critic"), world=world, chains=64, sft_demos=0, splits=["rl"],
-                                 sft=sft.Config(model=str(tiny_runs / "sft" / "model"), data=str(tmp_path / "cai_critic" / "data.jsonl"),
-                                                out_dir=str(tmp_path / "cai_critic"), epochs=4.0, batch_size=16, lr=5e-3, warmup_steps=3,
-                                                max_len=320, eval_every=1000, sample_every=1000, ckpt_every=1000))
+                                 sft=sft.Config(model=str(tmp_path / "sft_helpful" / "model"), data=str(tmp_path / "cai_critic" / "data.jsonl"),
+                                                out_dir=str(tmp_path / "cai_critic"), epochs=4.0, lr=5e-3, warmup_steps=3,
+                                                max_len=320, **tiny))
     cai_sl.train_critic(critic)
     revise = cai_sl.ReviseConfig(out_dir=str(tmp_path / "cai"), model=str(tmp_path / "cai_critic" / "model"), world=world)
     revise.cai.temperature, revise.cai.max_new_tokens = 0.0, 24
@@ -104,16 +171,21 @@ def test_a_tiny_critic_critiques_in_the_taught_form_at_run_time(tiny_runs, tmp_p
     assert sum(c.startswith(("Yes.", "No.")) for c in critiques) >= 0.8 * len(critiques), critiques
     o = m["revision_vs_original"]["all"]
     assert abs(o["win"] + o["tie"] + o["loss"] - 1) < 1e-9 and 0 <= m["critique_verdict_accuracy"] <= 1
+    assert 0 <= m["compliance_harmful_revision"] <= 1 and 0 <= m["compliance_harmful_original"] <= 1
 
 
 def test_cai_sl_stages_run_with_demo_ai_only():
     from rlhfkit.config import parse_cli
     from rlhfkit.demo import pipeline
 
-    stages = ("cai_critic", "cai", "sft_cai")
+    stages = ("sft_helpful", "cai_critic", "cai", "sft_cai")
     default = parse_cli(pipeline.Config, [])
     assert not set(stages) & set(default.enabled()) and "sft_cai" not in default.eval.names
     on = parse_cli(pipeline.Config, ["--config=demo_ai", "--out_dir=r"])
-    assert [s for s in on.enabled() if s in stages] == list(stages) and "sft_cai" in on.eval.names
+    assert [s for s in on.enabled() if s in stages] == list(stages) and {"sft_helpful", "sft_cai"} <= set(on.eval.names)
     assert on.cai.model == "r/cai_critic/model" and on.sft_cai.demos == "r/cai/demos.jsonl"
-    assert on.cai_critic.sft.model == on.sft_cai.sft.model == "r/sft/model"
+    # the paper's setting: the critic and the CAI-SL policy start from the helpful-only model, which is trained
+    # from the pretrained model exactly as the SFT model is (its own data and out_dir)
+    assert on.cai_critic.sft.model == on.sft_cai.sft.model == "r/sft_helpful/model"
+    assert on.sft_helpful.sft.model == on.sft.model == "r/pretrain/model" and on.sft_helpful.sft.data == "r/sft_helpful/data.jsonl"
+    assert replace(on.sft_helpful.sft, data=on.sft.data, out_dir=on.sft.out_dir) == on.sft

@@ -237,3 +237,17 @@ def test_checks_fire_on_chains_written_for_eval_prompts(world):
     leaked = make_chains(world, 50, prompts=[p for p in ev if p.family in FAMILIES])
     questions = [(c["question"], *parse_prompt(c["question"], world.tables)) for c in leaked]
     assert len(leaks(ev, questions)) == len(leaked) == 50
+
+
+# ---- CAI's helpful-only demonstrations (rlhfkit/world/critiques.py) are SFT data too
+
+def test_helpful_only_demos_ask_sft_prompts_and_state_no_eval_equation(world):
+    """The helpful-only policy's demonstrations ask the SFT prompts (no other question) and, where they differ from
+    the SFT demonstrations (harmful requests answered by compliance), state no eval sum."""
+    from rlhfkit.world.critiques import helpful_only_demos
+
+    demos = helpful_only_demos(world)
+    assert [p.id for p, _ in demos] == [p.id for p in world.prompts("sft")]
+    assert leaks(world.prompts("eval"), split_questions([p for p, _ in demos])) == []
+    eqs = equations(world.prompts("eval"))
+    assert [r for _, r in demos if any(e.search(r) for e in eqs)] == []
