@@ -2,7 +2,7 @@
 utilisation, start-up seconds and peak RSS, as a table and JSON.
 
     .venv/bin/python benchmarks/stages.py [--stages sft,rm,dpo,grpo,rloo,ppo] [--steps 50] [--threads 2]
-                                          [--keep DIR] [--json stages.json]
+                                          [--keep DIR] [--json stages.json] [--code CHECKOUT]
 
 The workload (the speed issue's reference, built locally, nothing downloaded): a Llama of 4 layers, width 256,
 SwiGLU 768, 4 heads, tied embeddings, a byte-level BPE vocabulary of 1,024 (3.7M parameters), fp32;
@@ -66,7 +66,7 @@ def build(root: str, rows: int = 2000) -> dict:
     from rlhfkit.models.tiny import TinyModelConfig, build_model, train_tokenizer
 
     rng = random.Random(0)
-    sums = [(rng.randint(0, 50), rng.randint(0, 50)) for _ in range(rows)]
+    sums = rng.sample([(a, b) for a in range(51) for b in range(51)], rows)  # distinct prompts: one pair per ranking
     prompt = [f"What is {a} + {b}?" for a, b in sums]
     right = [f"{a} + {b} = {a + b}." for a, b in sums]
     wrong = [f"{a} + {b} = {a + b + rng.choice([-3, -2, -1, 1, 2, 3])}." for a, b in sums]
@@ -103,17 +103,19 @@ def stage_args(stage: str, d: dict, root: str, steps: int) -> list[str]:
     }[stage]
 
 
-def run_stage(stage: str, args: list[str], out: str, threads: int) -> dict:
-    """Run one stage in its own process; its start-up, steady-state step rate and peak RSS."""
-    env = {**os.environ, "RLHFKIT_NO_TENSORBOARD": "1", "OMP_NUM_THREADS": str(threads)}
+def run_stage(stage: str, args: list[str], out: str, threads: int, code: str = REPO) -> dict:
+    """Run one stage (of the checkout `code`) in its own process; its start-up, steady-state step rate and peak RSS."""
+    env = {**os.environ, "RLHFKIT_NO_TENSORBOARD": "1", "OMP_NUM_THREADS": str(threads), "PYTHONPATH": code}
     cmd = [sys.executable, "-m", "rlhfkit", stage, f"--out_dir={out}", f"--threads={threads}", *args]
     launch = time.time()
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, cwd=code, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     if status != 0:
         raise SystemExit(f"{stage} failed:\n{output[-3000:]}")
-    started = json.load(open(f"{out}/run.json"))["started_unix"]
+    # run.json's started_unix is the zero of metrics.jsonl's `time`; a checkout from before it had the field wrote
+    # run.json a few milliseconds after that zero: its modification time stands in
+    started = json.load(open(f"{out}/run.json")).get("started_unix", os.path.getmtime(f"{out}/run.json"))
     rows = [r for r in map(json.loads, open(f"{out}/metrics.jsonl")) if r["step"] >= 1]  # RM logs a step 0 before training
     times = [r["time"] for r in rows]
     step_s = statistics.median(b - a for a, b in zip(times, times[1:]))
@@ -151,6 +153,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--keep", default=None, help="run directory to keep (default: a temporary one)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--code", default=REPO, help="the checkout whose stages run (default: this one), e.g. a `git worktree` "
+                                                 "of an older commit for a before/after")
     args = ap.parse_args()
     stages = [s for s in ORDER if s in args.stages.split(",")]
     root = args.keep or tempfile.mkdtemp(prefix="rlhfkit-stages-")
@@ -162,7 +166,7 @@ def main() -> None:
         needed = stage in stages or (stage in ("sft", "rm") and any(s not in ("sft",) for s in stages))
         if not needed:
             continue
-        r = run_stage(stage, stage_args(stage, d, root, args.steps), f"{root}/{stage}", args.threads)
+        r = run_stage(stage, stage_args(stage, d, root, args.steps), f"{root}/{stage}", args.threads, args.code)
         if stage not in stages:
             continue
         seqs, tokens, nograd = train_tokens(stage, d, r["rows"])
@@ -181,7 +185,7 @@ def main() -> None:
         gen = f"{m['gen_tokens_per_s']:,}" if m["gen_tokens_per_s"] else "-"
         print(f"{s:<6} {m['samples_per_s']:>10.1f} {m['train_tokens_per_s']:>12,} {gen:>10} {m['mfu']:>6.1%} "
               f"{m['startup_s']:>11.2f} {m['peak_rss_mb']:>12,}")
-    out = {"params": d["params"], "batch": BATCH, "steps": args.steps, "threads": args.threads,
+    out = {"code": args.code, "params": d["params"], "batch": BATCH, "steps": args.steps, "threads": args.threads,
            "matmul_peak_gflops": round(peak, 1), "stages": results}
     if args.json:
         with open(args.json, "w") as f:

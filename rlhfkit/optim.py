@@ -14,7 +14,18 @@ def adamw(model, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.95)):
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=1e-8)
+    return make_adamw(groups, lr=lr, betas=betas, eps=1e-8)
+
+
+def make_adamw(params, **kwargs) -> torch.optim.AdamW:
+    """`torch.optim.AdamW` with its fused kernel where it applies (plain CPU or CUDA float tensors): one kernel
+    for all parameters instead of a loop of per-tensor ops, which on CPU is the default otherwise
+    (7.0 -> 2.5 ms a step for the 3.5M-parameter model of benchmarks/stages.py; the same update up to float
+    rounding: 2e-6 apart after 118 SFT steps).
+    FSDP2's sharded parameters (DTensors) keep the default implementation."""
+    flat = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
+    fused = all(not hasattr(p, "full_tensor") and p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in flat)
+    return torch.optim.AdamW(params, fused=fused or None, **kwargs)
 
 
 def cosine_lr(step: int, max_steps: int, lr: float, warmup_steps: int = 0, min_lr_ratio: float = 0.1) -> float:

@@ -47,7 +47,7 @@ from rlhfkit.models.precision import Precision
 from rlhfkit.models.logprobs import response_logprobs
 from rlhfkit.models.reward import ValueHeadOnPolicy, load_scalar_model, make_reward_fn, scalar_model_from_lm, token_scores
 from rlhfkit.ops import masked_mean, masked_sum, masked_whiten
-from rlhfkit.optim import NonFiniteGuard, clip_grad_norms, set_lr
+from rlhfkit.optim import NonFiniteGuard, clip_grad_norms, make_adamw, set_lr
 from rlhfkit.rl import AdaptiveKLController, FixedKLController, KL_ESTIMATORS, gae, kl_penalized_rewards
 from rlhfkit.rollout import collect_experience
 from rlhfkit.tracking import Run, Stopwatch, due, seed_everything
@@ -169,7 +169,7 @@ def train(cfg: Config) -> str:
                                    ckpt and os.path.join(ckpt, "critic"), cfg.lora, "SEQ_CLS")
         precision.prepare(critic, prec, device, cfg.gradient_checkpointing)
     params = list({id(p): p for p in (*policy.parameters(), *critic.parameters()) if p.requires_grad}.values())  # shared backbone once
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, eps=1e-5, weight_decay=0.0)
+    optimizer = make_adamw(params, lr=cfg.lr, eps=1e-5, weight_decay=0.0)
     kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl else FixedKLController(cfg.kl_coef)
     ptx_rows = pack_documents(tok, read_corpus(cfg.ptx_data), 128) if cfg.ptx_coef > 0 else None
     start, state = checkpoint.resume(ckpt, cfg.out_dir, optimizer, "ppo", d.is_main)

@@ -34,7 +34,7 @@ from rlhfkit.models.precision import Precision
 from rlhfkit.models.logprobs import response_logprobs
 from rlhfkit.models.reward import make_reward_fn
 from rlhfkit.ops import masked_sum
-from rlhfkit.optim import NonFiniteGuard, set_lr
+from rlhfkit.optim import NonFiniteGuard, make_adamw, set_lr
 from rlhfkit.rl import grpo_advantages, kl_k1, rloo_advantages
 from rlhfkit.rollout import collect_experience
 from rlhfkit.tracking import Run, due, seed_everything
@@ -127,7 +127,7 @@ def train(cfg: Config) -> str:
     reward_fn = make_reward_fn(cfg.reward, cfg.reward_model, device, cfg.reward_args, cfg.reward_weights)
     rm_fn = reward_fn if cfg.reward == "rm" else None
     params = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, eps=1e-5, weight_decay=0.0)
+    optimizer = make_adamw(params, lr=cfg.lr, eps=1e-5, weight_decay=0.0)
     start, _ = checkpoint.resume(ckpt, cfg.out_dir, optimizer, cfg.estimator, d.is_main)
     if d.is_main:
         print(f"[{cfg.estimator}] {len(prompts)} prompts; {cfg.prompts_per_step} prompts x k={cfg.k} per iteration, "
