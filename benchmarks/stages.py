@@ -105,7 +105,7 @@ def stage_args(stage: str, d: dict, root: str, steps: int) -> list[str]:
 
 def run_stage(stage: str, args: list[str], out: str, threads: int, code: str = REPO) -> dict:
     """Run one stage (of the checkout `code`) in its own process; its start-up, steady-state step rate and peak RSS."""
-    env = {**os.environ, "RLHFKIT_NO_TENSORBOARD": "1", "OMP_NUM_THREADS": str(threads), "PYTHONPATH": code}
+    env = {**os.environ, "RLHFKIT_NO_TENSORBOARD": "1", "PYTHONPATH": code}  # threads: the stage's --threads
     cmd = [sys.executable, "-m", "rlhfkit", stage, f"--out_dir={out}", f"--threads={threads}", *args]
     launch = time.time()
     proc = subprocess.Popen(cmd, cwd=code, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -37,7 +37,7 @@ from rlhfkit.ops import masked_sum
 from rlhfkit.optim import NonFiniteGuard, make_adamw, set_lr
 from rlhfkit.rl import grpo_advantages, kl_k1, rloo_advantages
 from rlhfkit.rollout import collect_experience
-from rlhfkit.tracking import Run, due, seed_everything
+from rlhfkit.tracking import Run, Stopwatch, due, seed_everything
 
 ADVANTAGES = {"rloo": rloo_advantages, "grpo": grpo_advantages}
 
@@ -140,6 +140,7 @@ def train(cfg: Config) -> str:
     # On-policy (one epoch of one minibatch): the update's own forward runs the policy that sampled, so the rollout's
     # logprobs are taken from it (ratio exactly 1, as TRL's num_iterations=1) and the no-grad forward is skipped;
     # not when the KL goes into the reward, which needs them before the update (unless its coefficient is 0)
+    sw = Stopwatch()  # time/generate, time/score, ... per iteration, as PPO logs them
     on_policy = cfg.ppo_epochs == 1 and cfg.minibatch_size == cfg.prompts_per_step * cfg.k and not (cfg.kl_in_reward and cfg.kl_coef)
     for step in tqdm(range(start, cfg.total_steps), desc=cfg.estimator, initial=start, total=cfg.total_steps, disable=not d.is_main):
         set_lr(optimizer, cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps)))
@@ -153,7 +154,7 @@ def train(cfg: Config) -> str:
                                  max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                  missing_eos_penalty=cfg.missing_eos_penalty, columns={k: [v[i] for i in idx] for k, v in columns.items()},
                                  generator=distributed.step_generator(cfg.seed, step, 0), rows=rows, n_rows=n_rows,
-                                 policy_logprobs=not on_policy)
+                                 policy_logprobs=not on_policy, stopwatch=sw)
         mask = exp.mask
 
         # 2. Sequence advantages from the group baseline (a group never spans ranks).
@@ -162,7 +163,8 @@ def train(cfg: Config) -> str:
 
         # 3. Clipped policy-gradient epochs over minibatches of the global batch (KL as a loss term unless in the
         #    reward); each rank trains on its members of a minibatch, gradients summed over ranks.
-        stats = pg_epochs(cfg, d, (step, rows, n_rows), policy, params, optimizer, (guard, scaler), exp, advantages)
+        with sw("train"):
+            stats = pg_epochs(cfg, d, (step, rows, n_rows), policy, params, optimizer, (guard, scaler), exp, advantages)
         seq_kl = seq_kl_of(exp)  # (B,)
 
         # 4. Log (global means), evaluate, checkpoint.
@@ -172,7 +174,7 @@ def train(cfg: Config) -> str:
                   "rollout/response_length": mask.sum(1).float().mean(), "rollout/eos_rate": exp.terminated.float().mean(),
                   "rollout/zero_advantage_frac": (advantages == 0).float().mean()}, len(rows))
         # (the loss's k3 `objective/kl` token mean is replaced by the sequence KL, as before)
-        metrics = stats | seqs.result(d) | guard.metrics()
+        metrics = stats | seqs.result(d) | guard.metrics() | sw.pop()
         if cfg.eval_every and (due(step, cfg.eval_every) or step + 1 == cfg.total_steps) and d.is_main:
             metrics.update(training_eval(policy, tok, eval_prompts, rm_fn, evaluator))
         run.log(step + 1, metrics)
