@@ -20,6 +20,7 @@ import os
 import time
 
 from rlhfkit.demo.report.data import load_run, markdown_metrics
+from rlhfkit.demo.report.ai import ai_section
 from rlhfkit.demo.report.sections import SECTIONS, Report, notes_section
 
 __all__ = ["write_report", "markdown_metrics", "load_run"]
@@ -31,7 +32,7 @@ def write_report(run_dir: str, out_dir: str | None = None, title: str = "rlhfkit
     out_dir = out_dir or run_dir
     os.makedirs(out_dir, exist_ok=True)
     r = Report(load_run(run_dir), out_dir)
-    for build in SECTIONS:
+    for build in (*SECTIONS, ai_section):
         marks = len(r.html), len(r.md), len(r.nav)
         try:
             build(r)
