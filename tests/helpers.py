@@ -117,3 +117,16 @@ def answer_reward(prompts, responses, terminated, answer):
 
 def wrong_length_reward(prompts, responses, terminated=None):
     return [1.0]
+
+
+def response_logits(model, gen):
+    """One forward pass over a generation's prompt + response sequences -> the logits that predict each response
+    token (B, R, V): position t predicts token t + 1, so the response is predicted by columns P-1 .. end-1."""
+    import torch
+
+    from rlhfkit.models.logprobs import position_ids_from_mask
+
+    seq, attn = gen.sequences()
+    with torch.no_grad():
+        logits = model(input_ids=seq, attention_mask=attn.long(), position_ids=position_ids_from_mask(attn)).logits
+    return logits[:, gen.prompt_ids.shape[1] - 1 : -1]

@@ -9,6 +9,7 @@ from rlhfkit.data.chat import pad_batch, render_prompt
 from rlhfkit.models import decode
 from rlhfkit.models.logprobs import position_ids_from_mask
 from rlhfkit.rollout import generate
+from tests.helpers import response_logits
 
 PROMPTS = ("What is 7 + 5?", "Reverse this list: cat, dog, sun, cat, dog.", "Hi")
 
@@ -143,11 +144,7 @@ def test_greedy_equals_model_generate_and_sampled_logprobs_equal_a_recomputed_fo
 
     temperature = 0.7
     gen = generate(model, prompts, temperature=temperature, generator=torch.Generator().manual_seed(5), **kw)
-    seq, attn = gen.sequences()
-    with torch.no_grad():
-        logits = model(input_ids=seq, attention_mask=attn.long(), position_ids=position_ids_from_mask(attn)).logits
-    P = gen.prompt_ids.shape[1]
-    recomputed = logprobs_from_logits(logits[:, P - 1 : -1], gen.response_ids, temperature=temperature)
+    recomputed = logprobs_from_logits(response_logits(model, gen), gen.response_ids, temperature=temperature)
     m = gen.response_mask
     assert m.sum() > len(prompts)
     assert torch.allclose(recomputed[m], gen.logprobs[m], atol=1e-5), (recomputed[m] - gen.logprobs[m]).abs().max()

@@ -6,7 +6,8 @@ import torch
 
 from rlhfkit.data.chat import render_prompt
 from rlhfkit.ops import logprobs_from_logits
-from rlhfkit.rollout import generate, position_ids_from_mask, truncate_after_eos
+from rlhfkit.rollout import generate, truncate_after_eos
+from tests.helpers import response_logits
 
 
 def test_truncate_after_eos():
@@ -38,17 +39,13 @@ def test_sampling_logprobs_match_recomputed_tempered_logprobs(tiny_model, tiny_t
     g = torch.Generator().manual_seed(1)
     gen = generate(tiny_model.eval(), prompts, eos_id=tiny_tok.eos_token_id, pad_id=tiny_tok.pad_token_id,
                    max_new_tokens=10, temperature=temperature, generator=g)
-    ids, attn = gen.sequences()
-    with torch.no_grad():
-        logits = tiny_model(input_ids=ids, attention_mask=attn.long(), position_ids=position_ids_from_mask(attn)).logits
-    P = gen.prompt_ids.shape[1]
-    # logits at position t predict token t + 1: the response tokens are predicted by columns P-1 .. end-1.
-    recomputed = logprobs_from_logits(logits[:, P - 1 : -1], gen.response_ids, temperature=temperature)
+    logits = response_logits(tiny_model, gen)  # (B, R, V): the logits that predicted each response token
+    recomputed = logprobs_from_logits(logits, gen.response_ids, temperature=temperature)
     m = gen.response_mask
     assert m.any()
     assert torch.allclose(recomputed[m], gen.logprobs[m], atol=1e-4)
     # A wrong temperature gives different numbers: the check above can fail.
-    wrong = logprobs_from_logits(logits[:, P - 1 : -1], gen.response_ids, temperature=1.0)
+    wrong = logprobs_from_logits(logits, gen.response_ids, temperature=1.0)
     assert not torch.allclose(wrong[m], gen.logprobs[m], atol=1e-3)
 
 
