@@ -2,7 +2,7 @@
 utilisation, start-up seconds and peak RSS, as a table and JSON.
 
     .venv/bin/python benchmarks/stages.py [--stages sft,rm,dpo,grpo,rloo,ppo] [--steps 50] [--threads 2]
-                                          [--keep DIR] [--json stages.json] [--code CHECKOUT]
+                                          [--keep DIR] [--json stages.json] [--code CHECKOUT] [--terms 2]
 
 The workload (the speed issue's reference, built locally, nothing downloaded): a Llama of 4 layers, width 256,
 SwiGLU 768, 4 heads, tied embeddings, a byte-level BPE vocabulary of 1,024 (3.7M parameters), fp32;
@@ -13,6 +13,9 @@ RLOO, PPO); batch 8 (SFT examples, RM/DPO pairs, RL completions: 2 prompts x 4 s
 most. Each stage runs as a user runs it, `python -m rlhfkit <stage> ...`, in a process of its own, in the
 order sft, rm, dpo, grpo, rloo, ppo: DPO and the online stages start from the SFT model this run trained,
 and the online stages score with the reward model it trained (PPO's critic starts from it).
+
+`--terms 17` is the long-sequence workload (sums of 17 numbers answered by their running sums, ~136 tokens a
+sequence), the issue's check of model-FLOPs utilisation at >= 128 tokens (run it with `--stages sft,dpo`).
 
 Figures (from the stage's own metrics.jsonl, whose `time` counts from run.json's `started_unix`):
 - samples/s: sequences trained per second over steps 2..N (the first step's one-off costs are start-up);
@@ -60,16 +63,23 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def build(root: str, rows: int = 2000) -> dict:
-    """The model and the three data files under `root`; returns their paths and the parameter count."""
+def build(root: str, rows: int = 2000, terms: int = 2) -> dict:
+    """The model and the three data files under `root`; returns their paths and the parameter count.
+
+    `terms` numbers per sum: 2 is the reference workload ("What is 12 + 7?" -> "12 + 7 = 19."); more make the
+    long-sequence workload, whose answer adds them up one at a time ("12 + 7 = 19, 19 + 30 = 49, ..."), the
+    rejected answer slipping on one running sum (and carrying the error on)."""
     from rlhfkit.data.loaders import write_jsonl
     from rlhfkit.models.tiny import TinyModelConfig, build_model, train_tokenizer
 
     rng = random.Random(0)
-    sums = rng.sample([(a, b) for a in range(51) for b in range(51)], rows)  # distinct prompts: one pair per ranking
-    prompt = [f"What is {a} + {b}?" for a, b in sums]
-    right = [f"{a} + {b} = {a + b}." for a, b in sums]
-    wrong = [f"{a} + {b} = {a + b + rng.choice([-3, -2, -1, 1, 2, 3])}." for a, b in sums]
+    if terms == 2:
+        sums = rng.sample([(a, b) for a in range(51) for b in range(51)], rows)  # distinct prompts: one pair per ranking
+    else:
+        sums = list({tuple(rng.randrange(51) for _ in range(terms)) for _ in range(rows * 2)})[:rows]
+    prompt = [f"What is {' + '.join(map(str, s))}?" for s in sums]
+    right = [_chain(s, None) for s in sums]
+    wrong = [_chain(s, (rng.randrange(1, len(s)), rng.choice([-3, -2, -1, 1, 2, 3]))) for s in sums]
     tok = train_tokenizer([f"{p} {c}" for p, c in zip(prompt, right)] * 4, 1024)
     model = build_model(TinyModelConfig(vocab_size=1024, hidden_size=256, num_layers=4, num_heads=4,
                                         intermediate_size=768, tie_embeddings=True), tok)
@@ -81,6 +91,16 @@ def build(root: str, rows: int = 2000) -> dict:
     write_jsonl(paths["pairs"], [{"prompt": p, "chosen": c, "rejected": w} for p, c, w in zip(prompt, right, wrong)])
     write_jsonl(paths["prompts"], [{"prompt": p} for p in prompt])
     return {**paths, "params": sum(p.numel() for p in model.parameters())}
+
+
+def _chain(terms: tuple[int, ...], slip: tuple[int, int] | None) -> str:
+    """The running sums of `terms` as an answer; `slip` = (k, d) adds d to the k-th running sum."""
+    total, steps = terms[0], []
+    for k, t in enumerate(terms[1:], 1):
+        new = total + t + (slip[1] if slip and slip[0] == k else 0)
+        steps.append(f"{total} + {t} = {new}")
+        total = new
+    return ", ".join(steps) + "."
 
 
 def stage_args(stage: str, d: dict, root: str, steps: int) -> list[str]:
@@ -143,7 +163,7 @@ def train_tokens(stage: str, d: dict, rows: list[dict]) -> tuple[float, float, f
     if stage == "sft":
         return BATCH, BATCH * statistics.mean(length(r["prompt"], r["completion"]) for r in lines), 0.0
     pair = 2 * BATCH * statistics.mean(length(r["prompt"], r[s]) for r in lines for s in ("chosen", "rejected"))
-    return BATCH, pair, (pair if stage == "dpo" else 0.0)  # DPO: the reference's forward (precomputed once)
+    return BATCH, pair, 0.0  # DPO's reference log-probs are computed once, before the first step (start-up)
 
 
 def main() -> None:
@@ -151,6 +171,8 @@ def main() -> None:
     ap.add_argument("--stages", default=",".join(ORDER))
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--terms", type=int, default=2, help="numbers per sum: 2 is the reference workload (~16 tokens a "
+                                                           "sequence); 17 gives the long one (~136)")
     ap.add_argument("--keep", default=None, help="run directory to keep (default: a temporary one)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--code", default=REPO, help="the checkout whose stages run (default: this one), e.g. a `git worktree` "
@@ -160,7 +182,7 @@ def main() -> None:
     root = args.keep or tempfile.mkdtemp(prefix="rlhfkit-stages-")
     os.makedirs(root, exist_ok=True)
     peak = matmul_peak(args.threads)
-    d = build(root)
+    d = build(root, terms=args.terms)
     results = {}
     for stage in ORDER:
         needed = stage in stages or (stage in ("sft", "rm") and any(s not in ("sft",) for s in stages))
@@ -175,17 +197,19 @@ def main() -> None:
         gen_tokens = sum(x.get("rollout/response_length", 0.0) * BATCH for x in r["rows"][1:])
         flops = (6 * tokens + 2 * nograd) * d["params"] * rate
         results[stage] = {"samples_per_s": round(seqs * rate, 1), "train_tokens_per_s": round(tokens * rate),
+                          "tokens_per_seq": round(tokens / seqs / (2 if stage in ("rm", "dpo", "ppo") else 1), 1),
                           "gen_tokens_per_s": round(gen_tokens / gen_time) if gen_time else None,
                           "mfu": round(flops / (peak * 1e9), 3), "startup_s": round(r["startup_s"], 2),
                           "peak_rss_mb": round(r["peak_rss_mb"]), "steps": r["steps"], "wall_s": round(r["wall_s"], 1)}
     print(f"workload: {d['params'] / 1e6:.2f}M-parameter Llama, batch {BATCH}, {args.steps} steps, {args.threads} threads; "
           f"fp32 matmul peak {peak:.0f} GFLOP/s")
-    print(f"{'stage':<6} {'samples/s':>10} {'train tok/s':>12} {'gen tok/s':>10} {'MFU':>6} {'start-up s':>11} {'peak RSS MB':>12}")
+    print(f"{'stage':<6} {'samples/s':>10} {'tok/seq':>8} {'train tok/s':>12} {'gen tok/s':>10} {'MFU':>6} {'start-up s':>11} "
+          f"{'peak RSS MB':>12}")
     for s, m in results.items():
         gen = f"{m['gen_tokens_per_s']:,}" if m["gen_tokens_per_s"] else "-"
-        print(f"{s:<6} {m['samples_per_s']:>10.1f} {m['train_tokens_per_s']:>12,} {gen:>10} {m['mfu']:>6.1%} "
+        print(f"{s:<6} {m['samples_per_s']:>10.1f} {m['tokens_per_seq']:>8.1f} {m['train_tokens_per_s']:>12,} {gen:>10} {m['mfu']:>6.1%} "
               f"{m['startup_s']:>11.2f} {m['peak_rss_mb']:>12,}")
-    out = {"code": args.code, "params": d["params"], "batch": BATCH, "steps": args.steps, "threads": args.threads,
+    out = {"code": args.code, "params": d["params"], "terms": args.terms, "batch": BATCH, "steps": args.steps, "threads": args.threads,
            "matmul_peak_gflops": round(peak, 1), "stages": results}
     if args.json:
         with open(args.json, "w") as f:

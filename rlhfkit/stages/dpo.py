@@ -156,8 +156,9 @@ def train(cfg: Config) -> str:
     evaluator = make_evaluator(cfg.evaluator, cfg.evaluator_args)
 
     def batch_loss(idx: list[int], model=dp_policy):
-        logp_c = sequence_logprobs(model, [chosen[i] for i in idx], tok.pad_token_id)
-        logp_r = sequence_logprobs(model, [rejected[i] for i in idx], tok.pad_token_id)
+        # chosen and rejected in one forward: one batch of 2b rows, larger matmuls, half the per-op overhead
+        logp_c, logp_r = sequence_logprobs(model, [chosen[i] for i in idx] + [rejected[i] for i in idx],
+                                           tok.pad_token_id).split(len(idx))
         loss, metrics = loss_fn(logp_c, logp_r, ref_c[idx].to(device), ref_r[idx].to(device), cfg.beta, cfg.label_smoothing)
         if cfg.nll_coef:
             nll, nll_metrics = chosen_nll_loss(logp_c, chosen_tokens[idx].to(device))
