@@ -116,3 +116,30 @@ def test_world_export_and_the_generic_stages_by_hand_reproduce_the_pipelines_sft
 def test_pipeline_rejects_an_unknown_stage_in_force(tmp_path):
     proc = rlhfkit("pipeline", f"--out_dir={tmp_path}", "--force=[sfft]", check=False)
     assert proc.returncode == 2 and "unknown stages ['sfft']" in proc.stderr
+
+
+def test_jobs_runs_independent_stages_at_once_lets_them_finish_when_one_fails_and_resumes(tmp_path):
+    """jobs=2: once feedback is done, RM and DPO (which read only its pairs) run at the same time, each in a
+    process of its own with a log. DPO made to diverge fails the run with its log's end, while RM, already
+    running, finishes and is kept; the rerun with DPO fixed runs DPO (and whichever PPO stage had not run) and
+    skips the rest; a sequential run afterwards finds every stage up to date (jobs is not part of what a stage is)."""
+    out = tmp_path / "demo"
+    args = ("pipeline", f"--out_dir={out}", "--until=dpo", *TINY)
+
+    failed = rlhfkit(*args, "--jobs=2", "--dpo.lr=1e9", check=False)
+    assert failed.returncode == 1, failed.stdout[-2000:] + failed.stderr[-2000:]
+    assert "stage dpo failed" in failed.stderr and "non-finite" in failed.stderr  # the end of its log, in the message
+    assert "[pipeline] dpo: in its own process, 1 thread" in failed.stdout and "[pipeline] rm: in its own process" in failed.stdout
+    assert stage_done(out, "rm") and not stage_done(out, "dpo")
+    rm, dpo = stage_marker(out, "rm"), stage_marker(out, "dpo")
+    assert dpo["started_unix"] < rm["started_unix"] + rm["seconds"]  # DPO began while RM ran
+    assert "[dpo]" in (out / "logs" / "dpo.log").read_text() and "[rm]" in (out / "logs" / "rm.log").read_text()
+
+    # PPO needs RM: it started only if RM finished before DPO failed (then it was let finish)
+    ppo_done = {s: stage_done(out, s) for s in ("ppo", "ppo_beta0")}
+    rerun = statuses(rlhfkit(*args, "--jobs=2").stdout)
+    assert rerun["dpo"] == "running"
+    assert all(rerun[s] == ("up to date, skipped" if done else "running") for s, done in ppo_done.items())
+    assert {rerun[s] for s in ("world", "pretrain", "sft", "feedback", "rm")} == {"up to date, skipped"}
+    assert all(stage_done(out, s) for s in STAGES[: STAGES.index("dpo") + 1])
+    assert set(statuses(rlhfkit(*args).stdout).values()) == {"up to date, skipped"}

@@ -60,6 +60,7 @@ class Config:
     seed: int = 0  # propagated to every stage
     force: list[str] = field(default_factory=list)  # stages to rerun even if cached, e.g. force=[sft]
     until: str | None = None  # stop after this stage (e.g. until=sft); None: run them all
+    jobs: int = 1  # stages run at once when their inputs allow (e.g. RM beside DPO): >1 runs them in processes of their own, the CPU threads split among them, each logging to <out_dir>/logs/<stage>.log
     critic_free: bool = False  # also run RLOO and GRPO
     ai_feedback: bool = False  # also the AI-feedback path: judge (trained on world reviews) -> ai_label -> rm_ai -> ppo_ai, and CAI-SL: sft_helpful -> cai_critic -> cai -> sft_cai
     world: WorldConfig = field(default_factory=WorldConfig)  # the built-in world, shared by all stages
@@ -87,6 +88,8 @@ class Config:
     def resolve(self) -> None:
         from rlhfkit.config import ConfigError
 
+        if self.jobs < 1:
+            raise ConfigError(f"'jobs': at least 1 (stages at once), got {self.jobs}")
         if unknown := sorted(set(self.force) - set(PLAN)):
             raise ConfigError(f"'force': unknown stages {unknown} (stages: {', '.join(PLAN)})")
         if self.until is not None and self.until not in PLAN:
@@ -223,31 +226,40 @@ def fingerprint(cfg: Any, upstream: Sequence[str] = (), code: str = "") -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def stage_status(stage_dir: str, fp: str, stale: bool = False) -> str:
+    """What `run_cached` will do in `stage_dir`: "up to date, skipped" (a finished run with fingerprint `fp`, not
+    `stale`), "resuming an interrupted run" (an unfinished one with `fp`) or "running" (afresh)."""
+    marker = _read_json(os.path.join(stage_dir, "stage.json"))
+    if marker.get("fingerprint") == fp and not stale:
+        return "up to date, skipped" if marker.get("done") else "resuming an interrupted run"
+    return "running"
+
+
 def run_cached(head: str, run: Callable[[], Any], stage_dir: str, fp: str, stale: bool = False) -> bool:
     """Run a stage in `stage_dir` unless a finished run with fingerprint `fp` is there (and it is not
     `stale`); resume an interrupted run with the same fingerprint; otherwise clear what earlier runs
     wrote there and start afresh. `stage_dir/stage.json` records the fingerprint, whether the run
-    finished, and the entries that were in the folder before the pipeline first ran there (`foreign`):
-    those are never deleted, so a user's notes in a stage folder survive a rerun.
-    Prints `<head>: <what happened>`; returns whether the stage ran."""
-    marker = _read_json(os.path.join(stage_dir, "stage.json"))
-    if marker.get("fingerprint") == fp and marker.get("done") and not stale:
-        print(f"{head}: up to date, skipped", flush=True)
+    finished, when it started and how long it took, and the entries that were in the folder before the
+    pipeline first ran there (`foreign`): those are never deleted, so a user's notes in a stage folder
+    survive a rerun. Prints `<head>: <what happened>`; returns whether the stage ran."""
+    status = stage_status(stage_dir, fp, stale)
+    if status == "up to date, skipped":
+        print(f"{head}: {status}", flush=True)
         return False
+    marker = _read_json(os.path.join(stage_dir, "stage.json"))
     present = set(os.listdir(stage_dir)) - {"stage.json"} if os.path.isdir(stage_dir) else set()
     # no marker: the pipeline never ran here, none of it is ours; an older marker without the list: all of it was
     foreign = set(marker.get("foreign", ())) & present if marker else present
-    if marker.get("fingerprint") == fp and not stale:
-        print(f"{head}: resuming an interrupted run", flush=True)
-    else:
+    if status == "running":
         for entry in present - foreign:
             path = os.path.join(stage_dir, entry)
             shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.unlink(path)
-        print(f"{head}: running" + (f" (leaving {len(foreign)} entries it did not write)" if foreign else ""), flush=True)
+    print(f"{head}: {status}" + (f" (leaving {len(foreign)} entries it did not write)" if foreign and status == "running" else ""),
+          flush=True)
     os.makedirs(stage_dir, exist_ok=True)
-    record = {"fingerprint": fp, "foreign": sorted(foreign)}
-    write_atomic(os.path.join(stage_dir, "stage.json"), json.dumps({**record, "done": False}))
     started = time.time()
+    record = {"fingerprint": fp, "foreign": sorted(foreign), "started_unix": round(started, 3)}
+    write_atomic(os.path.join(stage_dir, "stage.json"), json.dumps({**record, "done": False}))
     run()
     write_atomic(os.path.join(stage_dir, "stage.json"), json.dumps({**record, "done": True, "seconds": round(time.time() - started, 1)}))
     return True
@@ -256,18 +268,137 @@ def run_cached(head: str, run: Callable[[], Any], stage_dir: str, fp: str, stale
 def main(cfg: Config) -> dict[str, str]:
     os.makedirs(cfg.out_dir, exist_ok=True)
     write_atomic(os.path.join(cfg.out_dir, "manifest.json"), json.dumps(manifest(cfg), indent=2))
-    enabled = cfg.enabled()
-    prints, ran, t0 = {}, set(), time.time()
-    for i, name in enumerate(enabled, 1):
-        step = PLAN[name]
-        after = [a for a in step.inputs if a in enabled]
-        fp = prints[name] = fingerprint(cfg.stage(name), [prints[a] for a in after], code_version(step.code))
-        head = f"[pipeline {i}/{len(enabled)} +{time.time() - t0:5.0f}s] {name}"
+    enabled, t0 = cfg.enabled(), time.time()
+    prints: dict[str, str] = {}
+    ran: set[str] = set()
+
+    def identify(name: str) -> tuple[str, str, bool]:
+        """(header, fingerprint, stale) of a stage whose inputs are settled."""
+        after = [a for a in PLAN[name].inputs if a in enabled]
+        fp = prints[name] = fingerprint(cfg.stage(name), [prints[a] for a in after], code_version(PLAN[name].code))
         stale = name in cfg.force or any(a in ran for a in after)  # forced, or an input was just rebuilt
-        if run_cached(head, lambda: step.run(cfg), os.path.join(cfg.out_dir, name), fp, stale):
-            ran.add(name)
+        return f"[pipeline {enabled.index(name) + 1}/{len(enabled)} +{time.time() - t0:5.0f}s] {name}", fp, stale
+
+    if cfg.jobs > 1:
+        _run_parallel(cfg, enabled, identify, ran, cfg.jobs)
+    else:
+        for name in enabled:
+            head, fp, stale = identify(name)
+            if run_cached(head, lambda: PLAN[name].run(cfg), os.path.join(cfg.out_dir, name), fp, stale):
+                ran.add(name)
     print(f"[pipeline] finished in {time.time() - t0:.0f}s; results in {cfg.out_dir}", flush=True)
     return prints
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _run_parallel(cfg: Config, enabled: list[str], identify, ran: set[str], jobs: int) -> None:
+    """Run the stages of `enabled` as their inputs finish, up to `jobs` at once, each in a process of its own.
+
+    A stage that would run alone (nothing running, nothing else ready) runs here, on every core, as with jobs=1.
+    One that starts beside others gets a process of its own with cores // jobs torch threads and its output in
+    <out_dir>/logs/<stage>.log; the pipeline prints its status line as it starts and a line when it ends. A failed
+    stage lets the stages already running finish (their work is kept), starts no new one, and raises with the end
+    of its log."""
+    import multiprocessing
+    from multiprocessing.connection import wait
+
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no torch thread pool inherited mid-use
+    logs = os.path.join(cfg.out_dir, "logs")
+    os.makedirs(logs, exist_ok=True)
+    cores, pending, settled = _cores(), list(enabled), set()
+    running: dict[str, tuple[Any, float, str]] = {}  # name -> (process, start time, log path)
+    failed: list[str] = []
+    try:
+        while pending or running:
+            started_any = True
+            while started_any and not failed and len(running) < jobs:  # start what can start (a skip may free more)
+                started_any = False
+                ready = [n for n in pending if all(a in settled for a in PLAN[n].inputs if a in enabled)]
+                for name in ready[: jobs - len(running)]:
+                    pending.remove(name)
+                    started_any = True
+                    head, fp, stale = identify(name)
+                    stage_dir = os.path.join(cfg.out_dir, name)
+                    if not running and not any(n in pending for n in ready):  # alone: here, every core, as jobs=1 runs it
+                        if run_cached(head, lambda: PLAN[name].run(cfg), stage_dir, fp, stale):
+                            ran.add(name)
+                        settled.add(name)
+                        break  # what it settles may change what is ready
+                    status = stage_status(stage_dir, fp, stale)
+                    print(f"{head}: {status}", flush=True)
+                    if status == "up to date, skipped":
+                        settled.add(name)
+                        break
+                    threads, log = max(1, cores // jobs), os.path.join(logs, f"{name}.log")
+                    proc = ctx.Process(target=_stage_process, args=(cfg, name, head, fp, stale, threads, log), name=name)
+                    proc.start()
+                    running[name] = (proc, time.time(), log)
+                    print(f"[pipeline] {name}: in its own process, {threads} thread{'s' if threads > 1 else ''}, log {log}",
+                          flush=True)
+            if not running:
+                if pending and not failed:
+                    raise RuntimeError(f"pipeline: no stage can start; waiting: {pending}")  # cannot happen: PLAN is ordered
+                break
+            wait([p.sentinel for p, _, _ in running.values()])
+            for name, (proc, started, log) in list(running.items()):
+                if proc.exitcode is None:
+                    continue
+                del running[name]
+                if proc.exitcode == 0:
+                    settled.add(name)
+                    ran.add(name)
+                    print(f"[pipeline] {name}: finished in {time.time() - started:.0f}s", flush=True)
+                else:
+                    failed.append(name)
+                    print(f"[pipeline] {name}: failed (exit code {proc.exitcode}); "
+                          + ("letting " + ", ".join(running) + " finish" if running else "stopping"), flush=True)
+    except BaseException:  # Ctrl-C or an error here: stop the stages (each resumes from its last checkpoint)
+        for proc, _, _ in running.values():
+            proc.terminate()
+        for proc, _, _ in running.values():
+            proc.join()
+        raise
+    if failed:
+        tails = "\n".join(f"--- {n} ({os.path.join(logs, n + '.log')}) ends:\n{_tail(os.path.join(logs, n + '.log'))}" for n in failed)
+        raise StageFailed(f"stage{'s' if len(failed) > 1 else ''} {', '.join(failed)} failed; rerun the same command to "
+                          f"resume (finished stages are kept)\n{tails}")
+
+
+class StageFailed(SystemExit):
+    """A stage run in its own process (`jobs` > 1) failed: exit status 1 with the end of its log as the message
+    (the traceback is in the log; the pipeline's own would say nothing about the stage)."""
+
+
+def _stage_process(cfg: Config, name: str, head: str, fp: str, stale: bool, threads: int, log: str) -> None:
+    """A stage in a process of its own: stdout and stderr to `log`, `threads` torch threads."""
+    import sys
+
+    import torch
+
+    with open(log, "a", buffering=1) as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        sys.stdout = sys.stderr = f
+        torch.set_num_threads(threads)
+        try:
+            run_cached(head, lambda: PLAN[name].run(cfg), os.path.join(cfg.out_dir, name), fp, stale)
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+            f.flush()
+            os._exit(1)
+
+
+def _tail(path: str, lines: int = 30) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError:
+        return "(no log)"
 
 
 def _read_json(path: str) -> dict:
