@@ -11,6 +11,7 @@ from typing import Sequence
 import torch
 
 from rlhfkit.data.chat import pad_batch
+from rlhfkit.models.packed import pack
 from rlhfkit.ops import entropy_from_logits, logprobs_from_logits, masked_sum
 
 
@@ -32,14 +33,22 @@ def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     return logprobs, (entropy_from_logits(logits, temperature) if with_entropy else None)
 
 
-def sequence_logprobs(model, rows: Sequence[tuple[list[int], list[bool]]], pad_id: int) -> torch.Tensor:
+def sequence_logprobs(model, rows: Sequence[tuple[list[int], list[bool]]], pad_id: int, packed: bool = False) -> torch.Tensor:
     """Summed logprob of the masked (response) tokens of each rendered example: (N,).
 
-    `rows` are `(ids, mask)` from `rlhfkit.data.chat.render_example`, right-padded here.
+    `rows` are `(ids, mask)` from `rlhfkit.data.chat.render_example`, right-padded here, or with `packed`
+    laid end to end in fewer rows (`rlhfkit.models.packed`; only for a model `packs` accepts).
     """
+    device = next(model.parameters()).device
+    if packed:
+        p = pack([r[0] for r in rows], pad_id)
+        logits = model(input_ids=p.input_ids.to(device), position_ids=p.position_ids.to(device), use_cache=False).logits
+        logprobs = logprobs_from_logits(logits[:, :-1], p.input_ids[:, 1:].to(device))  # (R, C-1): column c predicts c + 1
+        scored = p.place([[False, *r[1][1:]] for r in rows], False)[:, 1:].to(device)  # a sequence's first token never is
+        seq = p.seq[:, 1:].to(device)
+        return logprobs.new_zeros(len(rows)).index_add(0, seq[scored], logprobs[scored])
     ids, attn = pad_batch([r[0] for r in rows], pad_id, side="right")
     loss_mask, _ = pad_batch([[int(m) for m in r[1]] for r in rows], 0, side="right")
-    device = next(model.parameters()).device
     ids, attn, loss_mask = ids.to(device), attn.to(device), loss_mask.to(device).bool()
     logits = model(input_ids=ids, attention_mask=attn.long()).logits[:, :-1]  # (N, T-1, V)
     logprobs = logprobs_from_logits(logits, ids[:, 1:])  # (N, T-1)

@@ -93,11 +93,39 @@ def token_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -
     """The head applied at every position: (B, T) float."""
     from rlhfkit.models.logprobs import position_ids_from_mask
 
-    inner = hf_model(model)  # the HF model, also inside a peft (LoRA) wrapper
-    backbone = getattr(inner, inner.base_model_prefix)
-    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask.long(),
+    hidden = backbone_of(model)(input_ids=input_ids, attention_mask=attention_mask.long(),
                       position_ids=position_ids_from_mask(attention_mask)).last_hidden_state  # (B, T, H)
     return score_head(model)(hidden).squeeze(-1).float()  # (B, T)
+
+
+def packed_sequence_scores(model, rows, pad_id: int, normalized: bool = True) -> torch.Tensor:
+    """`sequence_scores` of token-id lists packed end to end (`rlhfkit.models.packed`; only for a model whose
+    backbone `packs` accepts, see `backbone_packs`): (N,)."""
+    from rlhfkit.models.packed import pack
+
+    p = pack(rows, pad_id)
+    device = next(model.parameters()).device
+    hidden = backbone_of(model)(input_ids=p.input_ids.to(device), position_ids=p.position_ids.to(device),
+                                use_cache=False).last_hidden_state  # (R, C, H)
+    row, col = p.last()
+    out = score_head(model)(hidden[row.to(device), col.to(device)]).squeeze(-1).float()  # (N,)
+    if normalized:
+        out = out - getattr(model.config, "rlhfkit_score_offset", 0.0)
+    return out
+
+
+def backbone_of(model):
+    """The transformer under a scalar model's head (inside a peft wrapper too)."""
+    inner = hf_model(model)
+    return getattr(inner, inner.base_model_prefix)
+
+
+def backbone_packs(model) -> bool:
+    """`packs` for a scalar model: its backbone's hidden states keep packed sequences apart."""
+    from rlhfkit.models.packed import packs
+
+    backbone = backbone_of(model)
+    return packs(backbone, lambda ids, pos: backbone(input_ids=ids, position_ids=pos, use_cache=False).last_hidden_state)
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:

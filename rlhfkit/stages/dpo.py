@@ -36,6 +36,7 @@ from rlhfkit.models.lora import LoraSettings
 from rlhfkit.models.precision import Precision
 from rlhfkit.optim import NonFiniteGuard, adamw, cosine_lr, set_lr
 from rlhfkit.models.logprobs import scored_tokens, sequence_logprobs
+from rlhfkit.models.packed import packs
 from rlhfkit.tracking import Run, due, seed_everything
 
 
@@ -59,6 +60,7 @@ class Config:
     grad_clip: float = 1.0  # max gradient norm
     skip_nonfinite: int = 3  # non-finite steps in a row skipped (no update, counted) before the run stops with an error; 0: stop at the first
     max_len: int = 256  # longest rendered prompt + response
+    packing: bool = True  # padding-free batches (several sequences a row; rlhfkit.models.packed) when the model keeps them apart, checked at start; false: right-padded
     heldout_fraction: float = 0.05  # pairs kept out for implicit-reward accuracy
     split: str = "train"  # split of a dataset folder / saved DatasetDict to train on
     eval_split: str | None = None  # split held out for evaluation (None: heldout_fraction of the training split)
@@ -86,7 +88,7 @@ class Config:
 
 @torch.no_grad()
 def reference_logprobs(ref, rows, pad_id: int, d: distributed.Dist, used: list[int] | None = None,
-                       batch_size: int = 64) -> torch.Tensor:
+                       batch_size: int = 64, packed: bool = False) -> torch.Tensor:
     """Summed reference logprobs of the rendered examples `used` (default: all): (N,) on CPU, NaN for the rest
     (a run that read one would fail loudly). Each rank computes its strided share and the shares are summed
     across ranks, so every rank ends with all of them."""
@@ -96,7 +98,7 @@ def reference_logprobs(ref, rows, pad_id: int, d: distributed.Dist, used: list[i
     out = torch.zeros(len(rows), dtype=torch.float64)
     for i in range(0, len(mine), batch_size):
         part = mine[i : i + batch_size]
-        out[part] = sequence_logprobs(ref, [rows[j] for j in part], pad_id).double().cpu()
+        out[part] = sequence_logprobs(ref, [rows[j] for j in part], pad_id, packed).double().cpu()
     out = distributed.global_sum(out, d).float().cpu()
     unused = torch.ones(len(rows), dtype=torch.bool)
     unused[used] = False
@@ -123,6 +125,9 @@ def train(cfg: Config) -> str:
     rendered = render_examples(tok, [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs],
                                cfg.max_len, "dpo")
     chosen, rejected = rendered[: len(pairs)], rendered[len(pairs) :]
+    packed = cfg.packing and packs(policy)  # checked on the model before any wrapper
+    print(f"[dpo] {'padding-free (packed) batches' if packed else 'right-padded batches'}"
+          + ("" if packed or not cfg.packing else ": the model's attention does not keep packed sequences apart"), flush=True)
     chosen_tokens = torch.tensor([scored_tokens(row) for row in chosen], dtype=torch.float)
 
     # 2. Reference logprobs of the pairs the run will read (held out, and the batches of its steps: all of them
@@ -133,7 +138,7 @@ def train(cfg: Config) -> str:
     used = held + sorted({train_idx[i] for step in range(max_steps)
                           for i in epoch_batches(len(train_idx), cfg.batch_size, step, cfg.seed).tolist()})
     cache = os.path.join(cfg.out_dir, "ref_logprobs.pt")  # keyed by what the numbers depend on, precision included
-    key = content_hash([cfg.policy], chosen, rejected, used, prec, str(precision.frozen_dtype(prec)), str(d.device.type))
+    key = content_hash([cfg.policy], chosen, rejected, used, prec, str(precision.frozen_dtype(prec)), str(d.device.type), packed)
     cached = torch.load(cache) if os.path.exists(cache) else None
     if isinstance(cached, dict) and cached.get("key") == key:
         ref_c, ref_r = cached["chosen"], cached["rejected"]
@@ -141,7 +146,8 @@ def train(cfg: Config) -> str:
         if cached is not None:
             print(f"[dpo] {cache} was computed for another reference model or other pairs; recomputing", flush=True)
         ref = make_reference()
-        ref_c, ref_r = (reference_logprobs(ref, rows, tok.pad_token_id, d, used) for rows in (chosen, rejected))
+        ref_packed = packed and packs(ref)
+        ref_c, ref_r = (reference_logprobs(ref, rows, tok.pad_token_id, d, used, packed=ref_packed) for rows in (chosen, rejected))
         if d.is_main:
             with atomic_open(cache, "wb") as f:  # a rank reading it never sees half a file
                 torch.save({"key": key, "chosen": ref_c, "rejected": ref_r}, f)
@@ -158,7 +164,7 @@ def train(cfg: Config) -> str:
     def batch_loss(idx: list[int], model=dp_policy):
         # chosen and rejected in one forward: one batch of 2b rows, larger matmuls, half the per-op overhead
         logp_c, logp_r = sequence_logprobs(model, [chosen[i] for i in idx] + [rejected[i] for i in idx],
-                                           tok.pad_token_id).split(len(idx))
+                                           tok.pad_token_id, packed).split(len(idx))
         loss, metrics = loss_fn(logp_c, logp_r, ref_c[idx].to(device), ref_r[idx].to(device), cfg.beta, cfg.label_smoothing)
         if cfg.nll_coef:
             nll, nll_metrics = chosen_nll_loss(logp_c, chosen_tokens[idx].to(device))

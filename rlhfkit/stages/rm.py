@@ -34,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from rlhfkit import checkpoint, distributed
-from rlhfkit.data.chat import pad_batch, render_example, render_examples
+from rlhfkit.data.chat import pad_batch, render_examples
 from rlhfkit.data.loaders import ACCEPTABLE_FIELDS
 from rlhfkit.data.packing import epoch_batches
 from rlhfkit.data.records import Comparison
@@ -42,7 +42,8 @@ from rlhfkit.losses import acceptability_loss, bradley_terry_loss
 from rlhfkit.models import lora, precision
 from rlhfkit.models.lora import LoraSettings
 from rlhfkit.models.precision import Precision
-from rlhfkit.models.reward import load_scalar_model, scalar_model_from_lm, sequence_scores
+from rlhfkit.models.reward import (backbone_packs, load_scalar_model, packed_sequence_scores, scalar_model_from_lm,
+                                   sequence_scores)
 from rlhfkit.optim import NonFiniteGuard, adamw, cosine_lr, set_lr
 from rlhfkit.tracking import Run, due, seed_everything
 
@@ -70,6 +71,7 @@ class Config:
     pair_weight: Literal["pair", "ranking"] = "pair"  # pair: every pair counts once | ranking: every ranking once (its pairs 1/C(K,2), InstructGPT)
     accept_coef: float = 1.0  # weight of the acceptability loss on pairs with acceptable marks (0: off)
     max_len: int = 256  # longest rendered prompt + response
+    packing: bool = True  # padding-free batches (several answers a row; rlhfkit.models.packed) when the model keeps them apart, checked at start; false: right-padded
     eval_every: int = 50  # held-out accuracy every N steps
     ckpt_every: int = 200  # checkpoint (model, optimiser, RNG) every N steps; a rerun resumes from the last
     evaluate: bool = True  # after training, held-out calibration and the annotators' agreement ceiling
@@ -97,15 +99,15 @@ def group_pairs(pairs: list[Comparison]) -> list[list[Comparison]]:
     return list(groups.values())
 
 
-def score_pairs(model, tok, pairs: list[Comparison], max_len: int, device, normalized: bool = False):
-    """Scores of chosen and rejected, (N,) each; every distinct (prompt, response) is encoded once."""
+def score_pairs(model, ids_of: dict, pad_id: int, pairs: list[Comparison], device, normalized: bool = False,
+                packed: bool = False):
+    """Scores of chosen and rejected, (N,) each; every distinct (prompt, response) is scored once.
+    `ids_of`: (prompt, response) -> its rendered token ids (`render_all`); `packed`: padding-free."""
     texts: dict[tuple[str, str], int] = {}
     for p in pairs:
         for r in (p.chosen, p.rejected):
             texts.setdefault((p.prompt, r), len(texts))
-    rows = [render_example(tok, prompt, resp, max_len)[0] for prompt, resp in texts]
-    ids, attn = pad_batch(rows, tok.pad_token_id, side="right")
-    scores = sequence_scores(model, ids.to(device), attn.to(device), normalized)  # (U,)
+    scores = batch_scores(model, [ids_of[t] for t in texts], pad_id, device, normalized, packed)  # (U,)
     chosen = scores[[texts[(p.prompt, p.chosen)] for p in pairs]]
     rejected = scores[[texts[(p.prompt, p.rejected)] for p in pairs]]
     return chosen, rejected
@@ -156,14 +158,29 @@ def rm_loss(chosen, rejected, marks, margin, accept_coef, weights=None, totals=N
     return loss, stats
 
 
+def batch_scores(model, rows: list[list[int]], pad_id: int, device, normalized: bool, packed: bool) -> torch.Tensor:
+    """Scores (N,) of token-id lists: packed end to end, or right-padded."""
+    if packed:
+        return packed_sequence_scores(model, rows, pad_id, normalized)
+    ids, attn = pad_batch(rows, pad_id, side="right")
+    return sequence_scores(model, ids.to(device), attn.to(device), normalized)
+
+
+def render_all(tok, groups: list[list[Comparison]], max_len: int) -> dict:
+    """(prompt, response) -> token ids, for every answer of `groups`, rendered once for the whole run (saying
+    how many max_len cuts)."""
+    distinct = list(dict.fromkeys((p.prompt, r) for g in groups for p in g for r in (p.chosen, p.rejected)))
+    return dict(zip(distinct, (ids for ids, _ in render_examples(tok, distinct, max_len, "rm"))))
+
+
 @torch.no_grad()
-def accuracy(model, tok, groups: list[list[Comparison]], max_len: int, device) -> dict[str, float]:
+def accuracy(model, ids_of: dict, pad_id: int, groups: list[list[Comparison]], device, packed: bool = False) -> dict[str, float]:
     """Held-out pairwise accuracy and, over the marked answers, how often sign(raw score) matches the mark."""
     model.eval()
     right = total = accept_right = marked = 0
     for i in range(0, len(groups), 16):
         pairs = [p for g in groups[i : i + 16] for p in g]
-        c, r = score_pairs(model, tok, pairs, max_len, device)
+        c, r = score_pairs(model, ids_of, pad_id, pairs, device, packed=packed)
         right, total = right + (c > r).sum().item(), total + len(pairs)
         marks = acceptable_marks(pairs)
         sel = ~marks.isnan()
@@ -194,7 +211,6 @@ def train(cfg: Config) -> str:
     n_held = len(heldout)
     max_steps = max(1, int(cfg.epochs * len(train_groups) / cfg.batch_groups))
     n_pairs = sum(map(len, train_groups))
-    distinct = dict.fromkeys((p.prompt, r) for g in heldout + train_groups for p in g for r in (p.chosen, p.rejected))
     print(f"[rm] {n_pairs} pairs in {len(train_groups)} rankings (+{n_held} held out), {max_steps} steps", flush=True)
 
     # 2. Model: SFT backbone + fresh scalar head (or the last checkpoint's, when resuming).
@@ -205,13 +221,16 @@ def train(cfg: Config) -> str:
                                 partial(load_scalar_model, device=device, dtype=dtype), ckpt and os.path.join(ckpt, "rm"),
                                 cfg.lora, "SEQ_CLS")
     precision.prepare(model, prec, device, cfg.gradient_checkpointing)
-    render_examples(tok, list(distinct), cfg.max_len, "rm")  # says how many answers max_len cuts (batches render their own)
+    ids_of, pad_id = render_all(tok, heldout + train_groups, cfg.max_len), tok.pad_token_id
+    packed = cfg.packing and backbone_packs(model)  # checked on the model before any wrapper or sharding
+    print(f"[rm] {'padding-free (packed) batches' if packed else 'right-padded batches'}"
+          + ("" if packed or not cfg.packing else ": the model's attention does not keep packed sequences apart"), flush=True)
     if cfg.parallel == "fsdp":  # FSDP2 shards (before the optimizer sees them); under DDP the stage sums gradients itself
         distributed.shard_model(model, d, prec)
     optimizer = adamw(model, cfg.lr, cfg.weight_decay)
     start, _ = checkpoint.resume(ckpt, cfg.out_dir, optimizer, "rm", d.is_main, model)
     if not start and distributed.joins(d, model):
-        run.log(0, accuracy(model, tok, heldout, cfg.max_len, device))
+        run.log(0, accuracy(model, ids_of, pad_id, heldout, device, packed))
 
     # 3. Train: all pairs of a few rankings per step.
     model.train()
@@ -225,7 +244,7 @@ def train(cfg: Config) -> str:
         sums: dict[str, torch.Tensor] = {}  # the global batch's loss and pair-weighted means, this rank's shares
         for micro in distributed.micro_batches(model, distributed.shard(batch, d), cfg.micro_batch_groups):  # whole rankings
             pairs = [p for g in micro for p in g]
-            chosen, rejected = score_pairs(model, tok, pairs, cfg.max_len, device)
+            chosen, rejected = score_pairs(model, ids_of, pad_id, pairs, device, packed=packed)
             loss, stats = rm_loss(chosen, rejected, acceptable_marks(pairs), pair_margins(pairs, cfg.margin, device),
                                   cfg.accept_coef, pair_weights(micro, cfg.pair_weight), totals)
             scaler.backward(loss)  # each share's loss is already over the global total
@@ -244,7 +263,7 @@ def train(cfg: Config) -> str:
         if d.world_size == 1 and not cfg.micro_batch_groups and "rm/accept_loss" in stats:
             metrics["train/accept_loss"] = stats["rm/accept_loss"].item()
         if distributed.joins(d, model) and (due(step, cfg.eval_every) or step + 1 == max_steps):
-            metrics.update(accuracy(model, tok, heldout, cfg.max_len, device))
+            metrics.update(accuracy(model, ids_of, pad_id, heldout, device, packed))
         run.log(step + 1, metrics)
         if (step + 1) % cfg.ckpt_every == 0 and step + 1 < max_steps:
             saved, optimizer_state = distributed.full_model(model, d), distributed.optimizer_state(model, optimizer, d)
@@ -260,7 +279,7 @@ def train(cfg: Config) -> str:
         distributed.close(d)
         return os.path.join(cfg.out_dir, "model")
     # 4. Normalise: mean score 0 over the (SFT-sampled) responses of the training data.
-    offset, std = normalisation(model, tok, [p for g in train_groups for p in g], cfg.max_len, device)
+    offset, std = normalisation(model, ids_of, pad_id, [p for g in train_groups for p in g], device, packed)
     model.config.rlhfkit_score_offset, model.config.rlhfkit_score_std = offset, std
     out = os.path.join(cfg.out_dir, "model")
     model = lora.save_final("rm", model, tok, cfg.out_dir, cfg.lora)  # with LoRA, merged (evaluated below as saved)
@@ -280,14 +299,12 @@ def train(cfg: Config) -> str:
 
 
 @torch.no_grad()
-def normalisation(model, tok, pairs: list[Comparison], max_len: int, device) -> tuple[float, float]:
+def normalisation(model, ids_of: dict, pad_id: int, pairs: list[Comparison], device, packed: bool = False) -> tuple[float, float]:
     """Mean and std of raw scores over the distinct responses in `pairs`."""
     model.eval()
     seen = list(dict.fromkeys((p.prompt, r) for p in pairs for r in (p.chosen, p.rejected)))
     scores = []
     for i in range(0, len(seen), 64):
-        rows = [render_example(tok, pr, r, max_len)[0] for pr, r in seen[i : i + 64]]
-        ids, attn = pad_batch(rows, tok.pad_token_id, side="right")
-        scores.append(sequence_scores(model, ids.to(device), attn.to(device), normalized=False))
+        scores.append(batch_scores(model, [ids_of[t] for t in seen[i : i + 64]], pad_id, device, False, packed))
     s = torch.cat(scores)
     return s.mean().item(), s.std().item()

@@ -30,6 +30,7 @@ from rlhfkit.losses import lm_loss
 from rlhfkit.models import lora, precision
 from rlhfkit.models.load import load_causal_lm
 from rlhfkit.models.logprobs import scored_tokens
+from rlhfkit.models.packed import pack, packs
 from rlhfkit.models.lora import LoraSettings
 from rlhfkit.models.precision import Precision
 from rlhfkit.optim import NonFiniteGuard, adamw, cosine_lr, set_lr
@@ -44,6 +45,7 @@ class Config:
     model: str = "runs/pretrain/model"  # local HF causal LM directory to fine-tune
     data: str | None = None  # demonstrations file/dir (prompt+completion or messages); required
     max_len: int = 256  # longest rendered example (prompt is cut from the left)
+    packing: bool = True  # padding-free batches (several examples a row; rlhfkit.models.packed) when the model keeps them apart, checked at start; false: right-padded
     assistant_turns: Literal["last", "all"] = "last"  # train on the final assistant reply only, or on every assistant turn of a conversation
     batch_size: int = 32  # examples per optimiser step (global)
     micro_batch_size: int | None = None  # examples per forward/backward on a rank; gradients accumulate over the step (None: all)
@@ -96,6 +98,9 @@ def train(cfg: Config) -> str:
     max_steps = max(1, int(cfg.epochs * len(train_rows) / cfg.batch_size))
     print(f"[sft] {len(train_rows)} demonstrations ({n_held} held out), {max_steps} steps of {cfg.batch_size}", flush=True)
 
+    packed = cfg.packing and packs(model)  # checked on the model before any wrapper
+    print(f"[sft] {'padding-free (packed) batches' if packed else 'right-padded batches'}"
+          + ("" if packed or not cfg.packing else ": the model's attention does not keep packed sequences apart"), flush=True)
     dp_model = distributed.wrap(model, d, cfg.parallel, prec)  # DDP, or FSDP2 shards (before the optimizer sees them)
     optimizer = adamw(model, cfg.lr, cfg.weight_decay)
     start, _ = checkpoint.resume(ckpt, cfg.out_dir, optimizer, "sft", d.is_main, model)
@@ -113,8 +118,12 @@ def train(cfg: Config) -> str:
         n_tokens = distributed.global_sum(sum(map(scored_tokens, rows)), d)  # response tokens of the global batch
         loss = torch.zeros((), device=d.device)
         for micro in distributed.micro_batches(dp_model, rows, cfg.micro_batch_size):
-            ids, attn, labels = (t.to(d.device) for t in sft_batch(micro, tok.pad_token_id))
-            logits = dp_model(input_ids=ids, attention_mask=attn).logits  # (b, T, V)
+            if packed:  # the examples end to end; position ids keep them apart
+                ids, pos, labels = (t.to(d.device) for t in packed_sft_batch(micro, tok.pad_token_id))
+                logits = dp_model(input_ids=ids, position_ids=pos, use_cache=False).logits  # (rows, T, V)
+            else:
+                ids, attn, labels = (t.to(d.device) for t in sft_batch(micro, tok.pad_token_id))
+                logits = dp_model(input_ids=ids, attention_mask=attn).logits  # (b, T, V)
             micro_loss, _ = lm_loss(logits[:, :-1], labels[:, 1:], normalizer=n_tokens)  # a share of the global mean
             scaler.backward(micro_loss * d.world_size)  # DDP and FSDP average over ranks: undo it
             loss += micro_loss.detach()
@@ -150,6 +159,15 @@ def train(cfg: Config) -> str:
 
 
 @torch.no_grad()
+def packed_sft_batch(examples, pad_id: int):
+    """`sft_batch` without padding: `(input_ids, position_ids, labels)` of the examples packed end to end
+    (`rlhfkit.models.packed.pack`); labels are IGNORE_INDEX off the trained tokens and on each example's first
+    token (shifted by one, it would be the target of the previous example's last)."""
+    p = pack([e[0] for e in examples], pad_id)
+    trained = p.place([[False, *e[1][1:]] for e in examples], False)
+    return p.input_ids, p.position_ids, torch.where(trained, p.input_ids, torch.full_like(p.input_ids, IGNORE_INDEX))
+
+
 def heldout_loss(model, rows, pad_id: int, device, batch_size: int = 64) -> float:
     """Mean response-token loss over held-out rendered examples."""
     model.eval()

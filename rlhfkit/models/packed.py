@@ -1,0 +1,109 @@
+"""Padding-free batches: several sequences share a row, kept apart by their position ids.
+
+A batch of right-padded rows computes on padding: in the demo's preference data the longest answer of a
+batch is about twice the mean length. `pack` lays the sequences end to end in rows as long as the batch's
+longest (first fit, longest first), each sequence's position ids starting again at 0; transformers builds
+the attention mask from those restarts (`masking_utils.find_packed_sequence_indices`) so no token attends
+across a boundary, and every sequence gets the outputs it would get alone, up to float rounding.
+
+A model whose attention ignores the restarts would silently mix sequences, so `packs(model)` checks it
+first, once per model: two short sequences alone and packed must give the same outputs. Callers fall back
+to padded batches when it fails.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+
+@dataclass
+class Packed:
+    """`N` sequences packed into `R` rows of `C` columns."""
+
+    input_ids: torch.Tensor  # (R, C) long: the sequences end to end, pad_id in each row's free tail
+    position_ids: torch.Tensor  # (R, C) long: 0, 1, ... within each sequence (and within the free tail)
+    seq: torch.Tensor  # (R, C) long: which sequence each column holds, -1 in the free tail
+    row: torch.Tensor  # (N,) long: the row of each sequence
+    start: torch.Tensor  # (N,) long: its first column
+    length: torch.Tensor  # (N,) long
+
+    def place(self, values: Sequence[Sequence], fill) -> torch.Tensor:
+        """Per-sequence lists (each as long as its sequence) laid out as the sequences are: (R, C), `fill` elsewhere."""
+        dtype = torch.bool if isinstance(fill, bool) else None
+        out = torch.full(self.input_ids.shape, fill, dtype=dtype or torch.long)
+        for v, r, s, n in zip(values, self.row.tolist(), self.start.tolist(), self.length.tolist()):
+            out[r, s : s + n] = torch.as_tensor(list(v), dtype=out.dtype)
+        return out
+
+    def last(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row, column) of each sequence's last token."""
+        return self.row, self.start + self.length - 1
+
+
+def pack(rows: Sequence[Sequence[int]], pad_id: int) -> Packed:
+    """Pack token-id lists into rows as long as the longest: each goes into the first row with room, longest
+    first (first-fit decreasing)."""
+    capacity = max(len(r) for r in rows)
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
+    free: list[int] = []  # room left in each row
+    row, start = [0] * len(rows), [0] * len(rows)
+    for i in order:
+        n = len(rows[i])
+        r = next((k for k, room in enumerate(free) if room >= n), None)
+        if r is None:
+            free.append(capacity)
+            r = len(free) - 1
+        row[i], start[i] = r, capacity - free[r]
+        free[r] -= n
+    R = len(free)
+    ids = torch.full((R, capacity), pad_id, dtype=torch.long)
+    seq = torch.full((R, capacity), -1, dtype=torch.long)
+    pos = torch.empty((R, capacity), dtype=torch.long)
+    used = [capacity - room for room in free]
+    for r in range(R):  # the free tail counts 0, 1, ... as a sequence of its own
+        pos[r, used[r] :] = torch.arange(capacity - used[r])
+    for i, ids_i in enumerate(rows):
+        r, s, n = row[i], start[i], len(ids_i)
+        ids[r, s : s + n] = torch.as_tensor(list(ids_i), dtype=torch.long)
+        seq[r, s : s + n] = i
+        pos[r, s : s + n] = torch.arange(n)
+    return Packed(ids, pos, seq, torch.tensor(row), torch.tensor(start), torch.tensor([len(r) for r in rows]))
+
+
+def packs(model, forward: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None) -> bool:
+    """Whether `model` keeps packed sequences apart: the outputs of two short sequences packed in one row
+    equal their outputs alone (to 1e-3 of the outputs' scale in fp32, 3e-2 in 16-bit). Checked once per model
+    (the answer is kept on it). `forward(input_ids (1, T), position_ids (1, T) or None) -> (1, T, ...)`: the
+    outputs compared, by default the causal LM's logits."""
+    known = getattr(model, "_rlhfkit_packs", None)
+    if known is not None:
+        return known
+    if forward is None:
+        forward = lambda ids, pos: model(input_ids=ids, position_ids=pos, use_cache=False).logits  # noqa: E731
+    param = next(model.parameters())
+    vocab = model.get_input_embeddings().weight.shape[0] if hasattr(model, "get_input_embeddings") else 100
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randint(0, min(vocab, 1000), (n,), generator=g).to(param.device) for n in (7, 5))
+    training = getattr(model, "training", None)  # (a reference seen through `lora.AdaptersOff` has no mode)
+    model.eval()  # no dropout: the two ways must be comparable
+    try:
+        with torch.no_grad():
+            alone = [forward(x[None], None)[0].float() for x in (a, b)]
+            pos = torch.cat([torch.arange(len(a)), torch.arange(len(b))])[None].to(param.device)
+            both = forward(torch.cat([a, b])[None], pos)[0].float()
+        scale = 1 + max(t.abs().max().item() for t in alone)
+        tol = (1e-3 if param.dtype == torch.float32 else 3e-2) * scale
+        ok = bool((both[: len(a)] - alone[0]).abs().max() <= tol and (both[len(a) :] - alone[1]).abs().max() <= tol)
+    except (TypeError, ValueError, RuntimeError):  # a forward without position_ids / use_cache, or another layout
+        ok = False
+    finally:
+        if training is not None:
+            model.train(training)
+    try:
+        model._rlhfkit_packs = ok
+    except AttributeError:
+        pass
+    return ok

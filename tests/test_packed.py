@@ -1,0 +1,87 @@
+"""Padding-free (packed) batches: the layout by hand, the check that a model keeps packed sequences apart
+(and that it can say no), and the SFT loss, DPO's summed log-probs and the RM's scores of packed batches
+equal to the padded ones, gradients included."""
+
+from __future__ import annotations
+
+import torch
+
+from rlhfkit.data.chat import IGNORE_INDEX, sft_batch
+from rlhfkit.losses import lm_loss
+from rlhfkit.models.logprobs import sequence_logprobs
+from rlhfkit.models.packed import pack, packs
+from rlhfkit.models.reward import backbone_packs, packed_sequence_scores, scalar_model_from_lm, sequence_scores
+from rlhfkit.stages.sft import packed_sft_batch
+
+
+def test_pack_lays_sequences_first_fit_longest_first_with_restarting_positions():
+    rows = [[1, 2, 3], [4, 5, 6, 7, 8], [9, 10], [11, 12, 13, 14]]
+    p = pack(rows, pad_id=0)
+    # rows as long as the longest (5); longest first: [4..8] row 0, [11..14] row 1, [1,2,3] row 2, [9,10] after it
+    assert p.input_ids.tolist() == [[4, 5, 6, 7, 8], [11, 12, 13, 14, 0], [1, 2, 3, 9, 10]]
+    assert p.position_ids.tolist() == [[0, 1, 2, 3, 4], [0, 1, 2, 3, 0], [0, 1, 2, 0, 1]]
+    assert p.seq.tolist() == [[1, 1, 1, 1, 1], [3, 3, 3, 3, -1], [0, 0, 0, 2, 2]]
+    assert p.row.tolist() == [2, 0, 2, 1] and p.start.tolist() == [0, 0, 3, 0] and p.length.tolist() == [3, 5, 2, 4]
+    assert [r.item() for r in p.last()[1]] == [2, 4, 4, 3]
+    assert p.place([[True] * 3, [False] * 5, [True, False], [True] * 4], False).tolist() == [
+        [False] * 5, [True, True, True, True, False], [True, True, True, True, False]]
+
+
+def test_packs_accepts_a_llama_and_refuses_a_forward_that_ignores_the_restarts(tiny_model):
+    assert packs(tiny_model)
+    leaky = torch.nn.Module()  # the same weights, position ids dropped: packed sequences attend to each other
+    leaky.inner, leaky.training = tiny_model, True
+    leaky.parameters = tiny_model.parameters
+    assert not packs(leaky, lambda ids, pos: tiny_model(input_ids=ids, use_cache=False).logits)
+    assert leaky.training  # the check puts the model back in the mode it found it in
+
+
+def rows_with_masks(tok, n=6, seed=0):
+    """Rendered-example-like rows of different lengths: (ids, mask) with the mask on a tail."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        length = int(torch.randint(4, 15, (1,), generator=g))
+        ids = torch.randint(5, len(tok), (length,), generator=g).tolist()
+        cut = int(torch.randint(1, length, (1,), generator=g))
+        out.append((ids, [False] * cut + [True] * (length - cut)))
+    out.append(([7, 8, 9], [True, True, True]))  # a plain-text row: every token trained (the first never is, shifted)
+    return out
+
+
+def test_packed_sequence_logprobs_and_their_gradients_equal_the_padded_ones(tiny_model, tiny_tok):
+    rows = rows_with_masks(tiny_tok)
+    padded = sequence_logprobs(tiny_model, rows, tiny_tok.pad_token_id)
+    grads_padded = torch.autograd.grad(padded.sum(), list(tiny_model.parameters()))
+    packed = sequence_logprobs(tiny_model, rows, tiny_tok.pad_token_id, packed=True)
+    grads_packed = torch.autograd.grad(packed.sum(), list(tiny_model.parameters()))
+    assert len(pack([r[0] for r in rows], 0).input_ids) < len(rows)  # fewer rows than sequences: something was packed
+    assert torch.allclose(packed, padded, atol=1e-4) and padded.abs().min() > 0.1
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(grads_packed, grads_padded))
+
+
+def test_packed_sft_batch_gives_the_padded_loss_over_the_same_tokens(tiny_model, tiny_tok):
+    rows = rows_with_masks(tiny_tok, seed=1)
+    ids, attn, labels = sft_batch(rows, tiny_tok.pad_token_id)
+    loss_padded, _ = lm_loss(tiny_model(input_ids=ids, attention_mask=attn).logits[:, :-1], labels[:, 1:])
+    pids, pos, plabels = packed_sft_batch(rows, tiny_tok.pad_token_id)
+    assert (plabels[:, 1:] != IGNORE_INDEX).sum() == (labels[:, 1:] != IGNORE_INDEX).sum() == sum(sum(m[1:]) for _, m in rows)
+    loss_packed, _ = lm_loss(tiny_model(input_ids=pids, position_ids=pos, use_cache=False).logits[:, :-1], plabels[:, 1:])
+    assert torch.allclose(loss_packed, loss_padded, atol=1e-5)
+
+
+def test_packed_reward_scores_equal_the_padded_ones(tiny_model, tiny_tok):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        tiny_model.save_pretrained(d)
+        tiny_tok.save_pretrained(d)
+        rm = scalar_model_from_lm(d, device="cpu", seed=0)[0]
+    assert backbone_packs(rm)
+    rows = [r[0] for r in rows_with_masks(tiny_tok, seed=2)]
+    from rlhfkit.data.chat import pad_batch
+
+    ids, attn = pad_batch(rows, tiny_tok.pad_token_id, side="right")
+    padded = sequence_scores(rm, ids, attn, normalized=False)
+    packed = packed_sequence_scores(rm, rows, tiny_tok.pad_token_id, normalized=False)
+    assert torch.allclose(packed, padded, atol=1e-4) and padded.std() > 0
