@@ -204,6 +204,7 @@ class Experience:
     scores: torch.Tensor  # (B,) reward (RM or callable), missing-EOS penalty applied
     logprobs: torch.Tensor | None  # (B, R) policy at rollout time, recomputed by a no-grad forward; None if not asked
     ref_logprobs: torch.Tensor  # (B, R) frozen reference
+    packed: bool = False  # forwards over these rollouts run on their real tokens packed end to end (rlhfkit.models.packed)
 
 
 @torch.no_grad()
@@ -211,7 +212,7 @@ def collect_experience(policy, ref, tok, prompts: Sequence, reward_fn, *, max_ne
                        temperature: float, missing_eos_penalty: float | None = None,
                        forward_batch_size: int = 64, stopwatch=None, columns: dict[str, list] | None = None,
                        generator: torch.Generator | None = None, rows: Sequence[int] | None = None,
-                       n_rows: int | None = None, policy_logprobs: bool = True) -> Experience:
+                       n_rows: int | None = None, policy_logprobs: bool = True, packed: bool = False) -> Experience:
     """Generate, decode, score, and compute policy/reference logprobs for `prompts`.
 
     `reward_fn(prompts, responses, terminated, **columns) -> (B,) tensor` is a reward model or
@@ -219,7 +220,8 @@ def collect_experience(policy, ref, tok, prompts: Sequence, reward_fn, *, max_ne
     `missing_eos_penalty` added to its score (Huang et al. 2024: without it the
     policy learns to ramble past the limit). `generator`, `rows`, `n_rows`: sampling's random numbers (see
     `generate`): a data-parallel rank passes the global batch rows it holds. `policy_logprobs=False` skips the
-    policy's forward (`logprobs` None), for an on-policy update that takes them from its own forward.
+    policy's forward (`logprobs` None), for an on-policy update that takes them from its own forward. `packed`: the
+    forwards over the rollouts run on their real tokens packed end to end (models `rlhfkit.models.packed.packs` accepts).
     """
     import contextlib
 
@@ -240,7 +242,8 @@ def collect_experience(policy, ref, tok, prompts: Sequence, reward_fn, *, max_ne
         scores = scores + missing_eos_penalty * (~gen.terminated).float()
 
     def logprobs_of(model):
-        out = [response_logprobs(model, input_ids[i : i + forward_batch_size], attn[i : i + forward_batch_size], P, temperature)[0]
+        out = [response_logprobs(model, input_ids[i : i + forward_batch_size], attn[i : i + forward_batch_size], P, temperature,
+                                 packed=packed)[0]
                for i in range(0, len(prompts), forward_batch_size)]
         return torch.cat(out).masked_fill(~gen.response_mask, 0.0)
 
@@ -249,7 +252,7 @@ def collect_experience(policy, ref, tok, prompts: Sequence, reward_fn, *, max_ne
     with timed("reference"):
         ref_logprobs = logprobs_of(ref)
     return Experience(list(prompts), texts, input_ids, attn, P, gen.response_mask, gen.terminated, scores,
-                      logprobs, ref_logprobs)
+                      logprobs, ref_logprobs, packed)
 
 
 @torch.no_grad()

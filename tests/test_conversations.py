@@ -180,14 +180,19 @@ def test_a_system_turn_survives_every_hop_from_sampling_to_ppo(tmp_path, tiny_mo
     assert sorted(json.loads(line)["prompt"][0]["content"] for line in open(pairs_file)) == sorted(systems)
 
     # 4. the reward model trains on renderings that hold the system turn
-    rendered, render_example = [], chat.render_example
+    rendered, render_example, render_examples = [], chat.render_example, chat.render_examples
 
     def spy(tok, prompt, *args, **kwargs):
         out = render_example(tok, prompt, *args, **kwargs)
         rendered.append(tok.decode(out[0]))
         return out
 
-    monkeypatch.setattr(rm, "render_example", spy)
+    def spy_all(tok, items, *args, **kwargs):  # the RM renders every answer of its data once, up front
+        out = render_examples(tok, items, *args, **kwargs)
+        rendered.extend(tok.decode(ids) for ids, _ in out)
+        return out
+
+    monkeypatch.setattr(rm, "render_examples", spy_all)
     rm.train(load_config(rm.Config, None, [f"--out_dir={tmp_path / 'rm'}", f"--model={tmp_path / 'model'}",
                                            f"--data={pairs_file}", "--epochs=1", "--batch_groups=2", "--evaluate=false",
                                            "--eval_every=0"]))

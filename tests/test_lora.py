@@ -215,7 +215,8 @@ def test_dpo_with_lora_takes_its_reference_from_the_policy_with_adapters_off(tmp
     rows = [render_example(tok, p.prompt, p.chosen, 256) for p in load_preferences(f"{tmp_path}/pairs.jsonl")]
     with torch.no_grad():
         separate = sequence_logprobs(ref, rows, tok.pad_token_id)
-    assert torch.allclose(torch.sort(cache["chosen"]).values, torch.sort(separate).values, atol=1e-5, rtol=0)
+    # (to float rounding: DPO packs its batches, padding-free, and this forward does not)
+    assert torch.allclose(torch.sort(cache["chosen"]).values, torch.sort(separate).values, atol=1e-5, rtol=1e-6)
     rows = [m for m in metrics(f"{tmp_path}/dpo") if "eval/rewards/margin" in m]
     assert rows[-1]["eval/rewards/margin"] > rows[0]["eval/rewards/margin"]
 

@@ -85,3 +85,46 @@ def test_packed_reward_scores_equal_the_padded_ones(tiny_model, tiny_tok):
     padded = sequence_scores(rm, ids, attn, normalized=False)
     packed = packed_sequence_scores(rm, rows, tiny_tok.pad_token_id, normalized=False)
     assert torch.allclose(packed, padded, atol=1e-4) and padded.std() > 0
+
+
+def rollouts(tok, B=5, P=6, R=7, seed=3):
+    """(B, P + R) rollouts as generation lays them out: prompts left-padded to P, responses right-padded to R
+    (one response cut short, one of full length)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, len(tok), (B, P + R), generator=g)
+    attn = torch.ones(B, P + R, dtype=torch.bool)
+    for b, (p, r) in enumerate([(6, 7), (2, 3), (4, 1), (1, 7), (3, 5)][:B]):
+        attn[b, : P - p] = False
+        attn[b, P + r :] = False
+    return ids.masked_fill(~attn, tok.pad_token_id), attn, P
+
+
+def test_pack_rollout_points_each_response_column_at_its_own_sequence():
+    ids = torch.tensor([[0, 11, 12, 21, 22, 0], [13, 14, 15, 23, 0, 0]])  # P = 3, R = 3; 0 is padding
+    attn = ids != 0
+    from rlhfkit.models.packed import pack_rollout
+
+    p, row, col = pack_rollout(ids, attn, 3)
+    got = p.input_ids[row, col]  # the token whose output predicts each response token: last prompt token, then the responses
+    assert got.tolist() == [[12, 21, 22], [15, 23, 23]]  # past the end of a response: its last token (masked by callers)
+
+
+def test_packed_rollout_logprobs_entropies_and_values_equal_the_padded_ones(tiny_model, tiny_tok):
+    from rlhfkit.models.logprobs import response_logprobs
+    from rlhfkit.models.reward import response_values
+
+    ids, attn, P = rollouts(tiny_tok)
+    real = attn[:, P:]  # the response tokens the losses read
+    lp, ent = response_logprobs(tiny_model, ids, attn, P, temperature=0.7, with_entropy=True)
+    plp, pent = response_logprobs(tiny_model, ids, attn, P, temperature=0.7, with_entropy=True, packed=True)
+    assert torch.allclose(plp[real], lp[real], atol=1e-4) and torch.allclose(pent[real], ent[real], atol=1e-4)
+    grads = [torch.autograd.grad(x[real].sum(), list(tiny_model.parameters())) for x in (lp, plp)]
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(*grads))
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        tiny_model.save_pretrained(d)
+        tiny_tok.save_pretrained(d)
+        critic = scalar_model_from_lm(d, device="cpu", seed=0)[0]
+    values, pvalues = response_values(critic, ids, attn, P), response_values(critic, ids, attn, P, packed=True)
+    assert torch.allclose(pvalues[real], values[real], atol=1e-4) and values[real].std() > 0

@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 
 from rlhfkit.data.chat import pad_batch
-from rlhfkit.models.packed import pack
+from rlhfkit.models.packed import pack, pack_rollout
 from rlhfkit.ops import entropy_from_logits, logprobs_from_logits, masked_sum
 
 
@@ -21,14 +21,21 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
-                      temperature: float = 1.0, with_entropy: bool = False):
+                      temperature: float = 1.0, with_entropy: bool = False, packed: bool = False):
     """Tempered logprobs (B, R) of the response part of `input_ids` (B, P + R), and optionally entropy (B, R).
 
     Column P - 1 + t of the logits predicts response token t. Dividing by the
-    sampling temperature makes these equal the sampling-time logprobs.
+    sampling temperature makes these equal the sampling-time logprobs. `packed`: the forward runs on the rows'
+    real tokens packed end to end (`rlhfkit.models.packed.pack_rollout`; only for a model `packs` accepts).
     """
-    logits = model(input_ids=input_ids, attention_mask=attention_mask.long(),
-                   position_ids=position_ids_from_mask(attention_mask)).logits[:, prompt_len - 1 : -1]  # (B, R, V)
+    if packed:
+        p, row, col = pack_rollout(input_ids, attention_mask, prompt_len)
+        dev = input_ids.device
+        logits = model(input_ids=p.input_ids.to(dev), position_ids=p.position_ids.to(dev),
+                       use_cache=False).logits[row.to(dev), col.to(dev)]  # (B, R, V)
+    else:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask.long(),
+                       position_ids=position_ids_from_mask(attention_mask)).logits[:, prompt_len - 1 : -1]  # (B, R, V)
     logprobs = logprobs_from_logits(logits, input_ids[:, prompt_len:], temperature)
     return logprobs, (entropy_from_logits(logits, temperature) if with_entropy else None)
 

@@ -107,3 +107,18 @@ def packs(model, forward: Callable[[torch.Tensor, torch.Tensor | None], torch.Te
     except AttributeError:
         pass
     return ok
+
+
+def pack_rollout(input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int) -> tuple[Packed, torch.Tensor, torch.Tensor]:
+    """Pack rollouts laid out as (B, P + R) — prompts left-padded to P, responses right-padded to R — by their
+    real tokens only; returns the packing and, as (B, R) row and column indices into it, where the outputs of
+    the padded columns P - 1 ... P + R - 2 (those that predict or value the response tokens) are. Past a
+    response's end the index stays on its last token (an output the caller masks)."""
+    attn = attention_mask.bool().cpu()
+    ids = input_ids.cpu()
+    p = pack([row[keep].tolist() for row, keep in zip(ids, attn)], pad_id=0)  # the free tail's ids are never read
+    prompt_tokens, real = attn[:, :prompt_len].sum(-1), attn.sum(-1)  # (B,)
+    R = ids.shape[1] - prompt_len
+    within = prompt_tokens[:, None] - 1 + torch.arange(R)[None]  # (B, R): the column's place in its own sequence
+    within = torch.minimum(within, real[:, None] - 1)
+    return p, p.row[:, None].expand(-1, R), p.start[:, None] + within

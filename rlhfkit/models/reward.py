@@ -98,6 +98,22 @@ def token_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -
     return score_head(model)(hidden).squeeze(-1).float()  # (B, T)
 
 
+def response_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
+                    packed: bool = False) -> torch.Tensor:
+    """The head at the columns P - 1 ... P + R - 2 of rollouts (B, P + R): a critic's values of the response
+    tokens, (B, R). `packed`: on the rows' real tokens packed end to end (`rlhfkit.models.packed.pack_rollout`;
+    only for a model `backbone_packs` accepts)."""
+    if not packed:
+        return token_scores(model, input_ids, attention_mask)[:, prompt_len - 1 : -1]
+    from rlhfkit.models.packed import pack_rollout
+
+    p, row, col = pack_rollout(input_ids, attention_mask, prompt_len)
+    dev = input_ids.device
+    hidden = backbone_of(model)(input_ids=p.input_ids.to(dev), position_ids=p.position_ids.to(dev),
+                                use_cache=False).last_hidden_state[row.to(dev), col.to(dev)]  # (B, R, H)
+    return score_head(model)(hidden).squeeze(-1).float()
+
+
 def packed_sequence_scores(model, rows, pad_id: int, normalized: bool = True) -> torch.Tensor:
     """`sequence_scores` of token-id lists packed end to end (`rlhfkit.models.packed`; only for a model whose
     backbone `packs` accepts, see `backbone_packs`): (N,)."""
@@ -147,11 +163,13 @@ def reward_fn_from_model(model, tok, batch_size: int = 64, normalized: bool = Tr
     """Wrap a reward model as `fn(prompts, responses, terminated=None) -> (B,) scores`.
 
     Texts are re-rendered with the reward model's own tokenizer and chat template,
-    so the policy and the reward model need not share a vocabulary.
+    so the policy and the reward model need not share a vocabulary. Batches are packed (padding-free) when the
+    model keeps packed sequences apart (`backbone_packs`, checked here once).
     """
     from rlhfkit.data.chat import pad_batch, render_example
 
     device = next(model.parameters()).device
+    packed = backbone_packs(model)
 
     @torch.no_grad()
     def fn(prompts, responses, terminated=None) -> torch.Tensor:
@@ -159,6 +177,9 @@ def reward_fn_from_model(model, tok, batch_size: int = 64, normalized: bool = Tr
         rows = [render_example(tok, p, r)[0] for p, r in zip(prompts, responses)]
         out = []
         for i in range(0, len(rows), batch_size):
+            if packed:
+                out.append(packed_sequence_scores(model, rows[i : i + batch_size], tok.pad_token_id, normalized))
+                continue
             ids, attn = pad_batch(rows[i : i + batch_size], tok.pad_token_id, side="right")
             out.append(sequence_scores(model, ids.to(device), attn.to(device), normalized))
         return torch.cat(out) if out else torch.zeros(0)

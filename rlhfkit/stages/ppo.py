@@ -45,7 +45,9 @@ from rlhfkit.models.policy import load_policy
 from rlhfkit.models.lora import LoraSettings
 from rlhfkit.models.precision import Precision
 from rlhfkit.models.logprobs import response_logprobs
-from rlhfkit.models.reward import ValueHeadOnPolicy, load_scalar_model, make_reward_fn, scalar_model_from_lm, token_scores
+from rlhfkit.models.packed import packs
+from rlhfkit.models.reward import (ValueHeadOnPolicy, backbone_packs, load_scalar_model, make_reward_fn, response_values,
+                                   scalar_model_from_lm)
 from rlhfkit.ops import masked_mean, masked_sum, masked_whiten
 from rlhfkit.optim import NonFiniteGuard, clip_grad_norms, make_adamw, set_lr
 from rlhfkit.rl import AdaptiveKLController, FixedKLController, KL_ESTIMATORS, gae, kl_penalized_rewards
@@ -75,6 +77,7 @@ class Config:
     micro_batch_size: int = 32  # sequences per forward/backward (grad accumulation = minibatch / micro)
     ppo_epochs: int = 2  # passes over each rollout batch
     max_new_tokens: int = 40  # response length limit
+    packing: bool = True  # forwards over rollouts on their real tokens packed end to end (rlhfkit.models.packed) when the models keep packed sequences apart, checked at start; false: padded
     temperature: float = 1.0  # sampling temperature (logprobs recomputed with the same T)
     missing_eos_penalty: float | None = -1.0  # added to the score of a response without EOS (None: off)
     kl_coef: float = 0.5  # beta, the KL penalty coefficient (initial value if adaptive)
@@ -168,6 +171,9 @@ def train(cfg: Config) -> str:
         critic, _ = lora.trainable(load_base, partial(load_scalar_model, device=device, dtype=dtype),
                                    ckpt and os.path.join(ckpt, "critic"), cfg.lora, "SEQ_CLS")
         precision.prepare(critic, prec, device, cfg.gradient_checkpointing)
+    packed = cfg.packing and packs(policy) and packs(ref) and backbone_packs(critic)  # checked before any wrapper
+    print(f"[ppo] {'padding-free (packed) forwards' if packed else 'padded forwards'} over rollouts"
+          + ("" if packed or not cfg.packing else ": a model's attention does not keep packed sequences apart"), flush=True)
     params = list({id(p): p for p in (*policy.parameters(), *critic.parameters()) if p.requires_grad}.values())  # shared backbone once
     optimizer = make_adamw(params, lr=cfg.lr, eps=1e-5, weight_decay=0.0)
     kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl else FixedKLController(cfg.kl_coef)
@@ -195,7 +201,8 @@ def train(cfg: Config) -> str:
         exp = collect_experience(policy, ref, tok, batch_prompts, reward_fn, max_new_tokens=cfg.max_new_tokens,
                                  temperature=cfg.temperature, missing_eos_penalty=cfg.missing_eos_penalty, stopwatch=sw,
                                  columns={k: [v[i] for i in idx] for k, v in columns.items()},
-                                 generator=distributed.step_generator(cfg.seed, step, 0), rows=rows, n_rows=len(batch))
+                                 generator=distributed.step_generator(cfg.seed, step, 0), rows=rows, n_rows=len(batch),
+                                 packed=packed)
         mask = exp.mask  # (B, R)
         scores = exp.scores
         if cfg.score_clip is not None:
@@ -206,7 +213,7 @@ def train(cfg: Config) -> str:
         # 4. Values of the critic at rollout time, and KL-penalised per-token rewards.
         with torch.no_grad(), sw("value"):
             critic.eval()
-            values = token_scores(critic, exp.input_ids, exp.attention_mask)[:, exp.prompt_len - 1 : -1]  # (B, R)
+            values = response_values(critic, exp.input_ids, exp.attention_mask, exp.prompt_len, exp.packed)  # (B, R)
             values = values.masked_fill(~mask, 0.0)
             rewards, kl = kl_penalized_rewards(scores, exp.logprobs, exp.ref_logprobs, mask, kl_ctl.value, cfg.kl_estimator)
 
@@ -287,8 +294,8 @@ def ppo_epochs(cfg: Config, d, where: tuple, policy, critic, optimizer, guards, 
             normalizer = distributed.global_sum(mask[mb].sum(), d).to(advantages.dtype)  # response tokens in this optimiser step
             for micro in mb.split(cfg.micro_batch_size):
                 ids, attn = exp.input_ids[micro], exp.attention_mask[micro]
-                new_logprobs, entropy = response_logprobs(policy, ids, attn, P, cfg.temperature, with_entropy=True)
-                new_values = token_scores(critic, ids, attn)[:, P - 1 : -1]  # (b, R)
+                new_logprobs, entropy = response_logprobs(policy, ids, attn, P, cfg.temperature, with_entropy=True, packed=exp.packed)
+                new_values = response_values(critic, ids, attn, P, exp.packed)  # (b, R)
                 pg_loss, pg_stats = ppo_policy_loss(new_logprobs, exp.logprobs[micro], advantages[micro], mask[micro],
                                                     cfg.clip_range, normalizer)
                 vf_loss, vf_stats = ppo_value_loss(new_values, values[micro], returns[micro], mask[micro],

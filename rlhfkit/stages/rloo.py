@@ -32,6 +32,7 @@ from rlhfkit.models.policy import load_policy
 from rlhfkit.models.lora import LoraSettings
 from rlhfkit.models.precision import Precision
 from rlhfkit.models.logprobs import response_logprobs
+from rlhfkit.models.packed import packs
 from rlhfkit.models.reward import make_reward_fn
 from rlhfkit.ops import masked_sum
 from rlhfkit.optim import NonFiniteGuard, make_adamw, set_lr
@@ -64,6 +65,7 @@ class Config:
     micro_batch_size: int = 32  # sequences per forward/backward
     ppo_epochs: int = 2  # passes over each rollout batch (1 = pure on-policy REINFORCE)
     max_new_tokens: int = 40  # response length limit
+    packing: bool = True  # forwards over rollouts on their real tokens packed end to end (rlhfkit.models.packed) when the models keep packed sequences apart, checked at start; false: padded
     temperature: float = 1.0  # sampling temperature (docs/results.md: the demo's choice)
     missing_eos_penalty: float | None = -1.0  # added to the score of a response without EOS
     kl_coef: float = 0.1  # beta
@@ -126,6 +128,9 @@ def train(cfg: Config) -> str:
     ref = make_reference()
     reward_fn = make_reward_fn(cfg.reward, cfg.reward_model, device, cfg.reward_args, cfg.reward_weights)
     rm_fn = reward_fn if cfg.reward == "rm" else None
+    packed = cfg.packing and packs(policy) and packs(ref)
+    print(f"[{cfg.estimator}] {'padding-free (packed) forwards' if packed else 'padded forwards'} over rollouts"
+          + ("" if packed or not cfg.packing else ": a model's attention does not keep packed sequences apart"), flush=True)
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = make_adamw(params, lr=cfg.lr, eps=1e-5, weight_decay=0.0)
     start, _ = checkpoint.resume(ckpt, cfg.out_dir, optimizer, cfg.estimator, d.is_main)
@@ -154,7 +159,7 @@ def train(cfg: Config) -> str:
                                  max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                  missing_eos_penalty=cfg.missing_eos_penalty, columns={k: [v[i] for i in idx] for k, v in columns.items()},
                                  generator=distributed.step_generator(cfg.seed, step, 0), rows=rows, n_rows=n_rows,
-                                 policy_logprobs=not on_policy, stopwatch=sw)
+                                 policy_logprobs=not on_policy, stopwatch=sw, packed=packed)
         mask = exp.mask
 
         # 2. Sequence advantages from the group baseline (a group never spans ranks).
@@ -219,7 +224,8 @@ def pg_epochs(cfg: Config, d, where: tuple, policy, params, optimizer, guards, e
         for mb in distributed.local_minibatches(rows, n_rows, cfg.minibatch_size, order):
             normalizer = distributed.global_sum(mask[mb].sum(), d).to(exp.logprobs.dtype)
             for micro in mb.split(cfg.micro_batch_size):
-                logprobs, _ = response_logprobs(policy, exp.input_ids[micro], exp.attention_mask[micro], exp.prompt_len, cfg.temperature)
+                logprobs, _ = response_logprobs(policy, exp.input_ids[micro], exp.attention_mask[micro], exp.prompt_len, cfg.temperature,
+                                                packed=exp.packed)
                 if fill:  # the policy that sampled: old logprobs = these, the ratio exactly 1
                     exp.logprobs[micro] = logprobs.detach().masked_fill(~mask[micro], 0.0)
                 loss, m = policy_gradient_loss(logprobs, exp.logprobs[micro], advantages[micro], mask[micro], cfg.clip_range,
