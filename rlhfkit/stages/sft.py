@@ -158,7 +158,6 @@ def train(cfg: Config) -> str:
     return out
 
 
-@torch.no_grad()
 def packed_sft_batch(examples, pad_id: int):
     """`sft_batch` without padding: `(input_ids, position_ids, labels)` of the examples packed end to end
     (`rlhfkit.models.packed.pack`); labels are IGNORE_INDEX off the trained tokens and on each example's first
@@ -168,6 +167,7 @@ def packed_sft_batch(examples, pad_id: int):
     return p.input_ids, p.position_ids, torch.where(trained, p.input_ids, torch.full_like(p.input_ids, IGNORE_INDEX))
 
 
+@torch.no_grad()
 def heldout_loss(model, rows, pad_id: int, device, batch_size: int = 64) -> float:
     """Mean response-token loss over held-out rendered examples."""
     model.eval()
