@@ -4,13 +4,15 @@ equal to the padded ones, gradients included."""
 
 from __future__ import annotations
 
+import tempfile
+
 import torch
 
-from rlhfkit.data.chat import IGNORE_INDEX, sft_batch
+from rlhfkit.data.chat import IGNORE_INDEX, pad_batch, sft_batch
 from rlhfkit.losses import lm_loss
-from rlhfkit.models.logprobs import sequence_logprobs
-from rlhfkit.models.packed import pack, packs
-from rlhfkit.models.reward import backbone_packs, packed_sequence_scores, scalar_model_from_lm, sequence_scores
+from rlhfkit.models.logprobs import response_logprobs, sequence_logprobs
+from rlhfkit.models.packed import pack, pack_rollout, packs
+from rlhfkit.models.reward import backbone_packs, response_values, row_scores, scalar_model_from_lm, sequence_scores
 from rlhfkit.stages.sft import packed_sft_batch
 
 
@@ -70,21 +72,24 @@ def test_packed_sft_batch_gives_the_padded_loss_over_the_same_tokens(tiny_model,
     assert torch.allclose(loss_packed, loss_padded, atol=1e-5)
 
 
-def test_packed_reward_scores_equal_the_padded_ones(tiny_model, tiny_tok):
-    import tempfile
-
+def scalar_model(tiny_model, tiny_tok):
+    """A reward model / critic (a scalar head) on the tiny model's backbone."""
     with tempfile.TemporaryDirectory() as d:
         tiny_model.save_pretrained(d)
         tiny_tok.save_pretrained(d)
-        rm = scalar_model_from_lm(d, device="cpu", seed=0)[0]
+        return scalar_model_from_lm(d, device="cpu", seed=0)[0]
+
+
+def test_packed_reward_scores_equal_the_padded_ones(tiny_model, tiny_tok):
+    rm = scalar_model(tiny_model, tiny_tok)
+    rm.config.rlhfkit_score_offset = 0.5  # a trained RM's normalisation, applied the same way both ways
     assert backbone_packs(rm)
     rows = [r[0] for r in rows_with_masks(tiny_tok, seed=2)]
-    from rlhfkit.data.chat import pad_batch
-
     ids, attn = pad_batch(rows, tiny_tok.pad_token_id, side="right")
-    padded = sequence_scores(rm, ids, attn, normalized=False)
-    packed = packed_sequence_scores(rm, rows, tiny_tok.pad_token_id, normalized=False)
+    padded = sequence_scores(rm, ids, attn)
+    packed = row_scores(rm, rows, tiny_tok.pad_token_id, packed=True)
     assert torch.allclose(packed, padded, atol=1e-4) and padded.std() > 0
+    assert torch.allclose(row_scores(rm, rows, tiny_tok.pad_token_id, normalized=False, packed=True), padded + 0.5, atol=1e-4)
 
 
 def rollouts(tok, B=5, P=6, R=7, seed=3):
@@ -102,16 +107,12 @@ def rollouts(tok, B=5, P=6, R=7, seed=3):
 def test_pack_rollout_points_each_response_column_at_its_own_sequence():
     ids = torch.tensor([[0, 11, 12, 21, 22, 0], [13, 14, 15, 23, 0, 0]])  # P = 3, R = 3; 0 is padding
     attn = ids != 0
-    from rlhfkit.models.packed import pack_rollout
-
     p, row, col = pack_rollout(ids, attn, 3)
     got = p.input_ids[row, col]  # the token whose output predicts each response token: last prompt token, then the responses
     assert got.tolist() == [[12, 21, 22], [15, 23, 23]]  # past the end of a response: its last token (masked by callers)
 
 
 def test_packed_rollout_logprobs_entropies_and_values_equal_the_padded_ones(tiny_model, tiny_tok):
-    from rlhfkit.models.logprobs import response_logprobs
-    from rlhfkit.models.reward import response_values
 
     ids, attn, P = rollouts(tiny_tok)
     real = attn[:, P:]  # the response tokens the losses read
@@ -120,11 +121,6 @@ def test_packed_rollout_logprobs_entropies_and_values_equal_the_padded_ones(tiny
     assert torch.allclose(plp[real], lp[real], atol=1e-4) and torch.allclose(pent[real], ent[real], atol=1e-4)
     grads = [torch.autograd.grad(x[real].sum(), list(tiny_model.parameters())) for x in (lp, plp)]
     assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(*grads))
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as d:
-        tiny_model.save_pretrained(d)
-        tiny_tok.save_pretrained(d)
-        critic = scalar_model_from_lm(d, device="cpu", seed=0)[0]
+    critic = scalar_model(tiny_model, tiny_tok)
     values, pvalues = response_values(critic, ids, attn, P), response_values(critic, ids, attn, P, packed=True)
     assert torch.allclose(pvalues[real], values[real], atol=1e-4) and values[real].std() > 0

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Sequence
 
 import torch
 
@@ -107,27 +108,30 @@ def response_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
         return token_scores(model, input_ids, attention_mask)[:, prompt_len - 1 : -1]
     from rlhfkit.models.packed import pack_rollout
 
-    p, row, col = pack_rollout(input_ids, attention_mask, prompt_len)
-    dev = input_ids.device
-    hidden = backbone_of(model)(input_ids=p.input_ids.to(dev), position_ids=p.position_ids.to(dev),
-                                use_cache=False).last_hidden_state[row.to(dev), col.to(dev)]  # (B, R, H)
-    return score_head(model)(hidden).squeeze(-1).float()
+    return _head_at(model, *pack_rollout(input_ids, attention_mask, prompt_len))
 
 
-def packed_sequence_scores(model, rows, pad_id: int, normalized: bool = True) -> torch.Tensor:
-    """`sequence_scores` of token-id lists packed end to end (`rlhfkit.models.packed`; only for a model whose
-    backbone `packs` accepts, see `backbone_packs`): (N,)."""
+def row_scores(model, rows: Sequence[Sequence[int]], pad_id: int, normalized: bool = True, packed: bool = False) -> torch.Tensor:
+    """`sequence_scores` of token-id lists: (N,), right-padded into a batch, or with `packed` laid end to end
+    (`rlhfkit.models.packed`; only for a model `backbone_packs` accepts)."""
+    from rlhfkit.data.chat import pad_batch
     from rlhfkit.models.packed import pack
 
+    if not packed:
+        device = next(model.parameters()).device
+        ids, attn = pad_batch(rows, pad_id, side="right")
+        return sequence_scores(model, ids.to(device), attn.to(device), normalized)
     p = pack(rows, pad_id)
+    out = _head_at(model, p, *p.last())
+    return out - getattr(model.config, "rlhfkit_score_offset", 0.0) if normalized else out
+
+
+def _head_at(model, p, row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+    """The head on the backbone's hidden states of the packed batch `p` at positions (row, col), any shape."""
     device = next(model.parameters()).device
     hidden = backbone_of(model)(input_ids=p.input_ids.to(device), position_ids=p.position_ids.to(device),
-                                use_cache=False).last_hidden_state  # (R, C, H)
-    row, col = p.last()
-    out = score_head(model)(hidden[row.to(device), col.to(device)]).squeeze(-1).float()  # (N,)
-    if normalized:
-        out = out - getattr(model.config, "rlhfkit_score_offset", 0.0)
-    return out
+                                use_cache=False).last_hidden_state[row.to(device), col.to(device)]
+    return score_head(model)(hidden).squeeze(-1).float()
 
 
 def backbone_of(model):
@@ -166,22 +170,16 @@ def reward_fn_from_model(model, tok, batch_size: int = 64, normalized: bool = Tr
     so the policy and the reward model need not share a vocabulary. Batches are packed (padding-free) when the
     model keeps packed sequences apart (`backbone_packs`, checked here once).
     """
-    from rlhfkit.data.chat import pad_batch, render_example
+    from rlhfkit.data.chat import render_example
 
-    device = next(model.parameters()).device
     packed = backbone_packs(model)
 
     @torch.no_grad()
     def fn(prompts, responses, terminated=None) -> torch.Tensor:
         model.eval()
         rows = [render_example(tok, p, r)[0] for p, r in zip(prompts, responses)]
-        out = []
-        for i in range(0, len(rows), batch_size):
-            if packed:
-                out.append(packed_sequence_scores(model, rows[i : i + batch_size], tok.pad_token_id, normalized))
-                continue
-            ids, attn = pad_batch(rows[i : i + batch_size], tok.pad_token_id, side="right")
-            out.append(sequence_scores(model, ids.to(device), attn.to(device), normalized))
+        out = [row_scores(model, rows[i : i + batch_size], tok.pad_token_id, normalized, packed)
+               for i in range(0, len(rows), batch_size)]
         return torch.cat(out) if out else torch.zeros(0)
 
     return fn

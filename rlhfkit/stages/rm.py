@@ -34,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from rlhfkit import checkpoint, distributed
-from rlhfkit.data.chat import pad_batch, render_examples
+from rlhfkit.data.chat import render_examples
 from rlhfkit.data.loaders import ACCEPTABLE_FIELDS
 from rlhfkit.data.packing import epoch_batches
 from rlhfkit.data.records import Comparison
@@ -42,8 +42,7 @@ from rlhfkit.losses import acceptability_loss, bradley_terry_loss
 from rlhfkit.models import lora, precision
 from rlhfkit.models.lora import LoraSettings
 from rlhfkit.models.precision import Precision
-from rlhfkit.models.reward import (backbone_packs, load_scalar_model, packed_sequence_scores, scalar_model_from_lm,
-                                   sequence_scores)
+from rlhfkit.models.reward import backbone_packs, load_scalar_model, row_scores, scalar_model_from_lm
 from rlhfkit.optim import NonFiniteGuard, adamw, cosine_lr, set_lr
 from rlhfkit.tracking import Run, due, seed_everything
 
@@ -107,7 +106,7 @@ def score_pairs(model, ids_of: dict, pad_id: int, pairs: list[Comparison], devic
     for p in pairs:
         for r in (p.chosen, p.rejected):
             texts.setdefault((p.prompt, r), len(texts))
-    scores = batch_scores(model, [ids_of[t] for t in texts], pad_id, device, normalized, packed)  # (U,)
+    scores = row_scores(model, [ids_of[t] for t in texts], pad_id, normalized, packed)  # (U,)
     chosen = scores[[texts[(p.prompt, p.chosen)] for p in pairs]]
     rejected = scores[[texts[(p.prompt, p.rejected)] for p in pairs]]
     return chosen, rejected
@@ -156,14 +155,6 @@ def rm_loss(chosen, rejected, marks, margin, accept_coef, weights=None, totals=N
                                                   side_weights)
         loss, stats = loss + accept_coef * accept * float(share[1]), {**stats, **accept_stats}
     return loss, stats
-
-
-def batch_scores(model, rows: list[list[int]], pad_id: int, device, normalized: bool, packed: bool) -> torch.Tensor:
-    """Scores (N,) of token-id lists: packed end to end, or right-padded."""
-    if packed:
-        return packed_sequence_scores(model, rows, pad_id, normalized)
-    ids, attn = pad_batch(rows, pad_id, side="right")
-    return sequence_scores(model, ids.to(device), attn.to(device), normalized)
 
 
 def render_all(tok, groups: list[list[Comparison]], max_len: int) -> dict:
@@ -305,6 +296,6 @@ def normalisation(model, ids_of: dict, pad_id: int, pairs: list[Comparison], dev
     seen = list(dict.fromkeys((p.prompt, r) for p in pairs for r in (p.chosen, p.rejected)))
     scores = []
     for i in range(0, len(seen), 64):
-        scores.append(batch_scores(model, [ids_of[t] for t in seen[i : i + 64]], pad_id, device, False, packed))
+        scores.append(row_scores(model, [ids_of[t] for t in seen[i : i + 64]], pad_id, False, packed))
     s = torch.cat(scores)
     return s.mean().item(), s.std().item()
