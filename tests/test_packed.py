@@ -124,3 +124,17 @@ def test_packed_rollout_logprobs_entropies_and_values_equal_the_padded_ones(tiny
     critic = scalar_model(tiny_model, tiny_tok)
     values, pvalues = response_values(critic, ids, attn, P), response_values(critic, ids, attn, P, packed=True)
     assert torch.allclose(pvalues[real], values[real], atol=1e-4) and values[real].std() > 0
+
+
+def test_use_packing_asks_the_checks_only_when_packing_is_wanted_and_says_what_it_chose(capsys):
+    from rlhfkit.models.packed import use_packing
+
+    called = []
+    check = lambda ok: lambda: called.append(ok) or ok  # noqa: E731
+    assert use_packing("sft", True, check(True), check(True)) and called == [True, True]
+    assert not use_packing("ppo", True, check(True), check(False))
+    assert not use_packing("dpo", False, check(True)) and called == [True, True, True, False]  # not asked: not checked
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["[sft] padding-free (packed) batches",
+                     "[ppo] padded batches: a model's attention does not keep packed sequences apart",
+                     "[dpo] padded batches"]

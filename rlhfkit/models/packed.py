@@ -109,6 +109,15 @@ def packs(model, forward: Callable[[torch.Tensor, torch.Tensor | None], torch.Te
     return ok
 
 
+def use_packing(stage: str, asked: bool, *checks: Callable[[], bool]) -> bool:
+    """Whether a stage packs: asked for (its `packing` setting) and every check passes (`packs` of each model it
+    runs, called only when asked); prints which batches it uses and, when a check failed, why."""
+    ok = asked and all(check() for check in checks)
+    why = "" if ok or not asked else ": a model's attention does not keep packed sequences apart"
+    print(f"[{stage}] {'padding-free (packed)' if ok else 'padded'} batches{why}", flush=True)
+    return ok
+
+
 def pack_rollout(input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int) -> tuple[Packed, torch.Tensor, torch.Tensor]:
     """Pack rollouts laid out as (B, P + R) — prompts left-padded to P, responses right-padded to R — by their
     real tokens only; returns the packing and, as (B, R) row and column indices into it, where the outputs of

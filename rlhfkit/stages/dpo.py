@@ -36,7 +36,7 @@ from rlhfkit.models.lora import LoraSettings
 from rlhfkit.models.precision import Precision
 from rlhfkit.optim import NonFiniteGuard, adamw, cosine_lr, set_lr
 from rlhfkit.models.logprobs import scored_tokens, sequence_logprobs
-from rlhfkit.models.packed import packs
+from rlhfkit.models.packed import packs, use_packing
 from rlhfkit.tracking import Run, due, seed_everything
 
 
@@ -125,9 +125,7 @@ def train(cfg: Config) -> str:
     rendered = render_examples(tok, [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs],
                                cfg.max_len, "dpo")
     chosen, rejected = rendered[: len(pairs)], rendered[len(pairs) :]
-    packed = cfg.packing and packs(policy)  # checked on the model before any wrapper
-    print(f"[dpo] {'padding-free (packed) batches' if packed else 'right-padded batches'}"
-          + ("" if packed or not cfg.packing else ": the model's attention does not keep packed sequences apart"), flush=True)
+    packed = use_packing("dpo", cfg.packing, lambda: packs(policy))  # checked on the model before any wrapper
     chosen_tokens = torch.tensor([scored_tokens(row) for row in chosen], dtype=torch.float)
 
     # 2. Reference logprobs of the pairs the run will read (held out, and the batches of its steps: all of them

@@ -45,7 +45,7 @@ from rlhfkit.models.policy import load_policy
 from rlhfkit.models.lora import LoraSettings
 from rlhfkit.models.precision import Precision
 from rlhfkit.models.logprobs import response_logprobs
-from rlhfkit.models.packed import packs
+from rlhfkit.models.packed import packs, use_packing
 from rlhfkit.models.reward import (ValueHeadOnPolicy, backbone_packs, load_scalar_model, make_reward_fn, response_values,
                                    scalar_model_from_lm)
 from rlhfkit.ops import masked_mean, masked_sum, masked_whiten
@@ -171,9 +171,7 @@ def train(cfg: Config) -> str:
         critic, _ = lora.trainable(load_base, partial(load_scalar_model, device=device, dtype=dtype),
                                    ckpt and os.path.join(ckpt, "critic"), cfg.lora, "SEQ_CLS")
         precision.prepare(critic, prec, device, cfg.gradient_checkpointing)
-    packed = cfg.packing and packs(policy) and packs(ref) and backbone_packs(critic)  # checked before any wrapper
-    print(f"[ppo] {'padding-free (packed) forwards' if packed else 'padded forwards'} over rollouts"
-          + ("" if packed or not cfg.packing else ": a model's attention does not keep packed sequences apart"), flush=True)
+    packed = use_packing("ppo", cfg.packing, lambda: packs(policy), lambda: packs(ref), lambda: backbone_packs(critic))
     params = list({id(p): p for p in (*policy.parameters(), *critic.parameters()) if p.requires_grad}.values())  # shared backbone once
     optimizer = make_adamw(params, lr=cfg.lr, eps=1e-5, weight_decay=0.0)
     kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl else FixedKLController(cfg.kl_coef)

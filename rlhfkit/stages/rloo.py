@@ -32,7 +32,7 @@ from rlhfkit.models.policy import load_policy
 from rlhfkit.models.lora import LoraSettings
 from rlhfkit.models.precision import Precision
 from rlhfkit.models.logprobs import response_logprobs
-from rlhfkit.models.packed import packs
+from rlhfkit.models.packed import packs, use_packing
 from rlhfkit.models.reward import make_reward_fn
 from rlhfkit.ops import masked_sum
 from rlhfkit.optim import NonFiniteGuard, make_adamw, set_lr
@@ -128,9 +128,7 @@ def train(cfg: Config) -> str:
     ref = make_reference()
     reward_fn = make_reward_fn(cfg.reward, cfg.reward_model, device, cfg.reward_args, cfg.reward_weights)
     rm_fn = reward_fn if cfg.reward == "rm" else None
-    packed = cfg.packing and packs(policy) and packs(ref)
-    print(f"[{cfg.estimator}] {'padding-free (packed) forwards' if packed else 'padded forwards'} over rollouts"
-          + ("" if packed or not cfg.packing else ": a model's attention does not keep packed sequences apart"), flush=True)
+    packed = use_packing(cfg.estimator, cfg.packing, lambda: packs(policy), lambda: packs(ref))
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = make_adamw(params, lr=cfg.lr, eps=1e-5, weight_decay=0.0)
     start, _ = checkpoint.resume(ckpt, cfg.out_dir, optimizer, cfg.estimator, d.is_main)

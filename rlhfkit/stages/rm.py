@@ -42,6 +42,7 @@ from rlhfkit.losses import acceptability_loss, bradley_terry_loss
 from rlhfkit.models import lora, precision
 from rlhfkit.models.lora import LoraSettings
 from rlhfkit.models.precision import Precision
+from rlhfkit.models.packed import use_packing
 from rlhfkit.models.reward import backbone_packs, load_scalar_model, row_scores, scalar_model_from_lm
 from rlhfkit.optim import NonFiniteGuard, adamw, cosine_lr, set_lr
 from rlhfkit.tracking import Run, due, seed_everything
@@ -213,9 +214,7 @@ def train(cfg: Config) -> str:
                                 cfg.lora, "SEQ_CLS")
     precision.prepare(model, prec, device, cfg.gradient_checkpointing)
     ids_of, pad_id = render_all(tok, heldout + train_groups, cfg.max_len), tok.pad_token_id
-    packed = cfg.packing and backbone_packs(model)  # checked on the model before any wrapper or sharding
-    print(f"[rm] {'padding-free (packed) batches' if packed else 'right-padded batches'}"
-          + ("" if packed or not cfg.packing else ": the model's attention does not keep packed sequences apart"), flush=True)
+    packed = use_packing("rm", cfg.packing, lambda: backbone_packs(model))  # checked before any wrapper or sharding
     if cfg.parallel == "fsdp":  # FSDP2 shards (before the optimizer sees them); under DDP the stage sums gradients itself
         distributed.shard_model(model, d, prec)
     optimizer = adamw(model, cfg.lr, cfg.weight_decay)

@@ -30,7 +30,7 @@ from rlhfkit.losses import lm_loss
 from rlhfkit.models import lora, precision
 from rlhfkit.models.load import load_causal_lm
 from rlhfkit.models.logprobs import scored_tokens
-from rlhfkit.models.packed import pack, packs
+from rlhfkit.models.packed import pack, packs, use_packing
 from rlhfkit.models.lora import LoraSettings
 from rlhfkit.models.precision import Precision
 from rlhfkit.optim import NonFiniteGuard, adamw, cosine_lr, set_lr
@@ -98,9 +98,7 @@ def train(cfg: Config) -> str:
     max_steps = max(1, int(cfg.epochs * len(train_rows) / cfg.batch_size))
     print(f"[sft] {len(train_rows)} demonstrations ({n_held} held out), {max_steps} steps of {cfg.batch_size}", flush=True)
 
-    packed = cfg.packing and packs(model)  # checked on the model before any wrapper
-    print(f"[sft] {'padding-free (packed) batches' if packed else 'right-padded batches'}"
-          + ("" if packed or not cfg.packing else ": the model's attention does not keep packed sequences apart"), flush=True)
+    packed = use_packing("sft", cfg.packing, lambda: packs(model))  # checked on the model before any wrapper
     dp_model = distributed.wrap(model, d, cfg.parallel, prec)  # DDP, or FSDP2 shards (before the optimizer sees them)
     optimizer = adamw(model, cfg.lr, cfg.weight_decay)
     start, _ = checkpoint.resume(ckpt, cfg.out_dir, optimizer, "sft", d.is_main, model)
