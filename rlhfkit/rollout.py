@@ -203,7 +203,7 @@ class Experience:
     terminated: torch.Tensor  # (B,) bool
     scores: torch.Tensor  # (B,) reward (RM or callable), missing-EOS penalty applied
     logprobs: torch.Tensor | None  # (B, R) policy at rollout time, recomputed by a no-grad forward; None if not asked
-    ref_logprobs: torch.Tensor  # (B, R) frozen reference
+    ref_logprobs: torch.Tensor | None  # (B, R) frozen reference; None without one
     packed: bool = False  # forwards over these rollouts run on their real tokens packed end to end (rlhfkit.models.packed)
 
 
@@ -219,8 +219,11 @@ def collect_experience(policy, ref, tok, prompts: Sequence, reward_fn, *, max_ne
     any Python callable; `columns` are the prompts' dataset columns, lists aligned with `prompts`. A response that hit the length limit without EOS gets
     `missing_eos_penalty` added to its score (Huang et al. 2024: without it the
     policy learns to ramble past the limit). `generator`, `rows`, `n_rows`: sampling's random numbers (see
-    `generate`): a data-parallel rank passes the global batch rows it holds. `policy_logprobs=False` skips the
-    policy's forward (`logprobs` None), for an on-policy update that takes them from its own forward. `packed`: the
+    `generate`): a data-parallel rank passes the global batch rows it holds. The policy's logprobs of its rollouts
+    are the sampler's own when the policy decodes in fp32 (`precision.decodes_exactly`: the numbers a no-grad forward
+    would give, up to float rounding, with no forward); otherwise a no-grad forward computes them.
+    `policy_logprobs=False` skips them (`logprobs` None), for an on-policy update that takes them from its own forward.
+    `ref=None`: no reference logprobs (`ref_logprobs` None), for a loss without a KL term. `packed`: the
     forwards over the rollouts run on their real tokens packed end to end (models `rlhfkit.models.packed.packs` accepts).
     """
     import contextlib
@@ -248,9 +251,11 @@ def collect_experience(policy, ref, tok, prompts: Sequence, reward_fn, *, max_ne
         return torch.cat(out).masked_fill(~gen.response_mask, 0.0)
 
     with timed("policy_logprobs"):
-        logprobs = logprobs_of(policy) if policy_logprobs else None
+        logprobs = None
+        if policy_logprobs:  # the sampler's (0 off the mask, as the forward's) when they equal the forward's
+            logprobs = gen.logprobs if precision.decodes_exactly(policy) else logprobs_of(policy)
     with timed("reference"):
-        ref_logprobs = logprobs_of(ref)
+        ref_logprobs = logprobs_of(ref) if ref is not None else None
     return Experience(list(prompts), texts, input_ids, attn, P, gen.response_mask, gen.terminated, scores,
                       logprobs, ref_logprobs, packed)
 

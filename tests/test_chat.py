@@ -56,6 +56,25 @@ def test_cut_examples_are_counted_aloud(tiny_tok, capsys):
     assert capsys.readouterr().out == ""  # nothing cut, nothing said
 
 
+def test_repeated_items_are_rendered_once_and_counted_each_time(tiny_tok, capsys, monkeypatch):
+    """Preference pairs share responses: each distinct (prompt, completion) is rendered once, every copy is its own list
+    (equal to a fresh rendering), and a cut repeat is counted as often as it occurs."""
+    from rlhfkit.data import chat
+
+    conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]  # unhashable: keyed by its JSON
+    items = [("What is 7 + 5?", "12."), ("What is 7 + 5?", "13."), ("What is 7 + 5?", "12."), (conversation, "Hello."),
+             (list(conversation), "Hello."), ("Hi", "cat, dog, " * 30), ("Hi", "cat, dog, " * 30)]
+    calls = []
+    real = chat._prompt_and_turn
+    monkeypatch.setattr(chat, "_prompt_and_turn", lambda *a: calls.append(a[1:]) or real(*a))
+    rows = chat.render_examples(tiny_tok, items, 40, "dpo")
+    assert len(calls) == 4  # 7 items, 4 distinct
+    assert rows == [render_example(tiny_tok, p, c, 40) for p, c in items]
+    rows[0][0].append(-1)
+    assert rows[2][0][-1] != -1  # copies, not one shared list
+    assert "[dpo] warning: 2 of 7 examples are longer than max_len=40" in capsys.readouterr().out
+
+
 def test_pad_differs_from_eos(tiny_tok):
     assert tiny_tok.pad_token_id != tiny_tok.eos_token_id
     assert isinstance(torch.tensor(tiny_tok.pad_token_id), torch.Tensor)

@@ -144,11 +144,12 @@ def test_dpo_cached_reference_logprobs_equal_live_ones(tiny_runs, trained_dpo):
     assert torch.allclose(live, ref_c[:6], atol=1e-4)
 
 
-def test_dpo_reference_logprobs_only_of_the_pairs_a_run_reads(tiny_model, tiny_tok):
+def test_dpo_reference_logprobs_only_of_the_pairs_a_run_reads(tiny_model, tiny_tok, monkeypatch):
     """A run shorter than an epoch computes the reference on the pairs it reads, the same numbers as over all
     of them, and NaN for the rest (a loss that read one would be non-finite: the run would stop loudly)."""
     from rlhfkit.data.chat import render_example
     from rlhfkit.distributed import Dist
+    from rlhfkit.stages import dpo as dpo_stage
     from rlhfkit.stages.dpo import reference_logprobs
 
     tiny_tok.pad_token = tiny_tok.pad_token or tiny_tok.eos_token
@@ -157,6 +158,14 @@ def test_dpo_reference_logprobs_only_of_the_pairs_a_run_reads(tiny_model, tiny_t
     some = reference_logprobs(tiny_model, rows, tiny_tok.pad_token_id, Dist(), used=[1, 4, 5], batch_size=3)
     assert torch.isfinite(every).all() and torch.allclose(some[[1, 4, 5]], every[[1, 4, 5]], atol=1e-5)
     assert torch.isnan(some[[0, 2, 3, 6]]).all()
+    # a repeated example (pairs share responses) is computed once and copied to every place that holds it
+    computed = []
+    real = dpo_stage.sequence_logprobs
+    monkeypatch.setattr(dpo_stage, "sequence_logprobs", lambda m, r, *a: computed.extend(r) or real(m, r, *a))
+    repeated = reference_logprobs(tiny_model, rows + rows[:3], tiny_tok.pad_token_id, Dist(), used=[0, 7, 1, 8, 9, 3], batch_size=3)
+    assert len(computed) == 4  # rows 0, 1, 3 and 9 (a copy of row 2, which is not read)
+    assert torch.equal(repeated[[7, 8]], repeated[[0, 1]]) and torch.allclose(repeated[[0, 1, 9, 3]], every[:4], atol=1e-5)
+    assert torch.isnan(repeated[[2, 4, 5, 6]]).all()
 
 
 def ppo_args(root, name, *extra):
@@ -208,16 +217,19 @@ def test_ppo_gradient_accumulation_matches_one_big_batch(tiny_runs):
         assert torch.allclose(a[k], b[k], atol=1e-5), k
 
 
-@pytest.mark.parametrize("algo", ["rloo", "grpo"])
-def test_critic_free_methods_raise_the_reward(tiny_runs, algo):
-    rlhfkit(algo, f"--out_dir={tiny_runs}/{algo}", f"--policy={tiny_runs}/sft/model", "--reward=tests.helpers:short_reward",
+@pytest.mark.parametrize("algo, kl_coef", [("rloo", 0.1), ("grpo", 0.1), ("grpo", 0.0)])
+def test_critic_free_methods_raise_the_reward(tiny_runs, algo, kl_coef):
+    """beta 0 runs without a reference model (nothing measures a KL then)."""
+    out = f"{tiny_runs}/{algo}_{kl_coef}"
+    rlhfkit(algo, f"--out_dir={out}", f"--policy={tiny_runs}/sft/model", "--reward=tests.helpers:short_reward",
             "--total_steps=10", "--prompts_per_step=4", "--k=4", "--minibatch_size=16", "--micro_batch_size=8",
             "--max_new_tokens=16", "--eval_every=0", "--sample_every=1000", "--lr=1e-3", "--missing_eos_penalty=-5",
-            f"--prompts={tiny_runs}/world/rl_prompts.jsonl")
-    rows = metrics(f"{tiny_runs}/{algo}")
+            f"--kl_coef={kl_coef}", f"--prompts={tiny_runs}/world/rl_prompts.jsonl")
+    rows = metrics(out)
     first = sum(r["objective/scores"] for r in rows[:3]) / 3
     last = sum(r["objective/scores"] for r in rows[-3:]) / 3
     assert last > first + 1.0, (first, last)
+    assert ("objective/kl" in rows[-1]) == bool(kl_coef)
 
 
 def test_world_export_lists_a_familys_prompts_that_many_times_for_ppo(tmp_path):

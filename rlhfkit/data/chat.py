@@ -10,6 +10,7 @@ exact for any tokenizer: no search for where the template put the reply.
 
 from __future__ import annotations
 
+import json
 from typing import Sequence
 
 from rlhfkit.data.records import Message
@@ -152,13 +153,30 @@ def _fit(p: list[int], r: list[int], max_len: int | None) -> tuple[list[int], li
     return p[len(p) - (max_len - len(r)) :], r, "prompt"
 
 
+def _hashable(prompt):
+    """`prompt` itself when hashable (a string, a tuple of Messages), else its JSON (a list of role/content dicts)."""
+    try:
+        hash(prompt)
+        return prompt
+    except TypeError:
+        return json.dumps(prompt, sort_keys=True, default=str)
+
+
 def render_examples(tokenizer, items: Sequence[tuple], max_len: int | None, what: str,
                     turns: str = "last") -> list[tuple[list[int], list[bool]]]:
     """`render_example` of every `(prompt, completion)`; says once, with counts, how many were cut to `max_len`
     (a silent cut trains on a different example than the data holds). `turns="all"`: the assistant turns
-    inside the prompt are trained too (`render_all_turns`)."""
-    out, cut = [], {"prompt": 0, "completion": 0}
+    inside the prompt are trained too (`render_all_turns`). An item that repeats (preference pairs share their
+    responses: a ranking of 5 makes 10 pairs) is rendered once."""
+    out, cut, seen = [], {"prompt": 0, "completion": 0}, {}
     for prompt, completion in items:
+        key = (_hashable(prompt), completion)
+        if key in seen:
+            ids, mask, where = seen[key]
+            out.append((list(ids), list(mask)))
+            if where:
+                cut[where] += 1
+            continue
         if turns == "all" and not isinstance(prompt, str) and any(_role(m) == "assistant" for m in prompt):
             ids, mask = render_all_turns(tokenizer, prompt, completion)
             where = "" if max_len is None or len(ids) <= max_len else "prompt"  # cut from the left: the last turn survives
@@ -167,6 +185,7 @@ def render_examples(tokenizer, items: Sequence[tuple], max_len: int | None, what
             p, r, where = _fit(*_prompt_and_turn(tokenizer, prompt, completion), max_len)
             ids, mask = p + r, [False] * len(p) + [True] * len(r)
         out.append((ids, mask))
+        seen[key] = ids, mask, where
         if where:
             cut[where] += 1
     if cut["prompt"] or cut["completion"]:

@@ -17,6 +17,7 @@ from rlhfkit.data.packing import pack_documents
 from rlhfkit.evaluation.metrics import bootstrap_ci, kl_from_logprobs, outcomes, perplexity
 from rlhfkit.models.load import pick_device
 from rlhfkit.models.logprobs import response_logprobs
+from rlhfkit.models.packed import packs
 from rlhfkit.ops import logprobs_from_logits, shift_for_causal_lm
 from rlhfkit.rollout import generate
 
@@ -32,13 +33,15 @@ def sample_with_kl(policy, ref, tok, prompts: Sequence[str], *, num_samples: int
     `n_tokens` (text tokens, EOS excluded, as in the greedy `response_tokens`), `terminated`
     (ended by EOS) and `kl` (empty lists when `ref` is None). Policy logprobs are recomputed by the same full forward as the
     reference's rather than taken from sampling (KV cache), so a policy equal to
-    the reference gives exactly 0.
+    the reference gives exactly 0; both run on the samples' real tokens packed end to end when both models keep
+    packed sequences apart (`rlhfkit.models.packed`).
     """
     device = next(policy.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
     rendered = [render_prompt(tok, p) for p in prompts for _ in range(num_samples)]
     responses, n_tokens, terminated, kls = [], [], [], []
     stops = stop_ids(tok, policy)
+    packed = ref is not None and packs(policy) and packs(ref)
     for start in range(0, len(rendered), batch_size):
         g = generate(policy, rendered[start : start + batch_size], eos_id=stops, pad_id=tok.pad_token_id,
                      max_new_tokens=max_new_tokens, temperature=1.0, generator=gen)
@@ -49,8 +52,8 @@ def sample_with_kl(policy, ref, tok, prompts: Sequence[str], *, num_samples: int
         if ref is not None:
             ids, attn = g.sequences()
             P = g.prompt_ids.shape[1]
-            logprobs, _ = response_logprobs(policy, ids, attn, P)  # (B, R)
-            ref_logprobs, _ = response_logprobs(ref, ids, attn, P)  # (B, R)
+            logprobs, _ = response_logprobs(policy, ids, attn, P, packed=packed)  # (B, R)
+            ref_logprobs, _ = response_logprobs(ref, ids, attn, P, packed=packed)  # (B, R)
             kls += kl_from_logprobs(logprobs, ref_logprobs, g.response_mask).tolist()
 
     def per_prompt(xs: list) -> list[list]:

@@ -81,6 +81,14 @@ def autocast_like(model, fn):
     return torch.autocast(spec[0], dtype=spec[1])(fn) if spec else fn
 
 
+def decodes_exactly(model) -> bool:
+    """True when `model` runs in fp32 without autocast: its decoder's logprobs of the tokens it samples are then the
+    forward's numbers up to float rounding (~1e-6), so a rollout can keep them instead of recomputing them. In bf16
+    and under mixed precision the incremental decode and the full forward round differently (~1e-2 on a logprob)."""
+    return getattr(hf_model(model), "rlhfkit_autocast", None) is None and all(
+        p.dtype == torch.float32 for p in model.parameters())
+
+
 class Scaler:
     """The optimiser step, with fp16-mixed's loss scaling (torch.amp.GradScaler); plain in every other precision.
 

@@ -90,16 +90,20 @@ class Config:
 def reference_logprobs(ref, rows, pad_id: int, d: distributed.Dist, used: list[int] | None = None,
                        batch_size: int = 64, packed: bool = False) -> torch.Tensor:
     """Summed reference logprobs of the rendered examples `used` (default: all): (N,) on CPU, NaN for the rest
-    (a run that read one would fail loudly). Each rank computes its strided share and the shares are summed
-    across ranks, so every rank ends with all of them."""
+    (a run that read one would fail loudly). An example that repeats (pairs share responses: a ranking of 5 makes 10
+    pairs from 5 answers) is computed once. Each rank computes its strided share of the distinct ones and the shares
+    are summed across ranks, so every rank ends with all of them."""
     ref.eval()
     used = list(range(len(rows))) if used is None else used
-    mine = distributed.shard(used, d)
+    first: dict[tuple, int] = {}  # rendering -> the first index holding it
+    same = [first.setdefault((tuple(rows[j][0]), tuple(rows[j][1])), j) for j in used]
+    mine = distributed.shard(sorted(set(same)), d)
     out = torch.zeros(len(rows), dtype=torch.float64)
     for i in range(0, len(mine), batch_size):
         part = mine[i : i + batch_size]
         out[part] = sequence_logprobs(ref, [rows[j] for j in part], pad_id, packed).double().cpu()
     out = distributed.global_sum(out, d).float().cpu()
+    out[used] = out[same]
     unused = torch.ones(len(rows), dtype=torch.bool)
     unused[used] = False
     return out.masked_fill(unused, float("nan"))
@@ -145,7 +149,8 @@ def train(cfg: Config) -> str:
             print(f"[dpo] {cache} was computed for another reference model or other pairs; recomputing", flush=True)
         ref = make_reference()
         ref_packed = packed and packs(ref)
-        ref_c, ref_r = (reference_logprobs(ref, rows, tok.pad_token_id, d, used, packed=ref_packed) for rows in (chosen, rejected))
+        both = reference_logprobs(ref, chosen + rejected, tok.pad_token_id, d, used + [len(pairs) + i for i in used], packed=ref_packed)
+        ref_c, ref_r = both[: len(pairs)], both[len(pairs) :]
         if d.is_main:
             with atomic_open(cache, "wb") as f:  # a rank reading it never sees half a file
                 torch.save({"key": key, "chosen": ref_c, "rejected": ref_r}, f)

@@ -125,10 +125,10 @@ def train(cfg: Config) -> str:
     ckpt = checkpoint.latest_checkpoint(cfg.out_dir)
     device = d.device
     policy, tok, prec, make_reference = load_policy(cfg, device, ckpt)
-    ref = make_reference()
+    ref = make_reference() if cfg.kl_coef else None  # beta 0: no KL anywhere, no reference to load or run (as TRL)
     reward_fn = make_reward_fn(cfg.reward, cfg.reward_model, device, cfg.reward_args, cfg.reward_weights)
     rm_fn = reward_fn if cfg.reward == "rm" else None
-    packed = use_packing(cfg.estimator, cfg.packing, lambda: packs(policy), lambda: packs(ref))
+    packed = use_packing(cfg.estimator, cfg.packing, lambda: packs(policy), lambda: ref is None or packs(ref))
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = make_adamw(params, lr=cfg.lr, eps=1e-5, weight_decay=0.0)
     start, _ = checkpoint.resume(ckpt, cfg.out_dir, optimizer, cfg.estimator, d.is_main)
@@ -141,10 +141,11 @@ def train(cfg: Config) -> str:
         run.log(0, training_eval(policy, tok, eval_prompts, rm_fn, evaluator))
     guard, scaler = NonFiniteGuard(cfg.estimator, cfg.skip_nonfinite), precision.Scaler(prec, device)
     # On-policy (one epoch of one minibatch): the update's own forward runs the policy that sampled, so the rollout's
-    # logprobs are taken from it (ratio exactly 1, as TRL's num_iterations=1) and the no-grad forward is skipped;
-    # not when the KL goes into the reward, which needs them before the update (unless its coefficient is 0)
+    # logprobs can be taken from it (ratio exactly 1, as TRL's num_iterations=1); they are needed before the update
+    # only when the KL goes into the reward (collect_experience then takes the sampler's own in fp32, with no forward)
     sw = Stopwatch()  # time/generate, time/score, ... per iteration, as PPO logs them
-    on_policy = cfg.ppo_epochs == 1 and cfg.minibatch_size == cfg.prompts_per_step * cfg.k and not (cfg.kl_in_reward and cfg.kl_coef)
+    on_policy = cfg.ppo_epochs == 1 and cfg.minibatch_size == cfg.prompts_per_step * cfg.k
+    kl_reward = cfg.kl_in_reward and bool(cfg.kl_coef)
     for step in tqdm(range(start, cfg.total_steps), desc=cfg.estimator, initial=start, total=cfg.total_steps, disable=not d.is_main):
         set_lr(optimizer, cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps)))
         batch = epoch_batches(len(prompts), cfg.prompts_per_step, step, cfg.seed).tolist()
@@ -157,23 +158,24 @@ def train(cfg: Config) -> str:
                                  max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                  missing_eos_penalty=cfg.missing_eos_penalty, columns={k: [v[i] for i in idx] for k, v in columns.items()},
                                  generator=distributed.step_generator(cfg.seed, step, 0), rows=rows, n_rows=n_rows,
-                                 policy_logprobs=not on_policy, stopwatch=sw, packed=packed)
+                                 policy_logprobs=kl_reward or not on_policy, stopwatch=sw, packed=packed)
         mask = exp.mask
 
         # 2. Sequence advantages from the group baseline (a group never spans ranks).
-        rewards = exp.scores - cfg.kl_coef * seq_kl_of(exp) if cfg.kl_in_reward and not on_policy else exp.scores
+        rewards = exp.scores - cfg.kl_coef * seq_kl_of(exp) if kl_reward else exp.scores
         advantages = ADVANTAGES[cfg.estimator](rewards, cfg.k)  # (B,)
 
         # 3. Clipped policy-gradient epochs over minibatches of the global batch (KL as a loss term unless in the
         #    reward); each rank trains on its members of a minibatch, gradients summed over ranks.
         with sw("train"):
             stats = pg_epochs(cfg, d, (step, rows, n_rows), policy, params, optimizer, (guard, scaler), exp, advantages)
-        seq_kl = seq_kl_of(exp)  # (B,)
+        seq_kl = seq_kl_of(exp) if ref is not None else None  # (B,); beta 0: not measured
 
         # 4. Log (global means), evaluate, checkpoint.
         seqs = distributed.Means()
-        seqs.add({"objective/scores": exp.scores.mean(), "objective/kl": seq_kl.mean(),
-                  "objective/rlhf_reward": (exp.scores - cfg.kl_coef * seq_kl).mean(),
+        seqs.add({"objective/scores": exp.scores.mean(),
+                  **({"objective/kl": seq_kl.mean(), "objective/rlhf_reward": (exp.scores - cfg.kl_coef * seq_kl).mean()}
+                     if seq_kl is not None else {"objective/rlhf_reward": exp.scores.mean()}),
                   "rollout/response_length": mask.sum(1).float().mean(), "rollout/eos_rate": exp.terminated.float().mean(),
                   "rollout/zero_advantage_frac": (advantages == 0).float().mean()}, len(rows))
         # (the loss's k3 `objective/kl` token mean is replaced by the sequence KL, as before)
@@ -228,7 +230,7 @@ def pg_epochs(cfg: Config, d, where: tuple, policy, params, optimizer, guards, e
                     exp.logprobs[micro] = logprobs.detach().masked_fill(~mask[micro], 0.0)
                 loss, m = policy_gradient_loss(logprobs, exp.logprobs[micro], advantages[micro], mask[micro], cfg.clip_range,
                                                normalizer, kl_coef=0.0 if cfg.kl_in_reward else cfg.kl_coef,
-                                               ref_logprobs=exp.ref_logprobs[micro])
+                                               ref_logprobs=None if exp.ref_logprobs is None else exp.ref_logprobs[micro])
                 scaler.backward(loss)
                 means.add_micro(m, mask[micro].sum().item(), normalizer)
             distributed.sum_gradients(params, d)
