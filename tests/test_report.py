@@ -89,8 +89,8 @@ def make_run(root) -> dict:
     put("eval/samples.jsonl", sample_rows())
     put("ppo/metrics.jsonl", rl_log(0.5))
     put("ppo_beta0/metrics.jsonl", rl_log(2.5))
-    (root / "ppo/config.yaml").write_text("kl_coef: 0.5\nadaptive_kl: true\nkl_target: 0.5\n")
-    (root / "ppo_beta0/config.yaml").write_text("kl_coef: 0.0\nadaptive_kl: false\nkl_target: 0.5\n")
+    (root / "ppo/config.yaml").write_text("kl_coef: 0.5\nadaptive_kl: true\nkl_target: 0.5\nlr: 2.0e-05\ntotal_steps: 60\n")
+    (root / "ppo_beta0/config.yaml").write_text("kl_coef: 0.0\nadaptive_kl: false\nkl_target: 0.5\nlr: 5.0e-05\ntotal_steps: 60\n")
     put("dpo/metrics.jsonl", [{"step": s, "dpo/loss": 0.69 - 0.03 * s, "dpo/rewards/accuracy": 0.5 + 0.03 * s,
                                **({"eval/loss": 0.7 - 0.02 * s, "eval/rewards/accuracy": 0.5 + 0.02 * s, "eval/gold": 0.55 + 0.005 * s}
                                   if s % 5 == 0 else {})} for s in range(1, 16)])
@@ -290,6 +290,8 @@ def test_reward_hacking_panel_shows_ppo_next_to_ppo_beta0(report):
     assert 'id="hacking-examples"' in html_file.read_text()  # ppo_beta0 answers the RM prefers but gold does not
     control = next(r for r in table if r[0].startswith("KL control"))
     assert control[1:] == ["–", "adaptive, target 0.50 nats (beta from 0.50)", "fixed beta 0.00"]
+    how = next(r for r in table if r[0].startswith("Optimisation"))
+    assert how[1:] == ["–", "lr 2e-05, 60 iterations", "lr 5e-05, 60 iterations"]
 
 
 def test_missing_and_broken_inputs_become_notes(tmp_path):

@@ -200,7 +200,8 @@ def hacking_section(r: Report) -> None:
         return
     runs = [p for p in (man.baseline, main, control) if p in m]
     r.section("hacking", "Reward hacking: PPO with and without the KL penalty",
-              f"{control} optimises the same reward model as {main} with KL coefficient 0. When the proxy (RM score) rises "
+              f"{control} optimises the same reward model as {main} with KL coefficient 0 (how fast and how long: the table's "
+              "last row). When the proxy (RM score) rises "
               "while gold, brevity, honesty or helpfulness fall, the policy is exploiting the reward model rather than improving.")
     rows = [[row_head(label)] + [td(fmt(m[p].get(key), d), ("data-metric", f"{p}.{key}")) for p in runs]
             for key, label, d in HACKING_ROWS]
@@ -210,9 +211,10 @@ def hacking_section(r: Report) -> None:
         rows.append([row_head(label)] + [td(fmt(v), ("data-src", f"{p}/metrics.jsonl:{key}")) if v is not None
                                          else td("–") for p, v in last.items()])
         md.append([label] + [fmt(v) for v in last.values()])
-    kl_of = {p: kl_control(r.data.configs.get(p)) for p in runs}
-    rows.append([row_head("KL control (config.yaml)")] + [td(v, cls="txt") for v in kl_of.values()])
-    md.append(["KL control", *kl_of.values()])
+    for label, describe in (("KL control", kl_control), ("Optimisation", optimisation)):
+        of = {p: describe(r.data.configs.get(p)) for p in runs}
+        rows.append([row_head(f"{label} (config.yaml)")] + [td(v, cls="txt") for v in of.values()])
+        md.append([label, *of.values()])
     r.html.append(html_table("reward-hacking", ["", *[chip(p) for p in runs]], rows, "grid"))
     r.md.append(md_table(["", *runs], md))
     bars = [(title, {p: center(m[p].get(key)) for p in runs}) for key, title in HACKING_BARS]
@@ -229,6 +231,13 @@ def kl_control(cfg: dict | None) -> str:
     if cfg.get("adaptive_kl"):
         return f"adaptive, target {fmt(cfg.get('kl_target'), 2)} nats (beta from {fmt(cfg['kl_coef'], 2)})"
     return f"fixed beta {fmt(cfg['kl_coef'], 2)}"
+
+
+def optimisation(cfg: dict | None) -> str:
+    """How long and how fast a PPO run optimised: 'lr 2e-05, 60 iterations' / '–' (no config)."""
+    if not cfg or "lr" not in cfg or "total_steps" not in cfg:
+        return "–"
+    return f"lr {cfg['lr']:g}, {cfg['total_steps']} iterations"
 
 
 def _side(p: str, x: dict) -> str:
