@@ -202,7 +202,7 @@ class Experience:
     mask: torch.Tensor  # (B, R) bool, True on response tokens (EOS included)
     terminated: torch.Tensor  # (B,) bool
     scores: torch.Tensor  # (B,) reward (RM or callable), missing-EOS penalty applied
-    logprobs: torch.Tensor | None  # (B, R) policy at rollout time, recomputed by a no-grad forward; None if not asked
+    logprobs: torch.Tensor | None  # (B, R) policy at rollout time: the sampler's in fp32, else a no-grad forward's; None if not asked
     ref_logprobs: torch.Tensor | None  # (B, R) frozen reference; None without one
     packed: bool = False  # forwards over these rollouts run on their real tokens packed end to end (rlhfkit.models.packed)
 
