@@ -226,10 +226,11 @@ def fingerprint(cfg: Any, upstream: Sequence[str] = (), code: str = "") -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def stage_status(stage_dir: str, fp: str, stale: bool = False) -> str:
+def stage_status(stage_dir: str, fp: str, stale: bool = False, marker: dict | None = None) -> str:
     """What `run_cached` will do in `stage_dir`: "up to date, skipped" (a finished run with fingerprint `fp`, not
-    `stale`), "resuming an interrupted run" (an unfinished one with `fp`) or "running" (afresh)."""
-    marker = _read_json(os.path.join(stage_dir, "stage.json"))
+    `stale`), "resuming an interrupted run" (an unfinished one with `fp`) or "running" (afresh). `marker`: its
+    `stage.json`, when the caller has read it."""
+    marker = _read_json(os.path.join(stage_dir, "stage.json")) if marker is None else marker
     if marker.get("fingerprint") == fp and not stale:
         return "up to date, skipped" if marker.get("done") else "resuming an interrupted run"
     return "running"
@@ -242,11 +243,11 @@ def run_cached(head: str, run: Callable[[], Any], stage_dir: str, fp: str, stale
     finished, when it started and how long it took, and the entries that were in the folder before the
     pipeline first ran there (`foreign`): those are never deleted, so a user's notes in a stage folder
     survive a rerun. Prints `<head>: <what happened>`; returns whether the stage ran."""
-    status = stage_status(stage_dir, fp, stale)
+    marker = _read_json(os.path.join(stage_dir, "stage.json"))
+    status = stage_status(stage_dir, fp, stale, marker)
     if status == "up to date, skipped":
         print(f"{head}: {status}", flush=True)
         return False
-    marker = _read_json(os.path.join(stage_dir, "stage.json"))
     present = set(os.listdir(stage_dir)) - {"stage.json"} if os.path.isdir(stage_dir) else set()
     # no marker: the pipeline never ran here, none of it is ours; an older marker without the list: all of it was
     foreign = set(marker.get("foreign", ())) & present if marker else present

@@ -169,13 +169,13 @@ def train(cfg: Config) -> str:
         #    reward); each rank trains on its members of a minibatch, gradients summed over ranks.
         with sw("train"):
             stats = pg_epochs(cfg, d, (step, rows, n_rows), policy, params, optimizer, (guard, scaler), exp, advantages)
-        seq_kl = seq_kl_of(exp) if ref is not None else None  # (B,); beta 0: not measured
+        # (B,) sequence KL to the reference; beta 0 has no reference: no KL measured, the reward is the score
+        seq_kl = seq_kl_of(exp) if ref is not None else torch.zeros_like(exp.scores)
+        kl = {"objective/kl": seq_kl.mean()} if ref is not None else {}
 
         # 4. Log (global means), evaluate, checkpoint.
         seqs = distributed.Means()
-        seqs.add({"objective/scores": exp.scores.mean(),
-                  **({"objective/kl": seq_kl.mean(), "objective/rlhf_reward": (exp.scores - cfg.kl_coef * seq_kl).mean()}
-                     if seq_kl is not None else {"objective/rlhf_reward": exp.scores.mean()}),
+        seqs.add({"objective/scores": exp.scores.mean(), **kl, "objective/rlhf_reward": (exp.scores - cfg.kl_coef * seq_kl).mean(),
                   "rollout/response_length": mask.sum(1).float().mean(), "rollout/eos_rate": exp.terminated.float().mean(),
                   "rollout/zero_advantage_frac": (advantages == 0).float().mean()}, len(rows))
         # (the loss's k3 `objective/kl` token mean is replaced by the sequence KL, as before)
