@@ -17,7 +17,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.helpers import MODEL, assert_only_rank_zero_wrote, assert_same_metrics, kill_at_first_checkpoint, metrics, rlhfkit
+from tests.helpers import MODEL, assert_only_rank_zero_wrote, assert_same_metrics, free_port, kill_at_first_checkpoint, metrics, rlhfkit
 
 STAGES = ("pretrain", "sft", "rm", "dpo", "ppo", "rloo", "grpo")
 RL = ("ppo", "rloo", "grpo")
@@ -42,9 +42,8 @@ SAME_EVERY_STEP = ("train/loss", "train/grad_norm", "train/lr", "eval/loss",  # 
 
 
 def torchrun(nproc: int) -> tuple[str, ...]:
-    """`python -m torch.distributed.run ...` on one machine. `--standalone` has the launcher bind a port the OS picks
-    (a port found free beforehand can be taken by another test's process before the launcher binds it)."""
-    return ("-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}")
+    """`python -m torch.distributed.run ...` on one machine, on a free port."""
+    return ("-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}")
 
 
 pytestmark = pytest.mark.slow
