@@ -8,6 +8,7 @@ lazy so `rlhfkit --help` starts in a blink.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from rlhfkit.stages import STAGES
@@ -98,7 +99,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"rlhfkit {command}: config error: {e}", file=sys.stderr)
         return 2
-    return run_reporting_errors(command, lambda: getattr(module, fn_name)(cfg) and 0)
+    code = run_reporting_errors(command, lambda: getattr(module, fn_name)(cfg) and 0)
+    if code == 0 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # a torchrun rank whose stage finished and closed its process group leaves without the interpreter's
+        # teardown, where gloo's threads sometimes abort a rank that has done all its work ("terminate called
+        # without an active exception"), which torchrun reports as a failed job
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    return code
 
 
 def config_help(module_name: str, cls_name: str) -> list[str]:
