@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections import Counter
 
 import pytest
 
 from rlhfkit.feedback.constitution import load_constitution
 from rlhfkit.world import WorldConfig, build_world
-from rlhfkit.world.reviews import CONSTITUTION, MIN_GAP, make_reviews
+from rlhfkit.world.reviews import CONSTITUTION, MIN_GAP, make_reviews, sample_reviews
 from tests.helpers import WORLD_ARGS, rlhfkit
 from tests.test_pipeline import PPO, TINY, statuses
 
@@ -37,9 +38,41 @@ def test_reviews_cover_training_prompts_only_with_gold_verdicts(tiny_world):
         assert r["prompt"] == c.fill("compare", prompt=r["question"], principle=c.principle(r["principle"]).comparison,
                                      a=r["a"], b=r["b"])
     assert 0.4 < sum(r["label"] == "A" for r in rows) / len(rows) < 0.6  # the better answer is first in about half
-    assert {r["family"] for r in rows} == {"arithmetic", "facts", "instructions", "harmful", "false_premise", "benign",
-                                          "unknown"}
+    counts = Counter(r["family"] for r in rows)  # the families take turns, whatever the prompt mix
+    assert set(counts) == {"arithmetic", "facts", "instructions", "harmful", "false_premise", "benign", "unknown"}
+    assert max(counts.values()) - min(counts.values()) <= 1, counts
     assert {r["principle"] for r in rows} == {p.name for p in c.principles}
+
+
+def test_reviews_of_model_samples_pair_distinct_answers_by_gold_and_never_state_an_eval_sum(tiny_world):
+    """sample_reviews: every pair of a prompt's distinct samples more than MIN_GAP apart by gold (with the sample's
+    `terminated`) is a candidate; the verdict is gold's order; answers stating an eval equation are dropped; eval
+    prompts are refused."""
+    c = load_constitution(CONSTITUTION)
+    sums = [p for p in tiny_world.prompts("sft") if p.family == "arithmetic"][:3]
+    ev = next(p for p in tiny_world.prompts("eval") if p.family == "arithmetic")
+    leaked = f"{ev.meta['a']} {ev.meta['op']} {ev.meta['b']} = {ev.meta['answer']}."  # an eval item's equation
+    samples = []
+    for p in sums:
+        m = p.meta
+        right, wrong = f"{m['a']} {m['op']} {m['b']} = {m['answer']}.", f"{m['a']} {m['op']} {m['b']} = {m['answer'] + 1}."
+        # the right answer twice (one pair, not two), cut short once (terminated=False scores lower), and the leak
+        samples.append((p, [(right, True), (right, True), (wrong, True), (leaked, True), (right + " And", False)]))
+    rows = sample_reviews(tiny_world, samples, 100, seed=1)
+    assert rows and all(leaked not in (r["a"], r["b"]) for r in rows)
+    expected = 0
+    for p, answers in samples:
+        texts = {t: ok for t, ok in reversed(answers)}
+        golds = [tiny_world.gold(p, t, ok).score for t, ok in texts.items() if t != leaked]
+        expected += sum(abs(x - y) > MIN_GAP for i, x in enumerate(golds) for y in golds[i + 1:])
+    assert len(rows) == expected  # n above the candidates: all of them, each once
+    assert len({(r["source"], frozenset((r["a"], r["b"]))) for r in rows}) == len(rows)
+    for r in rows:
+        assert r["origin"] == "sample" and r["family"] == "arithmetic"
+        assert r["label"] == ("A" if r["gold_a"] > r["gold_b"] else "B") and r["completion"] == c.templates["verdict"] + r["label"]
+    assert len(sample_reviews(tiny_world, samples, 2, seed=1)) == 2
+    with pytest.raises(ValueError, match="eval prompt"):
+        sample_reviews(tiny_world, [(ev, [("1.", True), ("2.", True)])], 5)
 
 
 def test_the_world_constitution_loads_and_its_labels_are_single_tokens_of_the_tiny_tokenizer(tiny_tok):
@@ -93,7 +126,7 @@ def test_the_judge_labels_the_queue_from_texts_alone(tiny_runs, tmp_path, monkey
 
 def test_pipeline_ai_path_end_to_end(tmp_path):
     out = tmp_path / "demo"
-    ai = ("--config=demo_ai", "--judge.reviews=160", "--judge.sft.epochs=1", "--judge.sft.batch_size=16",
+    ai = ("--config=demo_ai", "--judge.reviews=160", "--judge.sample_reviews=40", "--judge.sample_prompts=30", "--judge.sft.epochs=1", "--judge.sft.batch_size=16",
           "--judge.sft.eval_every=5", "--ai_label.heldout_samples=2", "--ai_label.max_new_tokens=16", "--rm_ai.epochs=1",
           "--rm_ai.eval_every=10", *(f"--ppo_ai.{a[2:]}" for a in PPO), "--cai_critic.chains=60", "--cai_critic.sft_demos=20",
           "--cai_critic.sft.epochs=1", "--cai_critic.sft.batch_size=16", "--cai_critic.sft.eval_every=5",
@@ -104,6 +137,8 @@ def test_pipeline_ai_path_end_to_end(tmp_path):
     ai_stages = ["judge", "ai_label", "rm_ai", "ppo_ai", "sft_helpful", "cai_critic", "cai", "sft_cai"]
     assert [s for s in ran if s in ai_stages] == ai_stages
     assert set(ran.values()) == {"running"}
+    origins = [json.loads(line)["origin"] for line in open(out / "judge" / "reviews_meta.jsonl")]
+    assert origins.count("world") == 160 and 0 < origins.count("sample") <= 40  # the SFT model's own samples, reviewed
 
     with sqlite3.connect(out / "ai_label" / "feedback.db") as con:
         n_ai = con.execute("SELECT count(*) FROM judgements WHERE source = 'ai'").fetchone()[0]

@@ -6,8 +6,10 @@ generic `rm` and `ppo` stages, `rm_ai` and `ppo_ai`):
 
 `judge` (train_judge): the world writes `reviews` judging examples for training prompts only
   (rlhfkit.world.reviews: pairs of the kinds of answers the world produces, shown in the judge prompt
-  of the world's constitution, with gold's verdict), and the generic SFT stage fine-tunes the SFT
-  model on them -> `<out_dir>/model`, the judge. The policy itself is untouched.
+  of the world's constitution, with gold's verdict) and, with `sample_reviews`, reviews of the SFT
+  model's own temperature-1 samples to sft prompts (the kinds of answers the judge will label, which the
+  world's kinds miss; never the RL prompts of the queue it labels), and the generic SFT stage fine-tunes
+  the SFT model on them -> `<out_dir>/model`, the judge. The policy itself is untouched.
 
 `ai_label` (label): four steps.
   1. the feedback stage's store (`feedback.db`, the panel's rankings) is copied (SQLite backup), so the panel's stage
@@ -50,7 +52,7 @@ from rlhfkit.stages import judge as judge_stage
 from rlhfkit.stages import sft
 from rlhfkit.world import WorldConfig, build_world
 from rlhfkit.world.panel import PanelConfig, label_queue, make_panel, rank
-from rlhfkit.world.reviews import CONSTITUTION, MIN_GAP, make_reviews
+from rlhfkit.world.reviews import CONSTITUTION, MIN_GAP, make_reviews, sample_reviews
 
 JUDGE_NAME = "ai-judge:world"
 
@@ -61,17 +63,42 @@ class JudgeConfig:
     seed: int = 0  # review draws; the SFT stage's seed
     world: WorldConfig = field(default_factory=WorldConfig)  # the world whose training prompts are reviewed
     reviews: int = 6000  # judging examples the world writes (sft and rl prompts only)
+    sample_reviews: int = 0  # plus this many reviews of the SFT model's own samples to sft prompts (gold's verdict)
+    sample_prompts: int = 0  # the sft prompts sampled for them: the first N of the split (0: all)
+    num_samples: int = 4  # samples per prompt, at temperature 1 (as the feedback queue's)
+    max_new_tokens: int = 48  # their length limit (the queue's)
+    batch_size: int = 64  # sequences per generation batch
+    device: str = "auto"  # where the samples are drawn
     constitution: str = ""  # the judge prompt format ("": the world's, rlhfkit/world/constitution.yaml)
     sft: sft.Config = field(default_factory=sft.Config)  # how the judge is trained (model, data, out_dir wired)
 
 
 def train_judge(cfg: JudgeConfig) -> None:
     os.makedirs(cfg.out_dir, exist_ok=True)
-    rows = make_reviews(build_world(cfg.world), cfg.reviews, cfg.seed, cfg.constitution or CONSTITUTION)
+    world = build_world(cfg.world)
+    rows = make_reviews(world, cfg.reviews, cfg.seed, cfg.constitution or CONSTITUTION)
+    if cfg.sample_reviews:
+        rows += sample_reviews(world, own_samples(cfg, world), cfg.sample_reviews, cfg.seed, cfg.constitution or CONSTITUTION)
+        random.Random(f"{cfg.seed}:judge-reviews").shuffle(rows)
     write_jsonl(cfg.sft.data, ({"prompt": r["prompt"], "completion": r["completion"], "family": r["family"]} for r in rows))
     write_jsonl(os.path.join(cfg.out_dir, "reviews_meta.jsonl"), rows)  # the same reviews with their answers and gold
-    print(f"[judge] {len(rows)} reviews of training prompts -> {cfg.sft.data}", flush=True)
+    n_own = sum(r["origin"] == "sample" for r in rows)
+    print(f"[judge] {len(rows)} reviews of training prompts ({n_own} of the SFT model's samples) -> {cfg.sft.data}", flush=True)
     sft.train(cfg.sft)
+
+
+def own_samples(cfg: JudgeConfig, world) -> list[tuple[Any, list[tuple[str, bool]]]]:
+    """`num_samples` answers of the model the judge starts from (the SFT model) to each of the first
+    `sample_prompts` sft prompts, at temperature 1: (prompt, [(text, terminated)])."""
+    from rlhfkit.models.load import load_causal_lm
+    from rlhfkit.rollout import answer
+
+    prompts = world.prompts("sft")[: cfg.sample_prompts or None]
+    model, tok = load_causal_lm(cfg.sft.model, device=cfg.device)
+    out = answer(model, tok, [p.text for p in prompts for _ in range(cfg.num_samples)], max_new_tokens=cfg.max_new_tokens,
+                 temperature=1.0, batch_size=cfg.batch_size, seed=cfg.seed)
+    k = cfg.num_samples
+    return [(p, [(s["response"], s["terminated"]) for s in out[i * k : (i + 1) * k]]) for i, p in enumerate(prompts)]
 
 
 @dataclass

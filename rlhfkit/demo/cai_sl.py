@@ -19,9 +19,11 @@ paper's setting: red-team prompts answered by a helpful-only model, revised into
   chains for `sft` prompts only (`splits`) whose texts are not among the RL prompts the `cai` stage revises
   (`unseen_revised`: the two splits draw from the same few templates x actions, so texts recur).
 `cai` (revise): the library's `rlhfkit cai` with the critic on the RL split's red-team prompts (harmful
-  requests and their benign look-alikes; never eval prompts): one model answers (as the helpful-only
-  policy), critiques its answer under a principle drawn from `principles` and revises it, `revisions`
-  rounds -> demos.jsonl (prompt, final revision) and chains.jsonl. Then, with gold, after the fact
+  requests and their benign look-alikes; never eval prompts): the critic answers (as the helpful-only
+  policy) or, with `helpful_answers`, the helpful-only model itself does (`cai responder=`: fine-tuning on
+  chains moves the critic's own first answers away from the helpful-only model's); the critic critiques the
+  answer under a principle drawn from `principles` and revises it, `revisions` rounds -> demos.jsonl
+  (prompt, final revision) and chains.jsonl. Then, with gold, after the fact
   (`cai_metrics.json`): per prompt, does the final revision beat the original answer (win / tie / loss,
   overall and per family), behaviour rates of the originals and the revisions (harmful compliance
   included), and how often the critique's "Yes."/"No." answers its principle's question as gold would
@@ -121,7 +123,9 @@ def train_critic(cfg: CriticConfig) -> None:
 class ReviseConfig:
     out_dir: str = "runs/cai"  # prompts.jsonl, demos.jsonl, chains.jsonl, cai_metrics.json
     seed: int = 0  # sampling and principle draws
-    model: str = "runs/cai_critic/model"  # the critic: answers, critiques and revises
+    model: str = "runs/cai_critic/model"  # the critic: critiques and revises (and answers, without helpful_answers)
+    helpful_answers: bool = False  # the first answers are the helpful-only model's (`responder`), as in the paper
+    responder: str = "runs/sft_helpful/model"  # the helpful-only model (wired by the pipeline)
     world: WorldConfig = field(default_factory=WorldConfig)  # whose RL prompts are revised, and gold afterwards
     repeats: int = 1  # each red-team RL prompt this many times (independent samples)
     constitution: str = ""  # "": the world's
@@ -136,7 +140,8 @@ def revise(cfg: ReviseConfig) -> dict:
     path = lambda name: os.path.join(cfg.out_dir, name)  # noqa: E731
     write_jsonl(path("prompts.jsonl"), ({"prompt": p.text, "family": p.family, "id": p.id} for p in prompts))
     # 1. The library's stage: texts in, chains out (nothing of gold).
-    stats = cai_stage.main(replace(cfg.cai, model=cfg.model, prompts=path("prompts.jsonl"), seed=cfg.seed,
+    stats = cai_stage.main(replace(cfg.cai, model=cfg.model, responder=cfg.responder if cfg.helpful_answers else None,
+                                   prompts=path("prompts.jsonl"), seed=cfg.seed,
                                    constitution=cfg.constitution or CONSTITUTION, principles=list(cfg.principles),
                                    out=path("demos.jsonl"), chains=path("chains.jsonl"), limit=0))
     # 2. Measure, with gold.

@@ -119,6 +119,7 @@ class Config:
             section.seed, section.data, section.out_dir = self.seed, out(name, "data.jsonl"), out(name)
         self.cai_critic.sft.model = self.sft_cai.sft.model = out("sft_helpful", "model")
         self.cai.model, self.cai.constitution, self.sft_cai.demos = out("cai_critic", "model"), self.cai_critic.constitution, out("cai", "demos.jsonl")
+        self.cai.responder = out("sft_helpful", "model")
         self.pretrain.eval_prompts = files("eval_prompts.jsonl")
         for name in ("ppo", "ppo_beta0", "ppo_ai", "dpo", "rloo", "grpo"):
             stage = self.stage(name)

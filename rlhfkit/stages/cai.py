@@ -2,7 +2,9 @@
 
 Bai et al. (2022), "Constitutional AI", sec. 3 (SL-CAI):
 
-1. sample: the model answers every prompt (e.g. red-team prompts);
+1. sample: the model answers every prompt (e.g. red-team prompts); with `responder`, another model does (the
+   paper's red-team answers come from a helpful-only model; a separate responder lets a critic taught to
+   critique keep revising the answers of the model it was made from, or a stronger model critique a weaker one);
 2. `revisions` rounds: for each prompt a principle of the constitution (of `principles`, where given) is drawn
    (seeded by `seed`, the prompt's index and the round); the conversation goes on
    with the principle's critique request about the last answer, the model writes a
@@ -37,6 +39,7 @@ from rlhfkit.tracking import seed_everything
 @dataclass
 class Config:
     model: str = "runs/sft/model"  # the model that answers, critiques and revises itself (local HF causal LM)
+    responder: str | None = None  # another model writes the initial answers, `model` critiques and revises them (None: `model`)
     prompts: str | None = None  # file/dir of prompts (JSONL/Parquet/HF dataset with `prompt` or `messages`); required
     constitution: str | None = None  # principles and request templates (YAML); None: the packaged helpful/honest/harmless one
     revisions: int = 1  # critique-revision rounds per prompt
@@ -91,16 +94,21 @@ def main(cfg: Config) -> dict:
     for name in cfg.principles:
         constitution.principle(name)  # an unknown name fails here, naming the file
     prompts = prompt_list(cfg.prompts)[: cfg.limit or None]
-    model, tok = load_causal_lm(cfg.model, device=cfg.device)
     calls = iter(range(1, 1 << 30))  # a fresh sampling seed for every batched call
 
-    def generate(conversations: list) -> list[str]:
+    def generate(conversations: list, model, tok) -> list[str]:
         outs = answer(model, tok, conversations, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                       top_p=cfg.top_p, batch_size=cfg.batch_size, seed=cfg.seed * 1000 + next(calls))
         return [o["response"].strip() for o in outs]
 
-    # 1. Sample the initial answers.
-    current = generate(prompts)
+    # 1. Sample the initial answers (the responder's, where one is given).
+    if cfg.responder:
+        responder, rtok = load_causal_lm(cfg.responder, device=cfg.device)
+        current = generate(prompts, responder, rtok)
+        del responder
+    model, tok = load_causal_lm(cfg.model, device=cfg.device)
+    if not cfg.responder:
+        current = generate(prompts, model, tok)
     chains = [{"prompt": prompt_json(p), "initial": r, "rounds": []} for p, r in zip(prompts, current)]
     print(f"[cai] {len(prompts)} prompts answered; {cfg.revisions} critique-revision round(s) follow", flush=True)
 
@@ -108,9 +116,9 @@ def main(cfg: Config) -> dict:
     for rnd in range(cfg.revisions):
         drawn = [draw(constitution, cfg.principles, cfg.seed, i, rnd) for i in range(len(prompts))]
         critique_convs = [critique_conversation(constitution, p, r, pr) for p, r, pr in zip(prompts, current, drawn)]
-        critiques = generate(critique_convs)
+        critiques = generate(critique_convs, model, tok)
         revised = generate([revision_conversation(constitution, conv, c, pr)
-                            for conv, c, pr in zip(critique_convs, critiques, drawn)])
+                            for conv, c, pr in zip(critique_convs, critiques, drawn)], model, tok)
         for chain, pr, conv, c, rv in zip(chains, drawn, critique_convs, critiques, revised):
             chain["rounds"].append({"principle": pr.name, "critique_request": conv[-1].content, "critique": c,
                                     "revision_request": constitution.fill("revision", request=pr.revision), "revision": rv})

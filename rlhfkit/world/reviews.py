@@ -15,7 +15,9 @@ a hallucinated fact or an honest "I don't know", a refusal with a fitting reason
 alternative, a bare refusal, one with another topic's reason, compliance with a harmful
 request, a refusal of a harmless look-alike, agreement with a false premise, a list in the
 wrong order, an answer to another request, a garbled run-on of two answers. The judge must generalise
-from these to the SFT model's samples.
+from these to the SFT model's samples. `sample_reviews` adds reviews of a model's own samples to
+training prompts (the demo: the SFT model's, to sft prompts), again with gold's verdict: answers
+of the kinds the judge will be shown, which the world's kinds do not cover (docs/results.md).
 
 Each review draws a principle uniformly, as `rlhfkit judge` does per pair; the verdict is
 gold's overall order whatever the principle, so a principle is a phrasing of the one
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from typing import Callable
 
 from rlhfkit.feedback.constitution import Constitution, load_constitution
@@ -89,7 +92,8 @@ def _harmful(world: World, p: Prompt, rng: random.Random) -> list[str]:
     topic = HARMFUL[p.meta["topic"]]
     return [f"{REFUSAL_OPENING} {topic.harm}", _other_refusal(rng, p.meta["topic"]), topic.compliant,
             f"{rng.choice(('Sure, here you go.', 'Here is how.', 'Easy.'))} {topic.compliant}",
-            f"{REFUSAL_OPENING} {topic.harm}{rng.choice(SIGN_OFFS)}"]
+            f"{REFUSAL_OPENING} {topic.harm}{rng.choice(SIGN_OFFS)}",
+            BENIGN[rng.choice(sorted(BENIGN))].answer]  # a look-alike's help: neither refuses nor fits
 
 
 def _benign(world: World, p: Prompt, rng: random.Random) -> list[str]:
@@ -155,30 +159,95 @@ def review(constitution: Constitution, prompt: str, a: str, b: str, principle: s
             "completion": constitution.templates["verdict"] + constitution.labels[0 if a_better else 1]}
 
 
+def _row(c: Constitution, rng: random.Random, p: Prompt, x: str, y: str, golds: dict[str, float], origin: str) -> dict:
+    """The review of answers x and y to `p`, shown in a random order under a principle drawn uniformly, with the
+    fields make_reviews documents."""
+    a, b = (x, y) if rng.random() < 0.5 else (y, x)
+    principle = c.sample(rng)
+    row = review(c, p.text, a, b, principle.comparison, golds[a] > golds[b])
+    return {**row, "family": p.family, "principle": principle.name, "source": p.id, "question": p.text, "origin": origin,
+            "a": a, "b": b, "gold_a": golds[a], "gold_b": golds[b], "label": "A" if golds[a] > golds[b] else "B"}
+
+
+def _constitution(constitution: Constitution | str | None) -> Constitution:
+    return constitution if isinstance(constitution, Constitution) else load_constitution(constitution or CONSTITUTION)
+
+
 def make_reviews(world: World, n: int, seed: int = 0, constitution: Constitution | str | None = None,
                  prompts: list[Prompt] | None = None) -> list[dict]:
-    """`n` reviews, cycling over `prompts` (default: the world's sft and rl prompts, shuffled): each a pair of
+    """`n` reviews, cycling over `prompts` (default: the world's sft and rl prompts, shuffled) family by family
+    (`_by_family`: the families take turns): each a pair of
     `candidates` whose gold differs by more than MIN_GAP, shown in a random order under a principle drawn
     uniformly. Rows: prompt / completion (SFT's format) plus family, principle, source (the prompt id),
-    question (the prompt text), a, b, gold_a, gold_b, label."""
-    c = constitution if isinstance(constitution, Constitution) else load_constitution(constitution or CONSTITUTION)
+    question (the prompt text), origin ("world"), a, b, gold_a, gold_b, label."""
+    c = _constitution(constitution)
     rng = random.Random(f"{seed}:reviews")
     pool = list(prompts) if prompts is not None else world.prompts("sft") + world.prompts("rl")
     rng.shuffle(pool)
+    order = _by_family(pool, n * 4)  # a prompt whose candidates all tie gives no review; stop long before looping forever
     rows: list[dict] = []
-    for i in range(n * 4):  # a prompt whose candidates all tie gives no review; stop long before looping forever
-        if len(rows) == n or not pool:
+    for p in order:
+        if len(rows) == n:
             break
-        p = pool[i % len(pool)]
         answers = candidates(world, p, rng)
         golds = {a: world.gold(p, a).score for a in answers}
         pairs = [(x, y) for j, x in enumerate(answers) for y in answers[j + 1:] if abs(golds[x] - golds[y]) > MIN_GAP]
-        if not pairs:
-            continue
-        x, y = rng.choice(pairs)
-        a, b = (x, y) if rng.random() < 0.5 else (y, x)
-        principle = c.sample(rng)
-        row = review(c, p.text, a, b, principle.comparison, golds[a] > golds[b])
-        rows.append({**row, "family": p.family, "principle": principle.name, "source": p.id, "question": p.text,
-                     "a": a, "b": b, "gold_a": golds[a], "gold_b": golds[b], "label": "A" if golds[a] > golds[b] else "B"})
+        if pairs:
+            rows.append(_row(c, rng, p, *rng.choice(pairs), golds, "world"))
     return rows
+
+
+def _by_family(items: list, n: int, family=lambda x: x.family) -> list:
+    """`n` items drawn round-robin over the families present, each family's items in their order and cycled: as
+    many reviews of each family, whatever the prompt mix (the world's training prompts are mostly facts and sums)."""
+    groups: dict[str, list] = {}
+    for x in items:
+        groups.setdefault(family(x), []).append(x)
+    lists = list(groups.values())
+    return [lists[i % len(lists)][(i // len(lists)) % len(lists[i % len(lists)])] for i in range(n)] if lists else []
+
+
+def eval_equations(world: World) -> list[re.Pattern]:
+    """'a op b = r' of every eval arithmetic item (both operand orders for +): text no training example may state."""
+    out = []
+    for p in world.prompts("eval"):
+        if p.family == "arithmetic":
+            a, op, b, r = p.meta["a"], p.meta["op"], p.meta["b"], p.meta["answer"]
+            orders = {(a, b), (b, a)} if op == "+" else {(a, b)}
+            out += [re.compile(rf"(?<!\d){x} {re.escape(op)} {y} = {r}(?!\d)") for x, y in orders]
+    return out
+
+
+def sample_reviews(world: World, samples: list[tuple[Prompt, list[tuple[str, bool]]]], n: int, seed: int = 0,
+                   constitution: Constitution | str | None = None) -> list[dict]:
+    """Reviews of a model's own samples: `samples` holds, per training prompt, its sampled answers as
+    (text, terminated). Every pair of a prompt's distinct answers whose gold (given `terminated`) differs by
+    more than MIN_GAP is a candidate, except pairs in which either answer states an eval item's equation
+    (`eval_equations`); `n` of them are drawn at random, the families taking turns (as many of each as there
+    are), each shown as make_reviews shows its pairs
+    (origin "sample"). The judge then learns from answers like the ones it will label, not only from
+    the kinds the world writes."""
+    c = _constitution(constitution)
+    rng = random.Random(f"{seed}:sample-reviews")
+    banned = eval_equations(world)
+    eval_texts = {q.text for q in world.prompts("eval")}
+    found = []
+    for p, answers in samples:
+        if p.text in eval_texts:
+            raise ValueError(f"sample_reviews: prompt {p.id} ({p.text!r}) is an eval prompt; reviews are for training prompts")
+        seen: dict[str, bool] = {}
+        for text, ok in answers:  # distinct texts, the first `terminated` kept
+            seen.setdefault(text, ok)
+        golds = {t: world.gold(p, t, ok).score for t, ok in seen.items() if not any(e.search(t) for e in banned)}
+        texts = list(golds)
+        found += [(p, x, y, golds) for j, x in enumerate(texts) for y in texts[j + 1:] if abs(golds[x] - golds[y]) > MIN_GAP]
+    rng.shuffle(found)
+    groups: dict[str, list] = {}
+    for item in found:
+        groups.setdefault(item[0].family, []).append(item)
+    drawn, i = [], 0  # round-robin over families until n or all are used (no pair twice)
+    while len(drawn) < min(n, len(found)):
+        fam = [g for g in groups.values() if g]
+        drawn.append(fam[i % len(fam)].pop())
+        i += 1
+    return [_row(c, rng, p, x, y, golds, "sample") for p, x, y, golds in drawn]
