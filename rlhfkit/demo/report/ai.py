@@ -30,7 +30,8 @@ def ai_section(r: Report) -> None:
         return
     f = "ai_label/ai_metrics.json"
     r.section("ai", "AI feedback (RLAIF) beside the simulated panel",
-              "A judge model, trained on the world's reviews of training prompts (never on gold at labelling time), "
+              "A judge model, trained on the world's reviews of training prompts (pairs of the kinds of answers the world "
+              "writes and, where configured, of the SFT model's own samples; never on gold at labelling time), "
               "labelled the same queue the panel ranked. Accuracy: the share of pairs whose gold differs by more than "
               f"{fmt(a.get('min_gold_gap'), 2)} ordered as gold orders them (a tie counts half). \"one order\": each "
               "order's own verdict, before swap-debiasing; \"debiased\": the mean of both orders' probabilities.")
