@@ -42,3 +42,62 @@ def test_an_interrupted_run_resumes_in_place_and_an_old_marker_owns_everything(t
     assert seen == [["checkpoints", "stage.json"]]  # same fingerprint, unfinished: resumed, nothing removed
     assert run_cached("rm", lambda: seen.append(sorted(os.listdir(stage))), str(stage), "other", stale=True)
     assert seen[-1] == ["stage.json"]  # the pipeline's own earlier run: cleared
+
+
+def test_a_fingerprint_follows_the_content_of_files_the_config_names_outside_the_run(tmp_path, monkeypatch):
+    """A user's data file, model folder or constitution changed in place changes the fingerprint; files inside the
+    run (upstream outputs, covered by upstream fingerprints) do not; without outside inputs it is the config's alone."""
+    from dataclasses import dataclass, field
+
+    from rlhfkit.demo import pipeline
+    from rlhfkit.demo.pipeline import fingerprint, named_inputs
+
+    @dataclass
+    class Cfg:
+        data: str = ""
+        model: str = ""
+        extra: list = field(default_factory=list)
+
+    run, user = tmp_path / "run", tmp_path / "user"
+    (run / "world").mkdir(parents=True)
+    (user / "model").mkdir(parents=True)
+    (user / "pairs.jsonl").write_text('{"prompt": "a"}\n')
+    (user / "model" / "weights").write_bytes(b"\x00" * 10)
+    (run / "world" / "sft.jsonl").write_text("x\n")
+    cfg = Cfg(data=str(user / "pairs.jsonl"), model=str(user / "model"), extra=[str(run / "world" / "sft.jsonl"), "cpu"])
+    fp = fingerprint(cfg, run_dir=str(run))
+    assert set(named_inputs(cfg, str(run))) == {str(user / "pairs.jsonl"), str(user / "model")}
+    assert fingerprint(cfg, run_dir=str(run)) == fp  # nothing changed
+    (run / "world" / "sft.jsonl").write_text("y\n")  # an upstream output: its stage's fingerprint covers it
+    assert fingerprint(cfg, run_dir=str(run)) == fp
+    (user / "pairs.jsonl").write_text('{"prompt": "b"}\n')  # same path, same size, new content
+    fp_data = fingerprint(cfg, run_dir=str(run))
+    assert fp_data != fp
+    (user / "model" / "weights").write_bytes(b"\x01" * 10)  # a model retrained in place
+    assert fingerprint(cfg, run_dir=str(run)) != fp_data
+    monkeypatch.setattr(pipeline, "BIG_FILE", 4)  # big files: size and modification time, not content
+    big = fingerprint(cfg, run_dir=str(run))
+    os.utime(user / "model" / "weights", ns=(1, 1))
+    assert fingerprint(cfg, run_dir=str(run)) != big
+    # no outside inputs: the same fingerprint as before inputs were digested (the config, upstream and code alone)
+    inside = Cfg(data=str(run / "world" / "sft.jsonl"))
+    assert fingerprint(inside, ["u"], "c", run_dir=str(run)) == fingerprint(inside, ["u"], "c")
+
+
+def test_code_version_covers_the_yaml_a_package_ships(tmp_path, monkeypatch):
+    """The world's constitution (a .yaml beside its code) is part of the code version of the stages that read it."""
+    import importlib
+    import sys
+
+    from rlhfkit.demo.pipeline import code_version
+
+    pkg = tmp_path / "fakepkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "constitution.yaml").write_text("principles: [a]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    before = code_version(["fakepkg"])
+    (pkg / "constitution.yaml").write_text("principles: [b]\n")
+    assert code_version(["fakepkg"]) != before
+    sys.modules.pop("fakepkg", None)

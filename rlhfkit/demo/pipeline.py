@@ -206,24 +206,79 @@ def manifest(cfg: Config) -> dict:
 
 
 def code_version(modules: Sequence[str]) -> str:
-    """Hash of the source of `modules` (a package: every .py file in it) and of the library they run on:
-    a cached stage reruns when the code that made it changed, not only its config."""
+    """Hash of the source of `modules` (a package: every .py file in it, and the .yaml files it ships and reads, such
+    as the world's constitution) and of the library they run on: a cached stage reruns when the code that made it
+    changed, not only its config."""
     import importlib
 
     h = hashlib.sha256()
     for name in (*modules, "rlhfkit.losses", "rlhfkit.rl", "rlhfkit.rollout", "rlhfkit.models", "rlhfkit.data"):
         mod = importlib.import_module(name)
         root = os.path.dirname(mod.__file__) if mod.__file__.endswith("__init__.py") else None
-        paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if f.endswith(".py")) if root else [mod.__file__]
+        paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs
+                       if f.endswith((".py", ".yaml"))) if root else [mod.__file__]
         for path in paths:
             with open(path, "rb") as f:
                 h.update(f.read())
     return h.hexdigest()[:16]
 
 
-def fingerprint(cfg: Any, upstream: Sequence[str] = (), code: str = "") -> str:
-    """A stage's identity: its resolved config, its code version and the fingerprints of the stages it reads."""
-    blob = json.dumps({"cfg": to_dict(cfg), "after": list(upstream), "code": code}, sort_keys=True, default=str)
+BIG_FILE = 64 << 20  # files above this (model weights) are identified by size and modification time, not read
+
+
+def _file_digest(path: str) -> str:
+    st = os.stat(path)
+    if st.st_size > BIG_FILE:
+        return f"size={st.st_size} mtime_ns={st.st_mtime_ns}"
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def named_inputs(cfg: Any, run_dir: str) -> dict[str, str]:
+    """Digests of the files and folders a config names outside `run_dir` (a user's data, model, constitution): a
+    cached stage reruns when what it reads changed in place, not only when its path did. What lies inside `run_dir`
+    is the output of upstream stages, whose fingerprints already stand for it. A file up to BIG_FILE is digested
+    by content, a larger one by size and modification time; a folder by every file in it."""
+    run = os.path.realpath(run_dir)
+    strings: list[str] = []
+
+    def walk(x: Any) -> None:
+        if isinstance(x, str):
+            strings.append(x)
+        elif isinstance(x, dict):
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                walk(v)
+
+    walk(to_dict(cfg))
+    out: dict[str, str] = {}
+    for s in dict.fromkeys(strings):
+        if not s or not os.path.exists(s):
+            continue
+        path = os.path.realpath(s)
+        # inside the run (upstream outputs), or the run's own parents, or the working folder: not an input to digest
+        if os.path.commonpath([path, run]) in (run, path) or path == os.path.realpath(os.getcwd()):
+            continue
+        if os.path.isfile(path):
+            out[s] = _file_digest(path)
+        else:
+            files = sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs)
+            h = hashlib.sha256()
+            for f in files:
+                h.update(f"{os.path.relpath(f, path)}\0{_file_digest(f)}\0".encode())
+            out[s] = h.hexdigest()
+    return out
+
+
+def fingerprint(cfg: Any, upstream: Sequence[str] = (), code: str = "", run_dir: str | None = None) -> str:
+    """A stage's identity: its resolved config, its code version, the fingerprints of the stages it reads and, given
+    the `run_dir` its upstream stages write to, the digests of the files the config names outside it (`named_inputs`)."""
+    parts: dict[str, Any] = {"cfg": to_dict(cfg), "after": list(upstream), "code": code}
+    if run_dir is not None and (inputs := named_inputs(cfg, run_dir)):
+        parts["inputs"] = inputs
+    blob = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -277,7 +332,7 @@ def main(cfg: Config) -> dict[str, str]:
     def identify(name: str) -> tuple[str, str, bool]:
         """(header, fingerprint, stale) of a stage whose inputs are settled."""
         after = [a for a in PLAN[name].inputs if a in enabled]
-        fp = prints[name] = fingerprint(cfg.stage(name), [prints[a] for a in after], code_version(PLAN[name].code))
+        fp = prints[name] = fingerprint(cfg.stage(name), [prints[a] for a in after], code_version(PLAN[name].code), cfg.out_dir)
         stale = name in cfg.force or any(a in ran for a in after)  # forced, or an input was just rebuilt
         return f"[pipeline {enabled.index(name) + 1}/{len(enabled)} +{time.time() - t0:5.0f}s] {name}", fp, stale
 

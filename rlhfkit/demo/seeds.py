@@ -75,7 +75,7 @@ def main(cfg: Config) -> dict:
     # 1. One training run per seed, cached.
     runs = [stage_config(cfg, s) for s in cfg.seeds]
     for i, (seed, scfg) in enumerate(zip(cfg.seeds, runs), 1):
-        prints.append(fingerprint(scfg))
+        prints.append(fingerprint(scfg, run_dir=cfg.out_dir))  # the user's data and model files by content
         head = f"[seeds {i}/{n} +{time.time() - t0:5.0f}s] {cfg.stage} seed {seed}"
         ran |= run_cached(head, lambda scfg=scfg: train(scfg), scfg.out_dir, prints[-1])
 
@@ -87,7 +87,7 @@ def main(cfg: Config) -> dict:
         reward_model=cfg.eval.reward_model or stage_reward_model(runs[0]))
     ecfg.resolve()
     run_cached(f"[seeds {n}/{n} +{time.time() - t0:5.0f}s] eval", lambda: eval_stage.main(ecfg), ecfg.out_dir,
-               fingerprint(ecfg, prints), stale=ran)
+               fingerprint(ecfg, prints, run_dir=cfg.out_dir), stale=ran)
 
     # 3. Per-seed rows and their spread.
     with open(os.path.join(ecfg.out_dir, "metrics.json")) as f:
