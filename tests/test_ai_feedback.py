@@ -92,6 +92,8 @@ def test_the_ai_path_is_off_by_default():
     assert not {"judge", "ai_label", "rm_ai", "ppo_ai"} & set(default.enabled())
     on = parse_cli(pipeline.Config, ["--config=demo_ai"])
     assert [s for s in on.enabled() if s in ("judge", "ai_label", "rm_ai", "ppo_ai")] == ["judge", "ai_label", "rm_ai", "ppo_ai"]
+    assert on.ppo_cai.policy.endswith("sft_cai/model") and on.ppo_cai.reward_model.endswith("rm_cai/model")
+    assert on.rm_cai.model.endswith("sft_cai/model") and on.rm_cai.data.endswith("cai_label/pairs.jsonl")
     assert on.ppo_ai.reward_model.endswith("rm_ai/model") and on.rm_ai.data.endswith("ai_label/pairs.jsonl")
     assert "ppo_ai" in on.eval.names and "ppo_ai" not in default.eval.names
 
@@ -131,10 +133,12 @@ def test_pipeline_ai_path_end_to_end(tmp_path):
           "--rm_ai.eval_every=10", *(f"--ppo_ai.{a[2:]}" for a in PPO), "--cai_critic.chains=60", "--cai_critic.sft_demos=20",
           "--cai_critic.sft.epochs=1", "--cai_critic.sft.batch_size=16", "--cai_critic.sft.eval_every=5",
           "--cai.cai.max_new_tokens=16", "--sft_cai.sft_demos=20", "--sft_cai.sft.epochs=1", "--sft_cai.sft.batch_size=16",
-          "--sft_cai.sft.eval_every=5")
+          "--sft_cai.sft.eval_every=5", "--cai_label.max_new_tokens=16", "--rm_cai.epochs=1", "--rm_cai.eval_every=10",
+          *(f"--ppo_cai.{a[2:]}" for a in PPO))
     proc = rlhfkit("pipeline", f"--out_dir={out}", *TINY, *ai)
     ran = statuses(proc.stdout)
-    ai_stages = ["judge", "ai_label", "rm_ai", "ppo_ai", "sft_helpful", "cai_critic", "cai", "sft_cai"]
+    ai_stages = ["judge", "ai_label", "rm_ai", "ppo_ai", "sft_helpful", "cai_critic", "cai", "sft_cai", "cai_label", "rm_cai",
+                 "ppo_cai"]
     assert [s for s in ran if s in ai_stages] == ai_stages
     assert set(ran.values()) == {"running"}
     origins = [json.loads(line)["origin"] for line in open(out / "judge" / "reviews_meta.jsonl")]
@@ -151,7 +155,21 @@ def test_pipeline_ai_path_end_to_end(tmp_path):
     assert q["ai_pairs"] > 0 and q["judge_labels_per_second"] > 0 and q["panel_labels_per_second"] > 0
     assert q["agreement_with_panel_majority"] is None or 0 <= q["agreement_with_panel_majority"] <= 1
     evaluated = json.loads((out / "eval" / "metrics.json").read_text())
-    assert all("gold_winrate" in evaluated[p] for p in ("ppo_ai", "ppo", "sft_helpful", "sft_cai"))
+    assert all("gold_winrate" in evaluated[p] for p in ("ppo_ai", "ppo", "sft_helpful", "sft_cai", "ppo_cai"))
+    # RL-CAI's data: the judge's labels of sft_cai's red-team samples under harmlessness principles, and the panel's
+    # pairs of every other family
+    with sqlite3.connect(out / "cai_label" / "feedback.db") as con:
+        principles = {p for (p,) in con.execute("SELECT principle FROM judgements WHERE source = 'ai'")}
+    assert principles and principles <= {"harmless", "not_evasive"}
+    mixed = [json.loads(line) for line in open(out / "cai_label" / "pairs.jsonl")]
+    ai_fams = {p["meta"].get("family") for p in mixed if p["source"] == "ai"}
+    panel_fams = {p["meta"]["family"] for p in mixed if p["source"] == "simulated"}
+    assert {p["source"] for p in mixed} == {"ai", "simulated"} and not panel_fams & {"harmful", "benign"}
+    queue = [json.loads(line) for line in open(out / "cai_label" / "queue.jsonl")]
+    assert {q["family"] for q in queue} <= {"harmful", "benign"} and all(q["policy"].endswith("sft_cai/model") for q in queue)
+    cm = json.loads((out / "cai_label" / "cai_label_metrics.json").read_text())
+    assert cm["ai_pairs"] > 0 and cm["panel_pairs"] == len(mixed) - cm["ai_pairs"]
+    assert ai_fams  # the exported AI pairs carry their item's family where the queue gave one
     cai = json.loads((out / "cai" / "cai_metrics.json").read_text())
     assert cai["prompts"] > 0 and abs(sum(cai["revision_vs_original"]["all"][k] for k in ("win", "tie", "loss")) - 1) < 1e-9
     report = (out / "report" / "report.html").read_text()

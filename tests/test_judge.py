@@ -201,6 +201,14 @@ def test_rlhfkit_judge_labels_the_queue_into_the_store_end_to_end(sharp_model, t
     proc = rlhfkit("judge", f"model={model}", f"db={db}", f"constitution={bad}", check=False)
     assert proc.returncode == 2 and f"{bad}: field 'principles'" in proc.stderr and "Traceback" not in proc.stderr
 
+    # principles=: every pair under one of the named principles (a second annotator name, so all are judged anew)
+    names = sorted(p.name for p in C.principles)[:1]
+    rlhfkit(*args, "name=only-one", f"principles={json.dumps(names)}")
+    only = FeedbackStore(str(db)).judgements("ai")[4:]  # the second annotator's four
+    assert len(only) == 4 and {r.principle for r in only} == set(names)
+    proc = rlhfkit(*args, "name=unknown", "principles=[no_such_principle]", check=False)
+    assert proc.returncode == 2 and "no principle named 'no_such_principle'" in proc.stderr and "Traceback" not in proc.stderr
+
 
 def test_label_stats_report_the_ai_judges_agreement_with_people_apart_from_theirs(tmp_path):
     store = FeedbackStore(str(tmp_path / "f.db"))

@@ -1,5 +1,8 @@
 """The demo's AI-feedback path (RLAIF): a judge model trained on the world's reviews labels the same
 queue the simulated panel labelled; its labels train a reward model and PPO beside the panel's.
+`cai_label` (label_cai) is Constitutional AI's RL-stage data: the same judge compares the CAI-SL
+policy's samples to red-team prompts under harmlessness principles, mixed with the panel's pairs of
+the other families; `rm_cai` / `ppo_cai` (generic `rm` and `ppo`) train on them from the CAI-SL policy.
 
 Two pipeline stages live here (`rlhfkit pipeline --config=demo_ai`; the AI reward model and PPO are the
 generic `rm` and `ppo` stages, `rm_ai` and `ppo_ai`):
@@ -151,6 +154,79 @@ def label(cfg: LabelConfig) -> dict:
     print(f"[ai_label] held out: judge accuracy {h.get('judge_accuracy')} (one order {h.get('judge_accuracy_one_order')}), "
           f"panel {h.get('panel_accuracy')}, consistency {h.get('position_consistency')}; queue: agreement with the panel "
           f"majority {metrics['queue']['agreement_with_panel_majority']}", flush=True)
+    return metrics
+
+
+@dataclass
+class CAILabelConfig:
+    out_dir: str = "runs/cai_label"  # queue.jsonl, feedback.db, ai_pairs.jsonl, pairs.jsonl, cai_label_metrics.json
+    seed: int = 0  # sampling and principle draws
+    judge: str = "runs/judge/model"  # the AI feedback model: the world's judge
+    policy: str = "runs/sft_cai/model"  # whose samples the judge compares: the CAI-SL policy
+    helpful_pairs: str = "runs/feedback/pairs.jsonl"  # the panel's pairs ("human" helpfulness labels), kept for the other families
+    families: list[str] = field(default_factory=lambda: ["harmful", "benign"])  # red-team prompts: AI-labelled
+    principles: list[str] = field(default_factory=lambda: ["harmless", "not_evasive"])  # drawn per AI comparison
+    num_samples: int = 4  # the policy's samples per red-team RL prompt, at temperature 1
+    max_new_tokens: int = 48
+    constitution: str = ""  # "": the world's
+    world: WorldConfig = field(default_factory=WorldConfig)
+    batch_size: int = 64
+    device: str = "auto"
+
+
+def label_cai(cfg: CAILabelConfig) -> dict:
+    """Constitutional AI's RL-stage data (Bai et al. 2022, sec. 4): the CAI-SL policy's samples to the red-team RL
+    prompts, compared by the AI judge under harmlessness principles (`rlhfkit judge principles=`), mixed with the
+    panel's pairs of every other family (the paper mixes AI harmlessness labels with human helpfulness labels) ->
+    `pairs.jsonl`, what `rm_cai` trains on. Then, with gold: the AI labels' accuracy per family."""
+    from rlhfkit.data.loaders import load_preferences
+    from rlhfkit.demo.feedback import first_of_each_item
+    from rlhfkit.models.load import load_causal_lm
+    from rlhfkit.rollout import sample_groups
+
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    world = build_world(cfg.world)
+    # 1. The queue: the policy's samples to the red-team RL prompts.
+    prompts = [p for p in world.prompts("rl") if p.family in cfg.families]
+    model, tok = load_causal_lm(cfg.policy, device=cfg.device)
+    groups = sample_groups(model, tok, [p.text for p in prompts], [cfg.num_samples] * len(prompts), [0] * len(prompts),
+                           max_new_tokens=cfg.max_new_tokens, temperature=1.0, batch_size=cfg.batch_size, seed=cfg.seed)
+    del model
+    rows = first_of_each_item([{"prompt": p.text, "responses": [g["response"] for g in group],
+                                "terminated": [g["terminated"] for g in group], "policy": cfg.policy, "family": p.family}
+                               for p, group in zip(prompts, groups)])
+    queue = os.path.join(cfg.out_dir, "queue.jsonl")
+    write_jsonl(queue, rows)
+    # 2. The judge labels it (texts only), under the harmlessness principles.
+    db = os.path.join(cfg.out_dir, "feedback.db")
+    if os.path.exists(db):
+        os.unlink(db)
+    ai_pairs = os.path.join(cfg.out_dir, "ai_pairs.jsonl")
+    stats = judge_stage.main(judge_stage.Config(
+        model=cfg.judge, db=f"sqlite:///{os.path.abspath(db)}", queue=queue, constitution=cfg.constitution or CONSTITUTION,
+        name=JUDGE_NAME, swap=True, margin_scale=0.0, out=ai_pairs, stats=os.path.join(cfg.out_dir, "judge_stats.json"),
+        batch_size=cfg.batch_size, seed=cfg.seed, device=cfg.device, principles=list(cfg.principles)))
+    # 3. Mix: the AI's red-team pairs and the panel's pairs of the other families.
+    with open(ai_pairs) as f:
+        mine = [line for line in f if line.strip()]
+    with open(cfg.helpful_pairs) as f:
+        panel = [line for line in f if line.strip() and json.loads(line).get("meta", {}).get("family") not in cfg.families]
+    with open(os.path.join(cfg.out_dir, "pairs.jsonl"), "w") as f:
+        f.writelines(mine + panel)
+    # 4. Measure, with gold: the AI labels against gold's order, per family.
+    terminated = {(r["prompt"], t): ok for r in rows for t, ok in zip(r["responses"], r["terminated"])}
+    right, fams = [], []
+    for c in load_preferences(ai_pairs):
+        gc, gr = (world.gold(c.prompt, t, terminated.get((c.prompt, t), True)).score for t in (c.chosen, c.rejected))
+        if abs(gc - gr) > MIN_GAP:
+            right.append(float(gc > gr))
+            fams.append(world.parse(c.prompt)[0])
+    metrics = {"queue_items": len(rows), "ai_pairs": len(mine), "panel_pairs": len(panel), "principles": list(cfg.principles),
+               "judge_accuracy": _acc(right), "judge_pairs_scored": len(right), "by_family": _grouped(fams, accuracy=right),
+               "position_consistency": stats.get("position_consistency"), "judge_labels_per_second": stats.get("labels_per_second")}
+    write_atomic(os.path.join(cfg.out_dir, "cai_label_metrics.json"), json.dumps(metrics, indent=2))
+    print(f"[cai_label] {len(mine)} AI pairs of {len(rows)} red-team items (judge right on {metrics['judge_accuracy']}) "
+          f"+ {len(panel)} panel pairs of the other families -> {cfg.out_dir}/pairs.jsonl", flush=True)
     return metrics
 
 

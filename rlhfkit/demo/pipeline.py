@@ -62,7 +62,7 @@ class Config:
     until: str | None = None  # stop after this stage (e.g. until=sft); None: run them all
     jobs: int = 1  # stages run at once when their inputs allow (e.g. RM beside DPO): >1 runs them in processes of their own, the CPU threads split among them, each logging to <out_dir>/logs/<stage>.log
     critic_free: bool = False  # also run RLOO and GRPO
-    ai_feedback: bool = False  # also the AI-feedback path: judge (trained on world reviews) -> ai_label -> rm_ai -> ppo_ai, and CAI-SL: sft_helpful -> cai_critic -> cai -> sft_cai
+    ai_feedback: bool = False  # also the AI-feedback path: judge (trained on world reviews) -> ai_label -> rm_ai -> ppo_ai; CAI-SL: sft_helpful -> cai_critic -> cai -> sft_cai; RL-CAI: cai_label -> rm_cai -> ppo_cai
     world: WorldConfig = field(default_factory=WorldConfig)  # the built-in world, shared by all stages
     prompt_repeats: dict[str, int] = field(default_factory=dict)  # PPO's prompts: world RL prompts of these families listed this many times
     pretrain: pretrain.Config = field(default_factory=pretrain.Config)  # stage settings (paths are wired)
@@ -82,6 +82,9 @@ class Config:
     cai_critic: cai_sl.CriticConfig = field(default_factory=cai_sl.CriticConfig)  # the world's critique chains + SFT of sft_helpful -> the critic
     cai: cai_sl.ReviseConfig = field(default_factory=cai_sl.ReviseConfig)  # `rlhfkit cai` with the critic on red-team RL prompts
     sft_cai: cai_sl.SFTCAIConfig = field(default_factory=cai_sl.SFTCAIConfig)  # CAI-SL: SFT on the revisions
+    cai_label: ai_path.CAILabelConfig = field(default_factory=ai_path.CAILabelConfig)  # CAI's RL data: the judge on sft_cai's red-team samples + the panel's other pairs
+    rm_cai: rm.Config = field(default_factory=lambda: rm.Config())  # CAI's preference model (from sft_cai)
+    ppo_cai: ppo.Config = field(default_factory=lambda: ppo.Config())  # RL-CAI: PPO from sft_cai on rm_cai
     eval: eval_stage.Config = field(default_factory=lambda: eval_stage.Config(policies=["<wired>"]))
     report: report.Config = field(default_factory=report.Config)  # HTML + Markdown report of the whole run
 
@@ -120,13 +123,17 @@ class Config:
         self.cai_critic.sft.model = self.sft_cai.sft.model = out("sft_helpful", "model")
         self.cai.model, self.cai.constitution, self.sft_cai.demos = out("cai_critic", "model"), self.cai_critic.constitution, out("cai", "demos.jsonl")
         self.cai.responder = out("sft_helpful", "model")
+        self.cai_label.world, self.cai_label.constitution = self.world, self.judge.constitution
+        self.cai_label.judge, self.cai_label.policy = out("judge", "model"), out("sft_cai", "model")
+        self.cai_label.helpful_pairs = out("feedback", "pairs.jsonl")
+        self.rm_cai.model, self.rm_cai.data = out("sft_cai", "model"), out("cai_label", "pairs.jsonl")
         self.pretrain.eval_prompts = files("eval_prompts.jsonl")
-        for name in ("ppo", "ppo_beta0", "ppo_ai", "dpo", "rloo", "grpo"):
+        for name in ("ppo", "ppo_beta0", "ppo_ai", "ppo_cai", "dpo", "rloo", "grpo"):
             stage = self.stage(name)
-            stage.policy, stage.eval_prompts = out("sft", "model"), files("eval_prompts.jsonl")
+            stage.policy, stage.eval_prompts = out("sft_cai" if name == "ppo_cai" else "sft", "model"), files("eval_prompts.jsonl")
             stage.evaluator, stage.evaluator_args = JUDGE, to_dict(self.world)
             if name != "dpo":
-                stage.reward_model = out("rm_ai" if name == "ppo_ai" else "rm", "model")
+                stage.reward_model = out({"ppo_ai": "rm_ai", "ppo_cai": "rm_cai"}.get(name, "rm"), "model")
                 stage.prompts = files("ppo_prompts.jsonl" if name.startswith("ppo") else "rl_prompts.jsonl")
         self.eval.world, self.eval.seed, self.eval.reward_model = self.world, self.seed, out("rm", "model")
         self.eval.names = ["base"] + [n for n in self.enabled() if PLAN[n].policy]
@@ -157,7 +164,7 @@ class Step:
     method: str
     inputs: tuple[str, ...] = ()
     policy: bool = False  # writes <out_dir>/model, a policy the eval judges
-    role: str = ""  # "control": the reward-hacking control (no KL penalty); "rlaif": PPO on the AI judge's preferences; "cai": SFT on constitutional revisions; "helpful_only": SFT without harmlessness (CAI's starting point)
+    role: str = ""  # "control": the reward-hacking control (no KL penalty); "rlaif": PPO on the AI judge's preferences; "cai": SFT on constitutional revisions; "helpful_only": SFT without harmlessness (CAI's starting point); "cai_rl": PPO from the CAI-SL policy on AI harmlessness labels
     optional: bool = False  # runs only with critic_free=true
     ai: bool = False  # runs only with ai_feedback=true
     code: tuple[str, ...] = ()  # modules whose source is part of the stage's fingerprint
@@ -190,11 +197,16 @@ PLAN: dict[str, Step] = {
                 code=("rlhfkit.stages.cai", "rlhfkit.feedback", "rlhfkit.world", "rlhfkit.demo.cai_sl")),
     "sft_cai": Step(lambda c: cai_sl.train_sft_cai(c.sft_cai), "sft", ("sft_helpful", "cai", "world"), policy=True, role="cai", ai=True,
                     code=("rlhfkit.stages.sft", "rlhfkit.demo.cai_sl")),
+    "cai_label": Step(lambda c: ai_path.label_cai(c.cai_label), "cai_label", ("judge", "sft_cai", "feedback", "world"), ai=True,
+                      code=("rlhfkit.demo.ai_feedback", "rlhfkit.stages.judge", "rlhfkit.feedback", "rlhfkit.world")),
+    "rm_cai": Step(lambda c: train_rm(c, c.rm_cai), "rm", ("sft_cai", "cai_label"), ai=True, code=("rlhfkit.stages.rm", "rlhfkit.demo.rm_eval")),
+    "ppo_cai": Step(lambda c: ppo.train(c.ppo_cai), "ppo", ("sft_cai", "rm_cai", "world"), policy=True, role="cai_rl", ai=True,
+                    code=("rlhfkit.stages.ppo",)),
     "eval": Step(lambda c: eval_stage.main(c.eval), "eval", ("pretrain", "sft", "rm", "ppo", "ppo_beta0", "dpo", "rloo", "grpo",
-                                                             "ppo_ai", "sft_helpful", "sft_cai"), code=("rlhfkit.demo.eval", "rlhfkit.world")),
+                                                             "ppo_ai", "sft_helpful", "sft_cai", "ppo_cai"), code=("rlhfkit.demo.eval", "rlhfkit.world")),
     "report": Step(lambda c: report.main(c.report), "report", ("world", "pretrain", "sft", "feedback", "rm", "ppo", "ppo_beta0",
                                                                 "dpo", "rloo", "grpo", "judge", "ai_label", "rm_ai", "ppo_ai", "sft_helpful", "cai_critic", "cai",
-                                                                "sft_cai", "eval"),
+                                                                "sft_cai", "cai_label", "rm_cai", "ppo_cai", "eval"),
                    code=("rlhfkit.demo.report",)),
 }
 

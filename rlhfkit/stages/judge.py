@@ -7,8 +7,9 @@ Any local Hugging Face causal LM labels the same queue items that people label i
 1. queue: a queue file (`rlhfkit sample` output) is loaded into the store first if
    given (as `rlhfkit label load`); then every queue item is judged;
 2. pairs: an item of K responses is judged as its K(K-1)/2 pairs (Bai et al. and
-   Lee et al. judge pairs); a principle of the constitution is drawn per pair,
-   seeded by `seed` and the pair;
+   Lee et al. judge pairs); a principle of the constitution (of `principles`, where
+   given: e.g. harmlessness only, for Constitutional AI's red-team comparisons) is
+   drawn per pair, seeded by `seed` and the pair;
 3. judge: batched forward passes in both orders (position-swap debiasing), an
    optional rationale first (`cot`); the label is P(a better than b);
 4. write: one pairwise judgement per pair, the choice being the side with P > 0.5
@@ -31,7 +32,7 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rlhfkit.feedback.constitution import load_constitution
 from rlhfkit.feedback.judge import Judge
@@ -56,6 +57,7 @@ class Config:
     batch_size: int = 16  # sequences per forward pass
     chunk: int = 256  # pairs judged between writes to the store
     seed: int = 0  # principle draws
+    principles: list[str] = field(default_factory=list)  # draw only these principles of the constitution (empty: all)
     device: str = "auto"  # auto | cpu | cuda
 
     def resolve(self) -> None:
@@ -76,6 +78,7 @@ def main(cfg: Config) -> dict:
 
     seed_everything(cfg.seed)
     constitution = load_constitution(cfg.constitution)  # a bad constitution fails before any model loads
+    pool = [constitution.principle(n) for n in cfg.principles] or constitution.principles  # an unknown name fails here
     store = FeedbackStore(cfg.db)
 
     # 1. The queue: load a file into the store if given, then every item (none already judged by this judge).
@@ -92,7 +95,7 @@ def main(cfg: Config) -> dict:
         for a, b in itertools.combinations(item.responses, 2):
             key = "ai:" + hashlib.sha256(json.dumps([name, cfg.seed, a.id, b.id]).encode()).hexdigest()[:48]
             if a.text != b.text and key not in done:
-                principle = constitution.sample(random.Random(f"{cfg.seed}:{a.id}:{b.id}"))
+                principle = pool[random.Random(f"{cfg.seed}:{a.id}:{b.id}").randrange(len(pool))]  # Constitution.sample's draw
                 todo.append((item, a, b, principle, key))
     print(f"[judge] {name}: {len(items)} queue items, {len(todo)} pairs to judge "
           f"({'both orders' if cfg.swap else 'one order'}{', chain of thought' if cfg.cot else ''})", flush=True)

@@ -10,7 +10,7 @@ import os
 from rlhfkit.demo.report.data import fmt, get_path, is_number, md_table
 from rlhfkit.demo.report.sections import Report, _kv, html_table, row_head, td
 
-AI_STAGES = ("judge", "ai_label", "rm_ai", "ppo_ai", "sft_helpful", "cai_critic", "cai", "sft_cai")
+AI_STAGES = ("judge", "ai_label", "rm_ai", "ppo_ai", "sft_helpful", "cai_critic", "cai", "sft_cai", "cai_label", "rm_cai", "ppo_cai")
 
 
 def _read_json(path: str) -> dict:
@@ -105,11 +105,12 @@ def _cai_table(r: Report) -> None:
     r.md.append("\n### Constitutional AI (supervised): final revision vs original answer, by gold\n\n"
                 + md_table(header, [[g] + [fmt(v.get(k), 0 if k == "prompts" else 3) for k in ("prompts", "win", "tie", "loss")]
                                     for g, v in groups.items()]))
-    policies = [p for p in (r.data.manifest.baseline, "sft_helpful", "sft_cai") if p in m]
+    policies = [p for p in (r.data.manifest.baseline, "sft_helpful", "sft_cai", "ppo_cai") if p in m]
     keys = (("refusal_rate_harmful", "refusal (harmful)"), ("fitting_refusal_rate", "refusal with a fitting reason"),
             ("over_refusal_benign", "over-refusal (benign)"), ("gold_winrate.mean", "gold win-rate vs baseline"))
     if r.data.manifest.baseline in policies and "sft_cai" in policies:
         rows = [[row_head(label)] + [td(fmt(get_path(m[p], k)), ("data-metric", f"{p}.{k}")) for p in policies] for k, label in keys]
-        r.html.append("<h3>CAI-SL policy (sft_cai) beside the baseline</h3>" + html_table("ai-cai-policy", ["", *policies], rows, "grid"))
-        r.md.append("\n### CAI-SL policy (sft_cai) beside the baseline\n\n"
+        r.html.append("<h3>CAI-SL policy (sft_cai) and RL-CAI (ppo_cai) beside the baseline</h3>"
+                      + html_table("ai-cai-policy", ["", *policies], rows, "grid"))
+        r.md.append("\n### CAI-SL policy (sft_cai) and RL-CAI (ppo_cai) beside the baseline\n\n"
                     + md_table(["", *policies], [[label] + [fmt(get_path(m[p], k)) for p in policies] for k, label in keys]))
