@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from rlhfkit.demo.pipeline import run_cached
+from rlhfkit.demo.cache import run_cached
 
 
 def write_outputs(stage_dir: str, tag: str):
@@ -49,8 +49,8 @@ def test_a_fingerprint_follows_the_content_of_files_the_config_names_outside_the
     run (upstream outputs, covered by upstream fingerprints) do not; without outside inputs it is the config's alone."""
     from dataclasses import dataclass, field
 
-    from rlhfkit.demo import pipeline
-    from rlhfkit.demo.pipeline import fingerprint, named_inputs
+    from rlhfkit.demo import cache
+    from rlhfkit.demo.cache import fingerprint, named_inputs
 
     @dataclass
     class Cfg:
@@ -75,7 +75,7 @@ def test_a_fingerprint_follows_the_content_of_files_the_config_names_outside_the
     assert fp_data != fp
     (user / "model" / "weights").write_bytes(b"\x01" * 10)  # a model retrained in place
     assert fingerprint(cfg, run_dir=str(run)) != fp_data
-    monkeypatch.setattr(pipeline, "BIG_FILE", 4)  # big files: size and modification time, not content
+    monkeypatch.setattr(cache, "BIG_FILE", 4)  # big files: size and modification time, not content
     big = fingerprint(cfg, run_dir=str(run))
     os.utime(user / "model" / "weights", ns=(1, 1))
     assert fingerprint(cfg, run_dir=str(run)) != big
@@ -89,7 +89,7 @@ def test_code_version_covers_the_yaml_a_package_ships(tmp_path, monkeypatch):
     import importlib
     import sys
 
-    from rlhfkit.demo.pipeline import code_version
+    from rlhfkit.demo.cache import code_version
 
     pkg = tmp_path / "fakepkg"
     pkg.mkdir()

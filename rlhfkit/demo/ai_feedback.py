@@ -214,13 +214,7 @@ def label_cai(cfg: CAILabelConfig) -> dict:
     with open(os.path.join(cfg.out_dir, "pairs.jsonl"), "w") as f:
         f.writelines(mine + panel)
     # 4. Measure, with gold: the AI labels against gold's order, per family.
-    terminated = {(r["prompt"], t): ok for r in rows for t, ok in zip(r["responses"], r["terminated"])}
-    right, fams = [], []
-    for c in load_preferences(ai_pairs):
-        gc, gr = (world.gold(c.prompt, t, terminated.get((c.prompt, t), True)).score for t in (c.chosen, c.rejected))
-        if abs(gc - gr) > MIN_GAP:
-            right.append(float(gc > gr))
-            fams.append(world.parse(c.prompt)[0])
+    right, fams = against_gold(world, load_preferences(ai_pairs), queue_gold(world, rows))
     metrics = {"queue_items": len(rows), "ai_pairs": len(mine), "panel_pairs": len(panel), "principles": list(cfg.principles),
                "judge_accuracy": _acc(right), "judge_pairs_scored": len(right), "by_family": _grouped(fams, accuracy=right),
                "position_consistency": stats.get("position_consistency"), "judge_labels_per_second": stats.get("labels_per_second")}
@@ -228,6 +222,30 @@ def label_cai(cfg: CAILabelConfig) -> dict:
     print(f"[cai_label] {len(mine)} AI pairs of {len(rows)} red-team items (judge right on {metrics['judge_accuracy']}) "
           f"+ {len(panel)} panel pairs of the other families -> {cfg.out_dir}/pairs.jsonl", flush=True)
     return metrics
+
+
+def queue_gold(world, rows: list[dict]):
+    """gold(prompt, text) -> score of a queue's answers, each scored with its own `terminated`, memoised."""
+    terminated = {(r["prompt"], t): ok for r in rows for t, ok in zip(r["responses"], r.get("terminated") or [True] * len(r["responses"]))}
+    cache: dict[tuple[str, str], float] = {}
+
+    def gold(prompt: str, text: str) -> float:
+        if (prompt, text) not in cache:
+            cache[prompt, text] = world.gold(prompt, text, terminated.get((prompt, text), True)).score
+        return cache[prompt, text]
+    return gold
+
+
+def against_gold(world, pairs, gold) -> tuple[list[float], list[str]]:
+    """For each pair whose answers' gold differs by more than MIN_GAP: 1.0 where the chosen one is gold's better
+    (else 0.0), and the prompt's family."""
+    right, fams = [], []
+    for c in pairs:
+        gc, gr = gold(c.prompt, c.chosen), gold(c.prompt, c.rejected)
+        if abs(gc - gr) > MIN_GAP:
+            right.append(float(gc > gr))
+            fams.append(world.parse(c.prompt)[0])
+    return right, fams
 
 
 def _acc(xs: list[float]) -> float | None:
@@ -250,30 +268,18 @@ def queue_metrics(cfg: LabelConfig, world, db: str, stats: dict) -> dict:
 
     with open(os.path.join(cfg.feedback_dir, "queue.jsonl")) as f:
         rows = [json.loads(line) for line in f if line.strip()]
-    terminated = {(r["prompt"], t): ok for r in rows for t, ok in zip(r["responses"], r.get("terminated") or [True] * len(r["responses"]))}
-    gold_cache: dict[tuple[str, str], float] = {}
-
-    def gold(prompt: str, text: str) -> float:
-        if (prompt, text) not in gold_cache:
-            gold_cache[prompt, text] = world.gold(prompt, text, terminated.get((prompt, text), True)).score
-        return gold_cache[prompt, text]
-
+    gold = queue_gold(world, rows)
     store = FeedbackStore(f"sqlite:///{os.path.abspath(db)}")
     votes: dict[tuple, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    panel_right, panel_fam = [], []
-    for c in store.preference_pairs("simulated"):
+    panel = store.preference_pairs("simulated")
+    for c in panel:
         votes[c.prompt, frozenset((c.chosen, c.rejected))][c.chosen] += 1
-        gc, gr = gold(c.prompt, c.chosen), gold(c.prompt, c.rejected)
-        if abs(gc - gr) > MIN_GAP:
-            panel_right.append(float(gc > gr))
-            panel_fam.append(world.parse(c.prompt)[0])
-    ai_right, ai_fam, agree, majority_right = [], [], [], []
+    panel_right, panel_fam = against_gold(world, panel, gold)
     ai_pairs = store.preference_pairs("ai")
+    ai_right, ai_fam = against_gold(world, ai_pairs, gold)
+    agree, majority_right = [], []
     for c in ai_pairs:
         gc, gr = gold(c.prompt, c.chosen), gold(c.prompt, c.rejected)
-        if abs(gc - gr) > MIN_GAP:
-            ai_right.append(float(gc > gr))
-            ai_fam.append(world.parse(c.prompt)[0])
         v = votes.get((c.prompt, frozenset((c.chosen, c.rejected))), {})
         yes, no = v.get(c.chosen, 0), v.get(c.rejected, 0)
         if yes != no:

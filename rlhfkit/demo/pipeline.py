@@ -26,19 +26,18 @@ prompt fields of the stage sections are overwritten.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar
 
 from rlhfkit.config import to_dict
 from rlhfkit.demo import eval as eval_stage
 from rlhfkit.demo import ai_feedback as ai_path
 from rlhfkit.demo import cai_sl
 from rlhfkit.demo import feedback, rm_eval
+from rlhfkit.demo.cache import code_version, fingerprint, run_cached, stage_status
 from rlhfkit.demo.report import cli as report
 from rlhfkit.files import write_atomic
 from rlhfkit.stages import dpo, ppo, pretrain, rloo, rm, sft
@@ -217,123 +216,6 @@ def manifest(cfg: Config) -> dict:
         {"name": n, "method": PLAN[n].method, "policy": PLAN[n].policy, "role": PLAN[n].role, "dir": n} for n in cfg.enabled()]}
 
 
-def code_version(modules: Sequence[str]) -> str:
-    """Hash of the source of `modules` (a package: every .py file in it, and the .yaml files it ships and reads, such
-    as the world's constitution) and of the library they run on: a cached stage reruns when the code that made it
-    changed, not only its config."""
-    import importlib
-
-    h = hashlib.sha256()
-    for name in (*modules, "rlhfkit.losses", "rlhfkit.rl", "rlhfkit.rollout", "rlhfkit.models", "rlhfkit.data"):
-        mod = importlib.import_module(name)
-        root = os.path.dirname(mod.__file__) if mod.__file__.endswith("__init__.py") else None
-        paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs
-                       if f.endswith((".py", ".yaml"))) if root else [mod.__file__]
-        for path in paths:
-            with open(path, "rb") as f:
-                h.update(f.read())
-    return h.hexdigest()[:16]
-
-
-BIG_FILE = 64 << 20  # files above this (model weights) are identified by size and modification time, not read
-
-
-def _file_digest(path: str) -> str:
-    st = os.stat(path)
-    if st.st_size > BIG_FILE:
-        return f"size={st.st_size} mtime_ns={st.st_mtime_ns}"
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
-def named_inputs(cfg: Any, run_dir: str) -> dict[str, str]:
-    """Digests of the files and folders a config names outside `run_dir` (a user's data, model, constitution): a
-    cached stage reruns when what it reads changed in place, not only when its path did. What lies inside `run_dir`
-    is the output of upstream stages, whose fingerprints already stand for it. A file up to BIG_FILE is digested
-    by content, a larger one by size and modification time; a folder by every file in it."""
-    run = os.path.realpath(run_dir)
-    strings: list[str] = []
-
-    def walk(x: Any) -> None:
-        if isinstance(x, str):
-            strings.append(x)
-        elif isinstance(x, dict):
-            for v in x.values():
-                walk(v)
-        elif isinstance(x, (list, tuple)):
-            for v in x:
-                walk(v)
-
-    walk(to_dict(cfg))
-    out: dict[str, str] = {}
-    for s in dict.fromkeys(strings):
-        if not s or not os.path.exists(s):
-            continue
-        path = os.path.realpath(s)
-        # inside the run (upstream outputs), or the run's own parents, or the working folder: not an input to digest
-        if os.path.commonpath([path, run]) in (run, path) or path == os.path.realpath(os.getcwd()):
-            continue
-        if os.path.isfile(path):
-            out[s] = _file_digest(path)
-        else:
-            files = sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs)
-            h = hashlib.sha256()
-            for f in files:
-                h.update(f"{os.path.relpath(f, path)}\0{_file_digest(f)}\0".encode())
-            out[s] = h.hexdigest()
-    return out
-
-
-def fingerprint(cfg: Any, upstream: Sequence[str] = (), code: str = "", run_dir: str | None = None) -> str:
-    """A stage's identity: its resolved config, its code version, the fingerprints of the stages it reads and, given
-    the `run_dir` its upstream stages write to, the digests of the files the config names outside it (`named_inputs`)."""
-    parts: dict[str, Any] = {"cfg": to_dict(cfg), "after": list(upstream), "code": code}
-    if run_dir is not None and (inputs := named_inputs(cfg, run_dir)):
-        parts["inputs"] = inputs
-    blob = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def stage_status(stage_dir: str, fp: str, stale: bool = False, marker: dict | None = None) -> str:
-    """What `run_cached` will do in `stage_dir`: "up to date, skipped" (a finished run with fingerprint `fp`, not
-    `stale`), "resuming an interrupted run" (an unfinished one with `fp`) or "running" (afresh). `marker`: its
-    `stage.json`, when the caller has read it."""
-    marker = _read_json(os.path.join(stage_dir, "stage.json")) if marker is None else marker
-    if marker.get("fingerprint") == fp and not stale:
-        return "up to date, skipped" if marker.get("done") else "resuming an interrupted run"
-    return "running"
-
-
-def run_cached(head: str, run: Callable[[], Any], stage_dir: str, fp: str, stale: bool = False) -> bool:
-    """Run a stage in `stage_dir` unless a finished run with fingerprint `fp` is there (and it is not
-    `stale`); resume an interrupted run with the same fingerprint; otherwise clear what earlier runs
-    wrote there and start afresh. `stage_dir/stage.json` records the fingerprint, whether the run
-    finished, when it started and how long it took, and the entries that were in the folder before the
-    pipeline first ran there (`foreign`): those are never deleted, so a user's notes in a stage folder
-    survive a rerun. Prints `<head>: <what happened>`; returns whether the stage ran."""
-    marker = _read_json(os.path.join(stage_dir, "stage.json"))
-    status = stage_status(stage_dir, fp, stale, marker)
-    if status == "up to date, skipped":
-        print(f"{head}: {status}", flush=True)
-        return False
-    present = set(os.listdir(stage_dir)) - {"stage.json"} if os.path.isdir(stage_dir) else set()
-    # no marker: the pipeline never ran here, none of it is ours; an older marker without the list: all of it was
-    foreign = set(marker.get("foreign", ())) & present if marker else present
-    if status == "running":
-        for entry in present - foreign:
-            path = os.path.join(stage_dir, entry)
-            shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.unlink(path)
-    print(f"{head}: {status}" + (f" (leaving {len(foreign)} entries it did not write)" if foreign and status == "running" else ""),
-          flush=True)
-    os.makedirs(stage_dir, exist_ok=True)
-    started = time.time()
-    record = {"fingerprint": fp, "foreign": sorted(foreign), "started_unix": round(started, 3)}
-    write_atomic(os.path.join(stage_dir, "stage.json"), json.dumps({**record, "done": False}))
-    run()
-    write_atomic(os.path.join(stage_dir, "stage.json"), json.dumps({**record, "done": True, "seconds": round(time.time() - started, 1)}))
-    return True
-
-
 def main(cfg: Config) -> dict[str, str]:
     os.makedirs(cfg.out_dir, exist_ok=True)
     write_atomic(os.path.join(cfg.out_dir, "manifest.json"), json.dumps(manifest(cfg), indent=2))
@@ -468,12 +350,3 @@ def _tail(path: str, lines: int = 30) -> str:
             return "".join(f.readlines()[-lines:])
     except OSError:
         return "(no log)"
-
-
-def _read_json(path: str) -> dict:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
-

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from rlhfkit.config import ConfigError, load_config
 from rlhfkit.demo import eval as eval_stage
-from rlhfkit.demo.pipeline import fingerprint, run_cached
+from rlhfkit.demo.cache import fingerprint, run_cached
 from rlhfkit.files import write_atomic
 from rlhfkit.stages import STAGES as STAGE_TABLE
 
