@@ -43,6 +43,8 @@ def test_chains_are_for_red_team_training_prompts_with_the_ideal_revision(tiny_w
         assert c["critique"].startswith("Yes." if (c["family"], c["kind"]) in YES[c["principle"]] else "No.")
         if c["kind"] in ("complies", "refuses"):
             assert gold.flags["refused"] == (c["kind"] == "refuses")
+        if c["kind"] in ("complies", "harmful"):  # harmful instructions, to a harmful request or to a look-alike
+            assert complies(c["answer"]) and not gold.flags["refused"]
     first = {f: next(p for p in training.values() if p.family == f) for f in FAMILIES}
     assert {(c["family"], c["kind"]) for c in chains} == {(f, k) for f in FAMILIES for k in KINDS[f](tiny_world, first[f], random.Random(0))}
     assert {c["principle"] for c in chains} == set(PRINCIPLES)
@@ -59,28 +61,65 @@ def test_helpful_only_demos_comply_with_harm_and_are_the_sft_demos_otherwise(tin
 
 
 def test_demo_ai_critic_is_never_taught_a_prompt_cai_revises(tmp_path, monkeypatch):
-    """demo_ai's critic: chains of sft prompts only, and none with the text of an RL red-team prompt (the splits
-    share texts: the request templates x actions are few), so every prompt `cai` revises is new to the critic.
-    Without `unseen_revised` the same sft prompts would repeat revised texts (the check can fail)."""
+    """demo_ai's critic: chains of sft prompts and of the RL red-team texts held for it, none with the text of a
+    prompt `cai` revises (the splits share texts: the request templates x actions are few), so every prompt `cai`
+    revises is new to the critic. Without `unseen_revised` the sft prompts would repeat revised texts (the check
+    can fail)."""
     from rlhfkit.config import parse_cli
     from rlhfkit.demo import cai_sl, pipeline
 
     monkeypatch.setattr(cai_sl.sft, "train", lambda cfg: None)  # the chains, not the training
     cfg = parse_cli(pipeline.Config, ["--config=demo_ai", f"--out_dir={tmp_path}"])  # the default world (the tiny one repeats no text)
     critic = cfg.cai_critic
-    assert critic.splits == ["sft"] and critic.unseen_revised
+    assert critic.splits == ["sft", "rl"] and critic.unseen_revised and 0 < critic.rl_for_critic < 1
     world = build_world(critic.world)
-    revised = [p for p in world.prompts("rl") if p.family in FAMILIES]
+    revised = cai_sl.red_team(world, critic.rl_for_critic)[1]
     sources = {}
     for unseen in (True, False):
         critic.unseen_revised, critic.chains, critic.sft_demos = unseen, 200, 0
         cai_sl.train_critic(critic)
         sources[unseen] = [json.loads(line) for line in open(tmp_path / "cai_critic" / "chains_meta.jsonl")]
-    sft_ids = {p.id for p in world.prompts("sft")}
-    assert len(sources[True]) == 200 and all(c["source"] in sft_ids for c in sources[True])
+    training_ids = {p.id for s in ("sft", "rl") for p in world.prompts(s)}
+    assert len(sources[True]) == 200 and all(c["source"] in training_ids for c in sources[True])
     assert {c["question"] for c in sources[True]}.isdisjoint(p.text for p in revised)
     assert {c["family"] for c in sources[True]} == set(FAMILIES)
     assert not {c["question"] for c in sources[False]}.isdisjoint(p.text for p in revised)
+
+
+def test_rl_for_critic_parts_red_team_texts_between_the_critic_and_cai(tmp_path, monkeypatch):
+    """`cai_critic.rl_for_critic`: a share of the RL split's red-team texts is the critic's (chains of them, every
+    harmful topic of the RL split among them), `cai` revises only the rest; no text is on both sides, texts
+    that recur stay on one side, and 0 leaves every RL red-team prompt to `cai`."""
+    from rlhfkit.config import parse_cli
+    from rlhfkit.demo import cai_sl, pipeline
+
+    monkeypatch.setattr(cai_sl.sft, "train", lambda cfg: None)
+    class Stop(Exception):
+        pass
+
+    def stop(cfg):
+        raise Stop
+
+    monkeypatch.setattr(cai_sl.cai_stage, "main", stop)  # the prompts written, not the revising
+    cfg = parse_cli(pipeline.Config, ["--config=demo_ai", f"--out_dir={tmp_path}", "--cai_critic.rl_for_critic=0.5",
+                                      "--cai_critic.splits=[sft,rl]", "--cai_critic.chains=600", "--cai_critic.sft_demos=0"])
+    assert cfg.cai.held_for_critic == 0.5  # wired from the critic's section
+    world = build_world(cfg.world)
+    red = [p for p in world.prompts("rl") if p.family in FAMILIES]
+    critics, revised = cai_sl.red_team(world, 0.5)
+    assert sorted(p.id for p in critics + revised) == sorted(p.id for p in red) and critics and revised
+    assert {p.text for p in critics}.isdisjoint(p.text for p in revised)
+    assert cai_sl.red_team(world, 0.0) == ([], red)
+    cai_sl.train_critic(cfg.cai_critic)
+    chains = [json.loads(line) for line in open(tmp_path / "cai_critic" / "chains_meta.jsonl")]
+    asked = {c["question"] for c in chains}
+    assert asked.isdisjoint(p.text for p in revised)
+    topics = lambda ps: {p.meta["topic"] for p in ps if p.family == "harmful"}  # noqa: E731
+    assert topics(p for p in critics if p.text in asked) == topics(red)  # the topics the sft split lacks included
+    with pytest.raises(Stop):
+        cai_sl.revise(cfg.cai)
+    written = [json.loads(line)["prompt"] for line in open(tmp_path / "cai" / "prompts.jsonl")]
+    assert sorted(written) == sorted(p.text for p in revised for _ in range(cfg.cai.repeats))
 
 
 def test_chain_rows_are_the_turns_cai_gives_the_model_at_run_time(tiny_world, tiny_tok, tmp_path, monkeypatch):
@@ -184,8 +223,11 @@ def test_cai_sl_stages_run_with_demo_ai_only():
     on = parse_cli(pipeline.Config, ["--config=demo_ai", "--out_dir=r"])
     assert [s for s in on.enabled() if s in stages] == list(stages) and {"sft_helpful", "sft_cai"} <= set(on.eval.names)
     assert on.cai.model == "r/cai_critic/model" and on.sft_cai.demos == "r/cai/demos.jsonl"
-    # the paper's setting: the critic and the CAI-SL policy start from the helpful-only model, which is trained
-    # from the pretrained model exactly as the SFT model is (its own data and out_dir)
-    assert on.cai_critic.sft.model == on.sft_cai.sft.model == "r/sft_helpful/model"
-    assert on.sft_helpful.sft.model == on.sft.model == "r/pretrain/model" and on.sft_helpful.sft.data == "r/sft_helpful/data.jsonl"
-    assert replace(on.sft_helpful.sft, data=on.sft.data, out_dir=on.sft.out_dir) == on.sft
+    # the helpful-only policy answers, the critic (from the pretrained model) critiques and revises; the helpful-only
+    # policy is trained from the pretrained model exactly as the SFT model is, and so is the CAI-SL policy by default
+    # (their own data and out_dir)
+    assert on.cai.responder == "r/sft_helpful/model" and on.cai.helpful_answers and on.cai_critic.sft.model == "r/pretrain/model"
+    assert on.sft_helpful.sft.model == on.sft_cai.sft.model == on.sft.model == "r/pretrain/model"
+    assert on.sft_helpful.sft.data == "r/sft_helpful/data.jsonl" and on.sft_cai.sft.data == "r/sft_cai/data.jsonl"
+    for name in ("sft_helpful", "sft_cai"):
+        assert replace(on.stage(name).sft, data=on.sft.data, out_dir=on.sft.out_dir) == on.sft

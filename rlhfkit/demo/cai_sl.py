@@ -10,16 +10,19 @@ paper's setting: red-team prompts answered by a helpful-only model, revised into
   model's are.
 `cai_critic` (train_critic): the world's tiny model cannot critique and revise untaught, as its judge
   could not judge untaught. The world writes critique/revision chains for training prompts only
-  (rlhfkit.world.critiques: red-team prompts, answers of the kinds the world produces, a principle's
-  critique request, a critique naming what is wrong, the ideal revision), shown in the conversations
-  `rlhfkit cai` builds; the generic SFT stage fine-tunes the helpful-only model on them, mixed with
-  `sft_demos` of the helpful-only demonstrations so that its first answers stay the helpful-only
-  policy's -> the critic (`<out_dir>/model`). Only the critique and revision turns are trained
-  (assistant_turns=last: each chain is two rows), never the answer being critiqued. demo_ai writes the
-  chains for `sft` prompts only (`splits`) whose texts are not among the RL prompts the `cai` stage revises
-  (`unseen_revised`: the two splits draw from the same few templates x actions, so texts recur).
+  (rlhfkit.world.critiques: red-team prompts, answers of the kinds the world produces and the helpful-only
+  model gives, a principle's critique request, a critique naming what is wrong, the ideal revision), shown in
+  the conversations `rlhfkit cai` builds; the generic SFT stage fine-tunes the pretrained model on them -> the
+  critic (`<out_dir>/model`). Only the critique and revision turns are trained (assistant_turns=last: each
+  chain is two rows), never the answer being critiqued. demo_ai writes the chains for `sft` prompts and for
+  half of each topic's RL red-team texts (`rl_for_critic`, `red_team`: the sft split has 5 of the 10 harmful
+  topics, and a critic never taught a harm revises such requests into a look-alike's help), never for a text
+  the `cai` stage revises (`unseen_revised`: the two splits draw from the same few templates x actions, so
+  texts recur). The pretrained model, not the helpful-only one, is the critic's base: fine-tuned from the
+  helpful-only model, the critic revised 81% of harmful requests into refusals, from the pretrained model 95%
+  (docs/results.md); its first answers are not needed (`helpful_answers`).
 `cai` (revise): the library's `rlhfkit cai` with the critic on the RL split's red-team prompts (harmful
-  requests and their benign look-alikes; never eval prompts): the critic answers (as the helpful-only
+  requests and their benign look-alikes; never eval prompts) not held for the critic: the critic answers (as the helpful-only
   policy) or, with `helpful_answers`, the helpful-only model itself does (`cai responder=`: fine-tuning on
   chains moves the critic's own first answers away from the helpful-only model's); the critic critiques the
   answer under a principle drawn from `principles` and revises it, `revisions` rounds -> demos.jsonl
@@ -28,18 +31,20 @@ paper's setting: red-team prompts answered by a helpful-only model, revised into
   overall and per family), behaviour rates of the originals and the revisions (harmful compliance
   included), and how often the critique's "Yes."/"No." answers its principle's question as gold would
   (did the answer help with harm / refuse a harmless request?).
-`sft_cai` (train_sft_cai): the helpful-only model fine-tuned on the revisions, mixed with `sft_demos` of the
-  helpful demonstrations (the SFT demonstrations of every family but `harmful`) so that it keeps the other
-  families -> the CAI-SL policy, evaluated beside SFT and the helpful-only model by the `eval` stage.
+`sft_cai` (train_sft_cai): the pretrained model fine-tuned on the revisions plus `sft_demos` of the SFT
+  demonstrations of every family but `harmful` (with the SFT stage's defaults) -> the CAI-SL policy, evaluated
+  beside SFT and the helpful-only model by the `eval` stage: it is SFT with the people's harmful demonstrations
+  replaced by the critic's revisions.
 
-Departures from the paper: the critic learns critiquing from world-written chains (the paper's model is a
-helpful RLHF model prompted with few-shot critiques); the helpful-only model is SFT on demonstrations that
-comply (the paper's is RLHF on helpfulness preferences); SL-CAI fine-tunes the helpful-only model (the
-paper, the pretrained one) on the revisions plus helpful demonstrations (the paper, helpful samples of the model).
+Departures from the paper: the critic learns critiquing from world-written chains and is fine-tuned from the
+pretrained model (the paper's critic is a helpful RLHF model prompted with few-shot critiques); the helpful-only
+model is SFT on demonstrations that comply (the paper's is RLHF on helpfulness preferences); SL-CAI's helpful data
+are the SFT demonstrations (the paper, helpful samples of the model).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -56,6 +61,22 @@ from rlhfkit.world import WorldConfig, build_world
 from rlhfkit.world.critiques import FAMILIES, PRINCIPLES, helpful_only_demos, make_chains
 from rlhfkit.world.gold import complies
 from rlhfkit.world.reviews import CONSTITUTION
+
+
+def red_team(world, critic_share: float) -> tuple[list, list]:
+    """The RL split's red-team prompts (harmful requests and their benign look-alikes), parted by text: (the
+    critic's, those `cai` revises). Within each topic the distinct texts are ordered by hash and the first
+    `critic_share` of them (rounded) are the critic's: every topic on both sides, the same parting for every seed,
+    and a text that recurs on one side only."""
+    prompts = [p for p in world.prompts("rl") if p.family in FAMILIES]
+    texts: dict[tuple, set[str]] = {}
+    for p in prompts:
+        texts.setdefault((p.family, p.meta.get("topic")), set()).add(p.text)
+    held = set()
+    for group in texts.values():
+        ordered = sorted(group, key=lambda t: hashlib.sha256(t.encode()).hexdigest())
+        held.update(ordered[: round(critic_share * len(ordered))])
+    return [p for p in prompts if p.text in held], [p for p in prompts if p.text not in held]
 
 
 def _demos(world, n: int, seed: int, harmful: bool = True) -> list[dict]:
@@ -91,6 +112,7 @@ class CriticConfig:
     chains: int = 3000  # critique/revision chains the world writes (two SFT rows each)
     splits: list[str] = field(default_factory=lambda: ["sft", "rl"])  # the training splits whose red-team prompts they are for
     unseen_revised: bool = False  # no chain asks a question `cai` revises (an RL red-team prompt's text; sft and rl share texts)
+    rl_for_critic: float = 0.0  # this share of the RL red-team texts is the critic's (chains, with "rl" in splits), never revised by `cai`
     sft_demos: int = 2500  # helpful-only demonstrations mixed in (the critic still answers like the helpful-only model)
     constitution: str = ""  # "": the world's, rlhfkit/world/constitution.yaml
     sft: sft.Config = field(default_factory=sft.Config)  # how the critic is trained (the pipeline: from sft_helpful; paths wired)
@@ -100,6 +122,8 @@ class CriticConfig:
 
         if not self.splits or set(self.splits) - {"sft", "rl"}:
             raise ConfigError(f"'splits': chains are written for the training splits sft and/or rl only, got {self.splits}")
+        if not 0.0 <= self.rl_for_critic < 1.0:
+            raise ConfigError(f"'rl_for_critic': a share in [0, 1), got {self.rl_for_critic}")
         if self.sft.assistant_turns != "last":  # `all` would train the critiqued answer too, flaws and all
             raise ConfigError("'sft.assistant_turns': the critic trains on the last turn of each row (the critique "
                               "or the revision) only; leave it at 'last'")
@@ -108,7 +132,7 @@ class CriticConfig:
 def train_critic(cfg: CriticConfig) -> None:
     os.makedirs(cfg.out_dir, exist_ok=True)
     world = build_world(cfg.world)
-    revised = {p.text for p in world.prompts("rl") if p.family in FAMILIES} if cfg.unseen_revised else set()
+    revised = {p.text for p in red_team(world, cfg.rl_for_critic)[1]} if cfg.unseen_revised else set()
     pool = [p for s in cfg.splits for p in world.prompts(s) if p.family in FAMILIES and p.text not in revised]
     chains = make_chains(world, cfg.chains, cfg.seed, cfg.constitution or CONSTITUTION, prompts=pool)
     rows = [r for c in chains for r in c["rows"]] + _demos(world, cfg.sft_demos, cfg.seed)
@@ -128,6 +152,7 @@ class ReviseConfig:
     responder: str = "runs/sft_helpful/model"  # the helpful-only model (wired by the pipeline)
     world: WorldConfig = field(default_factory=WorldConfig)  # whose RL prompts are revised, and gold afterwards
     repeats: int = 1  # each red-team RL prompt this many times (independent samples)
+    held_for_critic: float = 0.0  # the share of RL red-team texts kept for the critic's chains, not revised (the pipeline: cai_critic.rl_for_critic)
     constitution: str = ""  # "": the world's
     principles: list[str] = field(default_factory=lambda: list(PRINCIPLES))  # drawn per prompt and round
     cai: cai_stage.Config = field(default_factory=lambda: cai_stage.Config(prompts="<wired>"))  # revisions, sampling (paths wired)
@@ -136,7 +161,7 @@ class ReviseConfig:
 def revise(cfg: ReviseConfig) -> dict:
     os.makedirs(cfg.out_dir, exist_ok=True)
     world = build_world(cfg.world)
-    prompts = [p for p in world.prompts("rl") if p.family in FAMILIES for _ in range(cfg.repeats)]
+    prompts = [p for p in red_team(world, cfg.held_for_critic)[1] for _ in range(cfg.repeats)]
     path = lambda name: os.path.join(cfg.out_dir, name)  # noqa: E731
     write_jsonl(path("prompts.jsonl"), ({"prompt": p.text, "family": p.family, "id": p.id} for p in prompts))
     # 1. The library's stage: texts in, chains out (nothing of gold).
@@ -172,7 +197,7 @@ def revision_metrics(world, prompts: list, chains: list[dict]) -> dict[str, Any]
     verdicts = []  # the first round's critique: does its Yes/No answer the principle's question as gold does?
     for p, c in zip(prompts, chains):
         r = c["rounds"][0]
-        truth = {"harmless": p.family == "harmful" and complies(c["initial"]),
+        truth = {"harmless": complies(c["initial"]),  # harmful instructions, to a harmful request or a look-alike
                  "not_evasive": p.family == "benign" and world.gold(p, c["initial"]).flags["refused"]}.get(r["principle"])
         said = r["critique"].split(".")[0].strip().lower()
         if truth is not None and said in ("yes", "no"):
@@ -209,7 +234,7 @@ class SFTCAIConfig:
     world: WorldConfig = field(default_factory=WorldConfig)
     demos: str = "runs/cai/demos.jsonl"  # (prompt, final revision) of the cai stage
     sft_demos: int = 1000  # helpful demonstrations mixed in (no harmful family), so the policy keeps the other families
-    sft: sft.Config = field(default_factory=sft.Config)  # fine-tunes the helpful-only model in the pipeline (paths wired)
+    sft: sft.Config = field(default_factory=sft.Config)  # fine-tunes the pretrained model in the pipeline (paths wired; defaults: as SFT)
 
 
 def train_sft_cai(cfg: SFTCAIConfig) -> None:

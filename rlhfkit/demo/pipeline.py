@@ -78,9 +78,9 @@ class Config:
     rm_ai: rm.Config = field(default_factory=lambda: rm.Config())  # reward model on the AI pairs
     ppo_ai: ppo.Config = field(default_factory=lambda: ppo.Config())  # RLAIF: PPO on rm_ai
     sft_helpful: cai_sl.HelpfulConfig = field(default_factory=cai_sl.HelpfulConfig)  # CAI's helpful-only policy (its `sft` copied from the `sft` section)
-    cai_critic: cai_sl.CriticConfig = field(default_factory=cai_sl.CriticConfig)  # the world's critique chains + SFT of sft_helpful -> the critic
+    cai_critic: cai_sl.CriticConfig = field(default_factory=cai_sl.CriticConfig)  # the world's critique chains + SFT of the pretrained model -> the critic
     cai: cai_sl.ReviseConfig = field(default_factory=cai_sl.ReviseConfig)  # `rlhfkit cai` with the critic on red-team RL prompts
-    sft_cai: cai_sl.SFTCAIConfig = field(default_factory=cai_sl.SFTCAIConfig)  # CAI-SL: SFT on the revisions
+    sft_cai: cai_sl.SFTCAIConfig = field(default_factory=cai_sl.SFTCAIConfig)  # CAI-SL: SFT of the pretrained model on the revisions + helpful demonstrations (its `sft` defaults: SFT's)
     cai_label: ai_path.CAILabelConfig = field(default_factory=ai_path.CAILabelConfig)  # CAI's RL data: the judge on sft_cai's red-team samples + the panel's other pairs
     rm_cai: rm.Config = field(default_factory=lambda: rm.Config())  # CAI's preference model (from sft_cai)
     ppo_cai: ppo.Config = field(default_factory=lambda: ppo.Config())  # RL-CAI: PPO from sft_cai on rm_cai
@@ -119,9 +119,9 @@ class Config:
         for name in ("sft_helpful", "cai_critic", "sft_cai"):
             section = self.stage(name).sft
             section.seed, section.data, section.out_dir = self.seed, out(name, "data.jsonl"), out(name)
-        self.cai_critic.sft.model = self.sft_cai.sft.model = out("sft_helpful", "model")
+        self.cai_critic.sft.model = self.sft_cai.sft.model = out("pretrain", "model")
         self.cai.model, self.cai.constitution, self.sft_cai.demos = out("cai_critic", "model"), self.cai_critic.constitution, out("cai", "demos.jsonl")
-        self.cai.responder = out("sft_helpful", "model")
+        self.cai.responder, self.cai.held_for_critic = out("sft_helpful", "model"), self.cai_critic.rl_for_critic
         self.cai_label.world, self.cai_label.constitution = self.world, self.judge.constitution
         self.cai_label.judge, self.cai_label.policy = out("judge", "model"), out("sft_cai", "model")
         self.cai_label.helpful_pairs = out("feedback", "pairs.jsonl")
@@ -190,11 +190,11 @@ PLAN: dict[str, Step] = {
                    code=("rlhfkit.stages.ppo",)),
     "sft_helpful": Step(lambda c: cai_sl.train_helpful(c.sft_helpful), "sft", ("pretrain", "world"), policy=True, role="helpful_only",
                         ai=True, code=("rlhfkit.stages.sft", "rlhfkit.world", "rlhfkit.demo.cai_sl")),
-    "cai_critic": Step(lambda c: cai_sl.train_critic(c.cai_critic), "cai_critic", ("sft_helpful", "world"), ai=True,
+    "cai_critic": Step(lambda c: cai_sl.train_critic(c.cai_critic), "cai_critic", ("pretrain", "world"), ai=True,
                        code=("rlhfkit.stages.sft", "rlhfkit.stages.cai", "rlhfkit.world", "rlhfkit.demo.cai_sl")),
-    "cai": Step(lambda c: cai_sl.revise(c.cai), "cai", ("cai_critic", "world"), ai=True,
+    "cai": Step(lambda c: cai_sl.revise(c.cai), "cai", ("cai_critic", "sft_helpful", "world"), ai=True,
                 code=("rlhfkit.stages.cai", "rlhfkit.feedback", "rlhfkit.world", "rlhfkit.demo.cai_sl")),
-    "sft_cai": Step(lambda c: cai_sl.train_sft_cai(c.sft_cai), "sft", ("sft_helpful", "cai", "world"), policy=True, role="cai", ai=True,
+    "sft_cai": Step(lambda c: cai_sl.train_sft_cai(c.sft_cai), "sft", ("pretrain", "cai", "world"), policy=True, role="cai", ai=True,
                     code=("rlhfkit.stages.sft", "rlhfkit.demo.cai_sl")),
     "cai_label": Step(lambda c: ai_path.label_cai(c.cai_label), "cai_label", ("judge", "sft_cai", "feedback", "world"), ai=True,
                       code=("rlhfkit.demo.ai_feedback", "rlhfkit.stages.judge", "rlhfkit.feedback", "rlhfkit.world")),

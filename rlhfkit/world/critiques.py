@@ -42,7 +42,7 @@ from rlhfkit.world.topics import BENIGN, HARMFUL, REFUSAL_OPENING, refusal
 FAMILIES = ("harmful", "benign")  # red-team prompts: harmful requests and their benign look-alikes
 PRINCIPLES = ("harmless", "not_evasive")  # the constitution's principles about them
 # principle -> the answers it says "Yes." to (its question asks whether this flaw is there)
-YES = {"harmless": {("harmful", "complies")}, "not_evasive": {("benign", "refuses")}}
+YES = {"harmless": {("harmful", "complies"), ("benign", "harmful")}, "not_evasive": {("benign", "refuses")}}
 
 
 def comply(rng: random.Random, topic: str) -> str:
@@ -63,7 +63,9 @@ def _other(rng: random.Random, topic: str):
 def _harmful(world: World, p: Prompt, rng: random.Random) -> dict[str, tuple[str, str]]:
     """kind -> (answer, critique after "Yes."/"No.") for a harmful request."""
     t, ideal = HARMFUL[p.meta["topic"]], world.ideal_response(p)
-    other = _other(rng, p.meta["topic"])
+    # another topic whose reason does not fit this request by gold (some topics' reasons fit each other's requests)
+    other = rng.choice([o for name, o in sorted(HARMFUL.items()) if name != p.meta["topic"]
+                        and world.gold(p, refusal(o)).score < 1.0 and world.gold(p, f"{REFUSAL_OPENING} {o.harm}").score < 1.0])
     compliant = comply(rng, p.meta["topic"])
     return {
         "ideal": (ideal, "It refuses, says why and offers a safe alternative."),
@@ -98,6 +100,8 @@ def _benign(world: World, p: Prompt, rng: random.Random) -> dict[str, tuple[str,
         "refuses": (rng.choice((refusal(other), f"{REFUSAL_OPENING} {other.harm}", REFUSAL_OPENING)),
                     "It refuses a harmless request."),
         "off_topic": (help_other, "It answers another request."),
+        # what a helpful-only model says to a look-alike: a harmful topic's instructions (revised to the help, not a refusal)
+        "harmful": (comply(rng, rng.choice(sorted(HARMFUL))), "It gives harmful instructions; the request itself is harmless."),
         "filler": (ideal + rng.choice(SIGN_OFFS), "It helps but adds filler."),
         "garbled": (_garbled(world, p, rng), "It is garbled."),
     }
