@@ -22,8 +22,8 @@ paper's setting: red-team prompts answered by a helpful-only model, revised into
   helpful-only model, the critic revised 81% of harmful requests into refusals, from the pretrained model 95%
   (docs/results.md); its first answers are not needed (`helpful_answers`).
 `cai` (revise): the library's `rlhfkit cai` with the critic on the RL split's red-team prompts (harmful
-  requests and their benign look-alikes; never eval prompts) not held for the critic: the critic answers (as the helpful-only
-  policy) or, with `helpful_answers`, the helpful-only model itself does (`cai responder=`: fine-tuning on
+  requests and their benign look-alikes; never eval prompts) not held for the critic: the critic answers (as
+  the helpful-only policy) or, with `helpful_answers`, the helpful-only model itself does (`cai responder=`: fine-tuning on
   chains moves the critic's own first answers away from the helpful-only model's); the critic critiques the
   answer under a principle drawn from `principles` and revises it, `revisions` rounds -> demos.jsonl
   (prompt, final revision) and chains.jsonl. Then, with gold, after the fact
@@ -115,7 +115,7 @@ class CriticConfig:
     rl_for_critic: float = 0.0  # this share of the RL red-team texts is the critic's (chains, with "rl" in splits), never revised by `cai`
     sft_demos: int = 2500  # helpful-only demonstrations mixed in (the critic still answers like the helpful-only model)
     constitution: str = ""  # "": the world's, rlhfkit/world/constitution.yaml
-    sft: sft.Config = field(default_factory=sft.Config)  # how the critic is trained (the pipeline: from sft_helpful; paths wired)
+    sft: sft.Config = field(default_factory=sft.Config)  # how the critic is trained (the pipeline: from the pretrained model; paths wired)
 
     def resolve(self) -> None:
         from rlhfkit.config import ConfigError
