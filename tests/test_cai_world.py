@@ -71,9 +71,9 @@ def test_demo_ai_critic_is_never_taught_a_prompt_cai_revises(tmp_path, monkeypat
     monkeypatch.setattr(cai_sl.sft, "train", lambda cfg: None)  # the chains, not the training
     cfg = parse_cli(pipeline.Config, ["--config=demo_ai", f"--out_dir={tmp_path}"])  # the default world (the tiny one repeats no text)
     critic = cfg.cai_critic
-    assert critic.splits == ["sft", "rl"] and critic.unseen_revised and 0 < critic.rl_for_critic < 1
+    assert critic.splits == critic.parted == ["sft", "rl"] and critic.unseen_revised and 0 < critic.critic_share < 1
     world = build_world(critic.world)
-    revised = cai_sl.red_team(world, critic.rl_for_critic)[1]
+    revised = cai_sl.red_team(world, critic.critic_share, critic.parted)[1]
     sources = {}
     for unseen in (True, False):
         critic.unseen_revised, critic.chains, critic.sft_demos = unseen, 200, 0
@@ -86,10 +86,10 @@ def test_demo_ai_critic_is_never_taught_a_prompt_cai_revises(tmp_path, monkeypat
     assert not {c["question"] for c in sources[False]}.isdisjoint(p.text for p in revised)
 
 
-def test_rl_for_critic_parts_red_team_texts_between_the_critic_and_cai(tmp_path, monkeypatch):
-    """`cai_critic.rl_for_critic`: a share of the RL split's red-team texts is the critic's (chains of them, every
-    harmful topic of the RL split among them), `cai` revises only the rest; no text is on both sides, texts
-    that recur stay on one side, and 0 leaves every RL red-team prompt to `cai`."""
+def test_critic_share_parts_red_team_texts_between_the_critic_and_cai(tmp_path, monkeypatch):
+    """`cai_critic.critic_share`: a share of each topic's red-team texts in the `parted` splits is the critic's
+    (chains of them, every harmful topic among them), `cai` revises only the rest; no text is on both sides, texts
+    that recur (in one split or both) stay on one side, and 0 leaves every red-team prompt to `cai`."""
     from rlhfkit.config import parse_cli
     from rlhfkit.demo import cai_sl, pipeline
 
@@ -101,21 +101,24 @@ def test_rl_for_critic_parts_red_team_texts_between_the_critic_and_cai(tmp_path,
         raise Stop
 
     monkeypatch.setattr(cai_sl.cai_stage, "main", stop)  # the prompts written, not the revising
-    cfg = parse_cli(pipeline.Config, ["--config=demo_ai", f"--out_dir={tmp_path}", "--cai_critic.rl_for_critic=0.5",
-                                      "--cai_critic.splits=[sft,rl]", "--cai_critic.chains=600", "--cai_critic.sft_demos=0"])
-    assert cfg.cai.held_for_critic == 0.5  # wired from the critic's section
+    cfg = parse_cli(pipeline.Config, ["--config=demo_ai", f"--out_dir={tmp_path}", "--cai_critic.critic_share=0.5",
+                                      "--cai_critic.parted=[sft,rl]", "--cai_critic.splits=[sft,rl]",
+                                      "--cai_critic.chains=600", "--cai_critic.sft_demos=0"])
+    assert cfg.cai.held_for_critic == 0.5 and cfg.cai.parted == ["sft", "rl"]  # wired from the critic's section
     world = build_world(cfg.world)
-    red = [p for p in world.prompts("rl") if p.family in FAMILIES]
-    critics, revised = cai_sl.red_team(world, 0.5)
+    red = [p for s in ("sft", "rl") for p in world.prompts(s) if p.family in FAMILIES]
+    critics, revised = cai_sl.red_team(world, 0.5, ["sft", "rl"])
     assert sorted(p.id for p in critics + revised) == sorted(p.id for p in red) and critics and revised
     assert {p.text for p in critics}.isdisjoint(p.text for p in revised)
-    assert cai_sl.red_team(world, 0.0) == ([], red)
+    assert cai_sl.red_team(world, 0.0, ["sft", "rl"]) == ([], red)
+    rl_only = cai_sl.red_team(world, 0.5)  # the default: the RL split's alone
+    assert {p.id for p in rl_only[0] + rl_only[1]} == {p.id for p in world.prompts("rl") if p.family in FAMILIES}
     cai_sl.train_critic(cfg.cai_critic)
     chains = [json.loads(line) for line in open(tmp_path / "cai_critic" / "chains_meta.jsonl")]
     asked = {c["question"] for c in chains}
     assert asked.isdisjoint(p.text for p in revised)
     topics = lambda ps: {p.meta["topic"] for p in ps if p.family == "harmful"}  # noqa: E731
-    assert topics(p for p in critics if p.text in asked) == topics(red)  # the topics the sft split lacks included
+    assert topics(p for p in critics if p.text in asked) == topics(red) == topics(revised)  # every topic on both sides
     with pytest.raises(Stop):
         cai_sl.revise(cfg.cai)
     written = [json.loads(line)["prompt"] for line in open(tmp_path / "cai" / "prompts.jsonl")]
@@ -231,3 +234,16 @@ def test_cai_sl_stages_run_with_demo_ai_only():
     assert on.sft_helpful.sft.data == "r/sft_helpful/data.jsonl" and on.sft_cai.sft.data == "r/sft_cai/data.jsonl"
     for name in ("sft_helpful", "sft_cai"):
         assert replace(on.stage(name).sft, data=on.sft.data, out_dir=on.sft.out_dir) == on.sft
+
+
+@pytest.mark.parametrize("override, name", [("--cai_critic.critic_share=1.0", "critic_share"),
+                                            ("--cai_critic.parted=[eval]", "parted"),
+                                            ("--cai_critic.splits=[sft,eval]", "splits")])
+def test_critic_section_rejects_eval_prompts_and_a_whole_share(tmp_path, override, name):
+    """The critic's chains and `cai`'s revisions are of training prompts only, and a critic share of 1 would leave
+    `cai` nothing: each fails at load time, naming the field."""
+    from rlhfkit.config import ConfigError, parse_cli
+    from rlhfkit.demo import pipeline
+
+    with pytest.raises(ConfigError, match=name):
+        parse_cli(pipeline.Config, ["--config=demo_ai", f"--out_dir={tmp_path}", override])

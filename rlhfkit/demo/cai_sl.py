@@ -14,15 +14,15 @@ paper's setting: red-team prompts answered by a helpful-only model, revised into
   model gives, a principle's critique request, a critique naming what is wrong, the ideal revision), shown in
   the conversations `rlhfkit cai` builds; the generic SFT stage fine-tunes the pretrained model on them -> the
   critic (`<out_dir>/model`). Only the critique and revision turns are trained (assistant_turns=last: each
-  chain is two rows), never the answer being critiqued. demo_ai writes the chains for `sft` prompts and for
-  half of each topic's RL red-team texts (`rl_for_critic`, `red_team`: the sft split has 5 of the 10 harmful
-  topics, and a critic never taught a harm revises such requests into a look-alike's help), never for a text
-  the `cai` stage revises (`unseen_revised`: the two splits draw from the same few templates x actions, so
-  texts recur). The pretrained model, not the helpful-only one, is the critic's base: fine-tuned from the
-  helpful-only model, the critic revised 81% of harmful requests into refusals, from the pretrained model 95%
-  (docs/results.md); its first answers are not needed (`helpful_answers`).
-`cai` (revise): the library's `rlhfkit cai` with the critic on the RL split's red-team prompts (harmful
-  requests and their benign look-alikes; never eval prompts) not held for the critic: the critic answers (as
+  chain is two rows), never the answer being critiqued. demo_ai parts the red-team texts of both training splits
+  (`parted`, `red_team`): half of each topic's texts are the critic's (`critic_share`: chains of them; a critic
+  never taught a harm revises such requests into a look-alike's help, and the sft split has 5 of the 10 harmful
+  topics), `cai` revises the other half, and no chain is for a text `cai` revises (`unseen_revised`: the splits
+  draw from the same few templates x actions, so texts recur). The pretrained model, not the helpful-only one, is
+  the critic's base: fine-tuned from the helpful-only model, the critic revised 81% of harmful requests into
+  refusals, from the pretrained model 95% (docs/results.md); its first answers are not needed (`helpful_answers`).
+`cai` (revise): the library's `rlhfkit cai` with the critic on the red-team prompts (harmful requests and
+  their benign look-alikes; never eval prompts) of the `parted` splits not held for the critic: the critic answers (as
   the helpful-only policy) or, with `helpful_answers`, the helpful-only model itself does (`cai responder=`: fine-tuning on
   chains moves the critic's own first answers away from the helpful-only model's); the critic critiques the
   answer under a principle drawn from `principles` and revises it, `revisions` rounds -> demos.jsonl
@@ -63,12 +63,12 @@ from rlhfkit.world.gold import complies
 from rlhfkit.world.reviews import CONSTITUTION
 
 
-def red_team(world, critic_share: float) -> tuple[list, list]:
-    """The RL split's red-team prompts (harmful requests and their benign look-alikes), parted by text: (the
-    critic's, those `cai` revises). Within each topic the distinct texts are ordered by hash and the first
-    `critic_share` of them (rounded) are the critic's: every topic on both sides, the same parting for every seed,
-    and a text that recurs on one side only."""
-    prompts = [p for p in world.prompts("rl") if p.family in FAMILIES]
+def red_team(world, critic_share: float, splits=("rl",)) -> tuple[list, list]:
+    """The red-team prompts (harmful requests and their benign look-alikes) of the training `splits`, parted by text:
+    (the critic's, those `cai` revises). Within each topic the distinct texts are ordered by hash and the first
+    `critic_share` of them (rounded) are the critic's: every topic of the splits on both sides, the same parting for
+    every seed, and a text that recurs (the splits share texts) on one side only."""
+    prompts = [p for s in splits for p in world.prompts(s) if p.family in FAMILIES]
     texts: dict[tuple, set[str]] = {}
     for p in prompts:
         texts.setdefault((p.family, p.meta.get("topic")), set()).add(p.text)
@@ -112,7 +112,8 @@ class CriticConfig:
     chains: int = 3000  # critique/revision chains the world writes (two SFT rows each)
     splits: list[str] = field(default_factory=lambda: ["sft", "rl"])  # the training splits whose red-team prompts they are for
     unseen_revised: bool = False  # no chain asks a question `cai` revises (an RL red-team prompt's text; sft and rl share texts)
-    rl_for_critic: float = 0.0  # this share of the RL red-team texts is the critic's (chains, with "rl" in splits), never revised by `cai`
+    parted: list[str] = field(default_factory=lambda: ["rl"])  # the splits whose red-team texts are parted: the critic's share, `cai` revises the rest
+    critic_share: float = 0.0  # this share of each topic's texts in `parted` is the critic's (chains, if its split is in `splits`), never revised
     sft_demos: int = 2500  # helpful-only demonstrations mixed in (the critic still answers like the helpful-only model)
     constitution: str = ""  # "": the world's, rlhfkit/world/constitution.yaml
     sft: sft.Config = field(default_factory=sft.Config)  # how the critic is trained (the pipeline: from the pretrained model; paths wired)
@@ -122,8 +123,10 @@ class CriticConfig:
 
         if not self.splits or set(self.splits) - {"sft", "rl"}:
             raise ConfigError(f"'splits': chains are written for the training splits sft and/or rl only, got {self.splits}")
-        if not 0.0 <= self.rl_for_critic < 1.0:
-            raise ConfigError(f"'rl_for_critic': a share in [0, 1), got {self.rl_for_critic}")
+        if not self.parted or set(self.parted) - {"sft", "rl"}:
+            raise ConfigError(f"'parted': `cai` revises red-team prompts of the training splits sft and/or rl only, got {self.parted}")
+        if not 0.0 <= self.critic_share < 1.0:
+            raise ConfigError(f"'critic_share': a share in [0, 1), got {self.critic_share}")
         if self.sft.assistant_turns != "last":  # `all` would train the critiqued answer too, flaws and all
             raise ConfigError("'sft.assistant_turns': the critic trains on the last turn of each row (the critique "
                               "or the revision) only; leave it at 'last'")
@@ -132,7 +135,7 @@ class CriticConfig:
 def train_critic(cfg: CriticConfig) -> None:
     os.makedirs(cfg.out_dir, exist_ok=True)
     world = build_world(cfg.world)
-    revised = {p.text for p in red_team(world, cfg.rl_for_critic)[1]} if cfg.unseen_revised else set()
+    revised = {p.text for p in red_team(world, cfg.critic_share, cfg.parted)[1]} if cfg.unseen_revised else set()
     pool = [p for s in cfg.splits for p in world.prompts(s) if p.family in FAMILIES and p.text not in revised]
     chains = make_chains(world, cfg.chains, cfg.seed, cfg.constitution or CONSTITUTION, prompts=pool)
     rows = [r for c in chains for r in c["rows"]] + _demos(world, cfg.sft_demos, cfg.seed)
@@ -152,7 +155,8 @@ class ReviseConfig:
     responder: str = "runs/sft_helpful/model"  # the helpful-only model (wired by the pipeline)
     world: WorldConfig = field(default_factory=WorldConfig)  # whose RL prompts are revised, and gold afterwards
     repeats: int = 1  # each red-team RL prompt this many times (independent samples)
-    held_for_critic: float = 0.0  # the share of RL red-team texts kept for the critic's chains, not revised (the pipeline: cai_critic.rl_for_critic)
+    parted: list[str] = field(default_factory=lambda: ["rl"])  # the splits whose red-team prompts it revises, less those held for the critic (the pipeline: cai_critic.parted)
+    held_for_critic: float = 0.0  # the share of each topic's red-team texts kept for the critic's chains, not revised (the pipeline: cai_critic.critic_share)
     constitution: str = ""  # "": the world's
     principles: list[str] = field(default_factory=lambda: list(PRINCIPLES))  # drawn per prompt and round
     cai: cai_stage.Config = field(default_factory=lambda: cai_stage.Config(prompts="<wired>"))  # revisions, sampling (paths wired)
@@ -161,7 +165,7 @@ class ReviseConfig:
 def revise(cfg: ReviseConfig) -> dict:
     os.makedirs(cfg.out_dir, exist_ok=True)
     world = build_world(cfg.world)
-    prompts = [p for p in red_team(world, cfg.held_for_critic)[1] for _ in range(cfg.repeats)]
+    prompts = [p for p in red_team(world, cfg.held_for_critic, cfg.parted)[1] for _ in range(cfg.repeats)]
     path = lambda name: os.path.join(cfg.out_dir, name)  # noqa: E731
     write_jsonl(path("prompts.jsonl"), ({"prompt": p.text, "family": p.family, "id": p.id} for p in prompts))
     # 1. The library's stage: texts in, chains out (nothing of gold).

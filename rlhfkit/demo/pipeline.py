@@ -121,7 +121,8 @@ class Config:
             section.seed, section.data, section.out_dir = self.seed, out(name, "data.jsonl"), out(name)
         self.cai_critic.sft.model = self.sft_cai.sft.model = out("pretrain", "model")
         self.cai.model, self.cai.constitution, self.sft_cai.demos = out("cai_critic", "model"), self.cai_critic.constitution, out("cai", "demos.jsonl")
-        self.cai.responder, self.cai.held_for_critic = out("sft_helpful", "model"), self.cai_critic.rl_for_critic
+        self.cai.responder, self.cai.held_for_critic = out("sft_helpful", "model"), self.cai_critic.critic_share
+        self.cai.parted = list(self.cai_critic.parted)
         self.cai_label.world, self.cai_label.constitution = self.world, self.judge.constitution
         self.cai_label.judge, self.cai_label.policy = out("judge", "model"), out("sft_cai", "model")
         self.cai_label.helpful_pairs = out("feedback", "pairs.jsonl")
