@@ -19,7 +19,8 @@ sequence), the issue's check of model-FLOPs utilisation at >= 128 tokens (run it
 
 Figures (from the stage's own metrics.jsonl, whose `time` counts from run.json's `started_unix`):
 - samples/s: sequences trained per second over steps 2..N (the first step's one-off costs are start-up);
-- train tok/s: non-padding tokens of those sequences per second (prompt + response; both sides of a pair);
+- train tok/s: non-padding tokens of those sequences per second (prompt + response; both sides of a pair,
+  though the RM computes a pair's prompt once: `rm --share_prompts`, so its tok/s and MFU count work saved);
 - gen tok/s: response tokens the online stages sampled, per second of their `time/generate`;
 - MFU: 6 x parameters x train tokens/s (plus 2 x parameters per token of every no-grad forward: the
   reference, the reward model, rollout scoring) over the fp32 matmul peak measured in this run (2 threads);

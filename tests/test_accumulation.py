@@ -58,7 +58,9 @@ def test_four_micro_batches_of_two_equal_one_batch_of_eight(tmp_path, stage, tin
     assert len(steps) >= 2
     for a, b in zip(steps, [r for r in rows_small if "train/loss" in r]):
         for key in ("train/loss", "train/grad_norm"):
-            assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-7), (a["step"], key)
+            # 2e-6: float rounding of other layouts (the RM packs a ranking's answers with its prompt once per
+            # micro-batch, so the packed rows differ) and the log's 6 digits
+            assert b[key] == pytest.approx(a[key], rel=2e-6, abs=1e-7), (a["step"], key)
     first, wa, wb = weights(str(base), stage == "rm") if stage != "pretrain" else None, weights(big, stage == "rm"), \
         weights(small, stage == "rm")
     for k in wa:

@@ -111,8 +111,11 @@ def test_two_ranks_end_with_the_same_weights(runs, stage):
     one, two = state_dict(f"{root}/{stage}/1/model"), state_dict(f"{root}/{stage}/2/model")
     assert one.keys() == two.keys()
     start = state_dict(f"{root}/{'pretrain' if stage == 'sft' else 'sft'}/1/model") if stage != "pretrain" else None
-    for k in one:  # (pretraining from scratch at lr 2e-3: 4.5e-6 at most; at 5e-3 Adam made rounding 1-3e-5)
-        assert torch.allclose(one[k], two[k], atol=1e-5), (k, (one[k] - two[k]).abs().max().item())
+    # (pretraining from scratch at lr 2e-3: 4.5e-6 at most; at 5e-3 Adam made rounding 1-3e-5. The RM packs each
+    # prompt once per rank's share, so one and two ranks round differently: 3e-5 at most seen)
+    tol = 1e-4 if stage == "rm" else 1e-5
+    for k in one:
+        assert torch.allclose(one[k], two[k], atol=tol), (k, (one[k] - two[k]).abs().max().item())
     if start is not None:  # the steps moved the weights far more than the tolerance
         assert max((one[k] - start[k]).abs().max().item() for k in one) > 5e-3, stage
 

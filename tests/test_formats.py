@@ -67,7 +67,7 @@ def read_rm(path, tok):
 
     pairs = load_preferences(path)
     ids_of = rm.render_all(tok, [[p] for p in pairs], None)  # as rm.train renders every answer, once
-    rows = [(ids_of[(p.prompt, p.chosen)], ids_of[(p.prompt, p.rejected)]) for p in pairs]
+    rows = [(ids_of[(p.prompt, p.chosen)][0], ids_of[(p.prompt, p.rejected)][0]) for p in pairs]
     margins = rm.pair_margins(pairs, None)  # None: no pair has one
     return rows, None if margins is None else margins.tolist()
 

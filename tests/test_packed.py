@@ -11,8 +11,8 @@ import torch
 from rlhfkit.data.chat import IGNORE_INDEX, pad_batch, sft_batch
 from rlhfkit.losses import lm_loss
 from rlhfkit.models.logprobs import response_logprobs, sequence_logprobs
-from rlhfkit.models.packed import pack, pack_rollout, packs
-from rlhfkit.models.reward import backbone_packs, response_values, row_scores, scalar_model_from_lm, sequence_scores
+from rlhfkit.models.packed import pack, pack_rollout, pack_shared, packs, shares_prompts
+from rlhfkit.models.reward import backbone_packs, backbone_shares, response_values, row_scores, scalar_model_from_lm, sequence_scores
 from rlhfkit.stages.sft import packed_sft_batch
 
 
@@ -138,3 +138,60 @@ def test_use_packing_asks_the_checks_only_when_packing_is_wanted_and_says_what_i
     assert lines == ["[sft] padding-free (packed) batches",
                      "[ppo] padded batches: a model's attention does not keep packed sequences apart",
                      "[dpo] padded batches"]
+
+
+def test_pack_shared_lays_each_prompt_once_with_its_answers_and_a_mask_that_keeps_them_apart():
+    # two answers to prompt [1, 2, 3], one to prompt [7, 8]; a sequence that is all prompt ([7, 8] alone)
+    rows, starts = [[1, 2, 3, 4, 5], [7, 8, 9], [1, 2, 3, 6], [7, 8]], [3, 2, 3, 2]
+    s = pack_shared(rows, starts, pad_id=0)
+    # segments [1 2 3 | 4 5 | 6] (6 columns) and [7 8 | 9] (3): rows of 6, first fit -> two rows
+    assert s.input_ids.tolist() == [[1, 2, 3, 4, 5, 6], [7, 8, 9, 0, 0, 0]]
+    assert s.position_ids.tolist() == [[0, 1, 2, 3, 4, 3], [0, 1, 2, 0, 0, 0]]  # the second answer restarts after the prompt
+    assert s.row.tolist() == [0, 1, 0, 1] and s.end.tolist() == [4, 2, 5, 1]  # [7, 8]'s last token is its prompt's
+    m = s.mask[0, 0].int().tolist()
+    assert m == [[1, 0, 0, 0, 0, 0],
+                 [1, 1, 0, 0, 0, 0],
+                 [1, 1, 1, 0, 0, 0],
+                 [1, 1, 1, 1, 0, 0],
+                 [1, 1, 1, 1, 1, 0],
+                 [1, 1, 1, 0, 0, 1]]  # the answer [6] sees the prompt and itself, not the answer [4, 5]
+    assert s.mask[1, 0, 3:].int().tolist() == [[0, 0, 0, 1, 0, 0], [0, 0, 0, 0, 1, 0], [0, 0, 0, 0, 0, 1]]  # the free tail: itself only
+    bias = s.additive_mask(torch.float32)
+    assert bias[0, 0, 5, 3] == torch.finfo(torch.float32).min and bias[0, 0, 5, 2] == 0
+
+
+def test_shared_prompt_scores_and_gradients_equal_the_packed_ones(tiny_model, tiny_tok):
+    """A ranking's answers scored with their prompt once give the scores (and the loss's gradients) they get each
+    with its own copy of the prompt; prompts cut differently (or different prompts) simply do not share."""
+    from rlhfkit.losses import bradley_terry_loss
+
+    rm = scalar_model(tiny_model, tiny_tok)
+    assert backbone_shares(rm)
+    g = torch.Generator().manual_seed(4)
+    prompts = [torch.randint(5, len(tiny_tok), (n,), generator=g).tolist() for n in (9, 6)]
+    answers = [torch.randint(5, len(tiny_tok), (n,), generator=g).tolist() for n in (4, 7, 3, 5, 6)]
+    rows = [prompts[0] + answers[0], prompts[0] + answers[1], prompts[0] + answers[2], prompts[1] + answers[3],
+            prompts[1] + answers[4], prompts[0][2:] + answers[3]]  # the last: a prompt cut from the left
+    starts = [9, 9, 9, 6, 6, 7]
+    grads = {}
+    for shared in (False, True):
+        rm.zero_grad()
+        scores = row_scores(rm, rows, tiny_tok.pad_token_id, normalized=False, packed=True,
+                            prompt_lens=starts if shared else None)
+        bradley_terry_loss(scores[[0, 0, 1, 3]], scores[[1, 2, 2, 5]])[0].backward()
+        grads[shared] = (scores.detach(), [p.grad.clone() for p in rm.parameters() if p.grad is not None])
+    # segments: prompt 0 with three answers (9 + 4 + 7 + 3 = 23 columns), prompt 1 with two (6 + 5 + 6 = 17), the
+    # cut prompt with its answer (7 + 5 = 12): 52 columns against 76 tokens, in rows of the longest segment
+    assert pack_shared(rows, starts, 0).input_ids.shape == (3, 23)
+    assert torch.allclose(grads[True][0], grads[False][0], atol=1e-4) and grads[False][0].std() > 0
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads[True][1], grads[False][1]))
+
+
+def test_shares_prompts_refuses_a_forward_that_ignores_the_mask(tiny_model):
+    backbone = tiny_model.model
+    assert shares_prompts(backbone, lambda ids, pos, mask: backbone(input_ids=ids, position_ids=pos, attention_mask=mask,
+                                                                    use_cache=False).last_hidden_state)
+    blind = torch.nn.Module()  # the mask dropped: the second answer attends to the first
+    blind.parameters = backbone.parameters
+    assert not shares_prompts(blind, lambda ids, pos, mask: backbone(input_ids=ids, position_ids=pos,
+                                                                     use_cache=False).last_hidden_state)

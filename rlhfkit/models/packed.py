@@ -109,6 +109,106 @@ def packs(model, forward: Callable[[torch.Tensor, torch.Tensor | None], torch.Te
     return ok
 
 
+@dataclass
+class Shared:
+    """`N` sequences packed with each prompt once (`pack_shared`): `R` rows of `C` columns and the mask that keeps
+    them apart."""
+
+    input_ids: torch.Tensor  # (R, C) long
+    position_ids: torch.Tensor  # (R, C) long: each sequence's tokens at the positions they have alone
+    mask: torch.Tensor  # (R, 1, C, C) bool: which columns each column attends to
+    row: torch.Tensor  # (N,) long: the row of each sequence
+    end: torch.Tensor  # (N,) long: the column of its last token
+
+    def last(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row, column) of each sequence's last token."""
+        return self.row, self.end
+
+    def additive_mask(self, dtype: torch.dtype) -> torch.Tensor:
+        """The mask as an attention bias (0 where attended, the dtype's minimum elsewhere): (R, 1, C, C)."""
+        return torch.zeros(self.mask.shape, dtype=dtype).masked_fill_(~self.mask, torch.finfo(dtype).min)
+
+
+def pack_shared(rows: Sequence[Sequence[int]], prompt_lens: Sequence[int], pad_id: int) -> Shared:
+    """Pack token-id lists whose first `prompt_lens[i]` tokens are a prompt, each distinct prompt once: a prompt's
+    segment is its tokens, then the rest of every sequence that begins with it, end to end. A rest attends to the
+    prompt and to itself causally, at the positions it has alone, so each sequence's outputs are those it gets
+    alone, up to float rounding (the answers in a ranking of K share one prompt: K - 1 copies of it are not
+    computed). Segments go into rows as long as the longest (first-fit decreasing, as `pack`)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, (r, n) in enumerate(zip(rows, prompt_lens)):
+        groups.setdefault(tuple(r[:n]), []).append(i)
+    segments = [(prompt, members, len(prompt) + sum(len(rows[i]) - len(prompt) for i in members))
+                for prompt, members in groups.items()]
+    capacity = max(n for _, _, n in segments)
+    free: list[int] = []
+    placed = []  # (row, start) of each segment
+    for prompt, members, n in sorted(segments, key=lambda s: -s[2]):
+        r = next((k for k, room in enumerate(free) if room >= n), None)
+        if r is None:
+            free.append(capacity)
+            r = len(free) - 1
+        placed.append((r, capacity - free[r], prompt, members))
+        free[r] -= n
+    R = len(free)
+    ids = torch.full((R, capacity), pad_id, dtype=torch.long)
+    pos = torch.zeros((R, capacity), dtype=torch.long)
+    seg = torch.full((R, capacity), -1, dtype=torch.long)  # the segment of each column (-1: free tail)
+    branch = torch.zeros((R, capacity), dtype=torch.long)  # 0: a prompt token; k: the k-th rest of its segment
+    row, end = [0] * len(rows), [0] * len(rows)
+    for k, (r, s, prompt, members) in enumerate(placed):
+        P = len(prompt)
+        ids[r, s : s + P], pos[r, s : s + P], seg[r, s : s + P] = torch.tensor(prompt, dtype=torch.long), torch.arange(P), k
+        c = s + P
+        for b, i in enumerate(members, 1):
+            rest = list(rows[i][P:])
+            ids[r, c : c + len(rest)] = torch.tensor(rest, dtype=torch.long)
+            pos[r, c : c + len(rest)], seg[r, c : c + len(rest)], branch[r, c : c + len(rest)] = torch.arange(P, P + len(rest)), k, b
+            row[i], end[i] = r, (c + len(rest) - 1) if rest else (s + P - 1)
+            c += len(rest)
+    same = (seg[:, :, None] == seg[:, None, :]) & (seg[:, :, None] >= 0)  # (R, query, key)
+    own = (branch[:, None, :] == 0) | (branch[:, None, :] == branch[:, :, None])
+    mask = (same & own & (pos[:, None, :] <= pos[:, :, None])) | torch.eye(capacity, dtype=torch.bool)
+    return Shared(ids, pos, mask[:, None], torch.tensor(row), torch.tensor(end))
+
+
+def shares_prompts(model, forward: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> bool:
+    """Whether `model` honours `pack_shared`'s mask: two sequences with one prompt, packed with it once, give the
+    outputs they give alone at their last tokens (the tolerance of `packs`). Checked once per model (kept on it).
+    `forward(input_ids (R, C), position_ids (R, C), additive mask (R, 1, C, C)) -> (R, C, ...)`."""
+    known = getattr(model, "_rlhfkit_shares", None)
+    if known is not None:
+        return known
+    param = next(model.parameters())
+    vocab = model.get_input_embeddings().weight.shape[0] if hasattr(model, "get_input_embeddings") else 100
+    g = torch.Generator().manual_seed(1)
+    prompt, x, y = (torch.randint(0, min(vocab, 1000), (n,), generator=g).tolist() for n in (6, 4, 3))
+    rows = [prompt + x, prompt + y]
+    training = getattr(model, "training", None)
+    model.eval()
+    try:
+        with torch.no_grad():
+            alone = [forward(torch.tensor([r], device=param.device), torch.arange(len(r), device=param.device)[None],
+                             None)[0, -1].float() for r in rows]
+            s = pack_shared(rows, [6, 6], 0)
+            out = forward(s.input_ids.to(param.device), s.position_ids.to(param.device),
+                          s.additive_mask(param.dtype).to(param.device))
+            both = [out[r, c].float() for r, c in zip(s.row.tolist(), s.end.tolist())]
+        scale = 1 + max(t.abs().max().item() for t in alone)
+        tol = (1e-3 if param.dtype == torch.float32 else 3e-2) * scale
+        ok = all(bool((a - b).abs().max() <= tol) for a, b in zip(alone, both))
+    except (TypeError, ValueError, RuntimeError):
+        ok = False
+    finally:
+        if training is not None:
+            model.train(training)
+    try:
+        model._rlhfkit_shares = ok
+    except AttributeError:
+        pass
+    return ok
+
+
 def use_packing(stage: str, asked: bool, *checks: Callable[[], bool]) -> bool:
     """Whether a stage packs: asked for (its `packing` setting) and every check passes (`packs` of each model it
     runs, called only when asked); prints which batches it uses and, when a check failed, why."""

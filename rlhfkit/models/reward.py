@@ -111,26 +111,31 @@ def response_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     return _head_at(model, *pack_rollout(input_ids, attention_mask, prompt_len))
 
 
-def row_scores(model, rows: Sequence[Sequence[int]], pad_id: int, normalized: bool = True, packed: bool = False) -> torch.Tensor:
+def row_scores(model, rows: Sequence[Sequence[int]], pad_id: int, normalized: bool = True, packed: bool = False,
+               prompt_lens: Sequence[int] | None = None) -> torch.Tensor:
     """`sequence_scores` of token-id lists: (N,), right-padded into a batch, or with `packed` laid end to end
-    (`rlhfkit.models.packed`; only for a model `backbone_packs` accepts)."""
+    (`rlhfkit.models.packed`; only for a model `backbone_packs` accepts). With `packed` and `prompt_lens` (the
+    prompt's tokens at the start of each row), rows that begin with the same prompt share one copy of it
+    (`pack_shared`; only for a model `backbone_shares` accepts)."""
     from rlhfkit.data.chat import pad_batch
-    from rlhfkit.models.packed import pack
+    from rlhfkit.models.packed import pack, pack_shared
 
     if not packed:
         device = next(model.parameters()).device
         ids, attn = pad_batch(rows, pad_id, side="right")
         return sequence_scores(model, ids.to(device), attn.to(device), normalized)
-    p = pack(rows, pad_id)
+    p = pack(rows, pad_id) if prompt_lens is None else pack_shared(rows, prompt_lens, pad_id)
     out = _head_at(model, p, *p.last())
     return out - getattr(model.config, "rlhfkit_score_offset", 0.0) if normalized else out
 
 
 def _head_at(model, p, row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
-    """The head on the backbone's hidden states of the packed batch `p` at positions (row, col), any shape."""
-    device = next(model.parameters()).device
-    hidden = backbone_of(model)(input_ids=p.input_ids.to(device), position_ids=p.position_ids.to(device),
-                                use_cache=False).last_hidden_state[row.to(device), col.to(device)]
+    """The head on the backbone's hidden states of the packed batch `p` (`Packed` or `Shared`) at positions
+    (row, col), any shape."""
+    param = next(model.parameters())
+    mask = p.additive_mask(param.dtype).to(param.device) if hasattr(p, "additive_mask") else None
+    hidden = backbone_of(model)(input_ids=p.input_ids.to(param.device), position_ids=p.position_ids.to(param.device),
+                                attention_mask=mask, use_cache=False).last_hidden_state[row.to(param.device), col.to(param.device)]
     return score_head(model)(hidden).squeeze(-1).float()
 
 
@@ -146,6 +151,16 @@ def backbone_packs(model) -> bool:
 
     backbone = backbone_of(model)
     return packs(backbone, lambda ids, pos: backbone(input_ids=ids, position_ids=pos, use_cache=False).last_hidden_state)
+
+
+def backbone_shares(model) -> bool:
+    """`shares_prompts` for a scalar model: its backbone honours a custom attention mask, so answers can share
+    their prompt's tokens (`pack_shared`)."""
+    from rlhfkit.models.packed import shares_prompts
+
+    backbone = backbone_of(model)
+    return shares_prompts(backbone, lambda ids, pos, mask: backbone(input_ids=ids, position_ids=pos, attention_mask=mask,
+                                                                    use_cache=False).last_hidden_state)
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -168,17 +183,21 @@ def reward_fn_from_model(model, tok, batch_size: int = 64, normalized: bool = Tr
 
     Texts are re-rendered with the reward model's own tokenizer and chat template,
     so the policy and the reward model need not share a vocabulary. Batches are packed (padding-free) when the
-    model keeps packed sequences apart (`backbone_packs`, checked here once).
+    model keeps packed sequences apart (`backbone_packs`, checked here once), with each prompt once when it honours
+    a shared-prompt mask (`backbone_shares`).
     """
     from rlhfkit.data.chat import render_example
 
     packed = backbone_packs(model)
+    shared = packed and backbone_shares(model)  # the samples of one prompt (RLOO, GRPO, best-of-n) share its tokens
 
     @torch.no_grad()
     def fn(prompts, responses, terminated=None) -> torch.Tensor:
         model.eval()
-        rows = [render_example(tok, p, r)[0] for p, r in zip(prompts, responses)]
-        out = [row_scores(model, rows[i : i + batch_size], tok.pad_token_id, normalized, packed)
+        rows = [render_example(tok, p, r) for p, r in zip(prompts, responses)]
+        ids, starts = [r[0] for r in rows], [m.index(True) if True in m else len(m) for _, m in rows]
+        out = [row_scores(model, ids[i : i + batch_size], tok.pad_token_id, normalized, packed,
+                          starts[i : i + batch_size] if shared else None)
                for i in range(0, len(rows), batch_size)]
         return torch.cat(out) if out else torch.zeros(0)
 

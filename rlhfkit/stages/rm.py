@@ -43,7 +43,7 @@ from rlhfkit.models import lora, precision
 from rlhfkit.models.lora import LoraSettings
 from rlhfkit.models.precision import Precision
 from rlhfkit.models.packed import use_packing
-from rlhfkit.models.reward import backbone_packs, load_scalar_model, row_scores, scalar_model_from_lm
+from rlhfkit.models.reward import backbone_packs, backbone_shares, load_scalar_model, row_scores, scalar_model_from_lm
 from rlhfkit.optim import NonFiniteGuard, adamw, cosine_lr, set_lr
 from rlhfkit.tracking import Run, due, seed_everything
 
@@ -72,6 +72,7 @@ class Config:
     accept_coef: float = 1.0  # weight of the acceptability loss on pairs with acceptable marks (0: off)
     max_len: int = 256  # longest rendered prompt + response
     packing: bool = True  # padding-free batches (several answers a row; rlhfkit.models.packed) when the model keeps them apart, checked at start; false: right-padded
+    share_prompts: bool = True  # with packing: the answers to one prompt in a batch share one copy of its tokens (pack_shared), when the model honours the mask, checked at start
     eval_every: int = 50  # held-out accuracy every N steps
     ckpt_every: int = 200  # checkpoint (model, optimiser, RNG) every N steps; a rerun resumes from the last
     evaluate: bool = True  # after training, held-out calibration and the annotators' agreement ceiling
@@ -100,14 +101,15 @@ def group_pairs(pairs: list[Comparison]) -> list[list[Comparison]]:
 
 
 def score_pairs(model, ids_of: dict, pad_id: int, pairs: list[Comparison], device, normalized: bool = False,
-                packed: bool = False):
+                packed: bool = False, shared: bool = False):
     """Scores of chosen and rejected, (N,) each; every distinct (prompt, response) is scored once.
-    `ids_of`: (prompt, response) -> its rendered token ids (`render_all`); `packed`: padding-free."""
+    `ids_of`: (prompt, response) -> its rendered token ids and prompt length (`render_all`); `packed`: padding-free;
+    `shared`: packed with each prompt once."""
     texts: dict[tuple[str, str], int] = {}
     for p in pairs:
         for r in (p.chosen, p.rejected):
             texts.setdefault((p.prompt, r), len(texts))
-    scores = row_scores(model, [ids_of[t] for t in texts], pad_id, normalized, packed)  # (U,)
+    scores = _scores(model, ids_of, list(texts), pad_id, normalized, packed, shared)  # (U,)
     chosen = scores[[texts[(p.prompt, p.chosen)] for p in pairs]]
     rejected = scores[[texts[(p.prompt, p.rejected)] for p in pairs]]
     return chosen, rejected
@@ -158,21 +160,29 @@ def rm_loss(chosen, rejected, marks, margin, accept_coef, weights=None, totals=N
     return loss, stats
 
 
+def _scores(model, ids_of: dict, keys: list, pad_id: int, normalized: bool, packed: bool, shared: bool) -> torch.Tensor:
+    rows = [ids_of[k] for k in keys]
+    return row_scores(model, [ids for ids, _ in rows], pad_id, normalized, packed,
+                      [n for _, n in rows] if packed and shared else None)
+
+
 def render_all(tok, groups: list[list[Comparison]], max_len: int) -> dict:
-    """(prompt, response) -> token ids, for every answer of `groups`, rendered once for the whole run (saying
-    how many max_len cuts)."""
+    """(prompt, response) -> (token ids, how many of them are the prompt's), for every answer of `groups`, rendered
+    once for the whole run (saying how many max_len cuts)."""
     distinct = list(dict.fromkeys((p.prompt, r) for g in groups for p in g for r in (p.chosen, p.rejected)))
-    return dict(zip(distinct, (ids for ids, _ in render_examples(tok, distinct, max_len, "rm"))))
+    return dict(zip(distinct, ((ids, mask.index(True) if True in mask else len(ids))
+                               for ids, mask in render_examples(tok, distinct, max_len, "rm"))))
 
 
 @torch.no_grad()
-def accuracy(model, ids_of: dict, pad_id: int, groups: list[list[Comparison]], device, packed: bool = False) -> dict[str, float]:
+def accuracy(model, ids_of: dict, pad_id: int, groups: list[list[Comparison]], device, packed: bool = False,
+             shared: bool = False) -> dict[str, float]:
     """Held-out pairwise accuracy and, over the marked answers, how often sign(raw score) matches the mark."""
     model.eval()
     right = total = accept_right = marked = 0
     for i in range(0, len(groups), 16):
         pairs = [p for g in groups[i : i + 16] for p in g]
-        c, r = score_pairs(model, ids_of, pad_id, pairs, device, packed=packed)
+        c, r = score_pairs(model, ids_of, pad_id, pairs, device, packed=packed, shared=shared)
         right, total = right + (c > r).sum().item(), total + len(pairs)
         marks = acceptable_marks(pairs)
         sel = ~marks.isnan()
@@ -215,12 +225,15 @@ def train(cfg: Config) -> str:
     precision.prepare(model, prec, device, cfg.gradient_checkpointing)
     ids_of, pad_id = render_all(tok, heldout + train_groups, cfg.max_len), tok.pad_token_id
     packed = use_packing("rm", cfg.packing, lambda: backbone_packs(model))  # checked before any wrapper or sharding
+    shared = packed and cfg.share_prompts and backbone_shares(model)
+    if packed and cfg.share_prompts:
+        print(f"[rm] {'each prompt once a batch (its answers share its tokens)' if shared else 'a prompt with each answer: the model does not honour a shared-prompt mask'}", flush=True)
     if cfg.parallel == "fsdp":  # FSDP2 shards (before the optimizer sees them); under DDP the stage sums gradients itself
         distributed.shard_model(model, d, prec)
     optimizer = adamw(model, cfg.lr, cfg.weight_decay)
     start, _ = checkpoint.resume(ckpt, cfg.out_dir, optimizer, "rm", d.is_main, model)
     if not start and distributed.joins(d, model):
-        run.log(0, accuracy(model, ids_of, pad_id, heldout, device, packed))
+        run.log(0, accuracy(model, ids_of, pad_id, heldout, device, packed, shared))
 
     # 3. Train: all pairs of a few rankings per step.
     model.train()
@@ -234,7 +247,7 @@ def train(cfg: Config) -> str:
         sums: dict[str, torch.Tensor] = {}  # the global batch's loss and pair-weighted means, this rank's shares
         for micro in distributed.micro_batches(model, distributed.shard(batch, d), cfg.micro_batch_groups):  # whole rankings
             pairs = [p for g in micro for p in g]
-            chosen, rejected = score_pairs(model, ids_of, pad_id, pairs, device, packed=packed)
+            chosen, rejected = score_pairs(model, ids_of, pad_id, pairs, device, packed=packed, shared=shared)
             loss, stats = rm_loss(chosen, rejected, acceptable_marks(pairs), pair_margins(pairs, cfg.margin, device),
                                   cfg.accept_coef, pair_weights(micro, cfg.pair_weight), totals)
             scaler.backward(loss)  # each share's loss is already over the global total
@@ -253,7 +266,7 @@ def train(cfg: Config) -> str:
         if d.world_size == 1 and not cfg.micro_batch_groups and "rm/accept_loss" in stats:
             metrics["train/accept_loss"] = stats["rm/accept_loss"].item()
         if distributed.joins(d, model) and (due(step, cfg.eval_every) or step + 1 == max_steps):
-            metrics.update(accuracy(model, ids_of, pad_id, heldout, device, packed))
+            metrics.update(accuracy(model, ids_of, pad_id, heldout, device, packed, shared))
         run.log(step + 1, metrics)
         if (step + 1) % cfg.ckpt_every == 0 and step + 1 < max_steps:
             saved, optimizer_state = distributed.full_model(model, d), distributed.optimizer_state(model, optimizer, d)
@@ -269,7 +282,7 @@ def train(cfg: Config) -> str:
         distributed.close(d)
         return os.path.join(cfg.out_dir, "model")
     # 4. Normalise: mean score 0 over the (SFT-sampled) responses of the training data.
-    offset, std = normalisation(model, ids_of, pad_id, [p for g in train_groups for p in g], device, packed)
+    offset, std = normalisation(model, ids_of, pad_id, [p for g in train_groups for p in g], device, packed, shared)
     model.config.rlhfkit_score_offset, model.config.rlhfkit_score_std = offset, std
     out = os.path.join(cfg.out_dir, "model")
     model = lora.save_final("rm", model, tok, cfg.out_dir, cfg.lora)  # with LoRA, merged (evaluated below as saved)
@@ -289,12 +302,13 @@ def train(cfg: Config) -> str:
 
 
 @torch.no_grad()
-def normalisation(model, ids_of: dict, pad_id: int, pairs: list[Comparison], device, packed: bool = False) -> tuple[float, float]:
+def normalisation(model, ids_of: dict, pad_id: int, pairs: list[Comparison], device, packed: bool = False,
+                  shared: bool = False) -> tuple[float, float]:
     """Mean and std of raw scores over the distinct responses in `pairs`."""
     model.eval()
     seen = list(dict.fromkeys((p.prompt, r) for p in pairs for r in (p.chosen, p.rejected)))
     scores = []
     for i in range(0, len(seen), 64):
-        scores.append(row_scores(model, [ids_of[t] for t in seen[i : i + 64]], pad_id, False, packed))
+        scores.append(_scores(model, ids_of, seen[i : i + 64], pad_id, False, packed, shared))
     s = torch.cat(scores)
     return s.mean().item(), s.std().item()
