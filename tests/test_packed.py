@@ -62,6 +62,26 @@ def test_packed_sequence_logprobs_and_their_gradients_equal_the_padded_ones(tiny
     assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(grads_packed, grads_padded))
 
 
+def test_shared_prompt_sequence_logprobs_and_gradients_equal_the_packed_ones(tiny_model, tiny_tok):
+    """DPO's pairs with each prompt once: chosen and rejected (and a third answer) of one prompt, another prompt's
+    pair, a row whose mask starts at 0 (shares nothing) and one whose prompt is all it has (nothing scored): the
+    summed response logprobs and their gradients equal those with a copy of the prompt per answer."""
+    g = torch.Generator().manual_seed(5)
+    toks = lambda n: torch.randint(5, len(tiny_tok), (n,), generator=g).tolist()  # noqa: E731
+    p1, p2 = toks(8), toks(5)
+    row = lambda prompt, n: (prompt + toks(n), [False] * len(prompt) + [True] * n)  # noqa: E731
+    rows = [row(p1, 4), row(p1, 6), row(p2, 3), row(p2, 5), row(p1, 2), ([7, 8, 9], [True] * 3), (p2, [False] * 5)]
+    plain = sequence_logprobs(tiny_model, rows, tiny_tok.pad_token_id, packed=True)
+    grads_plain = torch.autograd.grad(plain[:6].sum(), list(tiny_model.parameters()))
+    shared = sequence_logprobs(tiny_model, rows, tiny_tok.pad_token_id, packed=True, shared=True)
+    grads_shared = torch.autograd.grad(shared[:6].sum(), list(tiny_model.parameters()))
+    s = pack_shared([r[0] for r in rows], [8, 8, 5, 5, 8, 0, 5], 0)
+    assert s.columns[1][:8] == s.columns[0][:8] and s.columns[4][:8] == s.columns[0][:8]  # one copy of p1
+    assert torch.allclose(shared, plain, atol=1e-4) and plain[:6].abs().min() > 0.1 and shared[6] == plain[6] == 0
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(grads_shared, grads_plain))
+    assert shares_prompts(tiny_model)
+
+
 def test_packed_sft_batch_gives_the_padded_loss_over_the_same_tokens(tiny_model, tiny_tok):
     rows = rows_with_masks(tiny_tok, seed=1)
     ids, attn, labels = sft_batch(rows, tiny_tok.pad_token_id)
@@ -143,8 +163,8 @@ def test_use_packing_asks_the_checks_only_when_packing_is_wanted_and_says_what_i
 def test_pack_shared_lays_each_prompt_once_with_its_answers_and_a_mask_that_keeps_them_apart():
     # two answers to prompt [1, 2, 3], one to prompt [7, 8]; a sequence that is all prompt ([7, 8] alone)
     rows, starts = [[1, 2, 3, 4, 5], [7, 8, 9], [1, 2, 3, 6], [7, 8]], [3, 2, 3, 2]
-    s = pack_shared(rows, starts, pad_id=0)
-    # segments [1 2 3 | 4 5 | 6] (6 columns) and [7 8 | 9] (3): rows of 6, first fit -> two rows
+    s = pack_shared(rows, starts, pad_id=0, width=1.2)
+    # segments [1 2 3 | 4 5 | 6] (6 columns) and [7 8 | 9] (3): rows of 1.2 x 5 = 6, first fit -> two rows
     assert s.input_ids.tolist() == [[1, 2, 3, 4, 5, 6], [7, 8, 9, 0, 0, 0]]
     assert s.position_ids.tolist() == [[0, 1, 2, 3, 4, 3], [0, 1, 2, 0, 0, 0]]  # the second answer restarts after the prompt
     assert s.row.tolist() == [0, 1, 0, 1] and s.end.tolist() == [4, 2, 5, 1]  # [7, 8]'s last token is its prompt's
@@ -158,6 +178,10 @@ def test_pack_shared_lays_each_prompt_once_with_its_answers_and_a_mask_that_keep
     assert s.mask[1, 0, 3:].int().tolist() == [[0, 0, 0, 1, 0, 0], [0, 0, 0, 0, 1, 0], [0, 0, 0, 0, 0, 1]]  # the free tail: itself only
     bias = s.additive_mask(torch.float32)
     assert bias[0, 0, 5, 3] == torch.finfo(torch.float32).min and bias[0, 0, 5, 2] == 0
+    # rows of the longest sequence (5): the first prompt's answers no longer fit in one segment, so it is repeated
+    narrow = pack_shared(rows, starts, pad_id=0, width=1.0)
+    assert narrow.input_ids.tolist() == [[1, 2, 3, 4, 5], [1, 2, 3, 6, 0], [7, 8, 9, 0, 0]]
+    assert narrow.row.tolist() == [0, 2, 1, 2] and narrow.columns[1][:2] == narrow.columns[3]  # two copies of [1, 2, 3]
 
 
 def test_shared_prompt_scores_and_gradients_equal_the_packed_ones(tiny_model, tiny_tok):
@@ -182,7 +206,9 @@ def test_shared_prompt_scores_and_gradients_equal_the_packed_ones(tiny_model, ti
         grads[shared] = (scores.detach(), [p.grad.clone() for p in rm.parameters() if p.grad is not None])
     # segments: prompt 0 with three answers (9 + 4 + 7 + 3 = 23 columns), prompt 1 with two (6 + 5 + 6 = 17), the
     # cut prompt with its answer (7 + 5 = 12): 52 columns against 76 tokens, in rows of the longest segment
-    assert pack_shared(rows, starts, 0).input_ids.shape == (3, 23)
+    s = pack_shared(rows, starts, 0)
+    assert s.input_ids.shape == (3, 23) and s.columns[0][:9] == s.columns[1][:9] == s.columns[2][:9]
+    assert s.row[0] == s.row[1] == s.row[2]
     assert torch.allclose(grads[True][0], grads[False][0], atol=1e-4) and grads[False][0].std() > 0
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads[True][1], grads[False][1]))
 

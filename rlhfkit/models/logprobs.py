@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 
 from rlhfkit.data.chat import pad_batch
-from rlhfkit.models.packed import pack, pack_rollout
+from rlhfkit.models.packed import pack, pack_rollout, pack_shared
 from rlhfkit.ops import entropy_from_logits, logprobs_from_logits, masked_sum
 
 
@@ -40,13 +40,29 @@ def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     return logprobs, (entropy_from_logits(logits, temperature) if with_entropy else None)
 
 
-def sequence_logprobs(model, rows: Sequence[tuple[list[int], list[bool]]], pad_id: int, packed: bool = False) -> torch.Tensor:
+def sequence_logprobs(model, rows: Sequence[tuple[list[int], list[bool]]], pad_id: int, packed: bool = False,
+                      shared: bool = False) -> torch.Tensor:
     """Summed logprob of the masked (response) tokens of each rendered example: (N,).
 
     `rows` are `(ids, mask)` from `rlhfkit.data.chat.render_example`, right-padded here, or with `packed`
-    laid end to end in fewer rows (`rlhfkit.models.packed`; only for a model `packs` accepts).
+    laid end to end in fewer rows (`rlhfkit.models.packed`; only for a model `packs` accepts), with `shared`
+    too each prompt (the tokens before the first masked one) once (`pack_shared`; only for a model
+    `shares_prompts` accepts): DPO's chosen and rejected answers share their prompt.
     """
     device = next(model.parameters()).device
+    if packed and shared:
+        s = pack_shared([r[0] for r in rows], [r[1].index(True) if True in r[1] else 0 for r in rows], pad_id)
+        param = next(model.parameters())
+        logits = model(input_ids=s.input_ids.to(device), position_ids=s.position_ids.to(device),
+                       attention_mask=s.additive_mask(param.dtype).to(device), use_cache=False).logits  # (R, C, V)
+        seq, where, targets = [], [], []  # token k of a sequence is predicted at the column of its token k - 1
+        for i, ((ids, mask), cols) in enumerate(zip(rows, s.columns)):
+            for k in range(1, len(ids)):
+                if mask[k]:
+                    seq.append(i), where.append(cols[k - 1]), targets.append(ids[k])
+        at = s.row[torch.tensor(seq, dtype=torch.long)].to(device), torch.tensor(where, dtype=torch.long, device=device)
+        logprobs = logprobs_from_logits(logits[at][None], torch.tensor(targets, device=device)[None])[0]  # (M,)
+        return logprobs.new_zeros(len(rows)).index_add(0, torch.tensor(seq, dtype=torch.long, device=device), logprobs)
     if packed:
         p = pack([r[0] for r in rows], pad_id)
         logits = model(input_ids=p.input_ids.to(device), position_ids=p.position_ids.to(device), use_cache=False).logits

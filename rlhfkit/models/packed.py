@@ -109,6 +109,9 @@ def packs(model, forward: Callable[[torch.Tensor, torch.Tensor | None], torch.Te
     return ok
 
 
+SHARED_WIDTH = 2.0  # rows of `pack_shared`, in longest sequences
+
+
 @dataclass
 class Shared:
     """`N` sequences packed with each prompt once (`pack_shared`): `R` rows of `C` columns and the mask that keeps
@@ -119,6 +122,7 @@ class Shared:
     mask: torch.Tensor  # (R, 1, C, C) bool: which columns each column attends to
     row: torch.Tensor  # (N,) long: the row of each sequence
     end: torch.Tensor  # (N,) long: the column of its last token
+    columns: list[list[int]]  # the columns of each sequence's tokens, in order (its prompt's, then its own)
 
     def last(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(row, column) of each sequence's last token."""
@@ -129,17 +133,31 @@ class Shared:
         return torch.zeros(self.mask.shape, dtype=dtype).masked_fill_(~self.mask, torch.finfo(dtype).min)
 
 
-def pack_shared(rows: Sequence[Sequence[int]], prompt_lens: Sequence[int], pad_id: int) -> Shared:
-    """Pack token-id lists whose first `prompt_lens[i]` tokens are a prompt, each distinct prompt once: a prompt's
-    segment is its tokens, then the rest of every sequence that begins with it, end to end. A rest attends to the
-    prompt and to itself causally, at the positions it has alone, so each sequence's outputs are those it gets
-    alone, up to float rounding (the answers in a ranking of K share one prompt: K - 1 copies of it are not
-    computed). Segments go into rows as long as the longest (first-fit decreasing, as `pack`)."""
+def pack_shared(rows: Sequence[Sequence[int]], prompt_lens: Sequence[int], pad_id: int, width: float = SHARED_WIDTH) -> Shared:
+    """Pack token-id lists whose first `prompt_lens[i]` tokens are a prompt, each prompt once where it fits: a
+    prompt's segment is its tokens, then the rest of sequences that begin with it, end to end. A rest attends to
+    the prompt and to itself causally, at the positions it has alone, so each sequence's outputs are those it gets
+    alone, up to float rounding (the answers in a ranking of K share one prompt: up to K - 1 copies of it are not
+    computed). A segment is at most `width` x the longest sequence: a prompt whose answers do not fit is repeated
+    in as many segments as they need (the masked attention costs columns x row length, so longer rows spend on
+    attention what sharing saves on the rest). Segments go into rows as long as the longest segment, first-fit
+    decreasing, as `pack`. A sequence with no prompt tokens (0) shares nothing."""
     groups: dict[tuple, list[int]] = {}
     for i, (r, n) in enumerate(zip(rows, prompt_lens)):
-        groups.setdefault(tuple(r[:n]), []).append(i)
-    segments = [(prompt, members, len(prompt) + sum(len(rows[i]) - len(prompt) for i in members))
-                for prompt, members in groups.items()]
+        groups.setdefault(tuple(r[:n]) if n else ("alone", i), []).append(i)
+    limit = max(int(width * max(len(r) for r in rows)), max(len(r) for r in rows))
+    segments = []  # (prompt, members, length)
+    for members in groups.values():
+        prompt = list(rows[members[0]][: prompt_lens[members[0]]])
+        current, n = [], len(prompt)
+        for i in sorted(members, key=lambda i: -len(rows[i])):
+            rest = len(rows[i]) - len(prompt)
+            if current and n + rest > limit:
+                segments.append((prompt, current, n))
+                current, n = [], len(prompt)
+            current.append(i)
+            n += rest
+        segments.append((prompt, current, n))
     capacity = max(n for _, _, n in segments)
     free: list[int] = []
     placed = []  # (row, start) of each segment
@@ -155,30 +173,36 @@ def pack_shared(rows: Sequence[Sequence[int]], prompt_lens: Sequence[int], pad_i
     pos = torch.zeros((R, capacity), dtype=torch.long)
     seg = torch.full((R, capacity), -1, dtype=torch.long)  # the segment of each column (-1: free tail)
     branch = torch.zeros((R, capacity), dtype=torch.long)  # 0: a prompt token; k: the k-th rest of its segment
-    row, end = [0] * len(rows), [0] * len(rows)
+    row, end, columns = [0] * len(rows), [0] * len(rows), [[] for _ in rows]
     for k, (r, s, prompt, members) in enumerate(placed):
         P = len(prompt)
-        ids[r, s : s + P], pos[r, s : s + P], seg[r, s : s + P] = torch.tensor(prompt, dtype=torch.long), torch.arange(P), k
+        if P:
+            ids[r, s : s + P], pos[r, s : s + P], seg[r, s : s + P] = torch.tensor(prompt, dtype=torch.long), torch.arange(P), k
         c = s + P
         for b, i in enumerate(members, 1):
             rest = list(rows[i][P:])
             ids[r, c : c + len(rest)] = torch.tensor(rest, dtype=torch.long)
             pos[r, c : c + len(rest)], seg[r, c : c + len(rest)], branch[r, c : c + len(rest)] = torch.arange(P, P + len(rest)), k, b
             row[i], end[i] = r, (c + len(rest) - 1) if rest else (s + P - 1)
+            columns[i] = list(range(s, s + P)) + list(range(c, c + len(rest)))
             c += len(rest)
     same = (seg[:, :, None] == seg[:, None, :]) & (seg[:, :, None] >= 0)  # (R, query, key)
     own = (branch[:, None, :] == 0) | (branch[:, None, :] == branch[:, :, None])
     mask = (same & own & (pos[:, None, :] <= pos[:, :, None])) | torch.eye(capacity, dtype=torch.bool)
-    return Shared(ids, pos, mask[:, None], torch.tensor(row), torch.tensor(end))
+    return Shared(ids, pos, mask[:, None], torch.tensor(row), torch.tensor(end), columns)
 
 
-def shares_prompts(model, forward: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> bool:
+def shares_prompts(model, forward: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None) -> bool:
     """Whether `model` honours `pack_shared`'s mask: two sequences with one prompt, packed with it once, give the
     outputs they give alone at their last tokens (the tolerance of `packs`). Checked once per model (kept on it).
-    `forward(input_ids (R, C), position_ids (R, C), additive mask (R, 1, C, C)) -> (R, C, ...)`."""
+    `forward(input_ids (R, C), position_ids (R, C), additive mask (R, 1, C, C) or None) -> (R, C, ...)`: the
+    outputs compared, by default the causal LM's logits."""
     known = getattr(model, "_rlhfkit_shares", None)
     if known is not None:
         return known
+    if forward is None:
+        forward = lambda ids, pos, mask: model(input_ids=ids, position_ids=pos, attention_mask=mask,  # noqa: E731
+                                               use_cache=False).logits
     param = next(model.parameters())
     vocab = model.get_input_embeddings().weight.shape[0] if hasattr(model, "get_input_embeddings") else 100
     g = torch.Generator().manual_seed(1)

@@ -36,7 +36,7 @@ from rlhfkit.models.lora import LoraSettings
 from rlhfkit.models.precision import Precision
 from rlhfkit.optim import NonFiniteGuard, adamw, cosine_lr, set_lr
 from rlhfkit.models.logprobs import scored_tokens, sequence_logprobs
-from rlhfkit.models.packed import packs, use_packing
+from rlhfkit.models.packed import packs, shares_prompts, use_packing
 from rlhfkit.tracking import Run, due, seed_everything
 
 
@@ -61,6 +61,7 @@ class Config:
     skip_nonfinite: int = 3  # non-finite steps in a row skipped (no update, counted) before the run stops with an error; 0: stop at the first
     max_len: int = 256  # longest rendered prompt + response
     packing: bool = True  # padding-free batches (several sequences a row; rlhfkit.models.packed) when the model keeps them apart, checked at start; false: right-padded
+    share_prompts: bool = True  # with packing: a pair's chosen and rejected share one copy of the prompt's tokens (pack_shared), when the model honours the mask, checked at start
     heldout_fraction: float = 0.05  # pairs kept out for implicit-reward accuracy
     split: str = "train"  # split of a dataset folder / saved DatasetDict to train on
     eval_split: str | None = None  # split held out for evaluation (None: heldout_fraction of the training split)
@@ -88,20 +89,22 @@ class Config:
 
 @torch.no_grad()
 def reference_logprobs(ref, rows, pad_id: int, d: distributed.Dist, used: list[int] | None = None,
-                       batch_size: int = 64, packed: bool = False) -> torch.Tensor:
+                       batch_size: int = 64, packed: bool = False, shared: bool = False) -> torch.Tensor:
     """Summed reference logprobs of the rendered examples `used` (default: all): (N,) on CPU, NaN for the rest
     (a run that read one would fail loudly). An example that repeats (pairs share responses: a ranking of 5 makes 10
-    pairs from 5 answers) is computed once. Each rank computes its strided share of the distinct ones and the shares
-    are summed across ranks, so every rank ends with all of them."""
+    pairs from 5 answers) is computed once, in batches that keep the examples of one prompt together (with `shared`,
+    its tokens computed once a batch). Each rank computes its strided share of the distinct ones and the shares are
+    summed across ranks, so every rank ends with all of them."""
     ref.eval()
     used = list(range(len(rows))) if used is None else used
     first: dict[tuple, int] = {}  # rendering -> the first index holding it
     same = [first.setdefault((tuple(rows[j][0]), tuple(rows[j][1])), j) for j in used]
-    mine = distributed.shard(sorted(set(same)), d)
+    prompt = lambda j: rows[j][0][: rows[j][1].index(True) if True in rows[j][1] else 0]  # noqa: E731
+    mine = distributed.shard(sorted(set(same), key=lambda j: (prompt(j), j)), d)
     out = torch.zeros(len(rows), dtype=torch.float64)
     for i in range(0, len(mine), batch_size):
         part = mine[i : i + batch_size]
-        out[part] = sequence_logprobs(ref, [rows[j] for j in part], pad_id, packed).double().cpu()
+        out[part] = sequence_logprobs(ref, [rows[j] for j in part], pad_id, packed, shared).double().cpu()
     out = distributed.global_sum(out, d).float().cpu()
     out[used] = out[same]
     unused = torch.ones(len(rows), dtype=torch.bool)
@@ -130,6 +133,9 @@ def train(cfg: Config) -> str:
                                cfg.max_len, "dpo")
     chosen, rejected = rendered[: len(pairs)], rendered[len(pairs) :]
     packed = use_packing("dpo", cfg.packing, lambda: packs(policy))  # checked on the model before any wrapper
+    shared = packed and cfg.share_prompts and shares_prompts(policy)
+    if packed and cfg.share_prompts:
+        print(f"[dpo] {'each prompt once a batch (chosen and rejected share its tokens)' if shared else 'a prompt with each answer: the model does not honour a shared-prompt mask'}", flush=True)
     chosen_tokens = torch.tensor([scored_tokens(row) for row in chosen], dtype=torch.float)
 
     # 2. Reference logprobs of the pairs the run will read (held out, and the batches of its steps: all of them
@@ -140,7 +146,7 @@ def train(cfg: Config) -> str:
     used = held + sorted({train_idx[i] for step in range(max_steps)
                           for i in epoch_batches(len(train_idx), cfg.batch_size, step, cfg.seed).tolist()})
     cache = os.path.join(cfg.out_dir, "ref_logprobs.pt")  # keyed by what the numbers depend on, precision included
-    key = content_hash([cfg.policy], chosen, rejected, used, prec, str(precision.frozen_dtype(prec)), str(d.device.type), packed)
+    key = content_hash([cfg.policy], chosen, rejected, used, prec, str(precision.frozen_dtype(prec)), str(d.device.type), packed, shared)
     cached = torch.load(cache) if os.path.exists(cache) else None
     if isinstance(cached, dict) and cached.get("key") == key:
         ref_c, ref_r = cached["chosen"], cached["rejected"]
@@ -149,7 +155,8 @@ def train(cfg: Config) -> str:
             print(f"[dpo] {cache} was computed for another reference model or other pairs; recomputing", flush=True)
         ref = make_reference()
         ref_packed = packed and packs(ref)
-        both = reference_logprobs(ref, chosen + rejected, tok.pad_token_id, d, used + [len(pairs) + i for i in used], packed=ref_packed)
+        both = reference_logprobs(ref, chosen + rejected, tok.pad_token_id, d, used + [len(pairs) + i for i in used],
+                                  packed=ref_packed, shared=ref_packed and shared and shares_prompts(ref))
         ref_c, ref_r = both[: len(pairs)], both[len(pairs) :]
         if d.is_main:
             with atomic_open(cache, "wb") as f:  # a rank reading it never sees half a file
@@ -167,7 +174,7 @@ def train(cfg: Config) -> str:
     def batch_loss(idx: list[int], model=dp_policy):
         # chosen and rejected in one forward: one batch of 2b rows, larger matmuls, half the per-op overhead
         logp_c, logp_r = sequence_logprobs(model, [chosen[i] for i in idx] + [rejected[i] for i in idx],
-                                           tok.pad_token_id, packed).split(len(idx))
+                                           tok.pad_token_id, packed, shared).split(len(idx))
         loss, metrics = loss_fn(logp_c, logp_r, ref_c[idx].to(device), ref_r[idx].to(device), cfg.beta, cfg.label_smoothing)
         if cfg.nll_coef:
             nll, nll_metrics = chosen_nll_loss(logp_c, chosen_tokens[idx].to(device))
