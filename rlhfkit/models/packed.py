@@ -78,38 +78,55 @@ def packs(model, forward: Callable[[torch.Tensor, torch.Tensor | None], torch.Te
     equal their outputs alone (to 1e-3 of the outputs' scale in fp32, 3e-2 in 16-bit). Checked once per model
     (the answer is kept on it). `forward(input_ids (1, T), position_ids (1, T) or None) -> (1, T, ...)`: the
     outputs compared, by default the causal LM's logits."""
-    known = getattr(model, "_rlhfkit_packs", None)
-    if known is not None:
-        return known
     if forward is None:
         forward = lambda ids, pos: model(input_ids=ids, position_ids=pos, use_cache=False).logits  # noqa: E731
+
+    def outputs(device, token_ids):
+        a, b = (torch.tensor(t, device=device) for t in token_ids((7, 5), seed=0))
+        alone = [forward(x[None], None)[0].float() for x in (a, b)]
+        pos = torch.cat([torch.arange(len(a)), torch.arange(len(b))])[None].to(device)
+        both = forward(torch.cat([a, b])[None], pos)[0].float()
+        return alone, [both[: len(a)], both[len(a) :]]
+
+    return _checked_once(model, "_rlhfkit_packs", outputs)
+
+
+def _checked_once(model, attr: str, outputs: Callable) -> bool:
+    """Compare a model's outputs alone and laid out another way, once per model (the answer kept on it as `attr`):
+    `outputs(device, token_ids) -> (alone, other)`, lists of tensors that must match within 1e-3 of the outputs'
+    scale in fp32, 3e-2 in 16-bit; `token_ids(lengths, seed)` draws random token-id lists. In eval mode (no dropout),
+    without gradients; a forward that fails (no position_ids, another layout) is a no."""
+    known = getattr(model, attr, None)
+    if known is not None:
+        return known
     param = next(model.parameters())
     vocab = model.get_input_embeddings().weight.shape[0] if hasattr(model, "get_input_embeddings") else 100
-    g = torch.Generator().manual_seed(0)
-    a, b = (torch.randint(0, min(vocab, 1000), (n,), generator=g).to(param.device) for n in (7, 5))
+
+    def token_ids(lengths, seed):
+        g = torch.Generator().manual_seed(seed)
+        return [torch.randint(0, min(vocab, 1000), (n,), generator=g).tolist() for n in lengths]
+
     training = getattr(model, "training", None)  # (a reference seen through `lora.AdaptersOff` has no mode)
-    model.eval()  # no dropout: the two ways must be comparable
+    model.eval()
     try:
         with torch.no_grad():
-            alone = [forward(x[None], None)[0].float() for x in (a, b)]
-            pos = torch.cat([torch.arange(len(a)), torch.arange(len(b))])[None].to(param.device)
-            both = forward(torch.cat([a, b])[None], pos)[0].float()
+            alone, other = outputs(param.device, token_ids)
         scale = 1 + max(t.abs().max().item() for t in alone)
         tol = (1e-3 if param.dtype == torch.float32 else 3e-2) * scale
-        ok = bool((both[: len(a)] - alone[0]).abs().max() <= tol and (both[len(a) :] - alone[1]).abs().max() <= tol)
-    except (TypeError, ValueError, RuntimeError):  # a forward without position_ids / use_cache, or another layout
+        ok = all(bool((x - y).abs().max() <= tol) for x, y in zip(alone, other))
+    except (TypeError, ValueError, RuntimeError):
         ok = False
     finally:
         if training is not None:
             model.train(training)
     try:
-        model._rlhfkit_packs = ok
+        setattr(model, attr, ok)
     except AttributeError:
         pass
     return ok
 
 
-SHARED_WIDTH = 2.0  # rows of `pack_shared`, in longest sequences
+SHARED_WIDTH = 2.0  # the most columns of a `pack_shared` segment, in longest sequences
 
 
 @dataclass
@@ -197,40 +214,21 @@ def shares_prompts(model, forward: Callable[[torch.Tensor, torch.Tensor, torch.T
     outputs they give alone at their last tokens (the tolerance of `packs`). Checked once per model (kept on it).
     `forward(input_ids (R, C), position_ids (R, C), additive mask (R, 1, C, C) or None) -> (R, C, ...)`: the
     outputs compared, by default the causal LM's logits."""
-    known = getattr(model, "_rlhfkit_shares", None)
-    if known is not None:
-        return known
     if forward is None:
         forward = lambda ids, pos, mask: model(input_ids=ids, position_ids=pos, attention_mask=mask,  # noqa: E731
                                                use_cache=False).logits
-    param = next(model.parameters())
-    vocab = model.get_input_embeddings().weight.shape[0] if hasattr(model, "get_input_embeddings") else 100
-    g = torch.Generator().manual_seed(1)
-    prompt, x, y = (torch.randint(0, min(vocab, 1000), (n,), generator=g).tolist() for n in (6, 4, 3))
-    rows = [prompt + x, prompt + y]
-    training = getattr(model, "training", None)
-    model.eval()
-    try:
-        with torch.no_grad():
-            alone = [forward(torch.tensor([r], device=param.device), torch.arange(len(r), device=param.device)[None],
-                             None)[0, -1].float() for r in rows]
-            s = pack_shared(rows, [6, 6], 0)
-            out = forward(s.input_ids.to(param.device), s.position_ids.to(param.device),
-                          s.additive_mask(param.dtype).to(param.device))
-            both = [out[r, c].float() for r, c in zip(s.row.tolist(), s.end.tolist())]
-        scale = 1 + max(t.abs().max().item() for t in alone)
-        tol = (1e-3 if param.dtype == torch.float32 else 3e-2) * scale
-        ok = all(bool((a - b).abs().max() <= tol) for a, b in zip(alone, both))
-    except (TypeError, ValueError, RuntimeError):
-        ok = False
-    finally:
-        if training is not None:
-            model.train(training)
-    try:
-        model._rlhfkit_shares = ok
-    except AttributeError:
-        pass
-    return ok
+
+    def outputs(device, token_ids):
+        prompt, x, y = token_ids((6, 4, 3), seed=1)
+        rows = [prompt + x, prompt + y]
+        alone = [forward(torch.tensor([r], device=device), torch.arange(len(r), device=device)[None], None)[0, -1].float()
+                 for r in rows]
+        s = pack_shared(rows, [6, 6], 0)
+        dtype = next(model.parameters()).dtype
+        out = forward(s.input_ids.to(device), s.position_ids.to(device), s.additive_mask(dtype).to(device))
+        return alone, [out[r, c].float() for r, c in zip(s.row.tolist(), s.end.tolist())]
+
+    return _checked_once(model, "_rlhfkit_shares", outputs)
 
 
 def use_packing(stage: str, asked: bool, *checks: Callable[[], bool]) -> bool:
