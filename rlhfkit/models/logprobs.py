@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 
 from rlhfkit.data.chat import pad_batch
-from rlhfkit.models.packed import pack, pack_rollout, pack_shared
+from rlhfkit.models.packed import pack, pack_rollout, pack_shared, prompt_length
 from rlhfkit.ops import entropy_from_logits, logprobs_from_logits, masked_sum
 
 
@@ -49,10 +49,10 @@ def sequence_logprobs(model, rows: Sequence[tuple[list[int], list[bool]]], pad_i
     too each prompt (the tokens before the first masked one) once (`pack_shared`; only for a model
     `shares_prompts` accepts): DPO's chosen and rejected answers share their prompt.
     """
-    device = next(model.parameters()).device
+    param = next(model.parameters())
+    device = param.device
     if packed and shared:
-        s = pack_shared([r[0] for r in rows], [r[1].index(True) if True in r[1] else 0 for r in rows], pad_id)
-        param = next(model.parameters())
+        s = pack_shared([r[0] for r in rows], [prompt_length(r[1]) for r in rows], pad_id)
         logits = model(input_ids=s.input_ids.to(device), position_ids=s.position_ids.to(device),
                        attention_mask=s.additive_mask(param.dtype).to(device), use_cache=False).logits  # (R, C, V)
         seq, where, targets = [], [], []  # token k of a sequence is predicted at the column of its token k - 1

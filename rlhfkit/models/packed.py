@@ -150,6 +150,12 @@ class Shared:
         return torch.zeros(self.mask.shape, dtype=dtype).masked_fill_(~self.mask, torch.finfo(dtype).min)
 
 
+def prompt_length(mask: Sequence[bool]) -> int:
+    """The prompt of a rendered example for `pack_shared`: its tokens before the first trained (masked) one; 0, so
+    it shares nothing, when none is."""
+    return mask.index(True) if True in mask else 0
+
+
 def pack_shared(rows: Sequence[Sequence[int]], prompt_lens: Sequence[int], pad_id: int, width: float = SHARED_WIDTH) -> Shared:
     """Pack token-id lists whose first `prompt_lens[i]` tokens are a prompt, each prompt once where it fits: a
     prompt's segment is its tokens, then the rest of sequences that begin with it, end to end. A rest attends to

@@ -187,6 +187,7 @@ def reward_fn_from_model(model, tok, batch_size: int = 64, normalized: bool = Tr
     a shared-prompt mask (`backbone_shares`).
     """
     from rlhfkit.data.chat import render_example
+    from rlhfkit.models.packed import prompt_length
 
     packed = backbone_packs(model)
     shared = packed and backbone_shares(model)  # the samples of one prompt (RLOO, GRPO, best-of-n) share its tokens
@@ -195,7 +196,7 @@ def reward_fn_from_model(model, tok, batch_size: int = 64, normalized: bool = Tr
     def fn(prompts, responses, terminated=None) -> torch.Tensor:
         model.eval()
         rows = [render_example(tok, p, r) for p, r in zip(prompts, responses)]
-        ids, starts = [r[0] for r in rows], [m.index(True) if True in m else len(m) for _, m in rows]
+        ids, starts = [r[0] for r in rows], [prompt_length(m) for _, m in rows]
         out = [row_scores(model, ids[i : i + batch_size], tok.pad_token_id, normalized, packed,
                           starts[i : i + batch_size] if shared else None)
                for i in range(0, len(rows), batch_size)]

@@ -36,7 +36,7 @@ from rlhfkit.models.lora import LoraSettings
 from rlhfkit.models.precision import Precision
 from rlhfkit.optim import NonFiniteGuard, adamw, cosine_lr, set_lr
 from rlhfkit.models.logprobs import scored_tokens, sequence_logprobs
-from rlhfkit.models.packed import packs, shares_prompts, use_packing
+from rlhfkit.models.packed import packs, prompt_length, shares_prompts, use_packing
 from rlhfkit.tracking import Run, due, seed_everything
 
 
@@ -99,7 +99,7 @@ def reference_logprobs(ref, rows, pad_id: int, d: distributed.Dist, used: list[i
     used = list(range(len(rows))) if used is None else used
     first: dict[tuple, int] = {}  # rendering -> the first index holding it
     same = [first.setdefault((tuple(rows[j][0]), tuple(rows[j][1])), j) for j in used]
-    prompt = lambda j: rows[j][0][: rows[j][1].index(True) if True in rows[j][1] else 0]  # noqa: E731
+    prompt = lambda j: rows[j][0][: prompt_length(rows[j][1])]  # noqa: E731
     mine = distributed.shard(sorted(set(same), key=lambda j: (prompt(j), j)), d)
     out = torch.zeros(len(rows), dtype=torch.float64)
     for i in range(0, len(mine), batch_size):

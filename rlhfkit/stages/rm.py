@@ -42,7 +42,7 @@ from rlhfkit.losses import acceptability_loss, bradley_terry_loss
 from rlhfkit.models import lora, precision
 from rlhfkit.models.lora import LoraSettings
 from rlhfkit.models.precision import Precision
-from rlhfkit.models.packed import use_packing
+from rlhfkit.models.packed import prompt_length, use_packing
 from rlhfkit.models.reward import backbone_packs, backbone_shares, load_scalar_model, row_scores, scalar_model_from_lm
 from rlhfkit.optim import NonFiniteGuard, adamw, cosine_lr, set_lr
 from rlhfkit.tracking import Run, due, seed_everything
@@ -170,8 +170,7 @@ def render_all(tok, groups: list[list[Comparison]], max_len: int) -> dict:
     """(prompt, response) -> (token ids, how many of them are the prompt's), for every answer of `groups`, rendered
     once for the whole run (saying how many max_len cuts)."""
     distinct = list(dict.fromkeys((p.prompt, r) for g in groups for p in g for r in (p.chosen, p.rejected)))
-    return dict(zip(distinct, ((ids, mask.index(True) if True in mask else len(ids))
-                               for ids, mask in render_examples(tok, distinct, max_len, "rm"))))
+    return dict(zip(distinct, ((ids, prompt_length(mask)) for ids, mask in render_examples(tok, distinct, max_len, "rm"))))
 
 
 @torch.no_grad()
