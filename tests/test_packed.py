@@ -167,7 +167,7 @@ def test_pack_shared_lays_each_prompt_once_with_its_answers_and_a_mask_that_keep
     # segments [1 2 3 | 4 5 | 6] (6 columns) and [7 8 | 9] (3): rows of 1.2 x 5 = 6, first fit -> two rows
     assert s.input_ids.tolist() == [[1, 2, 3, 4, 5, 6], [7, 8, 9, 0, 0, 0]]
     assert s.position_ids.tolist() == [[0, 1, 2, 3, 4, 3], [0, 1, 2, 0, 0, 0]]  # the second answer restarts after the prompt
-    assert s.row.tolist() == [0, 1, 0, 1] and s.end.tolist() == [4, 2, 5, 1]  # [7, 8]'s last token is its prompt's
+    assert s.row.tolist() == [0, 1, 0, 1] and s.last()[1].tolist() == [4, 2, 5, 1]  # [7, 8]'s last token is its prompt's
     m = s.mask[0, 0].int().tolist()
     assert m == [[1, 0, 0, 0, 0, 0],
                  [1, 1, 0, 0, 0, 0],

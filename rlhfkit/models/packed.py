@@ -47,22 +47,11 @@ def pack(rows: Sequence[Sequence[int]], pad_id: int) -> Packed:
     """Pack token-id lists into rows as long as the longest: each goes into the first row with room, longest
     first (first-fit decreasing)."""
     capacity = max(len(r) for r in rows)
-    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
-    free: list[int] = []  # room left in each row
-    row, start = [0] * len(rows), [0] * len(rows)
-    for i in order:
-        n = len(rows[i])
-        r = next((k for k, room in enumerate(free) if room >= n), None)
-        if r is None:
-            free.append(capacity)
-            r = len(free) - 1
-        row[i], start[i] = r, capacity - free[r]
-        free[r] -= n
-    R = len(free)
+    row, start, used = first_fit([len(r) for r in rows], capacity)
+    R = len(used)
     ids = torch.full((R, capacity), pad_id, dtype=torch.long)
     seq = torch.full((R, capacity), -1, dtype=torch.long)
     pos = torch.empty((R, capacity), dtype=torch.long)
-    used = [capacity - room for room in free]
     for r in range(R):  # the free tail counts 0, 1, ... as a sequence of its own
         pos[r, used[r] :] = torch.arange(capacity - used[r])
     for i, ids_i in enumerate(rows):
@@ -71,6 +60,21 @@ def pack(rows: Sequence[Sequence[int]], pad_id: int) -> Packed:
         seq[r, s : s + n] = i
         pos[r, s : s + n] = torch.arange(n)
     return Packed(ids, pos, seq, torch.tensor(row), torch.tensor(start), torch.tensor([len(r) for r in rows]))
+
+
+def first_fit(lengths: Sequence[int], capacity: int) -> tuple[list[int], list[int], list[int]]:
+    """Place items of `lengths` in rows of `capacity`, longest first, each in the first row with room (first-fit
+    decreasing): (row of each, start column of each, columns used in each row)."""
+    used: list[int] = []
+    row, start = [0] * len(lengths), [0] * len(lengths)
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        r = next((k for k, u in enumerate(used) if capacity - u >= lengths[i]), None)
+        if r is None:
+            used.append(0)
+            r = len(used) - 1
+        row[i], start[i] = r, used[r]
+        used[r] += lengths[i]
+    return row, start, used
 
 
 def packs(model, forward: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None) -> bool:
@@ -138,12 +142,11 @@ class Shared:
     position_ids: torch.Tensor  # (R, C) long: each sequence's tokens at the positions they have alone
     mask: torch.Tensor  # (R, 1, C, C) bool: which columns each column attends to
     row: torch.Tensor  # (N,) long: the row of each sequence
-    end: torch.Tensor  # (N,) long: the column of its last token
     columns: list[list[int]]  # the columns of each sequence's tokens, in order (its prompt's, then its own)
 
     def last(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(row, column) of each sequence's last token."""
-        return self.row, self.end
+        return self.row, torch.tensor([c[-1] for c in self.columns], dtype=torch.long)
 
     def additive_mask(self, dtype: torch.dtype) -> torch.Tensor:
         """The mask as an attention bias (0 where attended, the dtype's minimum elsewhere): (R, 1, C, C)."""
@@ -182,21 +185,14 @@ def pack_shared(rows: Sequence[Sequence[int]], prompt_lens: Sequence[int], pad_i
             n += rest
         segments.append((prompt, current, n))
     capacity = max(n for _, _, n in segments)
-    free: list[int] = []
-    placed = []  # (row, start) of each segment
-    for prompt, members, n in sorted(segments, key=lambda s: -s[2]):
-        r = next((k for k, room in enumerate(free) if room >= n), None)
-        if r is None:
-            free.append(capacity)
-            r = len(free) - 1
-        placed.append((r, capacity - free[r], prompt, members))
-        free[r] -= n
-    R = len(free)
+    seg_row, seg_start, used = first_fit([n for _, _, n in segments], capacity)
+    placed = [(r, s, prompt, members) for r, s, (prompt, members, _) in zip(seg_row, seg_start, segments)]
+    R = len(used)
     ids = torch.full((R, capacity), pad_id, dtype=torch.long)
     pos = torch.zeros((R, capacity), dtype=torch.long)
     seg = torch.full((R, capacity), -1, dtype=torch.long)  # the segment of each column (-1: free tail)
     branch = torch.zeros((R, capacity), dtype=torch.long)  # 0: a prompt token; k: the k-th rest of its segment
-    row, end, columns = [0] * len(rows), [0] * len(rows), [[] for _ in rows]
+    row, columns = [0] * len(rows), [[] for _ in rows]
     for k, (r, s, prompt, members) in enumerate(placed):
         P = len(prompt)
         if P:
@@ -206,13 +202,13 @@ def pack_shared(rows: Sequence[Sequence[int]], prompt_lens: Sequence[int], pad_i
             rest = list(rows[i][P:])
             ids[r, c : c + len(rest)] = torch.tensor(rest, dtype=torch.long)
             pos[r, c : c + len(rest)], seg[r, c : c + len(rest)], branch[r, c : c + len(rest)] = torch.arange(P, P + len(rest)), k, b
-            row[i], end[i] = r, (c + len(rest) - 1) if rest else (s + P - 1)
+            row[i] = r
             columns[i] = list(range(s, s + P)) + list(range(c, c + len(rest)))
             c += len(rest)
     same = (seg[:, :, None] == seg[:, None, :]) & (seg[:, :, None] >= 0)  # (R, query, key)
     own = (branch[:, None, :] == 0) | (branch[:, None, :] == branch[:, :, None])
     mask = (same & own & (pos[:, None, :] <= pos[:, :, None])) | torch.eye(capacity, dtype=torch.bool)
-    return Shared(ids, pos, mask[:, None], torch.tensor(row), torch.tensor(end), columns)
+    return Shared(ids, pos, mask[:, None], torch.tensor(row), columns)
 
 
 def shares_prompts(model, forward: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None) -> bool:
@@ -232,7 +228,7 @@ def shares_prompts(model, forward: Callable[[torch.Tensor, torch.Tensor, torch.T
         s = pack_shared(rows, [6, 6], 0)
         dtype = next(model.parameters()).dtype
         out = forward(s.input_ids.to(device), s.position_ids.to(device), s.additive_mask(dtype).to(device))
-        return alone, [out[r, c].float() for r, c in zip(s.row.tolist(), s.end.tolist())]
+        return alone, [out[r, c].float() for r, c in zip(*(t.tolist() for t in s.last()))]
 
     return _checked_once(model, "_rlhfkit_shares", outputs)
 
