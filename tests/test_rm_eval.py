@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from rlhfkit.data.records import Comparison
-from rlhfkit.evaluation.rm_eval import agreement_ceiling, calibration, pair_accuracy_by_family, within_prompt_spearman
+from rlhfkit.evaluation.rm_eval import (agreement_ceiling, average_ranks, calibration, pair_accuracy_by_family, spearman,
+                                        within_prompt_spearman)
 
 
 def votes(prompt: str, a: str, b: str, for_a: int, for_b: int) -> list[Comparison]:
@@ -35,6 +36,19 @@ def test_calibration_of_a_perfectly_calibrated_model_is_close():
     assert sum(b["n"] for b in out["bins"]) == len(delta)
     overconfident = calibration(3 * np.where(won, delta, -delta))
     assert overconfident["ece"] > 0.1
+
+
+def test_spearman_by_hand():
+    # no ties: rank differences 0, 1, 1, 0 -> 1 - 6 * 2 / (4 * (16 - 1)) = 0.8
+    assert spearman([10, 20, 30, 40], [1, 3, 2, 4]) == pytest.approx(0.8)
+    # ties share their average rank: x ranks [1, 2.5, 2.5, 4] against [1, 2, 3, 4] -> 4.5 / sqrt(4.5 * 5)
+    assert average_ranks([5, 7, 7, 9]).tolist() == [1, 2.5, 2.5, 4]
+    assert average_ranks([3, 1, 3, 3, 0]).tolist() == [4, 2, 4, 4, 1]
+    assert spearman([5, 7, 7, 9], [1, 2, 3, 4]) == pytest.approx(4.5 / math.sqrt(4.5 * 5))
+    assert spearman([1, 2, 3], [9, 4, 1]) == pytest.approx(-1.0)  # any monotone map: only the order counts
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))  # a constant side has no order
+    with pytest.raises(ValueError, match="one length"):
+        spearman([1, 2], [1, 2, 3])
 
 
 def test_within_prompt_spearman_ignores_offsets_between_prompts():

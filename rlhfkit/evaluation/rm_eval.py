@@ -23,11 +23,28 @@ import torch
 from rlhfkit.data.records import Comparison
 
 
-def spearman(x, y) -> float:
-    """Spearman rank correlation (average ranks for ties)."""
-    from scipy.stats import spearmanr
+def average_ranks(a) -> np.ndarray:
+    """1-based ranks of `a`'s values, tied values sharing the mean of the ranks they span ([5, 7, 7, 9] -> [1, 2.5, 2.5, 4])."""
+    a = np.asarray(a, dtype=float)
+    order = np.argsort(a, kind="stable")
+    s = a[order]
+    starts = np.r_[True, s[1:] != s[:-1]]  # the first of each run of equal values
+    first = np.flatnonzero(starts)
+    last = np.r_[first[1:], len(a)] - 1
+    ranks = np.empty(len(a))
+    ranks[order] = ((first + last) / 2 + 1)[np.cumsum(starts) - 1]
+    return ranks
 
-    return float(spearmanr(x, y).statistic)
+
+def spearman(x, y) -> float:
+    """Spearman rank correlation: Pearson's correlation of the average ranks (ties share theirs); NaN when either
+    side is constant (no order to compare)."""
+    rx, ry = average_ranks(x), average_ranks(y)
+    if len(rx) != len(ry):
+        raise ValueError(f"spearman needs two sequences of one length, got {len(rx)} and {len(ry)}")
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denom = np.sqrt((rx * rx).sum() * (ry * ry).sum())
+    return float((rx * ry).sum() / denom) if denom > 0 else float("nan")
 
 
 def calibration(delta: np.ndarray, n_bins: int = 10, seed: int = 0) -> dict[str, Any]:
