@@ -6,7 +6,8 @@ Hugging Face forward, and transformers' own `model.generate`, on the same model 
 
 A freshly initialised Llama (speed does not depend on what it learned); every response runs to
 `--new` tokens (no EOS), sampled at temperature 1. Runs alternate between engines and the median of
-`--repeats` is reported, as wall time and as process CPU time: on a machine shared with other jobs the
+`--repeats` is reported, as wall time and as process CPU time (a last row times only each step's weight
+matmuls, the floor no decoder doing this arithmetic goes below): on a machine shared with other jobs the
 wall time of a 1-thread run swings with the load while its CPU time stays close to the idle wall time
 (with 2+ threads CPU time also counts threads waiting on each other). Before timing, the lean decoder's
 greedy tokens are checked against `model.generate`'s on the same prompts. Prints a table, then one JSON
@@ -56,8 +57,23 @@ def main() -> None:
             return model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=do_sample, max_new_tokens=args.new,
                                   min_new_tokens=args.new, pad_token_id=pad, eos_token_id=None, top_k=0)
 
+    def matmuls_alone(prompts):
+        """--new steps of only a decode step's weight matmuls on the model's own weights (q/k/v and gate/up fused,
+        as the lean decoder runs them), no attention, norms or sampling: the floor any decoder that does this
+        arithmetic stays above. For a model whose weights outgrow the CPU's caches it is the memory traffic of
+        reading every weight once per step, which `generate` pays too."""
+        x = {d: torch.randn(len(prompts), d) for d in (args.hidden, 3 * args.hidden)}
+        for _ in range(args.new):
+            for w in weights:
+                torch.nn.functional.linear(x[w.shape[1]], w)
+
+    with torch.no_grad():
+        weights = [w for layer in model.model.layers for w in (
+            torch.cat([layer.self_attn.q_proj.weight, layer.self_attn.k_proj.weight, layer.self_attn.v_proj.weight]),
+            layer.self_attn.o_proj.weight, torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight]),
+            layer.mlp.down_proj.weight)] + [model.lm_head.weight]
     engines = {"rlhfkit (lean decoder)": rlhfkit_loop("auto"), "rlhfkit loop, HF forward": rlhfkit_loop("hf"),
-               "transformers generate": hf_generate}
+               "transformers generate": hf_generate, "floor: the matmuls alone": matmuls_alone}
     rows, greedy_equal = [], {}
     for batch in args.batch:
         prompts = torch.randint(1, args.vocab, (batch, args.prompt_len)).tolist()
@@ -83,6 +99,7 @@ def main() -> None:
     for r in rows:
         print(f"{r['engine']:<26} {r['batch']:>5} {r['tokens_per_s']:>9} {r['ms_per_step']:>8} {r['speedup_vs_generate']:>10}"
               f" {r['cpu_ms_per_step']:>11} {r['cpu_speedup_vs_generate']:>8}")
+    print("x generate of the floor row: the most any decoder doing this arithmetic could reach on this machine")
     print("greedy tokens equal to model.generate's: " + ", ".join(f"batch {b}: {ok}" for b, ok in greedy_equal.items()))
     params = sum(p.numel() for p in model.parameters())
     print("JSON " + json.dumps({"params": params, "threads": torch.get_num_threads(), "new_tokens": args.new,

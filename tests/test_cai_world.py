@@ -247,3 +247,17 @@ def test_critic_section_rejects_eval_prompts_and_a_whole_share(tmp_path, overrid
 
     with pytest.raises(ConfigError, match=name):
         parse_cli(pipeline.Config, ["--config=demo_ai", f"--out_dir={tmp_path}", override])
+
+
+def test_helpful_only_sft_settings_come_from_the_sft_section(tmp_path):
+    """The helpful-only policy is trained as `sft` says: a setting under `sft` reaches it, and one made under
+    `sft_helpful.sft` alone (which the pipeline's copy would drop) fails at load time, naming the setting."""
+    from rlhfkit.config import ConfigError, parse_cli
+    from rlhfkit.demo import pipeline
+
+    cfg = parse_cli(pipeline.Config, ["--config=demo_ai", f"--out_dir={tmp_path}", "--sft.lr=0.002"])
+    assert cfg.sft_helpful.sft.lr == cfg.sft.lr == 0.002
+    cfg.resolve()  # resolving again keeps the copy
+    assert cfg.sft_helpful.sft.lr == 0.002
+    with pytest.raises(ConfigError, match=r"sft_helpful\.sft.*'lr'"):
+        parse_cli(pipeline.Config, ["--config=demo_ai", f"--out_dir={tmp_path}", "--sft_helpful.sft.lr=0.002"])

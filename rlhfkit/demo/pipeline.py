@@ -114,7 +114,15 @@ class Config:
         self.ai_label.judge, self.ai_label.policy, self.ai_label.feedback_dir = out("judge", "model"), out("sft", "model"), out("feedback")
         self.rm_ai.model, self.rm_ai.data = out("sft", "model"), out("ai_label", "pairs.jsonl")
         self.sft_helpful.world, self.cai_critic.world, self.cai.world, self.sft_cai.world = (self.world,) * 4
-        # the helpful-only policy is trained as the SFT model is, on other demonstrations
+        # the helpful-only policy is trained as the SFT model is, on other demonstrations: its section is a copy of
+        # `sft`, so a setting made there alone would be lost (a second resolve finds the copy and keeps it)
+        wired = ("model", "data", "out_dir", "seed")
+        mine, default, as_sft = ({k: v for k, v in to_dict(c).items() if k not in wired}
+                                 for c in (self.sft_helpful.sft, type(self.sft)(), self.sft))
+        if mine not in (default, as_sft):
+            changed = sorted(k for k in mine if mine[k] != default[k])
+            raise ConfigError(f"'sft_helpful.sft': {changed} set there would be ignored: the helpful-only policy is "
+                              f"trained as the 'sft' section says (set them under 'sft', for both)")
         self.sft_helpful.sft = replace(self.sft, model=out("pretrain", "model"))
         for name in ("sft_helpful", "cai_critic", "sft_cai"):
             section = self.stage(name).sft
