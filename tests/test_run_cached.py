@@ -49,7 +49,7 @@ def test_a_fingerprint_follows_the_content_of_files_the_config_names_outside_the
     run (upstream outputs, covered by upstream fingerprints) do not; without outside inputs it is the config's alone."""
     from dataclasses import dataclass, field
 
-    from rlhfkit.demo import cache
+    from rlhfkit import files
     from rlhfkit.demo.cache import fingerprint, named_inputs
 
     @dataclass
@@ -75,9 +75,14 @@ def test_a_fingerprint_follows_the_content_of_files_the_config_names_outside_the
     assert fp_data != fp
     (user / "model" / "weights").write_bytes(b"\x01" * 10)  # a model retrained in place
     assert fingerprint(cfg, run_dir=str(run)) != fp_data
-    monkeypatch.setattr(cache, "BIG_FILE", 4)  # big files: size and modification time, not content
+    # big files too are digested by content (read once while unchanged): a rewrite of the same bytes keeps the key
+    monkeypatch.setattr(files, "MEMO_MIN", 4)
+    monkeypatch.setenv("RLHFKIT_CACHE", str(tmp_path / "cache"))
     big = fingerprint(cfg, run_dir=str(run))
+    (user / "model" / "weights").write_bytes(b"\x01" * 10)
     os.utime(user / "model" / "weights", ns=(1, 1))
+    assert fingerprint(cfg, run_dir=str(run)) == big
+    (user / "model" / "weights").write_bytes(b"\x02" * 10)
     assert fingerprint(cfg, run_dir=str(run)) != big
     # no outside inputs: the same fingerprint as before inputs were digested (the config, upstream and code alone)
     inside = Cfg(data=str(run / "world" / "sft.jsonl"))

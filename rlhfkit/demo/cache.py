@@ -13,7 +13,7 @@ import time
 from typing import Any, Callable, Sequence
 
 from rlhfkit.config import to_dict
-from rlhfkit.files import write_atomic
+from rlhfkit.files import file_digest, write_atomic
 
 
 def code_version(modules: Sequence[str]) -> str:
@@ -34,22 +34,15 @@ def code_version(modules: Sequence[str]) -> str:
     return h.hexdigest()[:16]
 
 
-BIG_FILE = 64 << 20  # files above this (model weights) are identified by size and modification time, not read
-
-
 def _file_digest(path: str) -> str:
-    st = os.stat(path)
-    if st.st_size > BIG_FILE:
-        return f"size={st.st_size} mtime_ns={st.st_mtime_ns}"
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+    return file_digest(path)  # by content; a big file's digest remembered until it is written (rlhfkit.files)
 
 
 def named_inputs(cfg: Any, run_dir: str) -> dict[str, str]:
     """Digests of the files and folders a config names outside `run_dir` (a user's data, model, constitution): a
     cached stage reruns when what it reads changed in place, not only when its path did. What lies inside `run_dir`
-    is the output of upstream stages, whose fingerprints already stand for it. A file up to BIG_FILE is digested
-    by content, a larger one by size and modification time; a folder by every file in it."""
+    is the output of upstream stages, whose fingerprints already stand for it. A file is digested by its content
+    (a big one read once, until it is written: `rlhfkit.files.file_digest`); a folder by every file in it."""
     run = os.path.realpath(run_dir)
     strings: list[str] = []
 
