@@ -1,8 +1,11 @@
-"""Atomic file writes: readers see the old file or the whole new one, never half of either.
+"""Atomic file writes, and the digests that key caches and run identities.
 
-One implementation for every writer in the package (checkpoint pointers, logs,
-JSONL exports, pipeline markers): write a temp file in the same directory,
-fsync it, rename it over the target.
+Atomic writes: readers see the old file or the whole new one, never half of either. One implementation
+for every writer in the package (checkpoint pointers, logs, JSONL exports, pipeline markers): write a
+temp file in the same directory, fsync it, rename it over the target.
+
+Digests: `sha256_file` reads every byte (checkpoints verify themselves with it); `file_digest` remembers
+a big file's digest until the file is written again; `content_hash` keys a cache by files and objects.
 """
 
 from __future__ import annotations

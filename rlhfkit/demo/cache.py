@@ -34,10 +34,6 @@ def code_version(modules: Sequence[str]) -> str:
     return h.hexdigest()[:16]
 
 
-def _file_digest(path: str) -> str:
-    return file_digest(path)  # by content; a big file's digest remembered until it is written (rlhfkit.files)
-
-
 def named_inputs(cfg: Any, run_dir: str) -> dict[str, str]:
     """Digests of the files and folders a config names outside `run_dir` (a user's data, model, constitution): a
     cached stage reruns when what it reads changed in place, not only when its path did. What lies inside `run_dir`
@@ -66,12 +62,12 @@ def named_inputs(cfg: Any, run_dir: str) -> dict[str, str]:
         if os.path.commonpath([path, run]) in (run, path) or path == os.path.realpath(os.getcwd()):
             continue
         if os.path.isfile(path):
-            out[s] = _file_digest(path)
+            out[s] = file_digest(path)
         else:
             files = sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs)
             h = hashlib.sha256()
             for f in files:
-                h.update(f"{os.path.relpath(f, path)}\0{_file_digest(f)}\0".encode())
+                h.update(f"{os.path.relpath(f, path)}\0{file_digest(f)}\0".encode())
             out[s] = h.hexdigest()
     return out
 
