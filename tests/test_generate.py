@@ -48,11 +48,30 @@ def test_feedback_gives_families_their_own_k_and_the_prefixed_sample_to_some_fam
     assert (tmp_path / "q" / "pairs.jsonl").stat().st_size > 0
 
 
+def test_a_family_can_have_its_own_forced_opening(tiny_runs, tmp_path):
+    """`prefix_by_family`: facts get "I don't know" as their forced candidate while benign look-alikes keep the refusal;
+    the free samples are those drawn without any prefix."""
+    common = ("feedback", f"--policy={tiny_runs}/sft/model", "--limit=30", "--max_new_tokens=8", "--seed=1", *WORLD,
+              "--num_samples=2")
+    rlhfkit(*common, f"--out_dir={tmp_path}/q", "--num_samples_by_family={benign: 3, facts: 3}", "--prefixed_samples=1",
+            "--prefixed_families=[benign, facts]", "--prefix_by_family={facts: I don't know}")
+    rlhfkit(*common, f"--out_dir={tmp_path}/free")
+    got, free = rows(tmp_path / "q" / "queue.jsonl"), rows(tmp_path / "free" / "queue.jsonl")
+    assert {"benign", "facts"} <= {r["family"] for r in got}
+    for r, f in zip(got, free):
+        assert r["responses"][:2] == f["responses"]
+        opening = {"facts": "I don't know", "benign": PREFIX}.get(r["family"])
+        assert len(r["responses"]) == (3 if opening else 2)  # the other families: their free samples only
+        assert opening is None or r["responses"][-1].startswith(opening)
+
+
 def test_unknown_family_names_are_a_config_error(tmp_path):
     proc = rlhfkit("feedback", f"--out_dir={tmp_path}", "--prefixed_samples=1", "--prefixed_families=[benin]", check=False)
     assert proc.returncode == 2 and "prefixed_families: unknown world families ['benin']" in proc.stderr
     proc = rlhfkit("feedback", f"--out_dir={tmp_path}", "--num_samples_by_family={fact: 3}", check=False)
     assert proc.returncode == 2 and "num_samples_by_family: unknown world families ['fact']" in proc.stderr
+    proc = rlhfkit("feedback", f"--out_dir={tmp_path}", "--prefix_by_family={fact: nope}", check=False)
+    assert proc.returncode == 2 and "prefix_by_family: unknown world families ['fact']" in proc.stderr
 
 
 @pytest.mark.parametrize("args,error", [

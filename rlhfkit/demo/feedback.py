@@ -6,7 +6,8 @@ export preference pairs.
    and `prefixed_samples` of them continue a forced refusal opener for the prompts
    of `prefixed_families`, so the candidates include a refusal to be judged: a
    policy that rarely refuses a harmless look-alike would otherwise leave the reward
-   model no comparison saying such a refusal is wrong (docs/results.md);
+   model no comparison saying such a refusal is wrong (docs/results.md); a family
+   may have its own opener (`prefix_by_family`, e.g. "I don't know" for facts);
 2. label: the simulated panel ranks every item (rlhfkit.world.panel), writing
    judgement rows to the feedback store (SQLite by default, any SQLAlchemy URL) —
    the same rows people write in `rlhfkit label serve`;
@@ -44,6 +45,7 @@ class Config:
     prefixed_samples: int = 0  # of the K samples, this many continue `prefix`: a refusal among the candidates
     prefixed_families: list[str] = field(default_factory=list)  # only prompts of these families get them ([]: every prompt)
     prefix: str = REFUSAL_PREFIX  # the forced opening of those samples
+    prefix_by_family: dict[str, str] = field(default_factory=dict)  # a family's own opening instead, e.g. {facts: "I don't know"}
     panel: PanelConfig = field(default_factory=PanelConfig)  # the simulated annotators
     world: WorldConfig = field(default_factory=WorldConfig)  # prompts and the annotators' gold
     batch_size: int = 64  # sequences per generation batch
@@ -54,6 +56,7 @@ class Config:
 
         check_families("num_samples_by_family", self.num_samples_by_family)
         check_families("prefixed_families", self.prefixed_families)
+        check_families("prefix_by_family", self.prefix_by_family)
         for fam in self.prefixed_families or [None, *self.num_samples_by_family]:  # the K of prompts that get prefixed samples
             name = f"num_samples_by_family.{fam}" if fam in self.num_samples_by_family else "num_samples"
             if not 0 <= self.prefixed_samples <= self.samples_for(fam):
@@ -67,6 +70,10 @@ class Config:
         """How many of a prompt's K samples continue the prefix."""
         return self.prefixed_samples if not self.prefixed_families or family in self.prefixed_families else 0
 
+    def prefix_for(self, family: str | None) -> str:
+        """The forced opening of a prompt's prefixed samples."""
+        return self.prefix_by_family.get(family, self.prefix)
+
 
 def main(cfg: Config) -> dict:
     from rlhfkit.feedback.store import FeedbackStore
@@ -74,14 +81,21 @@ def main(cfg: Config) -> dict:
     os.makedirs(cfg.out_dir, exist_ok=True)
     world = build_world(cfg.world)
 
-    # 1. Sample the queue: K - P free samples per prompt, then P continuing the refusal prefix.
+    # 1. Sample the queue: K - P free samples per prompt, then P continuing its family's forced opening (the first
+    #    opening's prompts with the free samples in one call, each further opening's in a call of its own).
     seed_everything(cfg.seed)
     model, tok = load_causal_lm(cfg.policy, device=cfg.device)
     prompts = world.prompts("rl")[: cfg.limit or None]
     n_pre = [cfg.prefixed_for(p.family) for p in prompts]
     n_free = [cfg.samples_for(p.family) - k for p, k in zip(prompts, n_pre)]
-    groups = sample_groups(model, tok, [p.text for p in prompts], n_free, n_pre, cfg.prefix, max_new_tokens=cfg.max_new_tokens,
-                           temperature=cfg.temperature, batch_size=cfg.batch_size, seed=cfg.seed)
+    openings = [cfg.prefix_for(p.family) for p in prompts]
+    groups = [[] for _ in prompts]
+    for i, opening in enumerate(dict.fromkeys(o for o, k in zip(openings, n_pre) if k) or [cfg.prefix]):
+        part = sample_groups(model, tok, [p.text for p in prompts], n_free if i == 0 else [0] * len(prompts),
+                             [k if o == opening else 0 for o, k in zip(openings, n_pre)], opening,
+                             max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, batch_size=cfg.batch_size,
+                             seed=cfg.seed)
+        groups = [g + h for g, h in zip(groups, part)]
     rows = [{"prompt": p.text, "responses": [g["response"] for g in group], "terminated": [g["terminated"] for g in group],
              "policy": cfg.policy, "family": p.family} for p, group in zip(prompts, groups)]
     queue = os.path.join(cfg.out_dir, "queue.jsonl")
