@@ -72,6 +72,9 @@ def test_unknown_family_names_are_a_config_error(tmp_path):
     assert proc.returncode == 2 and "num_samples_by_family: unknown world families ['fact']" in proc.stderr
     proc = rlhfkit("feedback", f"--out_dir={tmp_path}", "--prefix_by_family={fact: nope}", check=False)
     assert proc.returncode == 2 and "prefix_by_family: unknown world families ['fact']" in proc.stderr
+    proc = rlhfkit("feedback", f"--out_dir={tmp_path}", "--prefixed_samples=1", "--prefixed_families=[benign]",
+                   "--prefix_by_family={facts: nope}", check=False)
+    assert proc.returncode == 2 and "prefix_by_family: ['facts'] get no prefixed samples" in proc.stderr
 
 
 @pytest.mark.parametrize("args,error", [

@@ -57,6 +57,9 @@ class Config:
         check_families("num_samples_by_family", self.num_samples_by_family)
         check_families("prefixed_families", self.prefixed_families)
         check_families("prefix_by_family", self.prefix_by_family)
+        if self.prefixed_families and (unused := sorted(set(self.prefix_by_family) - set(self.prefixed_families))):
+            raise ConfigError(f"prefix_by_family: {unused} get no prefixed samples (not in prefixed_families "
+                              f"{self.prefixed_families}): their opening would never be used")
         for fam in self.prefixed_families or [None, *self.num_samples_by_family]:  # the K of prompts that get prefixed samples
             name = f"num_samples_by_family.{fam}" if fam in self.num_samples_by_family else "num_samples"
             if not 0 <= self.prefixed_samples <= self.samples_for(fam):
