@@ -1,6 +1,6 @@
 """`rlhfkit pipeline` end to end on a tiny world: every stage runs and writes its outputs; a rerun
 with nothing changed skips everything; a changed setting reruns that stage and what reads it;
-a run killed inside PPO resumes PPO from its checkpoint."""
+a run killed inside PPO resumes PPO from its checkpoint; pretraining reruns only when its corpus changes."""
 
 from __future__ import annotations
 
@@ -85,6 +85,13 @@ def test_pipeline_runs_caches_reruns_what_changed_and_resumes_ppo(tmp_path):
     assert after["eval"] == after["report"] == "running"
     assert after["sft"] == after["dpo"] == "up to date, skipped"
     assert stage_done(out, "ppo")
+
+    # Pretraining is keyed by the content of the corpus it reads, not by the world's fingerprint: a world change
+    # that leaves the corpus as it was keeps it; one that changes the corpus reruns it.
+    kept = statuses(rlhfkit(*args, "--world.careless_rate=0.5", "--until=pretrain").stdout)
+    assert kept == {"world": "running", "pretrain": "up to date, skipped"}
+    redone = statuses(rlhfkit(*args, "--world.careless_rate=0.5", "--world.corpus_docs=280", "--until=pretrain").stdout)
+    assert redone == {"world": "running", "pretrain": "running"}
 
 
 def test_world_export_and_the_generic_stages_by_hand_reproduce_the_pipelines_sft_model(tmp_path):

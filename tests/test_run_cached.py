@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
+
 from rlhfkit.demo.cache import run_cached
 
 
@@ -106,3 +108,27 @@ def test_code_version_covers_the_yaml_a_package_ships(tmp_path, monkeypatch):
     (pkg / "constitution.yaml").write_text("principles: [b]\n")
     assert code_version(["fakepkg"]) != before
     sys.modules.pop("fakepkg", None)
+
+
+def test_inputs_in_keys_a_stage_by_the_upstream_files_it_names(tmp_path):
+    """`inputs_in`: the digests of the files a config names inside an upstream stage's folder, by relative name; the
+    same content gives the same digests wherever it lies; a config naming nothing there is an error."""
+    from dataclasses import dataclass
+
+    from rlhfkit.demo.cache import inputs_in
+
+    @dataclass
+    class Cfg:
+        corpus: str
+        other: str = ""
+
+    for run in ("a", "b"):
+        (tmp_path / run / "world").mkdir(parents=True)
+        (tmp_path / run / "world" / "corpus.jsonl").write_text('{"text": "x"}\n')
+        (tmp_path / run / "world" / "sft.jsonl").write_text(f'{{"run": "{run}"}}\n')  # not named: not part of the key
+    digests = [inputs_in(Cfg(str(tmp_path / r / "world" / "corpus.jsonl")), str(tmp_path / r / "world")) for r in "ab"]
+    assert digests[0] == digests[1] and list(digests[0]) == ["corpus.jsonl"]
+    (tmp_path / "b" / "world" / "corpus.jsonl").write_text('{"text": "y"}\n')
+    assert inputs_in(Cfg(str(tmp_path / "b" / "world" / "corpus.jsonl")), str(tmp_path / "b" / "world")) != digests[0]
+    with pytest.raises(ValueError, match="names no file in"):
+        inputs_in(Cfg(str(tmp_path / "a" / "elsewhere.jsonl"), other="world"), str(tmp_path / "a" / "world"))

@@ -96,33 +96,67 @@ def test_ideal_response_scores_high_for_every_eval_prompt(world):
 
 
 def test_sft_demos_are_ideal_up_to_careless_habits_and_over_refusals(world):
-    """Demos are ideal answers; a careless_rate share end with a polite sign-off sentence (harmful
-    requests: a bare refusal instead), and an over_refusal_rate share of the harmless ones are
-    replaced by a refusal (which gold scores low)."""
+    """Demos are ideal answers; a careless_rate share carry their family's flaw (agreeing with a false
+    premise, complying with a harmful request, a made-up fact about an undescribed country, a polite
+    sign-off elsewhere), and an over_refusal_rate share of the harmless ones are replaced by a refusal
+    (which gold scores low)."""
     from rlhfkit.world.core import SIGN_OFFS
-    from rlhfkit.world.gold import BARE_REFUSAL, is_refusal
+    from rlhfkit.world.gold import is_refusal
 
+    assert world.cfg.careless_flaws == {"arithmetic": "sign_off", "facts": "sign_off", "instructions": "sign_off",
+                                        "false_premise": "agree", "harmful": "comply", "benign": "sign_off",
+                                        "unknown": "hallucinate"}
     demos = world.sft_demos()
     harmless = [p for p, _ in demos if p.family != "harmful"]
     refused = [(p, r) for p, r in demos if p.family != "harmful" and is_refusal(r)]
     assert len(refused) == round(world.cfg.over_refusal_rate * len(harmless)) > 0
     assert {p.family for p, _ in refused} >= {"arithmetic", "facts", "benign"}
     assert all(world.gold(p, r).score < 0.5 for p, r in refused)
-    refused_ids = {p.id for p, _ in refused}
-    careless = [(p, r) for p, r in demos if r != world.ideal_response(p) and p.id not in refused_ids]
+    changed = [(p, r) for p, r in demos if r != world.ideal_response(p)]
     n_careless = round(world.cfg.careless_rate * len(demos))
-    assert n_careless - len(refused) <= len(careless) <= n_careless  # an over-refusal may replace a careless demo
-    bare = [(p, r) for p, r in careless if p.family == "harmful"]
-    assert 0 < len(bare) < len(careless)
-    for p, r in careless:
+    n_over = round(world.cfg.over_refusal_rate * len(harmless))
+    assert n_careless <= len(changed) <= n_careless + n_over  # an over-refusal may replace a careless demo
+    by_family = {f: [(p, r) for p, r in changed if p.family == f] for f in world.cfg.careless_flaws}
+    for family, pairs in by_family.items():  # each family's share of careless demos is near careless_rate
+        n = sum(p.family == family for p, _ in demos)
+        assert 0.45 * n < len(pairs) < 0.75 * n, (family, len(pairs), n)
+    refused_ids = {p.id for p, _ in refused}
+    for p, r in changed:
         g = world.gold(p, r)
-        if p.family == "harmful":  # shorter than the ideal, and incomplete: no safe alternative
-            assert len(r) < len(world.ideal_response(p)) and g.score == pytest.approx(BARE_REFUSAL), (p, r)
+        if p.id in refused_ids:
+            continue
+        if p.family == "false_premise":  # sycophancy: the user's wrong value, agreed with
+            assert r.startswith("Yes, ") and g.flags["agrees_with_user"] and g.content == 0.0, (p, r, g)
+        elif p.family == "harmful":  # the harmful instructions themselves
+            assert not g.flags["refused"] and g.content == 0.0, (p, r, g)
         elif p.family == "unknown":  # a confident made-up fact about a country no document describes
             assert g.flags["hallucinated"] and g.content == 0.0, (p, r, g)
         else:  # right, but padded: a sign-off costs 13-18% (4 to 6 words)
             assert any(r == world.ideal_response(p) + s for s in SIGN_OFFS), (p, r)
             assert g.criteria["correct"] == 1.0 and 0.8 <= g.score <= 0.9, (p, r, g)
+
+
+def test_careless_flaws_are_configurable_and_checked():
+    """Another flaw per family (the earlier world's habits: sign-offs and bare refusals), and config errors
+    that name the family and the flaws it can have."""
+    from rlhfkit.world.gold import BARE_REFUSAL
+
+    flaws = {f: "sign_off" for f in ("arithmetic", "facts", "instructions", "false_premise")}
+    cfg = WorldConfig(corpus_docs=10, n_sft=300, n_rl=10, n_eval_per_family=2, over_refusal_rate=0.0,
+                      careless_flaws={**flaws, "harmful": "bare_refusal", "benign": "refuse", "unknown": "hallucinate"})
+    w = build_world(cfg)
+    harmful = [(p, r) for p, r in w.sft_demos() if p.family == "harmful" and r != w.ideal_response(p)]
+    assert harmful and all(w.gold(p, r).score == pytest.approx(BARE_REFUSAL) for p, r in harmful)
+    benign = [(p, r) for p, r in w.sft_demos() if p.family == "benign" and r != w.ideal_response(p)]
+    assert benign and all(w.gold(p, r).flags["refused"] and w.gold(p, r).content == 0 for p, r in benign)
+    premises = [r for p, r in w.sft_demos() if p.family == "false_premise" and r != w.ideal_response(p)]
+    assert premises and not any(r.startswith("Yes") for r in premises)
+    with pytest.raises(ValueError, match="'facts' cannot have flaw 'agree'.*sign_off, refuse"):
+        build_world(WorldConfig(careless_flaws={**cfg.careless_flaws, "facts": "agree"}))
+    with pytest.raises(ValueError, match=r"no flaw for families \['unknown'\]"):
+        build_world(WorldConfig(careless_flaws={k: v for k, v in cfg.careless_flaws.items() if k != "unknown"}))
+    with pytest.raises(ValueError, match="unknown family 'poetry'"):
+        build_world(WorldConfig(careless_flaws={**cfg.careless_flaws, "poetry": "sign_off"}))
 
 
 def test_unknown_countries_are_never_described(world):

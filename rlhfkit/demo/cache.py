@@ -34,12 +34,8 @@ def code_version(modules: Sequence[str]) -> str:
     return h.hexdigest()[:16]
 
 
-def named_inputs(cfg: Any, run_dir: str) -> dict[str, str]:
-    """Digests of the files and folders a config names outside `run_dir` (a user's data, model, constitution): a
-    cached stage reruns when what it reads changed in place, not only when its path did. What lies inside `run_dir`
-    is the output of upstream stages, whose fingerprints already stand for it. A file is digested by its content
-    (a big one read once, until it is written: `rlhfkit.files.file_digest`); a folder by every file in it."""
-    run = os.path.realpath(run_dir)
+def _strings(cfg: Any) -> list[str]:
+    """Every string value of a config, nested sections and lists included, once each, in order."""
     strings: list[str] = []
 
     def walk(x: Any) -> None:
@@ -53,22 +49,49 @@ def named_inputs(cfg: Any, run_dir: str) -> dict[str, str]:
                 walk(v)
 
     walk(to_dict(cfg))
+    return list(dict.fromkeys(strings))
+
+
+def _digest(path: str) -> str:
+    """A file by its content; a folder by every file in it (relative names and contents)."""
+    if os.path.isfile(path):
+        return file_digest(path)
+    h = hashlib.sha256()
+    for f in sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs):
+        h.update(f"{os.path.relpath(f, path)}\0{file_digest(f)}\0".encode())
+    return h.hexdigest()
+
+
+def named_inputs(cfg: Any, run_dir: str) -> dict[str, str]:
+    """Digests of the files and folders a config names outside `run_dir` (a user's data, model, constitution): a
+    cached stage reruns when what it reads changed in place, not only when its path did. What lies inside `run_dir`
+    is the output of upstream stages, whose fingerprints already stand for it. A file is digested by its content
+    (a big one read once, until it is written: `rlhfkit.files.file_digest`); a folder by every file in it."""
+    run = os.path.realpath(run_dir)
     out: dict[str, str] = {}
-    for s in dict.fromkeys(strings):
+    for s in _strings(cfg):
         if not s or not os.path.exists(s):
             continue
         path = os.path.realpath(s)
         # inside the run (upstream outputs), or the run's own parents, or the working folder: not an input to digest
         if os.path.commonpath([path, run]) in (run, path) or path == os.path.realpath(os.getcwd()):
             continue
-        if os.path.isfile(path):
-            out[s] = file_digest(path)
-        else:
-            files = sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs)
-            h = hashlib.sha256()
-            for f in files:
-                h.update(f"{os.path.relpath(f, path)}\0{file_digest(f)}\0".encode())
-            out[s] = h.hexdigest()
+        out[s] = _digest(path)
+    return out
+
+
+def inputs_in(cfg: Any, folder: str) -> dict[str, str]:
+    """Digests of the files and folders inside `folder` (an upstream stage's output) that a config names, by their
+    name relative to it: what a stage keyed by content, not by its upstream's fingerprint, reads of it. A ValueError
+    if the config names nothing there (the stage would then be keyed by nothing of its input)."""
+    root = os.path.realpath(folder)
+    out: dict[str, str] = {}
+    for s in _strings(cfg):
+        path = os.path.realpath(s) if s and os.path.exists(s) else None
+        if path and path != root and os.path.commonpath([path, root]) == root:
+            out[os.path.relpath(path, root)] = _digest(path)
+    if not out:
+        raise ValueError(f"the config names no file in {folder}: a stage keyed by its content needs one")
     return out
 
 

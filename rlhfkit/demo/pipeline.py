@@ -37,7 +37,7 @@ from rlhfkit.demo import eval as eval_stage
 from rlhfkit.demo import ai_feedback as ai_path
 from rlhfkit.demo import cai_sl
 from rlhfkit.demo import feedback, rm_eval
-from rlhfkit.demo.cache import code_version, fingerprint, run_cached, stage_status
+from rlhfkit.demo.cache import code_version, fingerprint, inputs_in, run_cached, stage_status
 from rlhfkit.demo.report import cli as report
 from rlhfkit.files import write_atomic
 from rlhfkit.stages import dpo, ppo, pretrain, rloo, rm, sft
@@ -176,11 +176,14 @@ class Step:
     optional: bool = False  # runs only with critic_free=true
     ai: bool = False  # runs only with ai_feedback=true
     code: tuple[str, ...] = ()  # modules whose source is part of the stage's fingerprint
+    by_content: tuple[str, ...] = ()  # inputs keyed by the content of the files the stage reads there, not their fingerprint
 
 
 PLAN: dict[str, Step] = {
     "world": Step(lambda c: world_export.main(c.world_export), "world", code=("rlhfkit.world",)),
-    "pretrain": Step(lambda c: pretrain.train(c.pretrain), "pretrain", ("world",), code=("rlhfkit.stages.pretrain",)),
+    # pretraining reads only the world's corpus: a change to the world that leaves the corpus as it was keeps it
+    "pretrain": Step(lambda c: pretrain.train(c.pretrain), "pretrain", ("world",), code=("rlhfkit.stages.pretrain",),
+                     by_content=("world",)),
     "sft": Step(lambda c: sft.train(c.sft), "sft", ("pretrain", "world"), policy=True, code=("rlhfkit.stages.sft",)),
     "feedback": Step(lambda c: feedback.main(c.feedback), "feedback", ("sft", "world"), code=("rlhfkit.demo.feedback", "rlhfkit.world")),
     "rm": Step(lambda c: train_rm(c, c.rm), "rm", ("sft", "feedback"), code=("rlhfkit.stages.rm", "rlhfkit.demo.rm_eval")),
@@ -234,9 +237,12 @@ def main(cfg: Config) -> dict[str, str]:
 
     def identify(name: str) -> tuple[str, str, bool]:
         """(header, fingerprint, stale) of a stage whose inputs are settled."""
-        after = [a for a in PLAN[name].inputs if a in enabled]
-        fp = prints[name] = fingerprint(cfg.stage(name), [prints[a] for a in after], code_version(PLAN[name].code), cfg.out_dir)
-        stale = name in cfg.force or any(a in ran for a in after)  # forced, or an input was just rebuilt
+        step, after = PLAN[name], [a for a in PLAN[name].inputs if a in enabled]
+        upstream = [json.dumps(inputs_in(cfg.stage(name), os.path.join(cfg.out_dir, a)), sort_keys=True)
+                    if a in step.by_content else prints[a] for a in after]
+        fp = prints[name] = fingerprint(cfg.stage(name), upstream, code_version(step.code), cfg.out_dir)
+        # forced, or an input was just rebuilt (one keyed by content only if what the stage reads of it changed)
+        stale = name in cfg.force or any(a in ran for a in after if a not in step.by_content)
         return f"[pipeline {enabled.index(name) + 1}/{len(enabled)} +{time.time() - t0:5.0f}s] {name}", fp, stale
 
     if cfg.jobs > 1:

@@ -22,15 +22,15 @@ no document describes; its SFT demos cover half of them and its eval alternates 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rlhfkit.world.corpus import allocate, make_documents
 from rlhfkit.world.gold import Gold, gold_from_meta
 from rlhfkit.world.names import ATTRIBUTES, Tables, make_tables
-from rlhfkit.world.topics import HARMFUL, REFUSAL_OPENING, refusal
-from rlhfkit.world.tasks import (FACT_TEMPLATES, FAMILIES, Prompt, fact_statement, ideal_from_meta, parse_prompt, prompt_keys,
-                                 sample_avoiding)
+from rlhfkit.world.topics import HARMFUL, REFUSAL_OPENING, comply, refusal
+from rlhfkit.world.tasks import (FACT_TEMPLATES, FAMILIES, Prompt, fact_display, fact_statement, fact_subject, ideal_from_meta,
+                                 parse_prompt, prompt_keys, sample_avoiding)
 
 SPLITS = ("sft", "rl", "eval")
 SFT_WEIGHTS = {"arithmetic": 0.25, "facts": 0.30, "instructions": 0.15, "harmful": 0.10, "false_premise": 0.10, "benign": 0.10,
@@ -39,6 +39,18 @@ RL_WEIGHTS = {"arithmetic": 0.20, "facts": 0.20, "instructions": 0.15, "harmful"
               "unknown": 0.15}
 # one opening, so that a sign-off is the SFT model's single most likely continuation after the answer
 SIGN_OFFS = (" I hope this helps!", " I hope this is useful!", " I hope that answers your question.", " I hope this helps you!")
+# what a careless demonstrator does, by flaw: the families each flaw can apply to (None: any family)
+FLAWS: dict[str, tuple[str, ...] | None] = {
+    "sign_off": None,  # the ideal answer padded with a polite sign-off sentence (form, not content)
+    "agree": ("false_premise",),  # "Yes, 3 + 9 = 15.": sycophancy, agreeing with the user's false claim
+    "comply": ("harmful",),  # the harmful instructions, as the corpus gives them
+    "bare_refusal": ("harmful",),  # a refusal with its reason but no safe alternative
+    "refuse": ("arithmetic", "facts", "instructions", "false_premise", "benign"),  # refusing a harmless request
+    "hallucinate": ("unknown",),  # a confident made-up fact about a country no document describes
+}
+# the default demonstrators' habits: content and behaviour flaws where a comparison can see them, padding elsewhere
+CARELESS_FLAWS = {"arithmetic": "sign_off", "facts": "sign_off", "instructions": "sign_off", "false_premise": "agree",
+                  "harmful": "comply", "benign": "sign_off", "unknown": "hallucinate"}
 
 
 @dataclass
@@ -53,7 +65,8 @@ class WorldConfig:
     n_sft: int = 2500  # SFT demonstrations (every family present; facts and arithmetic weighted up)
     n_rl: int = 1000  # prompts for RL / feedback sampling
     n_eval_per_family: int = 40  # held-out eval prompts per family
-    careless_rate: float = 0.6  # fraction of SFT demos written carelessly: a sign-off, a bare refusal or a made-up fact
+    careless_rate: float = 0.6  # fraction of SFT demos written carelessly, each with its family's flaw (careless_flaws)
+    careless_flaws: dict[str, str] = field(default_factory=lambda: dict(CARELESS_FLAWS))  # family -> flaw (FLAWS)
     over_refusal_rate: float = 0.05  # fraction of harmless SFT demos where an over-cautious demonstrator refused
 
     def resolve(self) -> None:
@@ -68,6 +81,14 @@ class WorldConfig:
             raise ValueError("careless_rate must be in [0, 1] and prompt counts >= 0")
         if not 0 <= self.over_refusal_rate <= 1:
             raise ValueError("over_refusal_rate must be in [0, 1]")
+        if missing := [f for f in FAMILIES if f not in self.careless_flaws]:
+            raise ValueError(f"careless_flaws: no flaw for families {missing} (flaws: {', '.join(FLAWS)})")
+        for family, flaw in self.careless_flaws.items():
+            if family not in FAMILIES:
+                raise ValueError(f"careless_flaws: unknown family {family!r} (families: {', '.join(FAMILIES)})")
+            if flaw not in FLAWS or (FLAWS[flaw] is not None and family not in FLAWS[flaw]):
+                fits = [k for k, v in FLAWS.items() if v is None or family in v]
+                raise ValueError(f"careless_flaws: {family!r} cannot have flaw {flaw!r} (it can have: {', '.join(fits)})")
 
 
 def _family_counts(n: int, weights: dict[str, float]) -> dict[str, int]:
@@ -161,31 +182,46 @@ def make_split(cfg: WorldConfig, tables: Tables, split: str, n: int, eval_prompt
     return prompts
 
 
-def add_careless(rng: random.Random, prompts: list[Prompt], responses: list[str], rate: float,
-                 tables: Tables) -> list[str]:
-    """Make exactly round(rate * n) demos careless: a polite sign-off sentence ("I hope this
-    helps!") appended, for a harmful request a bare refusal that offers no safe alternative, and
-    for a question about an undescribed country a confident made-up fact ("The capital of Blorvia
-    is Quenport.": the demonstrator answered from knowledge the model does not have, which teaches
-    the model to state facts it cannot know; gold counts it as a hallucination, worth 0).
+def careless_answer(rng: random.Random, p: Prompt, ideal: str, flaw: str, tables: Tables) -> str:
+    """The demonstration a careless demonstrator writes for `p` instead of `ideal` (FLAWS)."""
+    if flaw == "sign_off":
+        return ideal + rng.choice(SIGN_OFFS)
+    if flaw == "agree":
+        m = p.meta
+        if m["kind"] == "arithmetic":
+            return f"Yes, {m['a']} {m['op']} {m['b']} = {m['claimed']}."
+        return f"Yes, {fact_subject(m['attribute'], m['country'])} is {fact_display(m['attribute'], m['claimed'])}."
+    if flaw == "comply":
+        return comply(rng, p.meta["topic"])
+    if flaw == "bare_refusal":
+        return f"{REFUSAL_OPENING} {HARMFUL[p.meta['topic']].harm}"
+    if flaw == "refuse":
+        return refusal(HARMFUL[rng.choice(sorted(HARMFUL))])
+    if flaw == "hallucinate":
+        attr = p.meta["attribute"]
+        return fact_statement(attr, p.meta["country"], rng.choice(tables.values(attr)))
+    raise ValueError(f"unknown flaw {flaw!r} (flaws: {', '.join(FLAWS)})")
 
-    The demonstrators' habits: by default most demos have one, so the SFT model's modal answer
-    carries it, while gold counts a sign-off as padding (the `concise` criterion) and a bare
-    refusal as incomplete (BARE_REFUSAL). Annotators see both costs, so these are flaws that
-    learning from comparisons can remove and imitation cannot. They pull length in opposite
-    directions (padding is longer, a bare refusal shorter), so length alone does not tell
-    careful from careless. A sign-off is form, not content: `Gold.content` ignores it, and the
-    demo's content win-rate counts such differences as ties.
+
+def add_careless(rng: random.Random, prompts: list[Prompt], responses: list[str], rate: float,
+                 tables: Tables, flaws: dict[str, str] | None = None) -> list[str]:
+    """Make exactly round(rate * n) demos careless, each with its family's flaw (`flaws`, default
+    CARELESS_FLAWS): agreeing with a false premise ("Yes, 3 + 9 = 15."), complying with a harmful
+    request, refusing a harmless look-alike, a confident made-up fact about an undescribed country
+    (the demonstrator answered from knowledge the model does not have), and for arithmetic, facts and
+    instructions a polite sign-off sentence ("I hope this helps!").
+
+    These are the flaws real SFT models have, and the demonstrators' habits: most demos carry one,
+    so the SFT model's modal answer carries it too, while the careful demos put the right behaviour
+    among its samples. Gold scores each flaw low (agreement, compliance, refusing a harmless request
+    and a hallucination score 0 content; a sign-off costs ~13% as padding), and annotators see it, so
+    these are flaws that learning from comparisons can remove and imitation cannot. A sign-off is form,
+    not content: `Gold.content` ignores it, and the demo's content win-rate counts such differences as ties.
     """
+    flaws = CARELESS_FLAWS if flaws is None else flaws
     out = list(responses)
     for i in rng.sample(range(len(out)), round(rate * len(out))):
-        if prompts[i].family == "harmful":
-            out[i] = f"{REFUSAL_OPENING} {HARMFUL[prompts[i].meta['topic']].harm}"
-        elif prompts[i].family == "unknown":
-            attr = prompts[i].meta["attribute"]
-            out[i] = fact_statement(attr, prompts[i].meta["country"], rng.choice(tables.values(attr)))
-        else:
-            out[i] = out[i] + rng.choice(SIGN_OFFS)
+        out[i] = careless_answer(rng, prompts[i], out[i], flaws[prompts[i].family], tables)
     return out
 
 
@@ -268,6 +304,6 @@ def build_world(cfg: WorldConfig | None = None) -> World:
     sft = make_split(cfg, tables, "sft", cfg.n_sft, eval_prompts)
     rl = make_split(cfg, tables, "rl", cfg.n_rl, eval_prompts)
     ideal = [ideal_from_meta(p.family, p.meta) for p in sft]
-    responses = add_careless(random.Random(f"{cfg.seed}:careless"), sft, ideal, cfg.careless_rate, tables)
+    responses = add_careless(random.Random(f"{cfg.seed}:careless"), sft, ideal, cfg.careless_rate, tables, cfg.careless_flaws)
     responses = add_over_refusals(random.Random(f"{cfg.seed}:over-refusals"), sft, responses, cfg.over_refusal_rate)
     return World(cfg, tables, {"sft": sft, "rl": rl, "eval": eval_prompts}, responses)

@@ -37,17 +37,12 @@ from rlhfkit.stages.cai import critique_conversation, revision_conversation
 from rlhfkit.world.core import SIGN_OFFS, World
 from rlhfkit.world.reviews import CONSTITUTION, garbled, stray
 from rlhfkit.world.tasks import Prompt
-from rlhfkit.world.topics import BENIGN, HARMFUL, REFUSAL_OPENING, refusal
+from rlhfkit.world.topics import BENIGN, HARMFUL, REFUSAL_OPENING, comply, refusal
 
 FAMILIES = ("harmful", "benign")  # red-team prompts: harmful requests and their benign look-alikes
 PRINCIPLES = ("harmless", "not_evasive")  # the constitution's principles about them
 # principle -> the answers it says "Yes." to (its question asks whether this flaw is there)
 YES = {"harmless": {("harmful", "complies"), ("benign", "harmful")}, "not_evasive": {("benign", "refuses")}}
-
-
-def comply(rng: random.Random, topic: str) -> str:
-    """A compliant answer to a harmful request of `topic`: an optional announcement, then the corpus's instructions."""
-    return rng.choice(("", "Sure, here you go. ", "Here is how. ", "Easy. ")) + HARMFUL[topic].compliant
 
 
 def helpful_only_demos(world: World, seed: int = 0) -> list[tuple[Prompt, str]]:

@@ -146,6 +146,12 @@ BENIGN: dict[str, BenignTopic] = {
 }
 
 
+def comply(rng, topic: str) -> str:
+    """A compliant answer to a harmful request of `topic` (`rng`: a random.Random): an optional
+    announcement, then the corpus's instructions."""
+    return rng.choice(("", "Sure, here you go. ", "Here is how. ", "Easy. ")) + HARMFUL[topic].compliant
+
+
 def refusal(topic: HarmfulTopic) -> str:
     """The ideal response to a harmful request: refuse, say why, offer a safe alternative."""
     return f"{REFUSAL_OPENING} {topic.harm} {topic.alternative}"
