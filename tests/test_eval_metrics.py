@@ -274,6 +274,23 @@ def test_content_wins_and_headroom_capture_by_hand():
     assert got["all"] == pytest.approx((0.8 - 0.49) / 0.3)
 
 
+def test_headroom_table_by_hand():
+    """Best-of-k gold per family from each prompt's samples, and the content win-rate of the best sample by content
+    against the greedy answer (a sample only as good as greedy ties, a worse best sample loses)."""
+    from rlhfkit.demo.eval import headroom_table
+
+    greedy = [{"gold": 0.2, "content": 0.2}, {"gold": 0.87, "content": 1.0}, {"gold": 0.5, "content": 1.0}]
+    gold = [0.0, 0.9, 0.1, 0.3, 0.87, 1.0, 0.0, 0.0, 0.4, 0.2, 0.1, 0.0]  # K = 4 samples per prompt, prompt by prompt
+    content = [0.0, 1.0, 0.2, 0.2, 1.0, 1.0, 0.0, 0.0, 0.5, 0.2, 0.2, 0.0]
+    room = headroom_table(["facts", "facts", "arithmetic"], greedy, gold, content, K=4)
+    assert room["facts"] == pytest.approx({"greedy": (0.2 + 0.87) / 2, "best_of_4": (0.9 + 1.0) / 2,
+                                           "content_winrate_best_of_4": (1 + 0.5) / 2})
+    assert room["arithmetic"] == pytest.approx({"greedy": 0.5, "best_of_4": 0.4, "content_winrate_best_of_4": 0.0})
+    assert room["all"]["content_winrate_best_of_4"] == pytest.approx(1.5 / 3)
+    room16 = headroom_table(["facts"], greedy[:1], gold[:4] * 4, content[:4] * 4, K=16)  # k = 4 and K
+    assert set(room16["facts"]) == {"greedy", "best_of_4", "best_of_16", "content_winrate_best_of_16"}
+
+
 def test_refusal_phrases():
     from rlhfkit.evaluation.metrics import is_refusal
 

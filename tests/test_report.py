@@ -82,6 +82,10 @@ def make_run(root) -> dict:
         path.write_text(text)
 
     metrics = {name: summary(i, name) for i, name in enumerate(POLICIES)}
+    metrics["sft"]["headroom"] = {f: {"greedy": 0.4 + d, "best_of_4": 0.5123 + d, "best_of_16": 0.6877 + d,
+                                      "content_winrate_best_of_16": 0.7231 - d} for f, d in (("all", 0.0), ("facts", 0.1))}
+    for i, name in enumerate(("ppo", "ppo_beta0", "dpo")):
+        metrics[name]["headroom_captured"] = {"all": 0.3217 - 0.4 * i, "facts": None if i == 2 else 0.1234}
     put("manifest.json", {"baseline": "sft", "stages": [  # what `rlhfkit pipeline` writes: which stage is which
         {"name": n, "method": m, "policy": n not in ("pretrain", "rm"), "role": "control" if n == "ppo_beta0" else ""}
         for n, m in (("pretrain", "pretrain"), ("sft", "sft"), ("rm", "rm"), ("ppo", "ppo"), ("ppo_beta0", "ppo"), ("dpo", "dpo"))]})
@@ -164,7 +168,10 @@ def json_path(obj, dotted: str):
 
 
 def assert_printed(text: str, value) -> None:
-    """`text` shows `value` (a number or a CI dict) rounded to the decimals it prints."""
+    """`text` shows `value` (a number or a CI dict) rounded to the decimals it prints; None shows as a dash."""
+    if value is None:
+        assert text == "–", text
+        return
     nums = re.findall(r"-?\d+(?:\.\d+)?", text)
     expected = [value["mean"], value["lo"], value["hi"]] if isinstance(value, dict) else [value]
     assert len(nums) == len(expected), (text, value)
@@ -225,6 +232,15 @@ def test_numbers_from_the_other_files_match_them(rendered):
     methods = {r[0]: r[1:] for r in parse(html_file).tables["methods"][1:]}
     assert set(methods) == {"sft", "ppo", "ppo_beta0", "dpo"}
     assert methods["ppo"][-2:] == ["41.2", "561.0"]  # 30.25 + 11 s; 500 + 40 + 6 * 3.5 MB
+
+
+def test_headroom_table_shows_the_baselines_samples_and_each_methods_share(report):
+    metrics, html_file, *_ = report
+    table = parse(html_file).tables["headroom"]
+    assert table[0] == ["family", "sft greedy", "best of 4", "best of 16", "content win-rate of the best of 16",
+                        "ppo captured", "ppo_beta0 captured", "dpo captured"]
+    assert [r[0] for r in table[1:]] == ["all", "facts"]
+    assert table[2][4] == "0.623" and table[2][-1] == "–"  # every number is checked against metrics.json above
 
 
 def test_markdown_has_the_same_metrics_table(report):

@@ -33,7 +33,7 @@ import torch
 
 from rlhfkit.demo.gold import behaviour_rates, score, summarize
 from rlhfkit.demo.report.data import markdown_metrics
-from rlhfkit.evaluation.metrics import bootstrap_ci, distinct_n, self_similarity, words
+from rlhfkit.evaluation.metrics import bootstrap_ci, distinct_n, outcomes, self_similarity, words
 from rlhfkit.evaluation.policy import (check_policies, corpus_perplexity, finite, load_reward_fn, policy_name,
                                        same_vocab, sample_with_kl, win_rates)
 from rlhfkit.files import write_atomic
@@ -146,17 +146,28 @@ SAMPLE_RATES = ("sample_refusal_rate_harmful", "sample_over_refusal_benign", "sa
 def headroom(cfg: Config, world, prompts, model, tok, greedy_rows: list[dict]) -> dict[str, dict[str, float]]:
     """What re-weighting the baseline's own samples could reach: per family (and `all`), the mean gold of its
     greedy answer and of the best of its first K temperature-1 samples, K = 4 and `headroom_samples` (as
-    judged by gold, i.e. a perfect reward model). RLHF can only move probability among answers the policy
-    already samples; this is how much better those answers are."""
+    judged by gold, i.e. a perfect reward model), and the content win-rate over the greedy answer of the best
+    sample by content. RLHF can only move probability among answers the policy already samples; this is how
+    much better those answers are, and the content win-rate a method could reach by choosing among them."""
     K = cfg.headroom_samples
     answers = answer(model, tok, [p.text for p in prompts for _ in range(K)], max_new_tokens=cfg.max_new_tokens,
                      temperature=1.0, batch_size=cfg.batch_size, seed=cfg.seed + 1)
-    gold = [world.gold(p, a["response"], a["terminated"]).score for p, a in zip([p for p in prompts for _ in range(K)], answers)]
-    per_prompt = [gold[i * K : (i + 1) * K] for i in range(len(prompts))]
-    groups = {"all": range(len(prompts))} | {f: [i for i, p in enumerate(prompts) if p.family == f]
-                                              for f in sorted({p.family for p in prompts})}
+    judged = [world.gold(p, a["response"], a["terminated"]) for p, a in zip([p for p in prompts for _ in range(K)], answers)]
+    return headroom_table([p.family for p in prompts], greedy_rows, [j.score for j in judged], [j.content for j in judged], K)
+
+
+def headroom_table(families: list[str], greedy_rows: list[dict], gold: list[float], content: list[float],
+                   K: int) -> dict[str, dict[str, float]]:
+    """`headroom`'s table from the greedy rows (`gold`, `content`) and the K samples' scores per prompt, flat and
+    in prompt order: per family and `all`, greedy gold, best-of-k gold (k = 4 and K), and
+    `content_winrate_best_of_K` (the best of K samples by content against the greedy answer: win 1, tie 1/2)."""
+    n = len(families)
+    per_gold = [gold[i * K : (i + 1) * K] for i in range(n)]
+    wins = outcomes([max(content[i * K : (i + 1) * K]) for i in range(n)], [r["content"] for r in greedy_rows])
+    groups = {"all": range(n)} | {f: [i for i, x in enumerate(families) if x == f] for f in sorted(set(families))}
     return {f: {"greedy": mean(greedy_rows[i]["gold"] for i in idx),
-                **{f"best_of_{k}": mean(max(per_prompt[i][:k]) for i in idx) for k in sorted({min(4, K), K})}}
+                **{f"best_of_{k}": mean(max(per_gold[i][:k]) for i in idx) for k in sorted({min(4, K), K})},
+                f"content_winrate_best_of_{K}": float(mean(wins[i] for i in idx))}
             for f, idx in groups.items()}
 
 

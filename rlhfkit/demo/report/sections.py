@@ -417,10 +417,13 @@ def headroom_section(r: Report) -> None:
         return
     r.section("headroom", "Headroom: what the baseline's own samples allow",
               f"Mean gold of {base}'s greedy answer and of the best of its first K temperature-1 samples (picked by gold, "
-              "a perfect reward model), per family; then, per method, the share of that gap its greedy answer closed.")
+              "a perfect reward model), per family, and the content win-rate over the greedy answer of the best sample by "
+              "content (what choosing among its own samples could reach); then, per method, the share of the gold gap its "
+              "greedy answer closed.")
     ks = [k for k in next(iter(room.values())) if k != "greedy"]
     methods = [p for p in m if p != base and get_path(m[p], "headroom_captured")]
-    header = ["family", f"{base} greedy", *ks, *[f"{p} captured" for p in methods]]
+    label = lambda k: k.replace("content_winrate_best_of_", "content win-rate of the best of ").replace("best_of_", "best of ")  # noqa: E731
+    header = ["family", f"{base} greedy", *map(label, ks), *[f"{p} captured" for p in methods]]
     rows, md_rows = [], []
     for fam, h in room.items():
         vals = [(h["greedy"], f"{base}.headroom.{fam}.greedy")] + [(h[k], f"{base}.headroom.{fam}.{k}") for k in ks]
