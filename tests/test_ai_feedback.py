@@ -129,7 +129,7 @@ def test_the_judge_labels_the_queue_from_texts_alone(tiny_runs, tmp_path, monkey
 def test_pipeline_ai_path_end_to_end(tmp_path):
     out = tmp_path / "demo"
     ai = ("--config=demo_ai", "--judge.reviews=160", "--judge.sample_reviews=40", "--judge.sample_prompts=30", "--judge.sft.epochs=1", "--judge.sft.batch_size=16",
-          "--judge.sft.eval_every=5", "--ai_label.heldout_samples=2", "--ai_label.max_new_tokens=16", "--rm_ai.epochs=1",
+          "--judge.sft.eval_every=5", "--ai_label.heldout_samples=8", "--ai_label.max_new_tokens=16", "--rm_ai.epochs=1",
           "--rm_ai.eval_every=10", *(f"--ppo_ai.{a[2:]}" for a in PPO), "--cai_critic.chains=60", "--cai_critic.sft_demos=20",
           "--cai_critic.sft.epochs=1", "--cai_critic.sft.batch_size=16", "--cai_critic.sft.eval_every=5",
           "--cai.cai.max_new_tokens=16", "--sft_cai.sft_demos=20", "--sft_cai.sft.epochs=1", "--sft_cai.sft.batch_size=16",

@@ -57,7 +57,9 @@ def test_helpful_only_demos_comply_with_harm_and_are_the_sft_demos_otherwise(tin
     assert harmful and all(complies(r) and not tiny_world.gold(p, r).flags["refused"] and tiny_world.gold(p, r).score == 0
                            for p, r in harmful)
     assert all(r == s for (p, r), (_, s) in zip(helpful, sft_demos) if p.family != "harmful")
-    assert not any(complies(s) for p, s in sft_demos if p.family == "harmful")  # SFT's demonstrators refuse
+    # SFT's careful demonstrators refuse (its careless ones comply, as the helpful-only ones all do)
+    refusals = [(p, s) for p, s in sft_demos if p.family == "harmful" and not complies(s)]
+    assert refusals and all(tiny_world.gold(p, s).flags["refused"] for p, s in refusals)
 
 
 def test_demo_ai_critic_is_never_taught_a_prompt_cai_revises(tmp_path, monkeypatch):
