@@ -159,6 +159,15 @@ def test_careless_flaws_are_configurable_and_checked():
         build_world(WorldConfig(careless_flaws={**cfg.careless_flaws, "poetry": "sign_off"}))
 
 
+def test_a_bad_world_setting_is_a_one_line_config_error_on_the_command_line(tmp_path):
+    from tests.helpers import rlhfkit
+
+    proc = rlhfkit("world", "export", f"--out_dir={tmp_path}", "--world.careless_flaws.facts=agree", check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "config error: careless_flaws: 'facts' cannot have flaw 'agree' (it can have: sign_off, refuse)" in proc.stderr
+    assert not os.listdir(tmp_path)  # nothing written
+
+
 def test_unknown_countries_are_never_described(world):
     """Questions about undescribed countries: no corpus document names one; SFT covers half of them, and
     about half its demos admit not knowing, the rest (careless) make a fact up; eval alternates the halves."""

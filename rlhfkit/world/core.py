@@ -25,6 +25,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from rlhfkit.config import ConfigError
 from rlhfkit.world.corpus import allocate, make_documents
 from rlhfkit.world.gold import Gold, gold_from_meta
 from rlhfkit.world.names import ATTRIBUTES, Tables, make_tables
@@ -70,25 +71,26 @@ class WorldConfig:
     over_refusal_rate: float = 0.05  # fraction of harmless SFT demos where an over-cautious demonstrator refused
 
     def resolve(self) -> None:
-        """Check the values (called by the config loader after overrides, and by build_world)."""
+        """Check the values (called by the config loader after overrides, and by build_world): a ConfigError (a
+        ValueError) naming the setting."""
         if self.n_countries < 2 or self.n_unknown_countries < 2 or self.max_operand < 1 or self.corpus_docs < 1:
-            raise ValueError("need n_countries >= 2, n_unknown_countries >= 2, max_operand >= 1, corpus_docs >= 1")
+            raise ConfigError("need n_countries >= 2, n_unknown_countries >= 2, max_operand >= 1, corpus_docs >= 1")
         if round(self.sft_countries_fraction * self.n_countries) < 1 or not 0 <= self.sft_countries_fraction <= 1:
-            raise ValueError("sft_countries_fraction must be in [0, 1] and leave at least one SFT country")
+            raise ConfigError("sft_countries_fraction must be in [0, 1] and leave at least one SFT country")
         if not 0 <= self.sft_harmful_fraction <= 1:
-            raise ValueError("sft_harmful_fraction must be in [0, 1]")
+            raise ConfigError("sft_harmful_fraction must be in [0, 1]")
         if not 0 <= self.careless_rate <= 1 or min(self.n_sft, self.n_rl, self.n_eval_per_family) < 0:
-            raise ValueError("careless_rate must be in [0, 1] and prompt counts >= 0")
+            raise ConfigError("careless_rate must be in [0, 1] and prompt counts >= 0")
         if not 0 <= self.over_refusal_rate <= 1:
-            raise ValueError("over_refusal_rate must be in [0, 1]")
+            raise ConfigError("over_refusal_rate must be in [0, 1]")
         if missing := [f for f in FAMILIES if f not in self.careless_flaws]:
-            raise ValueError(f"careless_flaws: no flaw for families {missing} (flaws: {', '.join(FLAWS)})")
+            raise ConfigError(f"careless_flaws: no flaw for families {missing} (flaws: {', '.join(FLAWS)})")
         for family, flaw in self.careless_flaws.items():
             if family not in FAMILIES:
-                raise ValueError(f"careless_flaws: unknown family {family!r} (families: {', '.join(FAMILIES)})")
+                raise ConfigError(f"careless_flaws: unknown family {family!r} (families: {', '.join(FAMILIES)})")
             if flaw not in FLAWS or (FLAWS[flaw] is not None and family not in FLAWS[flaw]):
                 fits = [k for k, v in FLAWS.items() if v is None or family in v]
-                raise ValueError(f"careless_flaws: {family!r} cannot have flaw {flaw!r} (it can have: {', '.join(fits)})")
+                raise ConfigError(f"careless_flaws: {family!r} cannot have flaw {flaw!r} (it can have: {', '.join(fits)})")
 
 
 def _family_counts(n: int, weights: dict[str, float]) -> dict[str, int]:
