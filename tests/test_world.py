@@ -151,7 +151,12 @@ def test_careless_flaws_are_configurable_and_checked():
     assert benign and all(w.gold(p, r).flags["refused"] and w.gold(p, r).content == 0 for p, r in benign)
     premises = [r for p, r in w.sft_demos() if p.family == "false_premise" and r != w.ideal_response(p)]
     assert premises and not any(r.startswith("Yes") for r in premises)
-    with pytest.raises(ValueError, match="'facts' cannot have flaw 'agree'.*sign_off, refuse"):
+    hedged = build_world(WorldConfig(corpus_docs=10, n_sft=300, n_rl=10, n_eval_per_family=2,
+                                     careless_flaws={**cfg.careless_flaws, "facts": "hedge", "arithmetic": "hedge"}))
+    unsure = [(p, r) for p, r in hedged.sft_demos() if p.family in ("facts", "arithmetic") and r != hedged.ideal_response(p)]
+    assert {p.family for p, _ in unsure} == {"facts", "arithmetic"}  # the right answer, needlessly hedged: half the credit
+    assert all(r.startswith("I think ") and hedged.gold(p, r).content == pytest.approx(0.5) for p, r in unsure)
+    with pytest.raises(ValueError, match="'facts' cannot have flaw 'agree'.*sign_off, refuse, hedge"):
         build_world(WorldConfig(careless_flaws={**cfg.careless_flaws, "facts": "agree"}))
     with pytest.raises(ValueError, match=r"no flaw for families \['unknown'\]"):
         build_world(WorldConfig(careless_flaws={k: v for k, v in cfg.careless_flaws.items() if k != "unknown"}))

@@ -48,6 +48,7 @@ FLAWS: dict[str, tuple[str, ...] | None] = {
     "bare_refusal": ("harmful",),  # a refusal with its reason but no safe alternative
     "refuse": ("arithmetic", "facts", "instructions", "false_premise", "benign"),  # refusing a harmless request
     "hallucinate": ("unknown",),  # a confident made-up fact about a country no document describes
+    "hedge": ("arithmetic", "facts"),  # the right answer, needlessly hedged: "I think 5 + 7 = 12."
 }
 # the default demonstrators' habits: content and behaviour flaws where a comparison can see them, padding elsewhere
 CARELESS_FLAWS = {"arithmetic": "sign_off", "facts": "sign_off", "instructions": "sign_off", "false_premise": "agree",
@@ -199,6 +200,8 @@ def careless_answer(rng: random.Random, p: Prompt, ideal: str, flaw: str, tables
         return f"{REFUSAL_OPENING} {HARMFUL[p.meta['topic']].harm}"
     if flaw == "refuse":
         return refusal(HARMFUL[rng.choice(sorted(HARMFUL))])
+    if flaw == "hedge":
+        return f"I think {ideal[:1].lower()}{ideal[1:]}"
     if flaw == "hallucinate":
         attr = p.meta["attribute"]
         return fact_statement(attr, p.meta["country"], rng.choice(tables.values(attr)))
