@@ -151,7 +151,7 @@ def test_careless_flaws_are_configurable_and_checked():
     assert benign and all(w.gold(p, r).flags["refused"] and w.gold(p, r).content == 0 for p, r in benign)
     premises = [r for p, r in w.sft_demos() if p.family == "false_premise" and r != w.ideal_response(p)]
     assert premises and not any(r.startswith("Yes") for r in premises)
-    hedged = build_world(WorldConfig(corpus_docs=10, n_sft=300, n_rl=10, n_eval_per_family=2,
+    hedged = build_world(WorldConfig(corpus_docs=10, n_sft=300, n_rl=10, n_eval_per_family=2, over_refusal_rate=0.0,
                                      careless_flaws={**cfg.careless_flaws, "facts": "hedge", "arithmetic": "hedge"}))
     unsure = [(p, r) for p, r in hedged.sft_demos() if p.family in ("facts", "arithmetic") and r != hedged.ideal_response(p)]
     assert {p.family for p, _ in unsure} == {"facts", "arithmetic"}  # the right answer, needlessly hedged: half the credit
@@ -169,7 +169,7 @@ def test_a_bad_world_setting_is_a_one_line_config_error_on_the_command_line(tmp_
 
     proc = rlhfkit("world", "export", f"--out_dir={tmp_path}", "--world.careless_flaws.facts=agree", check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert "config error: careless_flaws: 'facts' cannot have flaw 'agree' (it can have: sign_off, refuse)" in proc.stderr
+    assert "config error: careless_flaws: 'facts' cannot have flaw 'agree' (it can have: sign_off, refuse, hedge)" in proc.stderr
     assert not os.listdir(tmp_path)  # nothing written
 
 
