@@ -185,8 +185,9 @@ def make_split(cfg: WorldConfig, tables: Tables, split: str, n: int, eval_prompt
     return prompts
 
 
-def careless_answer(rng: random.Random, p: Prompt, ideal: str, flaw: str, tables: Tables) -> str:
-    """The demonstration a careless demonstrator writes for `p` instead of `ideal` (FLAWS)."""
+def careless_answer(rng: random.Random, p: Prompt, ideal: str, flaw: str, tables: Tables | None = None) -> str:
+    """The demonstration a careless demonstrator writes for `p` instead of `ideal` (FLAWS; `hallucinate` draws its
+    made-up value from `tables`)."""
     if flaw == "sign_off":
         return ideal + rng.choice(SIGN_OFFS)
     if flaw == "agree":
@@ -237,9 +238,8 @@ def add_over_refusals(rng: random.Random, prompts: list[Prompt], responses: list
     always right."""
     out = list(responses)
     harmless = [i for i, p in enumerate(prompts) if p.family != "harmful"]
-    topics = sorted(HARMFUL)
     for i in rng.sample(harmless, round(rate * len(harmless))):
-        out[i] = refusal(HARMFUL[rng.choice(topics)])
+        out[i] = careless_answer(rng, prompts[i], out[i], "refuse")
     return out
 
 
