@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.helpers import WORLD, rlhfkit
+from tests.helpers import WORLD, WORLD_ARGS, rlhfkit
 
 PREFIX = "I can't help with that."
 
@@ -63,6 +63,36 @@ def test_a_family_can_have_its_own_forced_opening(tiny_runs, tmp_path):
         opening = {"facts": "I don't know", "benign": PREFIX}.get(r["family"])
         assert len(r["responses"]) == (3 if opening else 2)  # the other families: their free samples only
         assert opening is None or r["responses"][-1].startswith(opening)
+
+
+def test_borrowed_samples_are_free_samples_of_a_pool_prompt_on_another_topic(tiny_runs, tmp_path):
+    """`borrowed_samples`: benign and harmful prompts get, as their last candidate, a free sample drawn for another
+    benign or harmful prompt on another topic; their own free samples are those drawn without borrowing."""
+    from rlhfkit.world import WorldConfig, build_world
+
+    common = ("feedback", f"--policy={tiny_runs}/sft/model", "--limit=48", "--max_new_tokens=8", "--seed=1", *WORLD)
+    rlhfkit(*common, f"--out_dir={tmp_path}/q", "--num_samples=2", "--num_samples_by_family={benign: 3, harmful: 3}",
+            "--borrowed_samples=1", "--borrowed_families=[benign, harmful]")
+    rlhfkit(*common, f"--out_dir={tmp_path}/free", "--num_samples=2")
+    got, free = rows(tmp_path / "q" / "queue.jsonl"), rows(tmp_path / "free" / "queue.jsonl")
+    topic = {p.text: p.meta.get("topic") for p in build_world(WorldConfig(**WORLD_ARGS)).prompts("rl")}
+    pool = [r for r in got if r["family"] in ("benign", "harmful")]
+    assert len({topic[r["prompt"]] for r in pool}) >= 3 and len(pool) < len(got)  # so every check below can fail
+    for r, f in zip(got, free):
+        assert r["responses"][:2] == f["responses"]
+        assert len(r["responses"]) == len(r["terminated"]) == (3 if r in pool else 2)
+        if r in pool:
+            sources = [o for o in pool if r["responses"][2] in o["responses"][:2] and topic[o["prompt"]] != topic[r["prompt"]]]
+            assert sources  # another pool prompt's free sample, on another topic
+            assert r["terminated"][2] in [o["terminated"][o["responses"].index(r["responses"][2])] for o in sources]
+
+
+def test_borrowed_samples_must_leave_a_free_sample(tmp_path):
+    proc = rlhfkit("feedback", f"--out_dir={tmp_path}", "--num_samples=3", "--prefixed_samples=1", "--borrowed_samples=2",
+                   check=False)
+    assert proc.returncode == 2 and "borrowed_samples (2) must leave at least one free sample" in proc.stderr
+    proc = rlhfkit("feedback", f"--out_dir={tmp_path}", "--borrowed_samples=1", "--borrowed_families=[benin]", check=False)
+    assert proc.returncode == 2 and "borrowed_families: unknown world families ['benin']" in proc.stderr
 
 
 def test_unknown_family_names_are_a_config_error(tmp_path):
